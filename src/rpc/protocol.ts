@@ -1,0 +1,128 @@
+/**
+ * rpc/protocol: the wire format between cgstepd and its clients.
+ *
+ * One JSON object per line in each direction over a Unix stream socket.
+ *   request : { "v": "1.0", "id": 7, "op": "step.create", ...arguments }
+ *   reply   : { "id": 7, "ok": true, "result": {...} }
+ *           | { "id": 7, "ok": false, "error": { "code": "EINVAL", "message": "..." } }
+ *   event   : { "event": "oom", "job": "12", "step": "0", ... }   (after op "events")
+ * `v` is optional on each request; when present its major must equal ours.
+ * This module owns the schemas and nothing else: no sockets, no cgroups.
+ */
+import { z } from 'zod';
+
+export const PROTOCOL_VERSION = '1.0';
+export const MAX_LINE_BYTES = 64 * 1024;
+
+/** Slurm job ids are uint32; 0 and the NO_VAL range are not jobs. */
+const MAX_JOB_ID = 0xfffffff0;
+export const jobId = z
+  .union([z.string(), z.number()])
+  .transform((v, ctx) => {
+    const s = String(v);
+    if (!/^[1-9][0-9]{0,9}$/.test(s) || Number(s) > MAX_JOB_ID) {
+      ctx.addIssue({ code: 'custom', message: `job id must be an integer from 1 to ${MAX_JOB_ID}, got ${JSON.stringify(v)}` });
+      return z.NEVER;
+    }
+    return s;
+  });
+
+export const STEP_NAMES = ['batch', 'extern', 'interactive'] as const;
+/** A step is a number (step_<n>) or one of Slurm's named steps. */
+export const stepId = z
+  .union([z.string(), z.number()])
+  .transform((v, ctx) => {
+    const s = String(v);
+    if ((STEP_NAMES as readonly string[]).includes(s)) return s;
+    if (!/^(0|[1-9][0-9]{0,9})$/.test(s) || Number(s) > MAX_JOB_ID) {
+      ctx.addIssue({ code: 'custom', message: `step must be an integer from 0 to ${MAX_JOB_ID} or one of ${STEP_NAMES.join(', ')}, got ${JSON.stringify(v)}` });
+      return z.NEVER;
+    }
+    return s;
+  });
+
+export const taskId = z.number().int().min(0).max(0x7fffffff);
+const pid = z.number().int().min(1).max(0x3fffffff);
+const bytes = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+/** cpuset list syntax: "0-3,8,10-11". */
+const cpuList = z.string().max(4096).regex(/^\d+(-\d+)?(,\d+(-\d+)?)*$/, 'expected a list like 0-3,8');
+
+export const limitsSchema = z.strictObject({
+  cpus: cpuList.optional(),
+  mems: cpuList.optional(),
+  /** Allocated RAM in bytes; memory.max/high come from cgroup.conf's formulas. */
+  memory: bytes.optional(),
+  /** Explicit memory.swap.max in bytes (overrides the AllowedSwapSpace formula). */
+  swap: bytes.optional(),
+  pids: z.number().int().min(1).max(0x3fffffff).optional(),
+  /** cpu.max as "quota period" in microseconds, or "max". */
+  cpuMax: z.string().regex(/^(max|\d{1,12})( \d{1,12})?$/).optional(),
+  cpuWeight: z.number().int().min(1).max(10000).optional(),
+  oomGroup: z.boolean().optional(),
+});
+export type Limits = z.infer<typeof limitsSchema>;
+
+/** Device rule text: "c 195:* rw", "a *:* rwm", or a path "/dev/nvidia0" with optional access. */
+const deviceRule = z.string().min(1).max(512);
+export const devicesSchema = z.strictObject({
+  allow: z.array(deviceRule).max(4096).optional(),
+  deny: z.array(deviceRule).max(4096).optional(),
+  /** gres device files (paths from gres.conf) allocated to this job/step. */
+  gres: z.array(z.string().min(1).max(4096)).max(1024).optional(),
+  /** "open" (default: everything not denied) or "closed" (pseudo-devices plus allow). */
+  policy: z.enum(['open', 'closed']).optional(),
+});
+export type DeviceRequest = z.infer<typeof devicesSchema>;
+
+const base = { v: z.string().regex(/^\d+\.\d+$/).optional(), id: z.union([z.string().max(128), z.number().int()]) };
+
+export const requestSchema = z.discriminatedUnion('op', [
+  z.strictObject({ ...base, op: z.literal('hello') }),
+  z.strictObject({ ...base, op: z.literal('status') }),
+  z.strictObject({ ...base, op: z.literal('list') }),
+  z.strictObject({ ...base, op: z.literal('events') }),
+  z.strictObject({ ...base, op: z.literal('job.create'), job: jobId, limits: limitsSchema.optional(), devices: devicesSchema.optional() }),
+  z.strictObject({ ...base, op: z.literal('step.create'), job: jobId, step: stepId, limits: limitsSchema.optional(), devices: devicesSchema.optional() }),
+  z.strictObject({
+    ...base,
+    op: z.literal('attach'),
+    job: jobId,
+    step: stepId,
+    pid,
+    task: taskId.optional(),
+    leaf: z.enum(['slurm', 'special']).optional(),
+    devices: devicesSchema.optional(),
+  }),
+  z.strictObject({ ...base, op: z.literal('devices.set'), job: jobId, step: stepId.optional(), task: taskId.optional(), devices: devicesSchema }),
+  z.strictObject({ ...base, op: z.literal('stats'), job: jobId, step: stepId.optional() }),
+  z.strictObject({ ...base, op: z.literal('signal'), job: jobId, step: stepId.optional(), signal: z.union([z.string().max(16), z.number().int().min(1).max(64)]) }),
+  z.strictObject({ ...base, op: z.literal('freeze'), job: jobId, step: stepId.optional() }),
+  z.strictObject({ ...base, op: z.literal('thaw'), job: jobId, step: stepId.optional() }),
+  z.strictObject({ ...base, op: z.literal('destroy'), job: jobId, step: stepId.optional(), force: z.boolean().optional() }),
+]);
+export type Request = z.infer<typeof requestSchema>;
+export type Op = Request['op'];
+export type RequestOf<O extends Op> = Extract<Request, { op: O }>;
+
+export interface ErrorBody { code: string; message: string }
+export type Reply =
+  | { id: string | number | null; ok: true; result: unknown }
+  | { id: string | number | null; ok: false; error: ErrorBody };
+
+export type EventKind = 'task.empty' | 'step.empty' | 'job.empty' | 'oom' | 'frozen' | 'thawed';
+export interface AgentEvent {
+  event: EventKind;
+  job: string;
+  step?: string;
+  task?: string;
+  /** For "oom": the oom_kill counter after the change. */
+  oomKill?: number;
+  time: string;
+}
+
+/** Ops that only read; a read-only peer may use these. */
+export const READ_ONLY_OPS: ReadonlySet<Op> = new Set(['hello', 'status', 'list', 'stats', 'events']);
+
+export function majorOf(v: string): number {
+  return Number(v.split('.')[0]);
+}
