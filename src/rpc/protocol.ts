@@ -67,7 +67,11 @@ const deviceRule = z.string().min(1).max(512);
 export const devicesSchema = z.strictObject({
   allow: z.array(deviceRule).max(4096).optional(),
   deny: z.array(deviceRule).max(4096).optional(),
-  /** gres device files (paths from gres.conf) allocated to this job/step. */
+  /**
+   * gres devices allocated to this job/step: absolute device paths from gres.conf,
+   * or "<name>:<index>" (the index-th File= of that gres name, 0-based, in gres.conf
+   * order, which is how Slurm numbers CUDA_VISIBLE_DEVICES / SLURM_STEP_GPUS).
+   */
   gres: z.array(z.string().min(1).max(4096)).max(1024).optional(),
   /** "open" (default: everything not denied) or "closed" (pseudo-devices plus allow). */
   policy: z.enum(['open', 'closed']).optional(),
@@ -98,7 +102,9 @@ export const requestSchema = z.discriminatedUnion('op', [
   z.strictObject({ ...base, op: z.literal('signal'), job: jobId, step: stepId.optional(), signal: z.union([z.string().max(16), z.number().int().min(1).max(64)]) }),
   z.strictObject({ ...base, op: z.literal('freeze'), job: jobId, step: stepId.optional() }),
   z.strictObject({ ...base, op: z.literal('thaw'), job: jobId, step: stepId.optional() }),
-  z.strictObject({ ...base, op: z.literal('destroy'), job: jobId, step: stepId.optional(), force: z.boolean().optional() }),
+  z.strictObject({ ...base, op: z.literal('destroy'), job: jobId, step: stepId.optional(), force: z.boolean().optional(),
+    /** With a step: also remove the job when this was its last step (atomic in the agent). */
+    reapJob: z.boolean().optional() }),
 ]);
 export type Request = z.infer<typeof requestSchema>;
 export type Op = Request['op'];
