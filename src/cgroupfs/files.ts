@@ -1,0 +1,109 @@
+/**
+ * cgroupfs/files: reading and writing the kernel's cgroup v2 interface files.
+ *
+ * Owns every syscall on a cgroup directory: mkdir, rmdir, read and write of
+ * its files, process moves. Nothing above this layer touches the cgroup
+ * filesystem directly. Writes are synchronous: these files are tiny, kernfs
+ * answers in microseconds, and the thread pool would only add latency.
+ * Every failure is a KernelError naming the operation, the path and the errno.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { fromNodeError, isErrno } from '../errors.js';
+
+export function readText(file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw fromNodeError('read', file, err);
+  }
+}
+
+/** Read a file, or null when it does not exist (its controller is not enabled). */
+export function readOptional(file: string): string | null {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return null;
+    throw fromNodeError('read', file, err);
+  }
+}
+
+export function writeText(file: string, value: string): void {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'w');
+  } catch (err) {
+    throw fromNodeError('open', file, err);
+  }
+  try {
+    fs.writeSync(fd, value);
+  } catch (err) {
+    throw fromNodeError(`write "${value.length > 64 ? value.slice(0, 64) + '...' : value}" to`, file, err);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** mkdir that treats an existing directory as success. Returns true when it made it. */
+export function makeDir(dir: string): boolean {
+  try {
+    fs.mkdirSync(dir);
+    return true;
+  } catch (err) {
+    if (isErrno(err, 'EEXIST')) return false;
+    throw fromNodeError('mkdir', dir, err);
+  }
+}
+
+/** rmdir where ENOENT is success. EBUSY (still populated) is thrown for the caller to wait on. */
+export function removeDir(dir: string): void {
+  try {
+    fs.rmdirSync(dir);
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return;
+    throw fromNodeError('rmdir', dir, err);
+  }
+}
+
+export function exists(p: string): boolean {
+  try {
+    fs.statSync(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Child cgroup directory names (sub-directories only). */
+export function childDirs(dir: string): string[] {
+  let entries: fs.Dirent[];
+  try {
+    entries = fs.readdirSync(dir, { withFileTypes: true });
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return [];
+    throw fromNodeError('readdir', dir, err);
+  }
+  return entries.filter((e) => e.isDirectory()).map((e) => e.name);
+}
+
+/** Parse "key value" lines (cgroup.events, memory.events, cpu.stat, memory.stat). */
+export function parseFlatKeyed(text: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const line of text.split('\n')) {
+    const sp = line.indexOf(' ');
+    if (sp <= 0) continue;
+    const v = Number(line.slice(sp + 1));
+    if (Number.isFinite(v)) out[line.slice(0, sp)] = v;
+  }
+  return out;
+}
+
+export function readFlatKeyed(file: string): Record<string, number> | null {
+  const t = readOptional(file);
+  return t === null ? null : parseFlatKeyed(t);
+}
+
+export function join(...parts: string[]): string {
+  return path.join(...parts);
+}

@@ -1,0 +1,211 @@
+/**
+ * cgroupfs/ops: operations on one cgroup v2 directory, built on cgroupfs/files.
+ *
+ * Controllers (available, enabled, enable top-down), process membership and
+ * migration with verification, cgroup.kill, cgroup.freeze, cgroup.events, and
+ * bottom-up removal. Knows the kernel's rules, nothing about jobs or steps.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { AgentError, KernelError, isErrno } from '../errors.js';
+import { childDirs, exists, makeDir, parseFlatKeyed, readOptional, readText, removeDir, writeText } from './files.js';
+
+export function controllersOf(dir: string): string[] {
+  return splitWords(readText(path.join(dir, 'cgroup.controllers')));
+}
+
+export function enabledIn(dir: string): string[] {
+  return splitWords(readText(path.join(dir, 'cgroup.subtree_control')));
+}
+
+function splitWords(s: string): string[] {
+  return s.split(/\s+/).filter(Boolean);
+}
+
+export interface EnableResult { enabled: string[]; missing: string[] }
+
+/**
+ * Enable `wanted` in dir's cgroup.subtree_control. Controllers the directory does
+ * not have (absent from its cgroup.controllers) are reported as missing, not
+ * written. Already enabled ones are not rewritten.
+ */
+export function enableControllers(dir: string, wanted: readonly string[]): EnableResult {
+  const have = new Set(controllersOf(dir));
+  const on = new Set(enabledIn(dir));
+  const missing = wanted.filter((c) => !have.has(c));
+  const todo = wanted.filter((c) => have.has(c) && !on.has(c));
+  if (todo.length > 0) writeText(path.join(dir, 'cgroup.subtree_control'), todo.map((c) => `+${c}`).join(' '));
+  return { enabled: wanted.filter((c) => have.has(c)), missing };
+}
+
+/**
+ * Enable controllers on every directory from `top` down to and including `dir`
+ * (a controller reaches a child only if each ancestor enabled it).
+ */
+export function enableTopDown(top: string, dir: string, wanted: readonly string[]): EnableResult {
+  const rel = path.relative(top, dir);
+  if (rel.startsWith('..') || path.isAbsolute(rel)) throw new AgentError('EINVAL', `${dir} is not below ${top}`);
+  const chain = [top];
+  for (const part of rel ? rel.split(path.sep) : []) chain.push(path.join(chain[chain.length - 1], part));
+  let result: EnableResult = { enabled: [], missing: [...wanted] };
+  let want = [...wanted];
+  for (const d of chain) {
+    result = enableControllers(d, want);
+    want = result.enabled; // what an ancestor lacks cannot appear below it
+  }
+  return { enabled: result.enabled, missing: wanted.filter((c) => !result.enabled.includes(c)) };
+}
+
+export function procsOf(dir: string): number[] {
+  const t = readOptional(path.join(dir, 'cgroup.procs'));
+  if (t === null) return [];
+  return t.split('\n').filter(Boolean).map(Number);
+}
+
+/** The cgroup v2 path of a process as /proc shows it ("0::/a/b"), or null when it is gone. */
+export function cgroupOfPid(pid: number): string | null {
+  let text: string;
+  try {
+    text = fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8');
+  } catch {
+    return null;
+  }
+  for (const line of text.split('\n')) if (line.startsWith('0::')) return line.slice(3);
+  return null;
+}
+
+/**
+ * Move a process (all its threads) into dir and check /proc/PID/cgroup says so.
+ * `mountPoint` maps dir to the path /proc shows.
+ */
+export function moveProcess(dir: string, pid: number, mountPoint: string): void {
+  const file = path.join(dir, 'cgroup.procs');
+  try {
+    writeText(file, String(pid));
+  } catch (err) {
+    if (err instanceof KernelError && err.errno === 'ESRCH') throw new AgentError('ENOENT', `no process ${pid}`);
+    throw err;
+  }
+  const want = '/' + path.relative(mountPoint, dir);
+  const got = cgroupOfPid(pid);
+  if (got === null) throw new AgentError('ENOENT', `process ${pid} exited while being moved to ${dir}`);
+  if (got !== want && !got.endsWith(want)) {
+    throw new AgentError('EIO', `moved ${pid} to ${dir} but /proc/${pid}/cgroup says ${got}`);
+  }
+}
+
+export function readEvents(dir: string): Record<string, number> {
+  return parseFlatKeyed(readText(path.join(dir, 'cgroup.events')));
+}
+
+export function isPopulated(dir: string): boolean {
+  try {
+    return readEvents(dir).populated === 1;
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return false;
+    throw err;
+  }
+}
+
+/** Every pid in dir and below. */
+export function procsRecursive(dir: string): number[] {
+  const out = procsOf(dir);
+  for (const c of childDirs(dir)) out.push(...procsRecursive(path.join(dir, c)));
+  return out;
+}
+
+/** SIGKILL everything below dir: cgroup.kill where the kernel has it, else each pid. */
+export function killAll(dir: string): void {
+  const killFile = path.join(dir, 'cgroup.kill');
+  if (exists(killFile)) {
+    writeText(killFile, '1');
+    return;
+  }
+  signalAll(dir, 'SIGKILL');
+}
+
+/** Send a signal to every process below dir (one pass; a racing fork may escape it). */
+export function signalAll(dir: string, signal: NodeJS.Signals | number): number {
+  let n = 0;
+  for (const pid of procsRecursive(dir)) {
+    try {
+      process.kill(pid, signal);
+      n++;
+    } catch (err) {
+      if (!isErrno(err, 'ESRCH')) throw new KernelError('kill', `pid ${pid} in ${dir}`, (err as NodeJS.ErrnoException).code ?? 'EIO');
+    }
+  }
+  return n;
+}
+
+/**
+ * Wait until `check()` is true, re-checking whenever `file` changes (inotify on
+ * kernfs) and on a backstop timer that doubles from 5 ms to 200 ms. Rejects with
+ * ETIMEDOUT after timeoutMs.
+ */
+export function waitForFile(file: string, check: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  if (check()) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    let watcher: fs.FSWatcher | null = null;
+    let timer: NodeJS.Timeout | null = null;
+    let delay = 5;
+    const deadline = Date.now() + timeoutMs;
+    const finish = (err?: Error) => {
+      watcher?.close();
+      if (timer) clearTimeout(timer);
+      if (err) reject(err);
+      else resolve();
+    };
+    const poll = () => {
+      let ok: boolean;
+      try {
+        ok = check();
+      } catch (err) {
+        finish(err as Error);
+        return;
+      }
+      if (ok) return finish();
+      if (Date.now() >= deadline) return finish(new AgentError('ETIMEDOUT', `timed out after ${timeoutMs} ms waiting for ${what}`));
+      if (timer) clearTimeout(timer);
+      timer = setTimeout(poll, Math.min(delay, Math.max(1, deadline - Date.now())));
+      delay = Math.min(delay * 2, 200);
+    };
+    try {
+      watcher = fs.watch(file, { persistent: false }, () => poll());
+      watcher.on('error', () => undefined);
+    } catch {
+      watcher = null; // the file went away: the timer and check() decide
+    }
+    poll();
+  });
+}
+
+export function waitUnpopulated(dir: string, timeoutMs: number): Promise<void> {
+  return waitForFile(path.join(dir, 'cgroup.events'), () => !isPopulated(dir), timeoutMs, `${dir} to become empty`);
+}
+
+/** Freeze (true) or thaw (false) dir and wait for cgroup.events to say so. */
+export async function setFrozen(dir: string, frozen: boolean, timeoutMs: number): Promise<void> {
+  writeText(path.join(dir, 'cgroup.freeze'), frozen ? '1' : '0');
+  const want = frozen ? 1 : 0;
+  await waitForFile(path.join(dir, 'cgroup.events'), () => readEvents(dir).frozen === want, timeoutMs, `${dir} to be ${frozen ? 'frozen' : 'thawed'}`);
+}
+
+export function makeLeaf(dir: string): boolean {
+  return makeDir(dir);
+}
+
+/**
+ * Remove dir and everything below it, deepest first. Populated directories are
+ * waited on (up to timeoutMs) rather than failed; ENOENT anywhere is success.
+ */
+export async function removeTree(dir: string, timeoutMs: number): Promise<void> {
+  for (const c of childDirs(dir)) await removeTree(path.join(dir, c), timeoutMs);
+  try {
+    removeDir(dir);
+  } catch (err) {
+    if (!(err instanceof KernelError && err.errno === 'EBUSY')) throw err;
+    await waitUnpopulated(dir, timeoutMs);
+    removeDir(dir);
+  }
+}

@@ -1,0 +1,66 @@
+/**
+ * cgroupfs/stats: accounting read from one cgroup directory.
+ *
+ * A file that is missing because its controller is not enabled reads as null
+ * ("not available"), never as an error or a zero.
+ */
+import path from 'node:path';
+import { parseFlatKeyed, readOptional } from './files.js';
+
+export interface CgroupStats {
+  cpu: { usageUsec: number; userUsec: number; systemUsec: number; throttledUsec?: number } | null;
+  memory: { current: number; peak: number | null; events: Record<string, number>; stat: Record<string, number> } | null;
+  oomKill: number | null;
+  pids: { current: number; max: string } | null;
+  io: Record<string, { rbytes: number; wbytes: number; rios: number; wios: number }> | null;
+}
+
+function num(text: string | null): number | null {
+  if (text === null) return null;
+  const v = Number(text.trim());
+  return Number.isFinite(v) ? v : null;
+}
+
+export function parseIoStat(text: string): NonNullable<CgroupStats['io']> {
+  const out: NonNullable<CgroupStats['io']> = {};
+  for (const line of text.split('\n')) {
+    const [dev, ...kv] = line.trim().split(/\s+/);
+    if (!dev) continue;
+    const e = { rbytes: 0, wbytes: 0, rios: 0, wios: 0 };
+    for (const pair of kv) {
+      const [k, v] = pair.split('=');
+      if (k in e) e[k as keyof typeof e] = Number(v);
+    }
+    out[dev] = e;
+  }
+  return out;
+}
+
+export function readStats(dir: string): CgroupStats {
+  const f = (name: string) => readOptional(path.join(dir, name));
+  const cpuText = f('cpu.stat');
+  const cpuKv = cpuText === null ? null : parseFlatKeyed(cpuText);
+  const memCurrent = num(f('memory.current'));
+  const memEventsText = f('memory.events');
+  const memEvents = memEventsText === null ? null : parseFlatKeyed(memEventsText);
+  const memStatText = memCurrent === null ? null : f('memory.stat');
+  const pidsCurrent = num(f('pids.current'));
+  const ioText = f('io.stat');
+  return {
+    cpu: cpuKv
+      ? {
+          usageUsec: cpuKv.usage_usec ?? 0,
+          userUsec: cpuKv.user_usec ?? 0,
+          systemUsec: cpuKv.system_usec ?? 0,
+          ...(cpuKv.throttled_usec !== undefined ? { throttledUsec: cpuKv.throttled_usec } : {}),
+        }
+      : null,
+    memory:
+      memCurrent === null
+        ? null
+        : { current: memCurrent, peak: num(f('memory.peak')), events: memEvents ?? {}, stat: memStatText ? parseFlatKeyed(memStatText) : {} },
+    oomKill: memEvents ? (memEvents.oom_kill ?? 0) : null,
+    pids: pidsCurrent === null ? null : { current: pidsCurrent, max: (f('pids.max') ?? 'max').trim() },
+    io: ioText === null ? null : parseIoStat(ioText),
+  };
+}
