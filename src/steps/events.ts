@@ -1,0 +1,101 @@
+/**
+ * steps/events: watches the tree's cgroup.events and memory.events files and
+ * turns their changes into AgentEvents the moment the kernel reports them
+ * (inotify through chokidar 5; chokidar 6 misses kernfs changes).
+ *
+ * Watched: each job's and step's cgroup.events (populated, frozen), each
+ * task's cgroup.events (populated), and each step's memory.events where the
+ * memory controller is on (oom_kill is hierarchical, so a task's OOM shows at
+ * its step). Reads files and emits; never writes to the tree.
+ */
+import { EventEmitter } from 'node:events';
+import path from 'node:path';
+import { watch, type FSWatcher } from 'chokidar';
+import { exists, parseFlatKeyed, readOptional } from '../cgroupfs/index.js';
+import type { AgentEvent, EventKind } from '../rpc/protocol.js';
+
+interface Watched {
+  job: string;
+  step?: string;
+  task?: string;
+  /** cgroup: populated (and frozen for jobs); freeze: a step's user/ frozen; memory: oom_kill. */
+  kind: 'cgroup' | 'freeze' | 'memory';
+  last: Record<string, number>;
+}
+
+export class TreeWatcher extends EventEmitter {
+  private watcher: FSWatcher;
+  private files = new Map<string, Watched>();
+
+  constructor() {
+    super();
+    this.watcher = watch([], { ignoreInitial: true, persistent: false, atomic: false, awaitWriteFinish: false });
+    this.watcher.on('change', (file: string) => this.onChange(file));
+    this.watcher.on('error', () => undefined);
+  }
+
+  /** Watch a job (step/task undefined), a step, or a task directory. */
+  watchDir(dir: string, ids: { job: string; step?: string; task?: string }): void {
+    this.add(path.join(dir, 'cgroup.events'), { ...ids, kind: 'cgroup' });
+    if (ids.step !== undefined && ids.task === undefined) {
+      // Steps are frozen at user/ (the step daemon in slurm/ keeps running).
+      this.add(path.join(dir, 'user', 'cgroup.events'), { ...ids, kind: 'freeze' });
+      const mem = path.join(dir, 'memory.events');
+      if (exists(mem)) this.add(mem, { ...ids, kind: 'memory' });
+    }
+  }
+
+  private add(file: string, w: Omit<Watched, 'last'>): void {
+    if (this.files.has(file)) return;
+    const text = readOptional(file);
+    if (text === null) return;
+    this.files.set(file, { ...w, last: parseFlatKeyed(text) });
+    this.watcher.add(file);
+  }
+
+  /** Stop watching everything at or below dir. */
+  unwatchDir(dir: string): void {
+    const prefix = dir.endsWith('/') ? dir : dir + '/';
+    const gone: string[] = [];
+    for (const f of this.files.keys()) if (f.startsWith(prefix)) gone.push(f);
+    for (const f of gone) this.files.delete(f);
+    if (gone.length) this.watcher.unwatch(gone);
+  }
+
+  get watchedFiles(): number {
+    return this.files.size;
+  }
+
+  private onChange(file: string): void {
+    const w = this.files.get(file);
+    if (!w) return;
+    const text = readOptional(file);
+    if (text === null) return;
+    const now = parseFlatKeyed(text);
+    const before = w.last;
+    w.last = now;
+    if (w.kind === 'memory') {
+      if ((now.oom_kill ?? 0) > (before.oom_kill ?? 0)) this.emitEvent('oom', w, { oomKill: now.oom_kill });
+      return;
+    }
+    if (w.kind === 'cgroup' && before.populated === 1 && now.populated === 0) {
+      this.emitEvent(w.task !== undefined ? 'task.empty' : w.step !== undefined ? 'step.empty' : 'job.empty', w);
+    }
+    const freezeKind = w.step === undefined ? w.kind === 'cgroup' : w.kind === 'freeze';
+    if (freezeKind && w.task === undefined && before.frozen !== now.frozen && now.frozen !== undefined) {
+      this.emitEvent(now.frozen === 1 ? 'frozen' : 'thawed', w);
+    }
+  }
+
+  private emitEvent(event: EventKind, w: Watched, extra: Partial<AgentEvent> = {}): void {
+    const e: AgentEvent = { event, job: w.job, time: new Date().toISOString(), ...extra };
+    if (w.step !== undefined) e.step = w.step;
+    if (w.task !== undefined) e.task = w.task;
+    this.emit('event', e);
+  }
+
+  async close(): Promise<void> {
+    await this.watcher.close();
+    this.files.clear();
+  }
+}

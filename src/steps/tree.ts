@@ -1,0 +1,335 @@
+/**
+ * steps/tree: jobs, steps and tasks in the node scope: create, constrain,
+ * attach, account, signal, freeze, destroy, list, and recover after a restart.
+ *
+ * The tree on disk is the only state: every answer is read from it, and a
+ * restarted agent rebuilds its watchers and counters by walking it. Operations
+ * on one job are serialised (KeyedLock); different jobs run in parallel.
+ * Must not talk to systemd or the socket, and reaches the kernel only through
+ * cgroupfs and the DevicePort it is given.
+ */
+import path from 'node:path';
+import type { Logger } from 'pino';
+import {
+  childDirs,
+  controllersOf,
+  enableControllers,
+  exists,
+  isPopulated,
+  killAll,
+  makeDir,
+  moveProcess,
+  procsOf,
+  procsRecursive,
+  readStats,
+  removeTree,
+  setFrozen,
+  signalAll,
+  waitUnpopulated,
+  type CgroupStats,
+} from '../cgroupfs/index.js';
+import type { CgroupConf } from '../config/cgroupconf.js';
+import { AgentError } from '../errors.js';
+import type { DeviceRequest, Limits } from '../rpc/protocol.js';
+import { TreeWatcher } from './events.js';
+import { applyLimits, readLimits } from './limits.js';
+import { KeyedLock } from './lock.js';
+import { type Leaf, SLURM_LEAF, TreePaths, USER_DIR, parseJobName, parseStepName, parseTaskName } from './names.js';
+import { resolveSignal } from './signals.js';
+
+export type DeviceLevel = 'job' | 'step' | 'task';
+
+/** How the tree asks for a device policy on a directory (implemented by src/devices). */
+export interface DevicePort {
+  apply(dir: string, req: DeviceRequest, level: DeviceLevel): { progId: number } | null;
+  describe(dir: string): { progIds: number[]; policy?: unknown } | null;
+}
+
+export interface TreeOptions {
+  scopeDir: string;
+  mountPoint: string;
+  conf: CgroupConf;
+  totalRam: number;
+  ignoreMissingControllers: boolean;
+  /** How long destroy/freeze wait on the kernel. */
+  waitTimeoutMs: number;
+  log: Logger;
+  devices?: DevicePort;
+  /** Pids no request may move: the agent, PID 1, the infinity process. */
+  protectedPids: () => number[];
+}
+
+export interface StepInfo { step: string; path: string; populated: boolean; tasks: string[] }
+export interface JobInfo { job: string; path: string; populated: boolean; steps: StepInfo[] }
+
+export class StepTree {
+  readonly paths: TreePaths;
+  readonly watcher = new TreeWatcher();
+  private readonly lock = new KeyedLock();
+  /** job -> set of steps; a cache of the directories, rebuilt by recover(). */
+  private readonly index = new Map<string, Set<string>>();
+
+  constructor(private readonly opts: TreeOptions) {
+    this.paths = new TreePaths(opts.scopeDir);
+  }
+
+  get jobCount(): number {
+    return this.index.size;
+  }
+
+  get stepCount(): number {
+    let n = 0;
+    for (const s of this.index.values()) n += s.size;
+    return n;
+  }
+
+  /** Rebuild the index and watchers from the directories (agent start and restart). */
+  recover(): { jobs: number; steps: number; tasks: number } {
+    let steps = 0;
+    let tasks = 0;
+    for (const jn of childDirs(this.opts.scopeDir)) {
+      const job = parseJobName(jn);
+      if (job === null) continue;
+      const set = new Set<string>();
+      this.index.set(job, set);
+      this.watcher.watchDir(this.paths.job(job), { job });
+      for (const sn of childDirs(this.paths.job(job))) {
+        const step = parseStepName(sn);
+        if (step === null) continue;
+        set.add(step);
+        steps++;
+        this.watcher.watchDir(this.paths.step(job, step), { job, step });
+        for (const tn of childDirs(this.paths.user(job, step))) {
+          const task = parseTaskName(tn);
+          if (task === null) continue;
+          tasks++;
+          this.watcher.watchDir(path.join(this.paths.user(job, step), tn), { job, step, task: String(task) });
+        }
+      }
+    }
+    return { jobs: this.index.size, steps, tasks };
+  }
+
+  /** mkdir a directory that will have children, and pass every controller it has down to them. */
+  private makeInner(dir: string): boolean {
+    const made = makeDir(dir);
+    if (made) enableControllers(dir, controllersOf(dir));
+    return made;
+  }
+
+  private ensureJob(job: string): boolean {
+    const made = this.makeInner(this.paths.job(job));
+    if (made || !this.index.has(job)) {
+      this.index.set(job, this.index.get(job) ?? new Set());
+      this.watcher.watchDir(this.paths.job(job), { job });
+    }
+    return made;
+  }
+
+  private requireJob(job: string): string {
+    const dir = this.paths.job(job);
+    if (!exists(dir)) throw new AgentError('ENOENT', `no job ${job}`);
+    return dir;
+  }
+
+  private requireStep(job: string, step: string): string {
+    this.requireJob(job);
+    const dir = this.paths.step(job, step);
+    if (!exists(dir)) throw new AgentError('ENOENT', `no step ${step} in job ${job}`);
+    return dir;
+  }
+
+  private constrain(dir: string, limits: Limits | undefined, devices: DeviceRequest | undefined, level: DeviceLevel) {
+    const plan = limits ? applyLimits(dir, limits, this.opts.conf, this.opts.totalRam, this.opts.ignoreMissingControllers) : { writes: [], skipped: [] };
+    let progId: number | undefined;
+    if (devices) {
+      if (!this.opts.devices) throw new AgentError('ENOTSUP', 'device control is not available on this agent (see `cgstep status`)');
+      progId = this.opts.devices.apply(dir, devices, level)?.progId;
+    }
+    return { written: plan.writes.map((w) => w.file), skipped: plan.skipped, ...(progId !== undefined ? { deviceProgram: progId } : {}) };
+  }
+
+  createJob(job: string, limits?: Limits, devices?: DeviceRequest) {
+    return this.lock.run(job, () => {
+      const created = this.ensureJob(job);
+      const c = this.constrain(this.paths.job(job), limits, devices, 'job');
+      this.opts.log.info({ job, created, ...c }, created ? 'job created' : 'job updated');
+      return { job, path: this.paths.job(job), created, ...c };
+    });
+  }
+
+  createStep(job: string, step: string, limits?: Limits, devices?: DeviceRequest) {
+    return this.lock.run(job, () => {
+      const jobCreated = this.ensureJob(job);
+      const dir = this.paths.step(job, step);
+      const created = this.makeInner(dir);
+      makeDir(path.join(dir, SLURM_LEAF));
+      this.makeInner(this.paths.user(job, step));
+      this.index.get(job)!.add(step);
+      if (created) this.watcher.watchDir(dir, { job, step });
+      // Step limits and devices go on user/: the step daemon in slurm/ is not confined by them.
+      const c = this.constrain(this.paths.user(job, step), limits, devices, 'step');
+      this.opts.log.info({ job, step, created, jobCreated, ...c }, created ? 'step created' : 'step updated');
+      return { job, step, path: dir, created, jobCreated, ...c };
+    });
+  }
+
+  attach(job: string, step: string, pid: number, leaf: Leaf, devices?: DeviceRequest) {
+    this.checkPid(pid);
+    return this.lock.run(job, () => {
+      this.requireStep(job, step);
+      const dir = this.paths.leaf(job, step, leaf);
+      const made = makeDir(dir);
+      if (made && typeof leaf === 'object') this.watcher.watchDir(dir, { job, step, task: String(leaf.task) });
+      if (made && leaf === 'special') this.watcher.watchDir(dir, { job, step, task: 'special' });
+      // Confine the leaf before the process enters it: it never runs under a looser policy.
+      const c = devices ? this.constrain(dir, undefined, devices, 'task') : {};
+      moveProcess(dir, pid, this.opts.mountPoint);
+      this.opts.log.info({ job, step, pid, leaf: path.basename(dir) }, 'process attached');
+      return { job, step, pid, path: dir, ...c };
+    });
+  }
+
+  setDevices(job: string, step: string | undefined, task: number | undefined, devices: DeviceRequest) {
+    return this.lock.run(job, () => {
+      let dir: string;
+      let level: DeviceLevel;
+      if (step === undefined) {
+        if (task !== undefined) throw new AgentError('EINVAL', 'a task needs a step');
+        dir = this.requireJob(job);
+        level = 'job';
+      } else if (task === undefined) {
+        dir = path.join(this.requireStep(job, step), USER_DIR);
+        level = 'step';
+      } else {
+        dir = this.paths.leaf(job, step, { task });
+        if (!exists(dir)) throw new AgentError('ENOENT', `no task ${task} in job ${job} step ${step}`);
+        level = 'task';
+      }
+      return { path: dir, ...this.constrain(dir, undefined, devices, level) };
+    });
+  }
+
+  private checkPid(pid: number): void {
+    if (this.opts.protectedPids().includes(pid)) throw new AgentError('EPERM', `pid ${pid} is the agent, PID 1 or the infinity process and cannot be moved`);
+    if (!exists(`/proc/${pid}`)) throw new AgentError('ENOENT', `no process ${pid}`);
+  }
+
+  /** The directories a step-level operation acts on: the steps' user/ trees. */
+  private userDirs(job: string, step?: string): string[] {
+    if (step !== undefined) return [path.join(this.requireStep(job, step), USER_DIR)];
+    this.requireJob(job);
+    return childDirs(this.paths.job(job))
+      .filter((n) => parseStepName(n) !== null)
+      .map((n) => path.join(this.paths.job(job), n, USER_DIR))
+      .filter(exists);
+  }
+
+  signal(job: string, step: string | undefined, sig: string | number) {
+    const { name, number } = resolveSignal(sig);
+    let count = 0;
+    for (const dir of this.userDirs(job, step)) {
+      if (name === 'SIGKILL') {
+        count += procsRecursive(dir).length;
+        killAll(dir);
+      } else count += signalAll(dir, number);
+    }
+    this.opts.log.info({ job, step, signal: name, processes: count }, 'signal sent');
+    return { job, step, signal: name, processes: count };
+  }
+
+  freeze(job: string, step: string | undefined, frozen: boolean) {
+    return this.lock.run(job, async () => {
+      const dirs = this.userDirs(job, step);
+      await Promise.all(dirs.map((d) => setFrozen(d, frozen, this.opts.waitTimeoutMs)));
+      this.opts.log.info({ job, step }, frozen ? 'frozen' : 'thawed');
+      return { job, step, frozen, cgroups: dirs.length };
+    });
+  }
+
+  stats(job: string, step?: string) {
+    const jobDir = this.requireJob(job);
+    const steps = step !== undefined ? [step] : childDirs(jobDir).map(parseStepName).filter((s): s is string => s !== null);
+    if (step !== undefined) this.requireStep(job, step);
+    return {
+      job,
+      ...(step === undefined ? { total: readStats(jobDir), limits: readLimits(jobDir) } : {}),
+      steps: steps.map((s) => this.stepStats(job, s)),
+    };
+  }
+
+  private stepStats(job: string, step: string) {
+    const dir = this.paths.step(job, step);
+    const user = this.paths.user(job, step);
+    const tasks: Record<string, CgroupStats & { pids: CgroupStats['pids']; procs: number[] }> = {};
+    for (const tn of childDirs(user)) {
+      const t = parseTaskName(tn);
+      if (t === null) continue;
+      const tdir = path.join(user, tn);
+      tasks[String(t)] = { ...readStats(tdir), procs: procsOf(tdir) };
+    }
+    return {
+      step,
+      path: dir,
+      populated: isPopulated(dir),
+      total: readStats(dir),
+      user: readStats(user),
+      limits: readLimits(user),
+      devices: this.opts.devices?.describe(user) ?? null,
+      tasks,
+    };
+  }
+
+  destroy(job: string, step: string | undefined, force: boolean, reapJob: boolean) {
+    return this.lock.run(job, async () => {
+      const target = step === undefined ? this.requireJob(job) : this.requireStep(job, step);
+      const pids = procsRecursive(target);
+      if (pids.length > 0) {
+        if (!force) {
+          throw new AgentError('EBUSY', `${step === undefined ? `job ${job}` : `job ${job} step ${step}`} still has ${pids.length} process(es) (${pids.slice(0, 8).join(' ')}${pids.length > 8 ? ' ...' : ''}); use force to kill them`);
+        }
+        killAll(target);
+      }
+      await waitUnpopulated(target, this.opts.waitTimeoutMs);
+      this.watcher.unwatchDir(target);
+      await removeTree(target, this.opts.waitTimeoutMs);
+      let jobRemoved = step === undefined;
+      if (step !== undefined) {
+        this.index.get(job)?.delete(step);
+        if (reapJob && !childDirs(this.paths.job(job)).some((n) => parseStepName(n) !== null)) {
+          const jobDir = this.paths.job(job);
+          this.watcher.unwatchDir(jobDir);
+          await removeTree(jobDir, this.opts.waitTimeoutMs);
+          jobRemoved = true;
+        }
+      }
+      if (jobRemoved) this.index.delete(job);
+      this.opts.log.info({ job, step, killed: pids.length, jobRemoved }, 'destroyed');
+      return { job, step, killed: pids.length, jobRemoved };
+    });
+  }
+
+  list(): JobInfo[] {
+    const jobs: JobInfo[] = [];
+    for (const jn of childDirs(this.opts.scopeDir)) {
+      const job = parseJobName(jn);
+      if (job === null) continue;
+      const jdir = this.paths.job(job);
+      const steps: StepInfo[] = [];
+      for (const sn of childDirs(jdir)) {
+        const step = parseStepName(sn);
+        if (step === null) continue;
+        const sdir = this.paths.step(job, step);
+        const tasks = childDirs(path.join(sdir, USER_DIR)).filter((n) => parseTaskName(n) !== null);
+        steps.push({ step, path: sdir, populated: isPopulated(sdir), tasks });
+      }
+      jobs.push({ job, path: jdir, populated: isPopulated(jdir), steps });
+    }
+    return jobs.sort((a, b) => Number(a.job) - Number(b.job));
+  }
+
+  close(): Promise<void> {
+    return this.watcher.close();
+  }
+}
+
