@@ -64,8 +64,9 @@ export function fromNodeError(op: string, path: string, err: unknown): KernelErr
   return new KernelError(op, path, typeof e?.code === 'string' ? e.code : 'EIO', e?.code ? undefined : String(err));
 }
 
+/** Does err carry one of these errno names? (KernelError.errno, or a Node error's .code) */
 export function isErrno(err: unknown, ...codes: string[]): boolean {
-  const c = (err as { errno?: unknown; code?: unknown })?.errno ?? (err as { code?: unknown })?.code;
   if (err instanceof KernelError) return codes.includes(err.errno);
+  const c = (err as { code?: unknown })?.code;
   return typeof c === 'string' && codes.includes(c);
 }

@@ -53,11 +53,16 @@ export class TreeWatcher extends EventEmitter {
     this.watcher.add(file);
   }
 
-  /** Stop watching everything at or below dir. */
+  /**
+   * Stop watching everything at or below dir. Each file is read one last time
+   * first, so a change the kernel made just before (the kill of a destroy) is
+   * still published even if inotify's notice has not been handled yet.
+   */
   unwatchDir(dir: string): void {
     const prefix = dir.endsWith('/') ? dir : dir + '/';
     const gone: string[] = [];
     for (const f of this.files.keys()) if (f.startsWith(prefix)) gone.push(f);
+    for (const f of gone) this.onChange(f);
     for (const f of gone) this.files.delete(f);
     if (gone.length) this.watcher.unwatch(gone);
   }

@@ -1,0 +1,158 @@
+/**
+ * agent: wires the layers together and answers requests. Start-up order:
+ * cgroup root, node scope (systemd or mkdir), device control, the step tree
+ * (recovered from disk), then the socket; READY=1 only after all of that.
+ * Owns no kernel or socket code itself: every op is delegated to a layer.
+ */
+import os from 'node:os';
+import type { Logger } from 'pino';
+import { resolveCgroupRoot } from './cgroupfs/index.js';
+import { scopeNameFor, type AgentOptions } from './config/options.js';
+import { AgentError } from './errors.js';
+import { PROTOCOL_VERSION, RpcServer, type Request } from './rpc/index.js';
+import { setupScope, systemdBooted, ensureInfinity, type ScopeState, type SystemdPort } from './scope/index.js';
+import { StepTree, type Leaf } from './steps/index.js';
+
+export const AGENT_VERSION = '0.1.0';
+
+export interface Agent {
+  scope: ScopeState;
+  tree: StepTree;
+  server: RpcServer;
+  status(): Record<string, unknown>;
+  close(): Promise<void>;
+}
+
+export interface AgentHooks {
+  /** systemd for scope/systemd; absent means this build cannot talk to systemd. */
+  connectSystemd?: (o: AgentOptions, log: Logger) => Promise<SystemdPort>;
+}
+
+export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks = {}): Promise<Agent> {
+  const t0 = performance.now();
+  for (const w of o.confWarnings) log.warn(w);
+  const root = resolveCgroupRoot(o.cgroupRoot ?? o.conf.cgroupMountPoint);
+  if (root.readOnly) throw new AgentError('EPERM', `the cgroup2 filesystem at ${root.mountPoint} is mounted read-only`);
+
+  let ignoreSystemd = o.ignoreSystemd || o.conf.ignoreSystemd;
+  if (!ignoreSystemd && !o.dbusAddress && !process.env.DBUS_SYSTEM_BUS_ADDRESS && !systemdBooted()) {
+    log.info('no systemd on this node (/run/systemd/system is absent): running in mkdir mode');
+    ignoreSystemd = true;
+  }
+  if (!ignoreSystemd && !hooks.connectSystemd) throw new AgentError('ENOTSUP', 'this build of cgstepd has no systemd support; pass --ignore-systemd');
+
+  const scope = await setupScope({
+    root: root.root,
+    mountPoint: root.mountPoint,
+    slice: o.slice,
+    scopeName: scopeNameFor(o.nodeName),
+    ignoreSystemd,
+    ignoreSystemdOnFailure: o.ignoreSystemdOnFailure || o.conf.ignoreSystemdOnFailure,
+    enableControllers: o.conf.enableControllers,
+    log,
+    connectSystemd: () => hooks.connectSystemd!(o, log),
+  });
+  log.info({ scope: scope.path, mode: scope.mode, infinityPid: scope.infinityPid, controllers: scope.controllers.enabled, adopted: scope.adopted }, 'scope ready');
+
+  const tree = new StepTree({
+    scopeDir: scope.path,
+    mountPoint: root.mountPoint,
+    conf: o.conf,
+    totalRam: os.totalmem(),
+    ignoreMissingControllers: o.ignoreMissingControllers,
+    waitTimeoutMs: o.waitTimeoutMs,
+    log,
+    protectedPids: () => [1, process.pid, scope.infinityPid],
+  });
+  const recovered = tree.recover();
+  if (recovered.jobs) log.info(recovered, 'adopted jobs and steps from the tree');
+
+  // The infinity process keeps the scope alive: replace it if it dies.
+  const guard = setInterval(() => {
+    ensureInfinity(scope.path, root.mountPoint, log)
+      .then((pid) => (scope.infinityPid = pid))
+      .catch((err) => log.error({ err: (err as Error).message }, 'cannot restore the infinity process'));
+  }, 2000);
+  guard.unref();
+
+  const started = Date.now();
+  const server = new RpcServer({
+    socketPath: o.socket,
+    allowUids: o.allowUids,
+    readOnlyGids: o.readOnlyGids,
+    maxConnections: o.maxConnections,
+    log,
+    handle: (req) => dispatch(req),
+    subscribe: (send) => {
+      tree.watcher.on('event', send);
+      return () => tree.watcher.off('event', send);
+    },
+  });
+
+  const status = () => ({
+    version: AGENT_VERSION,
+    protocol: PROTOCOL_VERSION,
+    pid: process.pid,
+    uptimeSec: Math.round((Date.now() - started) / 1000),
+    socket: o.socket,
+    scope: scope.path,
+    mode: scope.mode,
+    adopted: scope.adopted,
+    infinityPid: scope.infinityPid,
+    controllers: scope.controllers,
+    jobs: tree.jobCount,
+    steps: tree.stepCount,
+    connections: server.connectionCount,
+    requests: server.counters,
+    ...(scope.fallbackReason ? { fallbackReason: scope.fallbackReason } : {}),
+  });
+
+  async function dispatch(req: Request): Promise<unknown> {
+    switch (req.op) {
+      case 'hello':
+        return { protocol: PROTOCOL_VERSION, version: AGENT_VERSION };
+      case 'status':
+        return status();
+      case 'list':
+        return { jobs: tree.list() };
+      case 'job.create':
+        return tree.createJob(req.job, req.limits, req.devices);
+      case 'step.create':
+        return tree.createStep(req.job, req.step, req.limits, req.devices);
+      case 'attach': {
+        if (req.task !== undefined && req.leaf !== undefined) throw new AgentError('EINVAL', 'give either task or leaf, not both');
+        const leaf: Leaf = req.leaf ?? { task: req.task ?? 0 };
+        return tree.attach(req.job, req.step, req.pid, leaf, req.devices);
+      }
+      case 'devices.set':
+        return tree.setDevices(req.job, req.step, req.task, req.devices);
+      case 'stats':
+        return tree.stats(req.job, req.step);
+      case 'signal':
+        return tree.signal(req.job, req.step, req.signal);
+      case 'freeze':
+        return tree.freeze(req.job, req.step, true);
+      case 'thaw':
+        return tree.freeze(req.job, req.step, false);
+      case 'destroy':
+        return tree.destroy(req.job, req.step, req.force ?? false, req.reapJob ?? false);
+      case 'events':
+        throw new AgentError('EINVAL', 'events is handled by the server');
+    }
+  }
+
+  await server.listen();
+  log.info({ socket: o.socket, startupMs: Math.round(performance.now() - t0) }, 'cgstepd ready');
+
+  return {
+    scope,
+    tree,
+    server,
+    status,
+    async close() {
+      clearInterval(guard);
+      await server.close();
+      await tree.close();
+    },
+  };
+}

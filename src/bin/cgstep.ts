@@ -1,0 +1,255 @@
+#!/usr/bin/env node
+/**
+ * cgstep: the command-line client of cgstepd. Human output by default,
+ * --json for scripts. Every command is one or two requests through
+ * rpc/client; `run` also starts the command, held before exec until the agent
+ * has placed it in its task leaf (as slurmstepd does).
+ */
+import { spawn } from 'node:child_process';
+import os from 'node:os';
+import { Command, type Command as Cmd } from 'commander';
+import { intArg, opt, sizeArg, strList } from '../config/cli.js';
+import { formatSize } from '../config/size.js';
+import { AgentError } from '../errors.js';
+import { CgstepClient, DEFAULT_SOCKET } from '../rpc/client.js';
+import type { DeviceRequest, Limits } from '../rpc/protocol.js';
+
+const program = new Command('cgstep')
+  .description('client of cgstepd, the cgroup v2 job/step/task agent')
+  .addOption(opt('--socket <path>', 'agent socket').default(DEFAULT_SOCKET))
+  .addOption(opt('--json', 'machine-readable output'))
+  .addOption(opt('--timeout <ms>', 'request timeout').argParser(intArg('timeout', 1, 3600000)).default(30000))
+  .showHelpAfterError();
+
+const g = () => program.opts<{ socket: string; json?: boolean; timeout: number }>();
+
+async function withClient<T>(fn: (c: CgstepClient) => Promise<T>): Promise<T> {
+  const c = await CgstepClient.connect(g().socket, { timeoutMs: g().timeout });
+  try {
+    return await fn(c);
+  } finally {
+    c.close();
+  }
+}
+
+function print(result: unknown, human: (r: any) => string): void {
+  process.stdout.write((g().json ? JSON.stringify(result) : human(result)) + '\n');
+}
+
+function addLimitOptions(cmd: Cmd): Cmd {
+  return cmd
+    .option('--cpus <list>', 'cpuset.cpus, e.g. 0-3,8')
+    .option('--mems <list>', 'cpuset.mems')
+    .option('--memory <size>', 'allocated RAM (memory.max/high from cgroup.conf formulas), e.g. 4G', sizeArg('--memory'))
+    .option('--swap <size>', 'memory.swap.max', sizeArg('--swap'))
+    .option('--pids <n>', 'pids.max', intArg('--pids', 1, 0x3fffffff))
+    .option('--cpu-max <quota period>', 'cpu.max, e.g. "50000 100000" or max')
+    .option('--cpu-weight <n>', 'cpu.weight 1-10000', intArg('--cpu-weight', 1, 10000))
+    .option('--oom-group', 'memory.oom.group: an OOM kill takes the whole step')
+    .option('--device-allow <rule>', 'allow a device: "c 195:0 rw", "/dev/nvidia0" (repeatable)', strList)
+    .option('--device-deny <rule>', 'deny a device (repeatable)', strList)
+    .option('--gres <dev>', 'allocated gres device: "gpu:0" or a path from gres.conf (repeatable)', strList)
+    .option('--device-policy <mode>', 'open or closed');
+}
+
+function limitsOf(o: any): Limits | undefined {
+  const l: Limits = {};
+  if (o.cpus !== undefined) l.cpus = o.cpus;
+  if (o.mems !== undefined) l.mems = o.mems;
+  if (o.memory !== undefined) l.memory = o.memory;
+  if (o.swap !== undefined) l.swap = o.swap;
+  if (o.pids !== undefined) l.pids = o.pids;
+  if (o.cpuMax !== undefined) l.cpuMax = o.cpuMax;
+  if (o.cpuWeight !== undefined) l.cpuWeight = o.cpuWeight;
+  if (o.oomGroup) l.oomGroup = true;
+  return Object.keys(l).length ? l : undefined;
+}
+
+function devicesOf(o: any): DeviceRequest | undefined {
+  const d: DeviceRequest = {};
+  if (o.deviceAllow?.length) d.allow = o.deviceAllow;
+  if (o.deviceDeny?.length) d.deny = o.deviceDeny;
+  if (o.gres?.length) d.gres = o.gres;
+  if (o.devicePolicy) {
+    if (o.devicePolicy !== 'open' && o.devicePolicy !== 'closed') throw new AgentError('EINVAL', '--device-policy must be open or closed');
+    d.policy = o.devicePolicy;
+  }
+  return Object.keys(d).length ? d : undefined;
+}
+
+const withArgs = <T extends object>(base: T, extra: Record<string, unknown>): T => {
+  for (const [k, v] of Object.entries(extra)) if (v !== undefined) (base as Record<string, unknown>)[k] = v;
+  return base;
+};
+
+program.command('status').description('agent, scope, controllers, counts').action(() =>
+  withClient(async (c) => {
+    const s = await c.request('status', {});
+    print(s, (r) =>
+      [
+        `cgstepd ${r.version} (protocol ${r.protocol}), pid ${r.pid}, up ${r.uptimeSec}s`,
+        `scope:       ${r.scope} (${r.mode} mode${r.adopted ? ', adopted' : ''})`,
+        `infinity:    pid ${r.infinityPid}`,
+        `controllers: available ${r.controllers.available.join(' ') || '-'}; enabled ${r.controllers.enabled.join(' ') || '-'}${r.controllers.missing.length ? `; missing ${r.controllers.missing.join(' ')}` : ''}`,
+        ...(r.devices ? [`devices:     ${r.devices.supported ? `eBPF${r.devices.replace ? ' (atomic replace)' : ''}` : `unavailable: ${r.devices.reason}`}`] : []),
+        ...(r.backends ? r.backends.map((b: any) => `backend:     ${b.type} ${b.version} (${b.reason})`) : []),
+        `jobs:        ${r.jobs}, steps ${r.steps}`,
+        `socket:      ${r.socket}, ${r.connections} connection(s)`,
+        ...(r.degraded?.length ? r.degraded.map((d: string) => `degraded:    ${d}`) : []),
+      ].join('\n'),
+    );
+  }),
+);
+
+program.command('list').description('jobs, steps and tasks').action(() =>
+  withClient(async (c) => {
+    const r = await c.request('list', {});
+    print(r, (x) => {
+      if (!x.jobs.length) return 'no jobs';
+      const lines: string[] = [];
+      for (const j of x.jobs) {
+        lines.push(`job ${j.job}${j.populated ? '' : ' (empty)'}`);
+        for (const s of j.steps) lines.push(`  step ${s.step}: ${s.tasks.length} task(s)${s.populated ? '' : ' (empty)'}${s.tasks.length ? ` [${s.tasks.join(' ')}]` : ''}`);
+      }
+      return lines.join('\n');
+    });
+  }),
+);
+
+const job = program.command('job').description('job commands');
+addLimitOptions(job.command('create <job>').description('create a job (or update its limits)')).action((j, o) =>
+  withClient(async (c) => print(await c.request('job.create', withArgs({ job: j }, { limits: limitsOf(o), devices: devicesOf(o) })), (r) => `job ${r.job} ${r.created ? 'created' : 'updated'}: ${r.path}`)),
+);
+
+const step = program.command('step').description('step commands');
+addLimitOptions(step.command('create <job> <step>').description('create a step (and its job) or update its limits')).action((j, s, o) =>
+  withClient(async (c) => print(await c.request('step.create', withArgs({ job: j, step: s }, { limits: limitsOf(o), devices: devicesOf(o) })), (r) => `step ${r.job}.${r.step} ${r.created ? 'created' : 'updated'}: ${r.path}`)),
+);
+
+program
+  .command('attach <job> <step> <pid>')
+  .description('move a running process into a task, task_special, or the step daemon leaf')
+  .option('--task <n>', 'task number', intArg('--task', 0, 0x7fffffff))
+  .option('--special', 'user/task_special')
+  .option('--slurm', 'the step daemon leaf slurm/')
+  .action((j, s, pid, o) =>
+    withClient(async (c) => {
+      const n = [o.task !== undefined, !!o.special, !!o.slurm].filter(Boolean).length;
+      if (n > 1) throw new AgentError('EINVAL', 'give one of --task, --special, --slurm');
+      const args = withArgs({ job: j, step: s, pid: intArg('pid', 1, 0x3fffffff)(pid) }, { task: o.task, leaf: o.special ? 'special' : o.slurm ? 'slurm' : undefined });
+      print(await c.request('attach', args), (r) => `pid ${r.pid} -> ${r.path}`);
+    }),
+  );
+
+program
+  .command('devices <job> [step]')
+  .description('replace the device policy of a job, step (user/) or task')
+  .option('--task <n>', 'task number', intArg('--task', 0, 0x7fffffff))
+  .option('--device-allow <rule>', 'allow a device (repeatable)', strList)
+  .option('--device-deny <rule>', 'deny a device (repeatable)', strList)
+  .option('--gres <dev>', 'allocated gres device (repeatable)', strList)
+  .option('--device-policy <mode>', 'open or closed')
+  .action((j, s, o) =>
+    withClient(async (c) => {
+      const devices = devicesOf(o) ?? {};
+      print(await c.request('devices.set', withArgs({ job: j, devices }, { step: s, task: o.task })), (r) => `device policy set on ${r.path}${r.deviceProgram ? ` (program ${r.deviceProgram})` : ''}`);
+    }),
+  );
+
+function statsLine(name: string, st: any): string {
+  const cpu = st.cpu ? `cpu ${(st.cpu.usageUsec / 1e6).toFixed(3)}s (user ${(st.cpu.userUsec / 1e6).toFixed(3)}s sys ${(st.cpu.systemUsec / 1e6).toFixed(3)}s)` : 'cpu n/a';
+  const mem = st.memory ? `mem ${formatSize(st.memory.current)}${st.memory.peak !== null ? ` peak ${formatSize(st.memory.peak)}` : ''}` : 'mem n/a';
+  const oom = st.oomKill !== null ? `oom_kill ${st.oomKill}` : 'oom n/a';
+  const pids = st.pids ? `pids ${st.pids.current}/${st.pids.max}` : 'pids n/a';
+  return `${name.padEnd(14)} ${cpu}, ${mem}, ${oom}, ${pids}`;
+}
+
+program.command('stats <job> [step]').description('accounting: cpu, memory, oom kills, pids, io').action((j, s) =>
+  withClient(async (c) => {
+    const r = await c.request('stats', withArgs({ job: j }, { step: s }));
+    print(r, (x) => {
+      const lines: string[] = [];
+      if (x.total) lines.push(statsLine(`job ${x.job}`, x.total));
+      for (const st of x.steps) {
+        lines.push(statsLine(`  step ${st.step}`, st.total));
+        for (const [t, ts] of Object.entries(st.tasks)) lines.push(statsLine(`    task ${t}`, ts));
+      }
+      return lines.join('\n');
+    });
+  }),
+);
+
+program.command('signal <job> <step> <signal>').description("signal every process of a step's tasks (KILL uses cgroup.kill)").action((j, s, sig) =>
+  withClient(async (c) => print(await c.request('signal', { job: j, step: s, signal: /^\d+$/.test(sig) ? Number(sig) : sig }), (r) => `${r.signal} sent to ${r.processes} process(es)`)),
+);
+
+for (const [name, op] of [['freeze', 'freeze'], ['thaw', 'thaw']] as const) {
+  program.command(`${name} <job> [step]`).description(`${name} a step's tasks (cgroup.freeze)`).action((j, s) =>
+    withClient(async (c) => print(await c.request(op, withArgs({ job: j }, { step: s })), (r) => `job ${r.job}${r.step !== undefined ? ` step ${r.step}` : ''} ${r.frozen ? 'frozen' : 'thawed'}`)),
+  );
+}
+
+program
+  .command('destroy <job> [step]')
+  .description('remove a job or step; --force kills what still runs there')
+  .option('--force', 'kill remaining processes (cgroup.kill) first')
+  .action((j, s, o) =>
+    withClient(async (c) => print(await c.request('destroy', withArgs({ job: j }, { step: s, force: o.force ? true : undefined })), (r) => `destroyed job ${r.job}${r.step !== undefined ? ` step ${r.step}` : ''}${r.killed ? ` (killed ${r.killed})` : ''}`)),
+  );
+
+program.command('events').description('print events as they happen (task/step/job empty, oom, frozen, thawed)').action(async () => {
+  const c = await CgstepClient.connect(g().socket, { timeoutMs: g().timeout });
+  await c.events((e) => {
+    process.stdout.write(g().json ? JSON.stringify(e) + '\n' : `${e.time} ${e.event} job ${e.job}${e.step !== undefined ? ` step ${e.step}` : ''}${e.task !== undefined ? ` task ${e.task}` : ''}${e.oomKill !== undefined ? ` oom_kill ${e.oomKill}` : ''}\n`);
+  });
+  await c.closed();
+});
+
+addLimitOptions(
+  program
+    .command('run <job> <step>')
+    .description('run CMD in task N of the step, creating what is missing; exits with its status')
+    .option('--task <n>', 'task number (default 0)', intArg('--task', 0, 0x7fffffff))
+    .argument('<cmd...>', 'command after --'),
+).action((j, s, cmd: string[], o) => runCommand(j, s, cmd, o));
+
+/**
+ * Start CMD held before exec: a shell waits on fd 3 until the agent has moved
+ * it into its leaf, then execs CMD, so CMD never runs an instruction outside it.
+ */
+async function runCommand(job: string, step: string, cmd: string[], o: any): Promise<void> {
+  const c = await CgstepClient.connect(g().socket, { timeoutMs: g().timeout });
+  let code = 1;
+  try {
+    await c.request('step.create', withArgs({ job, step }, { limits: limitsOf(o), devices: devicesOf(o) }));
+    const child = spawn('/bin/sh', ['-c', 'IFS= read -r go <&3 || exit 127; exec 3<&-; exec "$@"', 'cgstep-run', ...cmd], {
+      stdio: ['inherit', 'inherit', 'inherit', 'pipe'],
+    });
+    const exited = new Promise<number>((resolve) => {
+      child.on('exit', (codeOrNull, sig) => resolve(sig ? 128 + (os.constants.signals[sig] ?? 0) : (codeOrNull ?? 1)));
+      child.on('error', () => resolve(127));
+    });
+    const gate = child.stdio[3] as NodeJS.WritableStream;
+    try {
+      await c.request('attach', { job, step, pid: child.pid!, task: o.task ?? 0 });
+    } catch (err) {
+      process.kill(child.pid!, 'SIGKILL');
+      await exited;
+      throw err;
+    }
+    c.close();
+    gate.end('go\n');
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, () => child.kill(sig));
+    code = await exited;
+  } finally {
+    c.close();
+  }
+  process.exitCode = code;
+}
+
+program.parseAsync().catch((err: unknown) => {
+  const e = err as AgentError;
+  if (g().json) process.stderr.write(JSON.stringify({ ok: false, error: { code: e.code ?? 'EINTERNAL', message: e.message } }) + '\n');
+  else process.stderr.write(`cgstep: ${e.code ? `${e.code}: ` : ''}${e.message}\n`);
+  process.exitCode = e.code === 'EINVAL' ? 2 : 1;
+});

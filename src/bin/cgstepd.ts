@@ -1,0 +1,89 @@
+#!/usr/bin/env node
+/**
+ * cgstepd: the node agent's entry point. Parses options (command line, then
+ * CGSTEP_* environment, then cgroup.conf), starts the agent, and stops it
+ * gracefully on SIGTERM/SIGINT without touching running steps.
+ */
+import { Command } from 'commander';
+import { pino } from 'pino';
+import { startAgent } from '../agent.js';
+import { defaultCgroupConf, loadCgroupConf } from '../config/cgroupconf.js';
+import { intArg, intList, opt } from '../config/cli.js';
+import type { AgentOptions } from '../config/options.js';
+import { DEFAULT_SOCKET } from '../rpc/client.js';
+
+const program = new Command('cgstepd')
+  .description('cgroup v2 agent: a delegated job/step/task tree with eBPF device control')
+  .addOption(opt('--socket <path>', 'control socket').default(DEFAULT_SOCKET))
+  .addOption(opt('--cgroup-root <dir>', 'directory that plays the node cgroup root (default: the cgroup2 mount)'))
+  .addOption(opt('--node-name <name>', 'scope becomes <name>_slurmstepd.scope'))
+  .addOption(opt('--slice <name>', 'slice for the scope').default('system.slice'))
+  .addOption(opt('--ignore-systemd', 'never talk to systemd: create the scope with mkdir (IgnoreSystemd)'))
+  .addOption(opt('--ignore-systemd-on-failure', 'fall back to mkdir mode when systemd cannot be reached'))
+  .addOption(opt('--dbus-address <addr>', 'D-Bus address of systemd (default: the system bus)'))
+  .addOption(opt('--config <file>', "Slurm's cgroup.conf"))
+  .addOption(opt('--gres <file>', "Slurm's gres.conf (device files of the node's gres)"))
+  .addOption(opt('--device-policy <mode>', 'open (deny only what is denied) or closed (pseudo-devices plus allowed)').choices(['open', 'closed']).default('open'))
+  .addOption(opt('--log-level <level>', 'trace, debug, info, warn, error').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'))
+  .addOption(opt('--allow-uid <uid>', 'uid allowed to act (repeatable; root always is)').argParser(intList('uid')))
+  .addOption(opt('--read-only-gid <gid>', 'gid allowed status/list/stats/events only (repeatable)').argParser(intList('gid')))
+  .addOption(opt('--ignore-missing-controllers', 'accept limits whose controller the node lacks (they are skipped and reported)'))
+  .addOption(opt('--max-connections <n>', 'concurrent connections').argParser(intArg('max connections', 1, 100000)).default(1024))
+  .addOption(opt('--wait-timeout <ms>', 'how long destroy/freeze wait for the kernel').argParser(intArg('wait timeout', 1, 3600000)).default(10000))
+  .showHelpAfterError();
+
+program.parse();
+const f = program.opts();
+
+const log = pino({ level: f.logLevel, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime });
+
+let conf = defaultCgroupConf();
+let confWarnings: string[] = [];
+try {
+  if (f.config) ({ conf, warnings: confWarnings } = loadCgroupConf(f.config));
+} catch (err) {
+  log.fatal((err as Error).message);
+  process.exit(2);
+}
+
+const options: AgentOptions = {
+  socket: f.socket,
+  cgroupRoot: f.cgroupRoot,
+  nodeName: f.nodeName,
+  slice: f.slice,
+  ignoreSystemd: !!f.ignoreSystemd,
+  ignoreSystemdOnFailure: !!f.ignoreSystemdOnFailure,
+  dbusAddress: f.dbusAddress,
+  conf,
+  confWarnings,
+  logLevel: f.logLevel,
+  allowUids: f.allowUid ?? [],
+  readOnlyGids: f.readOnlyGid ?? [],
+  gresConf: f.gres,
+  devicePolicy: f.devicePolicy,
+  ignoreMissingControllers: !!f.ignoreMissingControllers,
+  maxConnections: f.maxConnections,
+  waitTimeoutMs: f.waitTimeout,
+};
+
+try {
+  const agent = await startAgent(options, log);
+  let stopping = false;
+  const stop = (sig: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal: sig }, 'stopping: finishing in-flight requests; steps keep running in the scope');
+    agent.close().then(
+      () => process.exit(0),
+      (err) => {
+        log.error({ err: (err as Error).message }, 'error while stopping');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+} catch (err) {
+  log.fatal({ code: (err as { code?: string }).code }, (err as Error).message);
+  process.exit(1);
+}

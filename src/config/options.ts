@@ -1,0 +1,31 @@
+/**
+ * config/options: the agent's settled options, after the command line, the
+ * CGSTEP_* environment and cgroup.conf have been merged (command line wins,
+ * then environment, then cgroup.conf, then defaults). Pure data.
+ */
+import type { CgroupConf } from './cgroupconf.js';
+
+export interface AgentOptions {
+  socket: string;
+  cgroupRoot?: string;
+  nodeName?: string;
+  slice: string;
+  ignoreSystemd: boolean;
+  ignoreSystemdOnFailure: boolean;
+  dbusAddress?: string;
+  conf: CgroupConf;
+  confWarnings: string[];
+  logLevel: string;
+  allowUids: number[];
+  readOnlyGids: number[];
+  gresConf?: string;
+  devicePolicy: 'open' | 'closed';
+  ignoreMissingControllers: boolean;
+  maxConnections: number;
+  /** How long destroy and freeze wait for the kernel, ms. */
+  waitTimeoutMs: number;
+}
+
+export function scopeNameFor(nodeName?: string): string {
+  return nodeName ? `${nodeName}_slurmstepd.scope` : 'slurmstepd.scope';
+}

@@ -1,0 +1,134 @@
+/**
+ * rpc/client: the typed TypeScript client for cgstepd, for the cgstep CLI
+ * and for any controller written in TypeScript or JavaScript.
+ *
+ *   const c = await CgstepClient.connect('/run/cgstepd/cgstepd.sock');
+ *   await c.request('step.create', { job: 12, step: 0, limits: { memory: 2**30 } });
+ *   c.close();
+ * Errors come back as AgentError with the agent's code. Owns nothing but its
+ * own connection.
+ */
+import net from 'node:net';
+import type { z } from 'zod';
+import { AgentError, type ErrorCode } from '../errors.js';
+import { PROTOCOL_VERSION, type AgentEvent, type Op, type requestSchema } from './protocol.js';
+
+export const DEFAULT_SOCKET = '/run/cgstepd/cgstepd.sock';
+
+type RequestInput = z.input<typeof requestSchema>;
+export type ArgsOf<O extends Op> = Omit<Extract<RequestInput, { op: O }>, 'op' | 'id' | 'v'>;
+
+interface Pending { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout | null }
+
+export class CgstepClient {
+  private nextId = 1;
+  private pending = new Map<number, Pending>();
+  private buf = '';
+  private eventHandler: ((e: AgentEvent) => void) | null = null;
+  private closedError: Error | null = null;
+
+  private constructor(private readonly sock: net.Socket, private readonly timeoutMs: number) {
+    sock.setEncoding('utf8');
+    sock.on('data', (d: string) => this.onData(d));
+    const fail = (err: Error) => {
+      this.closedError ??= err;
+      err = this.closedError;
+      for (const p of this.pending.values()) {
+        if (p.timer) clearTimeout(p.timer);
+        p.reject(err);
+      }
+      this.pending.clear();
+    };
+    sock.on('error', (err) => fail(new AgentError('EIO', `connection to cgstepd failed: ${err.message}`)));
+    sock.on('close', () => fail(new AgentError('EIO', 'cgstepd closed the connection')));
+  }
+
+  /** Connect to the agent's socket; ENOENT/ECONNREFUSED name the path and what to check. */
+  static connect(socketPath = DEFAULT_SOCKET, opts: { timeoutMs?: number } = {}): Promise<CgstepClient> {
+    const timeoutMs = opts.timeoutMs ?? 30000;
+    return new Promise((resolve, reject) => {
+      const s = net.connect(socketPath);
+      const t = setTimeout(() => {
+        s.destroy();
+        reject(new AgentError('ETIMEDOUT', `no answer from cgstepd at ${socketPath} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      s.once('connect', () => {
+        clearTimeout(t);
+        resolve(new CgstepClient(s, timeoutMs));
+      });
+      s.once('error', (err: NodeJS.ErrnoException) => {
+        clearTimeout(t);
+        const why = err.code === 'ENOENT' || err.code === 'ECONNREFUSED' ? 'is cgstepd running? (see --socket / CGSTEP_SOCKET)' : err.message;
+        reject(new AgentError(err.code === 'EACCES' ? 'EPERM' : 'EIO', `cannot connect to cgstepd at ${socketPath}: ${err.code ?? ''} ${why}`.replace(/  +/g, ' ')));
+      });
+    });
+  }
+
+  request<O extends Op>(op: O, args: ArgsOf<O>, opts: { timeoutMs?: number } = {}): Promise<any> {
+    if (this.closedError) return Promise.reject(this.closedError);
+    const id = this.nextId++;
+    const msg = JSON.stringify({ v: PROTOCOL_VERSION, id, op, ...args }) + '\n';
+    return new Promise((resolve, reject) => {
+      const ms = opts.timeoutMs ?? this.timeoutMs;
+      const timer = ms > 0 ? setTimeout(() => {
+        this.pending.delete(id);
+        reject(new AgentError('ETIMEDOUT', `cgstepd did not answer ${op} within ${ms} ms`));
+      }, ms) : null;
+      this.pending.set(id, { resolve, reject, timer });
+      this.sock.write(msg);
+    });
+  }
+
+  /** Subscribe to events; the connection then carries them until closed. */
+  async events(handler: (e: AgentEvent) => void): Promise<void> {
+    this.eventHandler = handler;
+    await this.request('events', {}, { timeoutMs: this.timeoutMs });
+  }
+
+  /** Resolves when the agent closes the connection. */
+  closed(): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.sock.destroyed) resolve();
+      else this.sock.once('close', () => resolve());
+    });
+  }
+
+  private onData(d: string): void {
+    this.buf += d;
+    let nl: number;
+    while ((nl = this.buf.indexOf('\n')) >= 0) {
+      const text = this.buf.slice(0, nl);
+      this.buf = this.buf.slice(nl + 1);
+      if (!text) continue;
+      let msg: any;
+      try {
+        msg = JSON.parse(text);
+      } catch {
+        continue;
+      }
+      if (typeof msg.event === 'string') {
+        this.eventHandler?.(msg as AgentEvent);
+        continue;
+      }
+      const p = this.pending.get(msg.id);
+      if (!p) {
+        // A reply with id null and no request of ours is the agent refusing the
+        // connection (EPERM, E2BIG): it is why the connection is about to close.
+        if (msg.id === null && msg.ok === false) {
+          this.closedError ??= new AgentError(msg.error.code, msg.error.message);
+          for (const q of this.pending.values()) q.reject(this.closedError);
+        }
+        continue;
+      }
+      this.pending.delete(msg.id);
+      if (p.timer) clearTimeout(p.timer);
+      if (msg.ok) p.resolve(msg.result);
+      else p.reject(new AgentError(msg.error?.code as ErrorCode, msg.error?.message ?? 'unknown error'));
+    }
+  }
+
+  close(): void {
+    this.sock.end();
+    this.sock.destroy();
+  }
+}

@@ -1,0 +1,9 @@
+/**
+ * rpc: the control plane. Owns the socket, the protocol schema, peer
+ * credentials and the client. Must not touch cgroups: requests are handed to
+ * the agent's handler.
+ */
+export * from './protocol.js';
+export * from './client.js';
+export { RpcServer, type Peer, type ServerOptions } from './server.js';
+export { peerCred, type PeerCred } from './peercred.js';

@@ -1,0 +1,162 @@
+/**
+ * scope: the node scope's lifecycle.
+ *
+ * Owns <root>/<slice>/<scope> itself (not what is below it): creating it
+ * (through systemd, via the SystemdPort the agent hands in, or with mkdir),
+ * adopting it after a restart, the infinity process in system/, and the
+ * controllers enabled in the scope. Jobs and steps belong to src/steps.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { controllersOf, enableControllers, enableTopDown, enabledIn, exists, makeDir, moveProcess, procsOf } from '../cgroupfs/index.js';
+import { AgentError } from '../errors.js';
+import { SYSTEM_LEAF } from '../steps/names.js';
+import { isAlive, startInfinity } from './infinity.js';
+
+export type ScopeMode = 'systemd' | 'mkdir';
+
+/** What the scope needs from systemd; implemented in src/scope/systemd.ts on src/systemd. */
+export interface SystemdPort {
+  /** Create the delegated scope holding infinityPid; returns its absolute directory. */
+  startScope(infinityPid: number): Promise<string>;
+  /** The bus address in use, for messages. */
+  readonly address: string;
+  close(): Promise<void> | void;
+}
+
+export interface ScopeOptions {
+  root: string;
+  mountPoint: string;
+  slice: string;
+  scopeName: string;
+  /** mkdir: never talk to systemd (IgnoreSystemd). */
+  ignoreSystemd: boolean;
+  ignoreSystemdOnFailure: boolean;
+  /** EnableControllers / CgroupAutomount: enable on every ancestor from the mount point. */
+  enableControllers: boolean;
+  log: Logger;
+  /** Connects to systemd; throws SystemdUnavailable-like errors when it cannot. */
+  connectSystemd: () => Promise<SystemdPort>;
+}
+
+export interface ScopeState {
+  path: string;
+  mode: ScopeMode;
+  infinityPid: number;
+  adopted: boolean;
+  controllers: { available: string[]; enabled: string[]; missing: string[] };
+  fallbackReason?: string;
+}
+
+/** Is this node run by systemd (sd_booted)? */
+export function systemdBooted(): boolean {
+  return exists('/run/systemd/system');
+}
+
+export async function setupScope(o: ScopeOptions): Promise<ScopeState> {
+  const scopeDir = path.join(o.root, o.slice, o.scopeName);
+  const wantSystemd = !o.ignoreSystemd;
+  let mode: ScopeMode = wantSystemd ? 'systemd' : 'mkdir';
+  let adopted = false;
+  let infinityPid: number;
+  let fallbackReason: string | undefined;
+
+  if (exists(scopeDir)) {
+    // Restart path: no D-Bus call; the scope and everything in it stay as they are.
+    adopted = true;
+    infinityPid = await ensureInfinity(scopeDir, o.mountPoint, o.log);
+    o.log.info({ scope: scopeDir, infinityPid }, 'adopted existing scope');
+  } else if (mode === 'systemd') {
+    infinityPid = await startInfinity();
+    try {
+      const port = await o.connectSystemd();
+      try {
+        const got = await port.startScope(infinityPid);
+        if (path.resolve(got) !== path.resolve(scopeDir)) {
+          o.log.warn({ expected: scopeDir, got }, 'systemd placed the scope elsewhere; using its path');
+          return finish(got, mode, infinityPid, adopted, o);
+        }
+      } finally {
+        await port.close();
+      }
+    } catch (err) {
+      if (!o.ignoreSystemdOnFailure) {
+        killQuietly(infinityPid);
+        throw err instanceof AgentError
+          ? new AgentError(err.code, `${err.message}; set IgnoreSystemdOnFailure=yes in cgroup.conf (or --ignore-systemd-on-failure) to fall back to mkdir mode`)
+          : err;
+      }
+      fallbackReason = (err as Error).message;
+      o.log.warn({ err: fallbackReason }, 'systemd unavailable; IgnoreSystemdOnFailure=yes, falling back to mkdir mode');
+      mode = 'mkdir';
+      makeScopeDirs(o.root, scopeDir);
+    }
+  } else {
+    makeScopeDirs(o.root, scopeDir);
+    infinityPid = await startInfinity();
+  }
+  const state = await finish(scopeDir, mode, infinityPid, adopted, o);
+  if (fallbackReason) state.fallbackReason = fallbackReason;
+  return state;
+}
+
+function makeScopeDirs(root: string, scopeDir: string): void {
+  const rel = path.relative(root, scopeDir).split(path.sep);
+  let d = root;
+  for (const part of rel) {
+    d = path.join(d, part);
+    makeDir(d);
+  }
+}
+
+/** The part both modes share: system/ with the infinity pid, then the scope's controllers. */
+async function finish(scopeDir: string, mode: ScopeMode, infinityPid: number, adopted: boolean, o: ScopeOptions): Promise<ScopeState> {
+  const system = path.join(scopeDir, SYSTEM_LEAF);
+  makeDir(system);
+  if (!procsOf(system).includes(infinityPid)) moveProcess(system, infinityPid, o.mountPoint);
+  // Processes left in the scope's own directory (systemd put the infinity pid there)
+  // would block subtree_control: the no-internal-process rule.
+  for (const pid of procsOf(scopeDir)) moveProcess(system, pid, o.mountPoint);
+  const wanted = controllersOf(o.mountPoint === scopeDir ? scopeDir : path.dirname(scopeDir));
+  let res;
+  if (mode === 'mkdir' || o.enableControllers) {
+    res = enableTopDown(o.mountPoint, scopeDir, controllersOf(o.mountPoint));
+  } else {
+    res = enableControllers(scopeDir, controllersOf(scopeDir));
+  }
+  const available = controllersOf(scopeDir);
+  const enabled = enabledIn(scopeDir);
+  const missing = wanted.filter((c) => !enabled.includes(c));
+  if (res.missing.length) o.log.warn({ missing: res.missing }, 'controllers not available to the scope');
+  return { path: scopeDir, mode, infinityPid, adopted, controllers: { available, enabled, missing: [...new Set([...missing, ...res.missing])] } };
+}
+
+/** Find the live infinity process in system/, or start one and put it there. */
+export async function ensureInfinity(scopeDir: string, mountPoint: string, log: Logger): Promise<number> {
+  const system = path.join(scopeDir, SYSTEM_LEAF);
+  const alive = procsOf(system).filter(isAlive);
+  if (alive.length > 0) return alive[0];
+  const pid = await startInfinity();
+  makeDir(system);
+  moveProcess(system, pid, mountPoint);
+  log.warn({ scope: scopeDir, infinityPid: pid }, 'infinity process was missing; started a new one in system/');
+  return pid;
+}
+
+function killQuietly(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    /* already gone */
+  }
+}
+
+/** True when the scope directory still exists and is on cgroup2 (used by health checks). */
+export function scopeHealthy(scopeDir: string): boolean {
+  try {
+    return fs.statSync(scopeDir).isDirectory();
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,118 @@
+/**
+ * The control socket under bad input and unauthorised peers, against a real agent.
+ */
+import test from 'ava';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
+import { startAgent, waitFor, type RunningAgent } from '../helpers/agent.js';
+
+const ctx: { root: string; agent: RunningAgent } = {} as any;
+
+test.before(async () => {
+  ctx.root = makeTestRoot('rpc');
+  ctx.agent = await startAgent({ root: ctx.root, args: ['--ignore-systemd'] });
+});
+test.after.always(async () => {
+  await ctx.agent?.stop();
+  await removeTestRoot(ctx.root);
+});
+
+/** Send raw bytes, collect reply lines until `n` lines or close. */
+function raw(socket: string, data: string | Buffer, n = 1): Promise<any[]> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(socket);
+    let buf = '';
+    const lines: any[] = [];
+    const done = () => {
+      s.destroy();
+      resolve(lines);
+    };
+    s.on('data', (d) => {
+      buf += d;
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        lines.push(JSON.parse(buf.slice(0, i)));
+        buf = buf.slice(i + 1);
+        if (lines.length >= n) done();
+      }
+    });
+    s.on('close', () => resolve(lines));
+    s.on('error', reject);
+    s.write(data);
+  });
+}
+
+test('the socket is created mode 0600', (t) => {
+  t.is(fs.statSync(ctx.agent.socket).mode & 0o777, 0o600);
+});
+
+test('malformed JSON, wrong types, unknown ops and unknown fields get typed errors on the same connection', async (t) => {
+  const lines = await raw(
+    ctx.agent.socket,
+    ['{"id":1,', '[]', '{"id":2,"op":"nope"}', '{"id":3,"op":"status","extra":1}', '{"id":4,"op":"job.create","job":{}}', '{"id":5,"op":"status"}'].join('\n') + '\n',
+    6,
+  );
+  t.is(lines.length, 6);
+  const byId = new Map(lines.map((l) => [l.id, l]));
+  t.is(lines.filter((l) => l.id === null && l.error.code === 'EINVAL').length, 2);
+  t.is(byId.get(2).error.code, 'EINVAL');
+  t.regex(byId.get(3).error.message, /unknown field\(s\) extra/);
+  t.is(byId.get(4).error.code, 'EINVAL');
+  t.true(byId.get(5).ok, 'a good request after bad ones on the same connection works');
+});
+
+test.serial('path tricks and out-of-range ids are refused before touching the tree', async (t) => {
+  const bad = ['../x', '1/2', '', '0', '-1', '99999999999', '1e3', ' 1', '1 ', 'job_1', '4294967295'];
+  const reqs = bad.map((j, i) => JSON.stringify({ id: i, op: 'job.create', job: j })).join('\n') + '\n';
+  const lines = await raw(ctx.agent.socket, reqs, bad.length);
+  t.is(lines.length, bad.length);
+  for (const l of lines) t.is(l.error?.code, 'EINVAL', JSON.stringify(l));
+  const steps = await raw(ctx.agent.socket, ['../..', 'batch/..', 'foo', '1.5', '-2'].map((s, i) => JSON.stringify({ id: i, op: 'step.create', job: 7, step: s })).join('\n') + '\n', 5);
+  for (const l of steps) t.is(l.error?.code, 'EINVAL');
+  const list = (await raw(ctx.agent.socket, '{"id":1,"op":"list"}\n'))[0];
+  t.deepEqual(list.result.jobs, []);
+});
+
+test('an oversized line gets E2BIG and closes only that connection', async (t) => {
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  const lines = await raw(ctx.agent.socket, Buffer.alloc(200 * 1024, 'a'));
+  t.is(lines[0].error.code, 'E2BIG');
+  t.truthy(await c.request('status', {}));
+});
+
+test('a client of another protocol major is told both versions', async (t) => {
+  const [l] = await raw(ctx.agent.socket, '{"v":"2.0","id":1,"op":"status"}\n');
+  t.is(l.error.code, 'EPROTO');
+  t.regex(l.error.message, /2\.0.*1\.0/);
+});
+
+test('attach refuses PID 1, the agent, the infinity process and missing pids', async (t) => {
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  await c.request('step.create', { job: 9, step: 0 });
+  const st = await c.request('status', {});
+  for (const pid of [1, ctx.agent.pid, st.infinityPid]) {
+    const e = await t.throwsAsync(c.request('attach', { job: 9, step: 0, pid, task: 0 }));
+    t.is((e as any).code, 'EPERM');
+  }
+  const e = await t.throwsAsync(c.request('attach', { job: 9, step: 0, pid: 0x3ffffff0, task: 0 }));
+  t.is((e as any).code, 'ENOENT');
+  await c.request('destroy', { job: 9 });
+});
+
+test('a uid that is not allowed is refused (setpriv --reuid 65534)', async (t) => {
+  // The socket is 0600; let the unprivileged client reach it to prove the SO_PEERCRED check itself.
+  fs.chmodSync(ctx.agent.socket, 0o666);
+  fs.chmodSync(path.dirname(ctx.agent.socket), 0o755);
+  t.teardown(() => fs.chmodSync(ctx.agent.socket, 0o600));
+  const r = spawnSync('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', process.execPath, 'dist/bin/cgstep.js', '--socket', ctx.agent.socket, 'status'], { encoding: 'utf8' });
+  t.is(r.status, 1, r.stderr);
+  t.regex(r.stderr, /EPERM: uid 65534 is not allowed/);
+  await waitFor(() => /"peerUid":65534.*connection refused: uid not allowed/.test(ctx.agent.log()), 3000, 'the refusal in the log');
+  t.pass();
+});
+

@@ -1,0 +1,100 @@
+/**
+ * test/helpers/agent: start a real cgstepd (the built dist/bin/cgstepd.js) on
+ * its own socket and cgroup root, talk to it with the real client or CLI, and
+ * stop it by pid.
+ */
+import { spawn, spawnSync, type ChildProcess, type SpawnSyncOptions } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { CgstepClient } from '../../src/rpc/client.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const REPO = path.resolve(here, '../..');
+export const CGSTEPD = path.join(REPO, 'dist/bin/cgstepd.js');
+export const CGSTEP = path.join(REPO, 'dist/bin/cgstep.js');
+
+export interface RunningAgent {
+  pid: number;
+  socket: string;
+  proc: ChildProcess;
+  log: () => string;
+  /** Parsed JSON log lines. */
+  logLines: () => any[];
+  client: () => Promise<CgstepClient>;
+  cli: (args: string[], opts?: SpawnSyncOptions) => { code: number | null; stdout: string; stderr: string };
+  stop: (signal?: NodeJS.Signals) => Promise<number | null>;
+}
+
+export function tmpSocket(name: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `cgstep-${name}-`));
+  return path.join(dir, 'cgstepd.sock');
+}
+
+export async function startAgent(opts: { root: string; socket?: string; args?: string[]; env?: Record<string, string>; expectExit?: boolean }): Promise<RunningAgent> {
+  const socket = opts.socket ?? tmpSocket('agent');
+  const args = [CGSTEPD, '--socket', socket, '--cgroup-root', opts.root, '--log-level', 'debug', ...(opts.args ?? [])];
+  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+  let out = '';
+  proc.stdout!.on('data', (d) => (out += d));
+  proc.stderr!.on('data', (d) => (out += d));
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  const agent: RunningAgent = {
+    pid: proc.pid!,
+    socket,
+    proc,
+    log: () => out,
+    logLines: () => out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l)),
+    client: () => CgstepClient.connect(socket, { timeoutMs: 20000 }),
+    cli: (a, o = {}) => cli(socket, a, o),
+    stop: async (signal = 'SIGTERM') => {
+      if (proc.exitCode !== null || proc.signalCode !== null) return proc.exitCode;
+      proc.kill(signal);
+      return exited;
+    },
+  };
+  if (opts.expectExit) {
+    await exited;
+    return agent;
+  }
+  const deadline = Date.now() + 15000;
+  for (;;) {
+    if (proc.exitCode !== null) throw new Error(`cgstepd exited with ${proc.exitCode}:\n${out}`);
+    if (/"cgstepd ready"/.test(out)) return agent;
+    if (Date.now() > deadline) {
+      proc.kill('SIGKILL');
+      throw new Error(`cgstepd did not become ready:\n${out}`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+export function cli(socket: string, args: string[], opts: SpawnSyncOptions = {}): { code: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [CGSTEP, '--socket', socket, ...args], { encoding: 'utf8', timeout: 60000, ...opts });
+  return { code: r.status, stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? '') };
+}
+
+/** A child that spins until killed; returns it (end it with kill by pid). */
+export function spawnSleeper(): ChildProcess {
+  return spawn('sleep', ['600'], { stdio: 'ignore' });
+}
+
+export function killPid(pid: number | undefined): void {
+  if (!pid) return;
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    /* gone */
+  }
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export async function waitFor(check: () => boolean | Promise<boolean>, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
