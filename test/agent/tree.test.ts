@@ -18,6 +18,7 @@ test.before(async () => {
 
 test.after.always(async () => {
   await ctx.agent?.stop();
+  fs.rmSync(path.dirname(ctx.agent.socket), { recursive: true, force: true });
   await removeTestRoot(ctx.root);
 });
 
@@ -134,9 +135,11 @@ test.serial('a restarted agent keeps live steps and still manages them', async (
   t.is(ctx.agent.cli(['step', 'create', '61', '3']).code, 0);
   t.is(ctx.agent.cli(['attach', '61', '3', String(p.pid), '--task', '0']).code, 0);
   const before = JSON.parse(ctx.agent.cli(['--json', 'status']).stdout);
+  ctx.agent.keepSocketDir = true;
+  const first = ctx.agent;
   t.is(await ctx.agent.stop('SIGTERM'), 0);
   t.is(p.exitCode, null, 'the step process survives the agent stopping');
-  ctx.agent = await startAgent({ root: ctx.root, socket: ctx.agent.socket, args: ['--ignore-systemd', '--node-name', 'n1'] });
+  ctx.agent = await startAgent({ root: ctx.root, socket: first.socket, args: ['--ignore-systemd', '--node-name', 'n1'] });
   const after = JSON.parse(ctx.agent.cli(['--json', 'status']).stdout);
   t.true(after.adopted);
   t.is(after.infinityPid, before.infinityPid);

@@ -24,7 +24,9 @@ export interface RunningAgent {
   logLines: () => any[];
   client: () => Promise<CgstepClient>;
   cli: (args: string[], opts?: SpawnSyncOptions) => { code: number | null; stdout: string; stderr: string };
+  /** Stop by pid (SIGTERM by default) and remove the socket's temp dir unless keepSocketDir. */
   stop: (signal?: NodeJS.Signals) => Promise<number | null>;
+  keepSocketDir: boolean;
 }
 
 export function tmpSocket(name: string): string {
@@ -34,6 +36,7 @@ export function tmpSocket(name: string): string {
 
 export async function startAgent(opts: { root: string; socket?: string; args?: string[]; env?: Record<string, string>; expectExit?: boolean }): Promise<RunningAgent> {
   const socket = opts.socket ?? tmpSocket('agent');
+  const ownDir = opts.socket === undefined ? path.dirname(socket) : null;
   const args = [CGSTEPD, '--socket', socket, '--cgroup-root', opts.root, '--log-level', 'debug', ...(opts.args ?? [])];
   const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
   let out = '';
@@ -49,10 +52,12 @@ export async function startAgent(opts: { root: string; socket?: string; args?: s
     client: () => CgstepClient.connect(socket, { timeoutMs: 20000 }),
     cli: (a, o = {}) => cli(socket, a, o),
     stop: async (signal = 'SIGTERM') => {
-      if (proc.exitCode !== null || proc.signalCode !== null) return proc.exitCode;
-      proc.kill(signal);
-      return exited;
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      const code = await exited;
+      if (ownDir && signal !== 'SIGKILL' && !agent.keepSocketDir) fs.rmSync(ownDir, { recursive: true, force: true });
+      return code;
     },
+    keepSocketDir: false,
   };
   if (opts.expectExit) {
     await exited;
