@@ -11,7 +11,9 @@ import { scopeNameFor, type AgentOptions } from './config/options.js';
 import { AgentError } from './errors.js';
 import { PROTOCOL_VERSION, RpcServer, type Request } from './rpc/index.js';
 import { setupScope, systemdBooted, ensureInfinity, type ScopeState, type SystemdPort } from './scope/index.js';
-import { StepTree, type Leaf } from './steps/index.js';
+import { StepTree, collectOrphans, type Leaf, type OrphanReport } from './steps/index.js';
+import { scopeHealthy } from './scope/index.js';
+import { controllersOf } from './cgroupfs/index.js';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -67,6 +69,22 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
   const recovered = tree.recover();
   if (recovered.jobs) log.info(recovered, 'adopted jobs and steps from the tree');
 
+  // Orphans: at start, then on a timer.
+  let lastOrphans: OrphanReport & { at?: string } = { removed: [], populated: [], extraInfinity: [] };
+  const sweep = async () => {
+    try {
+      lastOrphans = { ...(await collectOrphans(scope.path, scope.infinityPid, o.waitTimeoutMs)), at: new Date().toISOString() };
+      const { removed, populated, extraInfinity } = lastOrphans;
+      if (removed.length || extraInfinity.length) log.warn({ removed, extraInfinity }, 'orphans cleaned up');
+      if (populated.length) log.warn({ populated }, 'orphan directories with processes (not killed; destroy them or move the processes)');
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'orphan collection failed');
+    }
+  };
+  await sweep();
+  const sweeper = setInterval(() => void sweep(), o.orphanIntervalMs);
+  sweeper.unref();
+
   // The infinity process keeps the scope alive: replace it if it dies.
   const guard = setInterval(() => {
     ensureInfinity(scope.path, root.mountPoint, log)
@@ -105,7 +123,25 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
     connections: server.connectionCount,
     requests: server.counters,
     ...(scope.fallbackReason ? { fallbackReason: scope.fallbackReason } : {}),
+    orphans: { removed: lastOrphans.removed.length, populated: lastOrphans.populated.map((p) => p.path), at: lastOrphans.at },
+    degraded: degraded(),
   });
+
+  /** What does not work as configured right now, in words an admin can act on. */
+  function degraded(): string[] {
+    const out: string[] = [];
+    if (!scopeHealthy(scope.path)) out.push(`scope directory ${scope.path} is gone`);
+    if (scope.fallbackReason) out.push(`systemd unavailable, running in mkdir mode: ${scope.fallbackReason}`);
+    try {
+      const now = controllersOf(scope.path);
+      const lost = scope.controllers.enabled.filter((c) => !now.includes(c));
+      if (lost.length) out.push(`controllers disappeared from the scope: ${lost.join(' ')}`);
+    } catch (err) {
+      out.push(`cannot read the scope's controllers: ${(err as Error).message}`);
+    }
+    if (lastOrphans.populated.length) out.push(`${lastOrphans.populated.length} orphan cgroup(s) still hold processes`);
+    return out;
+  }
 
   async function dispatch(req: Request): Promise<unknown> {
     switch (req.op) {
@@ -151,6 +187,7 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
     status,
     async close() {
       clearInterval(guard);
+      clearInterval(sweeper);
       await server.close();
       await tree.close();
     },

@@ -30,6 +30,7 @@ const program = new Command('cgstepd')
   .addOption(opt('--ignore-missing-controllers', 'accept limits whose controller the node lacks (they are skipped and reported)'))
   .addOption(opt('--max-connections <n>', 'concurrent connections').argParser(intArg('max connections', 1, 100000)).default(1024))
   .addOption(opt('--wait-timeout <ms>', 'how long destroy/freeze wait for the kernel').argParser(intArg('wait timeout', 1, 3600000)).default(10000))
+  .addOption(opt('--orphan-interval <ms>', 'how often orphan cgroups are collected').argParser(intArg('orphan interval', 1000, 86400000)).default(60000))
   .showHelpAfterError();
 
 program.parse();
@@ -64,6 +65,7 @@ const options: AgentOptions = {
   ignoreMissingControllers: !!f.ignoreMissingControllers,
   maxConnections: f.maxConnections,
   waitTimeoutMs: f.waitTimeout,
+  orphanIntervalMs: f.orphanInterval,
 };
 
 try {

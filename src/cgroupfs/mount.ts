@@ -13,6 +13,12 @@ export interface MountInfo { mountPoint: string; readOnly: boolean }
 
 /** Parse mountinfo text; the first cgroup2 mount wins (pure v2 or hybrid /sys/fs/cgroup/unified). */
 export function parseCgroup2Mount(mountinfo: string): MountInfo | null {
+  return parseCgroup2Mounts(mountinfo)[0] ?? null;
+}
+
+/** Every cgroup2 mount, in mountinfo order (a later mount on the same point hides an earlier one). */
+export function parseCgroup2Mounts(mountinfo: string): MountInfo[] {
+  const out: MountInfo[] = [];
   for (const line of mountinfo.split('\n')) {
     const sep = line.indexOf(' - ');
     if (sep < 0) continue;
@@ -21,9 +27,9 @@ export function parseCgroup2Mount(mountinfo: string): MountInfo | null {
     const fields = line.slice(0, sep).split(' ');
     const mountPoint = unescapeMountPath(fields[4]);
     const opts = fields[5]?.split(',') ?? [];
-    return { mountPoint, readOnly: opts.includes('ro') };
+    out.push({ mountPoint, readOnly: opts.includes('ro') });
   }
-  return null;
+  return out;
 }
 
 function unescapeMountPath(p: string): string {
@@ -64,6 +70,6 @@ export function resolveCgroupRoot(explicit?: string): { root: string; mountPoint
   if (!isCgroup2(root)) throw new AgentError('EINVAL', `--cgroup-root ${root} is not on a cgroup2 filesystem`);
   let mountPoint = root;
   while (mountPoint !== '/' && isCgroup2(path.dirname(mountPoint))) mountPoint = path.dirname(mountPoint);
-  const m = parseCgroup2Mount(fs.readFileSync('/proc/self/mountinfo', 'utf8'));
-  return { root, mountPoint, readOnly: m?.mountPoint === mountPoint ? m.readOnly : false };
+  const same = parseCgroup2Mounts(fs.readFileSync('/proc/self/mountinfo', 'utf8')).filter((m) => m.mountPoint === mountPoint);
+  return { root, mountPoint, readOnly: same.length ? same[same.length - 1].readOnly : false };
 }

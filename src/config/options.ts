@@ -24,6 +24,8 @@ export interface AgentOptions {
   maxConnections: number;
   /** How long destroy and freeze wait for the kernel, ms. */
   waitTimeoutMs: number;
+  /** How often orphans are collected, ms. */
+  orphanIntervalMs: number;
 }
 
 export function scopeNameFor(nodeName?: string): string {

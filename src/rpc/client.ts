@@ -43,9 +43,25 @@ export class CgstepClient {
     sock.on('close', () => fail(new AgentError('EIO', 'cgstepd closed the connection')));
   }
 
-  /** Connect to the agent's socket; ENOENT/ECONNREFUSED name the path and what to check. */
-  static connect(socketPath = DEFAULT_SOCKET, opts: { timeoutMs?: number } = {}): Promise<CgstepClient> {
+  /**
+   * Connect to the agent's socket. A full listen backlog (EAGAIN) is retried with
+   * bounded exponential back-off (1 ms doubling to 100 ms, within timeoutMs);
+   * ENOENT/ECONNREFUSED fail at once, naming the path and what to check.
+   */
+  static async connect(socketPath = DEFAULT_SOCKET, opts: { timeoutMs?: number } = {}): Promise<CgstepClient> {
     const timeoutMs = opts.timeoutMs ?? 30000;
+    const deadline = Date.now() + timeoutMs;
+    for (let delay = 1; ; delay = Math.min(delay * 2, 100)) {
+      try {
+        return await CgstepClient.connectOnce(socketPath, Math.max(1, deadline - Date.now()));
+      } catch (err) {
+        if ((err as { errno?: string }).errno !== 'EAGAIN' || Date.now() + delay >= deadline) throw err;
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    }
+  }
+
+  private static connectOnce(socketPath: string, timeoutMs: number): Promise<CgstepClient> {
     return new Promise((resolve, reject) => {
       const s = net.connect(socketPath);
       const t = setTimeout(() => {
@@ -58,6 +74,7 @@ export class CgstepClient {
       });
       s.once('error', (err: NodeJS.ErrnoException) => {
         clearTimeout(t);
+        if (err.code === 'EAGAIN') return reject(Object.assign(new AgentError('EBUSY', `cgstepd at ${socketPath} is not accepting connections fast enough (EAGAIN)`), { errno: 'EAGAIN' }));
         const why = err.code === 'ENOENT' || err.code === 'ECONNREFUSED' ? 'is cgstepd running? (see --socket / CGSTEP_SOCKET)' : err.message;
         reject(new AgentError(err.code === 'EACCES' ? 'EPERM' : 'EIO', `cannot connect to cgstepd at ${socketPath}: ${err.code ?? ''} ${why}`.replace(/  +/g, ' ')));
       });

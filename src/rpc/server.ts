@@ -47,6 +47,7 @@ export class RpcServer {
   async listen(): Promise<void> {
     const dir = path.dirname(this.o.socketPath);
     fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+    checkSocketDir(dir, this.o.log);
     await removeStaleSocket(this.o.socketPath);
     const server = net.createServer({ allowHalfOpen: false }, (s) => this.accept(s));
     server.maxConnections = this.o.maxConnections;
@@ -58,7 +59,8 @@ export class RpcServer {
     try {
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
-        server.listen(this.o.socketPath, () => {
+        // A deep backlog: a burst of connects waits in the kernel instead of failing with EAGAIN.
+        server.listen({ path: this.o.socketPath, backlog: 4096 }, () => {
           server.off('error', reject);
           resolve();
         });
@@ -222,6 +224,19 @@ function describeIssues(issues: readonly { path: PropertyKey[]; message: string;
     return `${where}: ${i.message}`;
   });
   return `invalid request: ${first.join('; ')}${issues.length > 3 ? ` (+${issues.length - 3} more)` : ''}`;
+}
+
+/**
+ * The socket's directory must not let others replace the socket: refuse one that
+ * is group- or world-writable without the sticky bit, or owned by another user.
+ */
+export function checkSocketDir(dir: string, log: Logger): void {
+  const st = fs.statSync(dir);
+  const uid = process.getuid?.() ?? 0;
+  if (st.uid !== uid && st.uid !== 0) throw new AgentError('EPERM', `socket directory ${dir} is owned by uid ${st.uid}; it must belong to root or to the agent's user`);
+  const sticky = (st.mode & 0o1000) !== 0;
+  if ((st.mode & 0o022) !== 0 && !sticky) throw new AgentError('EPERM', `socket directory ${dir} is writable by others (mode ${(st.mode & 0o7777).toString(8)}); use a directory only root can write, e.g. /run/cgstepd`);
+  if ((st.mode & 0o002) !== 0) log.warn({ dir, mode: (st.mode & 0o7777).toString(8) }, 'socket directory is world-writable (sticky); prefer /run/cgstepd');
 }
 
 /** A socket file left by a dead agent is removed; a live agent on it is an error. */

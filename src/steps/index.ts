@@ -8,3 +8,4 @@ export * from './limits.js';
 export * from './tree.js';
 export * from './signals.js';
 export { TreeWatcher } from './events.js';
+export * from './orphans.js';

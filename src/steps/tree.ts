@@ -110,10 +110,14 @@ export class StepTree {
     return { jobs: this.index.size, steps, tasks };
   }
 
-  /** mkdir a directory that will have children, and pass every controller it has down to them. */
+  /**
+   * mkdir a directory that will have children and pass every controller it has
+   * down to them. Also done for an existing directory: an agent killed between
+   * mkdir and the subtree_control write leaves it half made, and a retry repairs it.
+   */
   private makeInner(dir: string): boolean {
     const made = makeDir(dir);
-    if (made) enableControllers(dir, controllersOf(dir));
+    enableControllers(dir, controllersOf(dir));
     return made;
   }
 
@@ -282,7 +286,13 @@ export class StepTree {
 
   destroy(job: string, step: string | undefined, force: boolean, reapJob: boolean) {
     return this.lock.run(job, async () => {
-      const target = step === undefined ? this.requireJob(job) : this.requireStep(job, step);
+      const target = step === undefined ? this.paths.job(job) : this.paths.step(job, step);
+      if (!exists(target)) {
+        // Idempotent: a controller retrying after a crash or a lost reply gets success.
+        if (step === undefined) this.index.delete(job);
+        else this.index.get(job)?.delete(step);
+        return { job, step, killed: 0, jobRemoved: step === undefined || !exists(this.paths.job(job)), existed: false };
+      }
       const pids = procsRecursive(target);
       if (pids.length > 0) {
         if (!force) {
@@ -305,7 +315,7 @@ export class StepTree {
       }
       if (jobRemoved) this.index.delete(job);
       this.opts.log.info({ job, step, killed: pids.length, jobRemoved }, 'destroyed');
-      return { job, step, killed: pids.length, jobRemoved };
+      return { job, step, killed: pids.length, jobRemoved, existed: true };
     });
   }
 

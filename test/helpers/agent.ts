@@ -66,12 +66,26 @@ export async function startAgent(opts: { root: string; socket?: string; args?: s
   const deadline = Date.now() + 15000;
   for (;;) {
     if (proc.exitCode !== null) throw new Error(`cgstepd exited with ${proc.exitCode}:\n${out}`);
-    if (/"cgstepd ready"/.test(out)) return agent;
+    if (fs.existsSync(socket) && (await answers(socket))) return agent;
     if (Date.now() > deadline) {
       proc.kill('SIGKILL');
       throw new Error(`cgstepd did not become ready:\n${out}`);
     }
     await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function answers(socket: string): Promise<boolean> {
+  try {
+    const c = await CgstepClient.connect(socket, { timeoutMs: 2000 });
+    try {
+      await c.request('hello', {});
+      return true;
+    } finally {
+      c.close();
+    }
+  } catch {
+    return false;
   }
 }
 

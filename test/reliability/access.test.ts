@@ -1,0 +1,70 @@
+/**
+ * Who may act: SO_PEERCRED with real other uids (setpriv), allowed uids, a
+ * read-only group, and the socket directory check at start.
+ */
+import test from 'ava';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
+import { CGSTEP, startAgent, type RunningAgent } from '../helpers/agent.js';
+
+const ctx: { root: string; agent: RunningAgent; dir: string } = {} as any;
+
+test.before(async () => {
+  ctx.root = makeTestRoot('access');
+  ctx.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-access-'));
+  fs.chmodSync(ctx.dir, 0o755);
+  ctx.agent = await startAgent({ root: ctx.root, socket: path.join(ctx.dir, 's.sock'), args: ['--ignore-systemd', '--allow-uid', '4242', '--read-only-gid', '4343'] });
+  // Let unprivileged peers reach the socket so that the agent's own check is what is tested.
+  fs.chmodSync(ctx.agent.socket, 0o666);
+});
+test.after.always(async () => {
+  await ctx.agent?.stop();
+  fs.rmSync(ctx.dir, { recursive: true, force: true });
+  await removeTestRoot(ctx.root);
+});
+
+function as(uid: number, gid: number, args: string[]) {
+  const r = spawnSync('setpriv', ['--reuid', String(uid), '--regid', String(gid), '--clear-groups', process.execPath, CGSTEP, '--socket', ctx.agent.socket, ...args], { encoding: 'utf8' });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+test.serial('an allowed uid may act', (t) => {
+  const r = as(4242, 4242, ['job', 'create', '77']);
+  t.is(r.code, 0, r.stderr);
+  t.is(as(4242, 4242, ['destroy', '77']).code, 0);
+});
+
+test.serial('a read-only group may use status, list, stats and events, nothing else', (t) => {
+  t.is(as(5000, 4343, ['status']).code, 0);
+  t.is(as(5000, 4343, ['list']).code, 0);
+  t.is(ctx.agent.cli(['job', 'create', '78']).code, 0);
+  t.is(as(5000, 4343, ['stats', '78']).code, 0);
+  const r = as(5000, 4343, ['job', 'create', '79']);
+  t.is(r.code, 1);
+  t.regex(r.stderr, /EPERM: uid 5000 may only use read-only requests/);
+  const d = as(5000, 4343, ['destroy', '78']);
+  t.regex(d.stderr, /EPERM/);
+  t.is(ctx.agent.cli(['destroy', '78']).code, 0);
+});
+
+test.serial('any other uid is refused outright', (t) => {
+  const r = as(5001, 5001, ['status']);
+  t.is(r.code, 1);
+  t.regex(r.stderr, /EPERM: uid 5001 is not allowed/);
+});
+
+test('the agent refuses a socket directory that others can write', async (t) => {
+  const root = makeTestRoot('access2');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-open-'));
+  t.teardown(async () => {
+    fs.rmSync(dir, { recursive: true, force: true });
+    await removeTestRoot(root);
+  });
+  fs.chmodSync(dir, 0o777);
+  const a = await startAgent({ root, socket: path.join(dir, 's.sock'), args: ['--ignore-systemd'], expectExit: true });
+  t.is(a.proc.exitCode, 1);
+  t.regex(a.log(), /socket directory .* is writable by others \(mode 777\)/);
+});
