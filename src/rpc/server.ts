@@ -39,7 +39,6 @@ export class RpcServer {
   private server: net.Server | null = null;
   private conns = new Set<net.Socket>();
   private inflight = 0;
-  private idle: (() => void) | null = null;
   readonly counters = { connections: 0, requests: 0, errors: 0, refused: 0 };
 
   constructor(private readonly o: ServerOptions) {}
@@ -170,7 +169,6 @@ export class RpcServer {
       if (!(err instanceof AgentError)) this.o.log.error({ err: (err as Error)?.stack ?? String(err) }, 'request failed unexpectedly');
     } finally {
       this.inflight--;
-      if (this.inflight === 0) this.idle?.();
     }
     this.write(s, reply);
   }
@@ -184,19 +182,20 @@ export class RpcServer {
     } else if (s.writableLength > PAUSE_BYTES) s.pause();
   }
 
-  /** Stop accepting, let in-flight requests finish (bounded), then close connections. */
+  /**
+   * Stop accepting, then let in-flight requests finish: those being handled and
+   * those already written to a connection (quiet for 50 ms), bounded by graceMs.
+   * Then close the connections and remove the socket file.
+   */
   async close(graceMs = 5000): Promise<void> {
     const server = this.server;
     this.server = null;
     if (server) server.close();
-    if (this.inflight > 0) {
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, graceMs);
-        this.idle = () => {
-          clearTimeout(t);
-          resolve();
-        };
-      });
+    const deadline = Date.now() + graceMs;
+    let seen = -1;
+    while (Date.now() < deadline && (this.inflight > 0 || seen !== this.counters.requests)) {
+      seen = this.counters.requests;
+      await new Promise((r) => setTimeout(r, 50));
     }
     for (const s of this.conns) s.end();
     for (const s of this.conns) s.destroy();
