@@ -13,6 +13,7 @@ import { PROTOCOL_VERSION, RpcServer, type Request } from './rpc/index.js';
 import { setupScope, systemdBooted, ensureInfinity, type ScopeState, type SystemdPort } from './scope/index.js';
 import { StepTree, collectOrphans, type Leaf, type OrphanReport } from './steps/index.js';
 import { scopeHealthy } from './scope/index.js';
+import { Metrics } from './metrics/index.js';
 import { controllersOf } from './cgroupfs/index.js';
 
 export const AGENT_VERSION = '0.1.0';
@@ -94,7 +95,9 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
   guard.unref();
 
   const started = Date.now();
+  let metrics: Metrics | null = null;
   const server = new RpcServer({
+    observe: (op, sec, code) => metrics?.observe(op, sec, code),
     socketPath: o.socket,
     allowUids: o.allowUids,
     readOnlyGids: o.readOnlyGids,
@@ -177,6 +180,10 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
     }
   }
 
+  if (o.metrics) {
+    metrics = new Metrics({ listen: o.metrics, node: o.nodeName ?? os.hostname(), perTask: o.metricsTasks, tree, log, agentGauges: () => ({ connections: server.connectionCount }) });
+    await metrics.listen();
+  }
   await server.listen();
   log.info({ socket: o.socket, startupMs: Math.round(performance.now() - t0) }, 'cgstepd ready');
 
@@ -189,6 +196,7 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
       clearInterval(guard);
       clearInterval(sweeper);
       await server.close();
+      await metrics?.close();
       await tree.close();
     },
   };

@@ -31,6 +31,8 @@ const program = new Command('cgstepd')
   .addOption(opt('--max-connections <n>', 'concurrent connections').argParser(intArg('max connections', 1, 100000)).default(1024))
   .addOption(opt('--wait-timeout <ms>', 'how long destroy/freeze wait for the kernel').argParser(intArg('wait timeout', 1, 3600000)).default(10000))
   .addOption(opt('--orphan-interval <ms>', 'how often orphan cgroups are collected').argParser(intArg('orphan interval', 1000, 86400000)).default(60000))
+  .addOption(opt('--metrics <[addr:]port>', 'serve Prometheus /metrics (loopback unless an address is given)'))
+  .addOption(opt('--metrics-tasks', 'add per-task series to /metrics'))
   .showHelpAfterError();
 
 program.parse();
@@ -66,6 +68,8 @@ const options: AgentOptions = {
   maxConnections: f.maxConnections,
   waitTimeoutMs: f.waitTimeout,
   orphanIntervalMs: f.orphanInterval,
+  metrics: f.metrics,
+  metricsTasks: !!f.metricsTasks,
 };
 
 try {

@@ -26,6 +26,10 @@ export interface AgentOptions {
   waitTimeoutMs: number;
   /** How often orphans are collected, ms. */
   orphanIntervalMs: number;
+  /** [ADDR:]PORT for Prometheus /metrics; off when absent. */
+  metrics?: string;
+  /** Per-task series (off by default: cardinality). */
+  metricsTasks: boolean;
 }
 
 export function scopeNameFor(nodeName?: string): string {

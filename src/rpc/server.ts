@@ -27,6 +27,8 @@ export interface ServerOptions {
   maxConnections: number;
   log: Logger;
   handle: (req: Request, peer: Peer) => Promise<unknown>;
+  /** Called once per request with its op ('invalid' when unparsable), latency and error code. */
+  observe?: (op: string, seconds: number, errorCode?: string) => void;
   /** Subscribe a connection to events; returns the unsubscribe function. */
   subscribe: (send: (e: AgentEvent) => void) => () => void;
 }
@@ -134,7 +136,9 @@ export class RpcServer {
   private async onLine(s: net.Socket, text: string, peer: Peer, setUnsub: (u: () => void) => void): Promise<void> {
     this.counters.requests++;
     let id: string | number | null = null;
+    let op = 'invalid';
     let reply: Reply;
+    const t0 = performance.now();
     this.inflight++;
     try {
       let raw: unknown;
@@ -154,6 +158,7 @@ export class RpcServer {
       const parsed = requestSchema.safeParse(raw);
       if (!parsed.success) throw new AgentError('EINVAL', describeIssues(parsed.error.issues));
       const req = parsed.data;
+      op = req.op;
       if (peer.readOnly && !READ_ONLY_OPS.has(req.op)) throw new AgentError('EPERM', `uid ${peer.uid} may only use read-only requests; ${req.op} needs an allowed uid`);
       if (req.op === 'events') {
         reply = { id, ok: true, result: { subscribed: true } };
@@ -170,6 +175,7 @@ export class RpcServer {
     } finally {
       this.inflight--;
     }
+    this.o.observe?.(op, (performance.now() - t0) / 1e3, reply.ok ? undefined : reply.error.code);
     this.write(s, reply);
   }
 
