@@ -207,11 +207,35 @@ program.command('events').description('print events as they happen (task/step/jo
 
 addLimitOptions(
   program
-    .command('run <job> <step>')
-    .description('run CMD in task N of the step, creating what is missing; exits with its status')
-    .option('--task <n>', 'task number (default 0)', intArg('--task', 0, 0x7fffffff))
-    .argument('<cmd...>', 'command after --'),
-).action((j, s, cmd: string[], o) => runCommand(j, s, cmd, o));
+    .command('run')
+    .usage('[JOB STEP] [--task N] [limits] -- CMD [ARGS...]')
+    .description('run CMD in task N of the step, creating what is missing; exits with its status. Inside a Slurm allocation JOB, STEP and the task default to SLURM_JOB_ID, SLURM_STEP_ID and SLURM_PROCID')
+    .option('--task <n>', 'task number (default SLURM_PROCID, else 0)', intArg('--task', 0, 0x7fffffff))
+    .option('--verbose', 'say where JOB, STEP and the task came from')
+    .argument('[args...]', 'JOB STEP -- CMD [ARGS...]'),
+).action((args: string[], o) => {
+  const { job, step, task, cmd, source } = splitRunArgs(process.argv, args, o.task, process.env);
+  if (o.verbose) process.stderr.write(`cgstep: job ${job} step ${step} task ${task} (${source})\n`);
+  return runCommand(job, step, cmd, { ...o, task });
+});
+
+/**
+ * JOB and STEP are the operands before "--"; without them they come from a Slurm
+ * allocation's environment. Exported for tests.
+ */
+export function splitRunArgs(argv: string[], operands: string[], task: number | undefined, env: NodeJS.ProcessEnv) {
+  const dd = argv.indexOf('--');
+  const cmdLen = dd >= 0 ? argv.length - dd - 1 : 0;
+  const cmd = operands.slice(operands.length - cmdLen);
+  const ids = operands.slice(0, operands.length - cmdLen);
+  if (cmd.length === 0) throw new AgentError('EINVAL', 'no command: use cgstep run [JOB STEP] -- CMD [ARGS...]');
+  if (ids.length === 2) return { job: ids[0], step: ids[1], task: task ?? 0, cmd, source: 'command line' };
+  if (ids.length !== 0) throw new AgentError('EINVAL', `expected JOB STEP before --, got ${ids.length} argument(s): ${ids.join(' ')}`);
+  if (!env.SLURM_JOB_ID) throw new AgentError('EINVAL', 'no JOB STEP given and not inside a Slurm allocation (SLURM_JOB_ID is unset)');
+  const step = env.SLURM_STEP_ID ?? 'interactive';
+  const slurmTask = env.SLURM_PROCID !== undefined && /^\d+$/.test(env.SLURM_PROCID) ? Number(env.SLURM_PROCID) : undefined;
+  return { job: env.SLURM_JOB_ID, step, task: task ?? slurmTask ?? 0, cmd, source: `SLURM_JOB_ID=${env.SLURM_JOB_ID}, SLURM_STEP_ID=${env.SLURM_STEP_ID ?? '(unset: interactive)'}, SLURM_PROCID=${env.SLURM_PROCID ?? '(unset)'}` };
+}
 
 /**
  * Start CMD held before exec: a shell waits on fd 3 until the agent has moved
