@@ -1,0 +1,96 @@
+/**
+ * Node trouble: the agent gives a clear error for what is affected, stays up
+ * for the rest, and `cgstep status` says what is degraded.
+ */
+import test from 'ava';
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
+import { CGSTEPD, killPid, sleep, spawnSleeper, startAgent } from '../helpers/agent.js';
+
+function runInMountNs(script: string): { code: number | null; out: string } {
+  const r = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script], { encoding: 'utf8', timeout: 30000 });
+  return { code: r.status, out: `${r.stdout}${r.stderr}` };
+}
+
+test('a read-only cgroup2 mount and a missing one are refused at start with a clear message', (t) => {
+  const root = makeTestRoot('ro');
+  t.teardown(() => removeTestRoot(root));
+  const ro = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-ro-'));
+  t.teardown(() => fs.rmSync(ro, { recursive: true, force: true }));
+  const r = runInMountNs(`mount --bind ${root} ${ro} && mount -o remount,bind,ro ${ro} && exec ${process.execPath} ${CGSTEPD} --ignore-systemd --cgroup-root ${ro} --socket ${ro}.sock`);
+  t.is(r.code, 1);
+  t.regex(r.out, /mounted read-only/);
+  const none = runInMountNs(`umount -l /sys/fs/cgroup/unified 2>/dev/null; umount -l /sys/fs/cgroup 2>/dev/null; exec ${process.execPath} ${CGSTEPD} --ignore-systemd --socket ${ro}.sock2`);
+  t.is(none.code, 1);
+  t.regex(none.out, /no cgroup2 filesystem is mounted/);
+});
+
+test('a refused subtree_control write fails that request with the path and errno; the agent serves the rest', async (t) => {
+  const root = makeTestRoot('busy');
+  const p = spawnSleeper();
+  t.teardown(async () => {
+    killPid(p.pid);
+    await removeTestRoot(root);
+  });
+  const a = await startAgent({ root, args: ['--ignore-systemd'] });
+  t.teardown(() => a.stop());
+  t.is(a.cli(['job', 'create', '9']).code, 0);
+  const scope = JSON.parse(a.cli(['--json', 'status']).stdout).scope;
+  // A process inside the job directory itself: the kernel's no-internal-process rule.
+  fs.writeFileSync(path.join(scope, 'job_9', 'cgroup.subtree_control'), '-hugetlb');
+  fs.writeFileSync(path.join(scope, 'job_9', 'cgroup.procs'), String(p.pid));
+  const r = a.cli(['step', 'create', '9', '0']);
+  t.is(r.code, 1);
+  t.regex(r.stderr, /EBUSY: write "\+hugetlb" to .*job_9\/cgroup\.subtree_control: EBUSY/);
+  t.is(a.cli(['step', 'create', '10', '0']).code, 0, 'other jobs are unaffected');
+  t.is(a.cli(['status']).code, 0);
+});
+
+test('the scope removed behind the agent: requests fail clearly and status says so', async (t) => {
+  const root = makeTestRoot('gone');
+  t.teardown(() => removeTestRoot(root));
+  const a = await startAgent({ root, args: ['--ignore-systemd', '--node-name', 'g'] });
+  t.teardown(() => a.stop());
+  const s = JSON.parse(a.cli(['--json', 'status']).stdout);
+  process.kill(s.infinityPid, 'SIGKILL');
+  await sleep(100);
+  fs.rmdirSync(path.join(s.scope, 'system'));
+  fs.rmdirSync(s.scope);
+  const r = a.cli(['step', 'create', '1', '0']);
+  t.is(r.code, 1);
+  t.regex(r.stderr, /ENOENT: mkdir .*g_slurmstepd\.scope\/job_1: ENOENT/);
+  const d = JSON.parse(a.cli(['--json', 'status']).stdout);
+  t.true(d.degraded.some((x: string) => /scope directory .* is gone/.test(x)), JSON.stringify(d.degraded));
+});
+
+test('EMFILE: out of descriptors, the agent refuses what it cannot take and recovers', async (t) => {
+  const root = makeTestRoot('emfile');
+  t.teardown(() => removeTestRoot(root));
+  const sockDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-emfile-'));
+  t.teardown(() => fs.rmSync(sockDir, { recursive: true, force: true }));
+  const socket = path.join(sockDir, 's.sock');
+  const agent = spawn('prlimit', ['--nofile=100', process.execPath, CGSTEPD, '--ignore-systemd', '--cgroup-root', root, '--socket', socket, '--log-level', 'warn'], { stdio: 'ignore' });
+  t.teardown(() => killPid(agent.pid));
+  for (let i = 0; i < 100 && !fs.existsSync(socket); i++) await sleep(50);
+  const conns: net.Socket[] = [];
+  t.teardown(() => conns.forEach((c) => c.destroy()));
+  for (let i = 0; i < 200; i++) {
+    const c = net.connect(socket);
+    c.on('error', () => undefined);
+    conns.push(c);
+  }
+  await sleep(500);
+  t.is(agent.exitCode, null, 'the agent is still running');
+  conns.forEach((c) => c.destroy());
+  await sleep(300);
+  const { CgstepClient } = await import('../../src/rpc/client.js');
+  const c = await CgstepClient.connect(socket);
+  t.true((await c.request('status', {})).pid > 0);
+  c.close();
+  agent.kill('SIGTERM');
+  await new Promise((r) => agent.once('exit', r));
+});
