@@ -61,6 +61,7 @@ export async function startAgent(opts: { root: string; socket?: string; args?: s
   };
   if (opts.expectExit) {
     await exited;
+    if (ownDir) fs.rmSync(ownDir, { recursive: true, force: true });
     return agent;
   }
   const deadline = Date.now() + 15000;
