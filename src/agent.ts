@@ -66,6 +66,7 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
     waitTimeoutMs: o.waitTimeoutMs,
     log,
     protectedPids: () => [1, process.pid, scope.infinityPid],
+    scopeControllers: () => scope.controllers.enabled,
   });
   const recovered = tree.recover();
   if (recovered.jobs) log.info(recovered, 'adopted jobs and steps from the tree');

@@ -26,6 +26,7 @@ import {
   setFrozen,
   signalAll,
   waitUnpopulated,
+  writeText,
   type CgroupStats,
 } from '../cgroupfs/index.js';
 import type { CgroupConf } from '../config/cgroupconf.js';
@@ -57,6 +58,8 @@ export interface TreeOptions {
   devices?: DevicePort;
   /** Pids no request may move: the agent, PID 1, the infinity process. */
   protectedPids: () => number[];
+  /** The controllers enabled in the scope's subtree_control, if known (a fast path for new dirs). */
+  scopeControllers?: () => string[];
 }
 
 export interface StepInfo { step: string; path: string; populated: boolean; tasks: string[] }
@@ -117,8 +120,28 @@ export class StepTree {
    */
   private makeInner(dir: string): boolean {
     const made = makeDir(dir);
+    if (made && this.fastEnable(dir)) return true;
     enableControllers(dir, controllersOf(dir));
     return made;
+  }
+
+  /**
+   * A directory just made under ours has exactly the controllers its parent
+   * enabled, which for this tree is the scope's set: write it without reading
+   * cgroup.controllers and cgroup.subtree_control back. False (and nothing
+   * written) when that set is unknown or the kernel refuses; the caller then
+   * takes the reading path, which reports precisely.
+   */
+  private fastEnable(dir: string): boolean {
+    const set = this.opts.scopeControllers?.();
+    if (!set) return false;
+    if (set.length === 0) return true;
+    try {
+      writeText(path.join(dir, 'cgroup.subtree_control'), set.map((c) => `+${c}`).join(' '));
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   private ensureJob(job: string): boolean {
@@ -293,7 +316,7 @@ export class StepTree {
         else this.index.get(job)?.delete(step);
         return { job, step, killed: 0, jobRemoved: step === undefined || !exists(this.paths.job(job)), existed: false };
       }
-      const pids = procsRecursive(target);
+      const pids = isPopulated(target) ? procsRecursive(target) : [];
       if (pids.length > 0) {
         if (!force) {
           throw new AgentError('EBUSY', `${step === undefined ? `job ${job}` : `job ${job} step ${step}`} still has ${pids.length} process(es) (${pids.slice(0, 8).join(' ')}${pids.length > 8 ? ' ...' : ''}); use force to kill them`);

@@ -1,0 +1,77 @@
+/**
+ * bench/cycle: the step cycle a controller sees over the socket, and the same
+ * cycle as raw syscalls (bench/floor.c), measured in the same run.
+ *
+ * Cycle: step.create (job made on the way, optional device program on user/),
+ * attach an already running process to task 0, move it out to a parking
+ * cgroup, destroy. Process creation is left out of both sides.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { CgstepClient } from '../src/rpc/client.js';
+import type { DeviceRequest } from '../src/rpc/protocol.js';
+import { REPO, benchRoot, removeRoot, sleeper, startAgent, summarize, type Summary } from './lib.js';
+
+export const CYCLE_DEVICES: DeviceRequest = {
+  policy: 'closed',
+  allow: ['c 195:0 rw', 'c 195:1 rw', 'c 195:255 rw', 'c 10:200 rw', 'c 4:* rw', 'b 8:0 r'],
+  deny: ['c 195:2 rwm', 'c 195:3 rwm'],
+};
+
+export async function agentCycle(client: CgstepClient, scopeDir: string, park: string, pid: number, cycles: number, devices?: DeviceRequest, jobBase = 1): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < cycles; i++) {
+    const job = jobBase + i;
+    const t0 = performance.now();
+    await client.request('step.create', devices ? { job, step: 0, devices } : { job, step: 0 });
+    await client.request('attach', { job, step: 0, pid, task: 0 });
+    fs.writeFileSync(path.join(park, 'cgroup.procs'), String(pid));
+    await client.request('destroy', { job });
+    out.push(performance.now() - t0);
+  }
+  return out;
+}
+
+export function buildFloor(): string {
+  const bin = path.join(os.tmpdir(), `cgstep-floor-${process.pid}`);
+  execFileSync("cc", ["-O2", "-Wall", "-Wno-format-truncation", '-o', bin, path.join(REPO, 'bench/floor.c')]);
+  return bin;
+}
+
+export function floorCycle(bin: string, scopeDir: string, park: string, pid: number, cycles: number, controllers: string, programFile?: string): number[] {
+  const r = spawnSync(bin, [scopeDir, park, String(pid), String(cycles), controllers, ...(programFile ? [programFile] : [])], { encoding: 'utf8', maxBuffer: 64 << 20 });
+  if (r.status !== 0) throw new Error(`floor failed: ${r.stderr}`);
+  return r.stdout.trim().split('\n').map((ns) => Number(ns) / 1e6);
+}
+
+export interface CycleResult { agent: Summary; floor: Summary; ratio: number; devices: boolean }
+
+export async function cycleSection(cycles: number, programFile?: string, devices?: DeviceRequest): Promise<CycleResult> {
+  const root = benchRoot('cycle');
+  const p = sleeper();
+  const floorBin = buildFloor();
+  try {
+    const agent = await startAgent(root, ['--node-name', 'bench']);
+    const scope = path.join(root, 'system.slice', 'bench_slurmstepd.scope');
+    const park = path.join(root, 'park');
+    fs.mkdirSync(park);
+    fs.writeFileSync(path.join(park, 'cgroup.procs'), String(p.pid));
+    const c = await CgstepClient.connect(agent.socket);
+    await agentCycle(c, scope, park, p.pid!, 50, devices, 500000); // warm up
+    const a = await agentCycle(c, scope, park, p.pid!, cycles, devices);
+    c.close();
+    const ctl = fs.readFileSync(path.join(scope, 'cgroup.subtree_control'), 'utf8').trim().split(/\s+/).filter(Boolean).map((x) => `+${x}`).join(' ');
+    floorCycle(floorBin, scope, park, p.pid!, 50, ctl, programFile);
+    const f = floorCycle(floorBin, scope, park, p.pid!, cycles, ctl, programFile);
+    await agent.stop();
+    const as = summarize(a);
+    const fs_ = summarize(f);
+    return { agent: as, floor: fs_, ratio: as.median / fs_.median, devices: !!programFile };
+  } finally {
+    p.kill('SIGKILL');
+    fs.rmSync(floorBin, { force: true });
+    await removeRoot(root);
+  }
+}

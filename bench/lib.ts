@@ -1,0 +1,84 @@
+/**
+ * bench/lib: shared pieces of the benchmarks: statistics, a private cgroup
+ * root, an agent started from dist/ with its output discarded, RSS.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { CgstepClient } from '../src/rpc/client.js';
+import { findCgroup2Mount } from '../src/cgroupfs/mount.js';
+
+export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+export const MOUNT = findCgroup2Mount().mountPoint;
+
+export interface Summary { n: number; median: number; p99: number; mean: number }
+
+export function summarize(xs: number[]): Summary {
+  const s = [...xs].sort((a, b) => a - b);
+  const q = (p: number) => s[Math.min(s.length - 1, Math.floor(p * s.length))];
+  return { n: s.length, median: q(0.5), p99: q(0.99), mean: s.reduce((a, b) => a + b, 0) / s.length };
+}
+
+export const ms = (x: number) => `${x.toFixed(3)} ms`;
+
+export function benchRoot(name: string): string {
+  const dir = path.join(MOUNT, `cgstep-bench-${name}-${process.pid}`);
+  fs.mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
+export async function removeRoot(dir: string): Promise<void> {
+  if (!fs.existsSync(dir)) return;
+  fs.writeFileSync(path.join(dir, 'cgroup.kill'), '1');
+  for (let i = 0; i < 250 && /populated 1/.test(fs.readFileSync(path.join(dir, 'cgroup.events'), 'utf8')); i++) await new Promise((r) => setTimeout(r, 20));
+  const rm = (d: string) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) rm(path.join(d, e.name));
+    fs.rmdirSync(d);
+  };
+  rm(dir);
+}
+
+export interface BenchAgent { proc: ChildProcess; socket: string; stop: () => Promise<void> }
+
+export async function startAgent(root: string, args: string[] = [], socketDir?: string): Promise<BenchAgent> {
+  const dir = socketDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-bench-'));
+  const socket = path.join(dir, 's.sock');
+  const proc = spawn(process.execPath, [path.join(REPO, 'dist/bin/cgstepd.js'), '--ignore-systemd', '--cgroup-root', root, '--socket', socket, ...args], { stdio: 'ignore' });
+  await waitReady(socket, proc);
+  return {
+    proc,
+    socket,
+    stop: async () => {
+      if (proc.exitCode === null) {
+        proc.kill('SIGTERM');
+        await new Promise((r) => proc.once('exit', r));
+      }
+      if (!socketDir) fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export async function waitReady(socket: string, proc: ChildProcess, op: 'hello' | 'list' = 'hello'): Promise<number> {
+  const t0 = performance.now();
+  for (;;) {
+    if (proc.exitCode !== null) throw new Error(`cgstepd exited with ${proc.exitCode}`);
+    try {
+      const c = await CgstepClient.connect(socket, { timeoutMs: 60000 });
+      await c.request(op, {});
+      c.close();
+      return performance.now() - t0;
+    } catch {
+      await new Promise((r) => setTimeout(r, 2));
+    }
+  }
+}
+
+export function rssMiB(pid: number): number {
+  return Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
+}
+
+export function sleeper(): ChildProcess {
+  return spawn('sleep', ['3600'], { stdio: 'ignore' });
+}

@@ -1,0 +1,94 @@
+/**
+ * bench/scale and throughput: concurrent clients cycling steps, and the agent
+ * with 0, 1,000 and 10,000 live steps (RSS, cycle latency, restart to ready).
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { CgstepClient } from '../src/rpc/client.js';
+import { agentCycle } from './cycle.js';
+import { benchRoot, removeRoot, rssMiB, sleeper, startAgent, summarize, waitReady, type Summary } from './lib.js';
+import { spawn } from 'node:child_process';
+
+export interface ThroughputRow { clients: number; cyclesPerSec: number; p99: number }
+
+export async function throughputSection(clientsList: number[], seconds: number): Promise<ThroughputRow[]> {
+  const rows: ThroughputRow[] = [];
+  const root = benchRoot('tput');
+  const p = sleeper();
+  try {
+    const agent = await startAgent(root, ['--node-name', 'tput', '--max-connections', '4096']);
+    const scope = path.join(root, 'system.slice', 'tput_slurmstepd.scope');
+    const park = path.join(root, 'park');
+    fs.mkdirSync(park);
+    for (const n of clientsList) {
+      const lat: number[] = [];
+      const end = Date.now() + seconds * 1000;
+      await Promise.all(
+        Array.from({ length: n }, async (_, k) => {
+          const c = await CgstepClient.connect(agent.socket);
+          for (let i = 0; Date.now() < end; i++) {
+            const job = 1 + k * 1_000_000 + i + n * 100_000_000;
+            const t0 = performance.now();
+            await c.request('step.create', { job, step: 0 });
+            await c.request('destroy', { job });
+            lat.push(performance.now() - t0);
+          }
+          c.close();
+        }),
+      );
+      rows.push({ clients: n, cyclesPerSec: lat.length / seconds, p99: summarize(lat).p99 });
+    }
+    await agent.stop();
+    void scope;
+  } finally {
+    p.kill('SIGKILL');
+    await removeRoot(root);
+  }
+  return rows;
+}
+
+export interface ScaleRow { steps: number; rssMiB: number; cycle: Summary; restartReadyMs: number; restartListMs: number }
+
+export async function scaleSection(levels: number[], cycles: number): Promise<ScaleRow[]> {
+  const rows: ScaleRow[] = [];
+  const root = benchRoot('scale');
+  const p = sleeper();
+  const sockDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-bench-scale-'));
+  try {
+    let agent = await startAgent(root, ['--node-name', 'scale'], sockDir);
+    const scope = path.join(root, 'system.slice', 'scale_slurmstepd.scope');
+    const park = path.join(root, 'park');
+    fs.mkdirSync(park);
+    let live = 0;
+    for (const target of levels) {
+      const c = await CgstepClient.connect(agent.socket);
+      // Fill with live steps (each has a task leaf, as a running step has).
+      const batch: Promise<unknown>[] = [];
+      for (; live < target; live++) {
+        batch.push(c.request('step.create', { job: 2_000_000 + live, step: 0 }));
+        if (batch.length >= 64) await Promise.all(batch.splice(0));
+      }
+      await Promise.all(batch);
+      const cyc = await agentCycle(c, scope, park, p.pid!, cycles);
+      c.close();
+      const rss = rssMiB(agent.proc.pid!);
+      // Restart: SIGTERM, start again, time to the first answer and to a full list.
+      await agent.stop();
+      const t0 = performance.now();
+      const proc = spawn(process.execPath, [path.join(path.dirname(new URL(import.meta.url).pathname), '../dist/bin/cgstepd.js'), '--ignore-systemd', '--cgroup-root', root, '--socket', path.join(sockDir, 's.sock'), '--node-name', 'scale'], { stdio: 'ignore' });
+      await waitReady(path.join(sockDir, 's.sock'), proc);
+      const ready = performance.now() - t0;
+      await waitReady(path.join(sockDir, 's.sock'), proc, 'list');
+      const listed = performance.now() - t0;
+      agent = { proc, socket: path.join(sockDir, 's.sock'), stop: async () => { proc.kill('SIGTERM'); await new Promise((r) => proc.once('exit', r)); } };
+      rows.push({ steps: target, rssMiB: rss, cycle: summarize(cyc), restartReadyMs: ready, restartListMs: listed });
+    }
+    await agent.stop();
+  } finally {
+    p.kill('SIGKILL');
+    fs.rmSync(sockDir, { recursive: true, force: true });
+    await removeRoot(root);
+  }
+  return rows;
+}
