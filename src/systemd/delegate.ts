@@ -1,0 +1,123 @@
+/**
+ * systemd/delegate: when cgstepd runs as a Delegate=yes service, move the
+ * agent out of its unit's own cgroup into a child, as systemd's
+ * DelegateSubgroup= (systemd 254+) would.
+ *
+ * Why: with delegation, systemd still owns the unit's own cgroup (its
+ * attribute files, and what it decides to write there), and hands over only
+ * what is *below* it. systemd rewrites the unit cgroup's attributes on
+ * daemon-reload; systemd issue 40438 shows it writing cpuset.cpus/cpuset.mems
+ * of a delegated unit's cgroup on every `systemctl daemon-reload`. Anything
+ * the agent builds must therefore live below the unit cgroup, and by the
+ * no-internal-process rule the unit cgroup cannot enable controllers for its
+ * children while the agent's own pid sits in it (EBUSY). So the agent moves
+ * itself to <unit cgroup>/agent first; the unit cgroup then has no processes
+ * of its own and everything the agent does happens in the delegated subtree.
+ *
+ * Owns only the agent's own placement: it creates `agent/` and writes the
+ * agent's pid (the whole thread group) to its cgroup.procs. It never touches
+ * the node scope (src/scope) nor any other process.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { AgentError, fromNodeError } from '../errors.js';
+import { lastErrno, libc } from './libc.js';
+
+export const AGENT_SUBGROUP = 'agent';
+
+/** The process's cgroup2 path (the "0::" line of /proc/<pid>/cgroup), relative to its cgroup namespace. */
+export function ownCgroup(pid: number | 'self' = 'self'): string | null {
+  let text: string;
+  try {
+    text = fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8');
+  } catch {
+    return null;
+  }
+  const line = text.split('\n').find((l) => l.startsWith('0::'));
+  return line ? line.slice(3) : null;
+}
+
+/**
+ * Read an extended attribute; null when the attribute is absent (ENODATA) or
+ * the filesystem has no xattrs of that namespace (ENOTSUP/EOPNOTSUPP).
+ */
+export function readXattr(file: string, name: string): string | null {
+  const c = libc();
+  const buf = Buffer.alloc(256);
+  const n = c.getxattr(file, name, buf, buf.length);
+  if (n < 0) {
+    const errno = lastErrno();
+    if (errno === 'ENODATA' || errno === 'ENOTSUP' || errno === 'EOPNOTSUPP') return null;
+    throw fromNodeError(`getxattr ${name}`, file, { code: errno });
+  }
+  return buf.subarray(0, n).toString('utf8');
+}
+
+export type DelegationEvidence = 'xattr' | 'invocation-id' | null;
+
+/**
+ * Is this unit cgroup delegated to us? systemd (251+) marks delegated unit
+ * cgroups with the xattr trusted.delegate=1 (user.delegate=1 where it cannot
+ * write trusted.*, i.e. unprivileged user managers). Without either mark
+ * (an older systemd), fall back to: started by systemd (INVOCATION_ID set)
+ * and the directory writable.
+ */
+export function delegationOf(dir: string, env: NodeJS.ProcessEnv = process.env): DelegationEvidence {
+  for (const name of ['trusted.delegate', 'user.delegate']) {
+    if (readXattr(dir, name) === '1') return 'xattr';
+  }
+  // systemd before 251 marks nothing. The fallback cannot tell such a systemd
+  // from a newer one running us without Delegate=yes; the shipped unit sets
+  // Delegate=yes, and a move into a subgroup of a non-delegated unit is harmless.
+  if (!env.INVOCATION_ID) return null;
+  try {
+    fs.accessSync(path.join(dir, 'cgroup.procs'), fs.constants.W_OK);
+    fs.accessSync(path.join(dir, 'cgroup.subtree_control'), fs.constants.W_OK);
+    return 'invocation-id';
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * When running as a delegated `.service`, create <own cgroup>/agent and move
+ * this process (all its threads) there. Returns the new absolute cgroup
+ * directory, or null when not applicable (not a service, not delegated, or
+ * already in a subgroup).
+ */
+export async function moveSelfIntoSubgroup(mountPoint: string, log: Logger): Promise<string | null> {
+  const own = ownCgroup();
+  if (own === null) {
+    log.debug('no cgroup2 entry in /proc/self/cgroup: not moving the agent');
+    return null;
+  }
+  if (!own.endsWith('.service')) {
+    log.debug({ cgroup: own }, 'agent is not in a service cgroup: not moving it');
+    return null;
+  }
+  const unitDir = path.join(mountPoint, own);
+  const evidence = delegationOf(unitDir);
+  if (!evidence) {
+    log.info({ cgroup: own }, 'agent service is not delegated (no Delegate=yes): staying in its unit cgroup');
+    return null;
+  }
+  const target = path.join(unitDir, AGENT_SUBGROUP);
+  try {
+    fs.mkdirSync(target);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw fromNodeError('mkdir', target, err);
+  }
+  try {
+    // cgroup.procs moves the whole thread group (every Node and libuv thread).
+    fs.writeFileSync(path.join(target, 'cgroup.procs'), String(process.pid));
+  } catch (err) {
+    throw fromNodeError('write cgroup.procs', target, err);
+  }
+  const now = ownCgroup();
+  if (now !== path.posix.join(own, AGENT_SUBGROUP)) {
+    throw new AgentError('EIO', `moved the agent to ${target}, but /proc/self/cgroup says ${now}`);
+  }
+  log.info({ from: own, to: now, delegation: evidence }, 'agent moved into a subgroup of its delegated service cgroup (systemd owns the unit cgroup itself)');
+  return target;
+}

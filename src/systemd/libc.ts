@@ -1,0 +1,71 @@
+/**
+ * systemd/libc: the few libc calls src/systemd needs that Node does not offer,
+ * bound through koffi (the FFI the project ships; ffi-napi does not build on
+ * Node 20). Owns only these bindings: AF_UNIX datagram sockets (socket, bind,
+ * sendto, recv, close; Node's net/dgram modules have no datagram Unix sockets)
+ * and getxattr (Node has no xattr API). Loaded lazily on first use, so a
+ * process that never notifies nor checks xattrs never loads libc through FFI.
+ * Nothing else in the project should grow libc bindings here.
+ */
+import os from 'node:os';
+import koffi from 'koffi';
+
+export const AF_UNIX = 1;
+export const SOCK_DGRAM = 2;
+export const SOCK_CLOEXEC = 0o2000000;
+export const MSG_DONTWAIT = 0x40;
+export const MSG_NOSIGNAL = 0x4000;
+/** sizeof(struct sockaddr_un): sa_family_t (2 bytes) + sun_path[108]. */
+const SUN_PATH_MAX = 108;
+
+interface Libc {
+  socket: (domain: number, type: number, protocol: number) => number;
+  bind: (fd: number, addr: Buffer, len: number) => number;
+  sendto: (fd: number, buf: Buffer, len: number, flags: number, addr: Buffer, addrlen: number) => number;
+  recv: (fd: number, buf: Buffer, len: number, flags: number) => number;
+  close: (fd: number) => number;
+  getxattr: (path: string, name: string, value: Buffer | null, size: number) => number;
+}
+
+let cached: Libc | undefined;
+
+export function libc(): Libc {
+  if (cached) return cached;
+  const lib = koffi.load('libc.so.6');
+  cached = {
+    socket: lib.func('int socket(int domain, int type, int protocol)'),
+    bind: lib.func('int bind(int fd, const void *addr, uint32_t addrlen)'),
+    sendto: lib.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)'),
+    recv: lib.func('intptr_t recv(int fd, _Out_ void *buf, size_t len, int flags)'),
+    close: lib.func('int close(int fd)'),
+    getxattr: lib.func('intptr_t getxattr(const char *path, const char *name, _Out_ void *value, size_t size)'),
+  } as Libc;
+  return cached;
+}
+
+/** The errno of the last libc call made through koffi, as a name (ENOENT...). */
+export function lastErrno(): string {
+  const n = koffi.errno();
+  for (const [name, value] of Object.entries(os.constants.errno)) if (value === n) return name;
+  return `errno ${n}`;
+}
+
+/**
+ * struct sockaddr_un for a NOTIFY_SOCKET-style address: an absolute path, or
+ * '@name' for the abstract namespace (sun_path[0] = 0, no trailing NUL, the
+ * length counts exactly the name, as systemd does). Throws on an address that
+ * does not fit in sun_path.
+ */
+export function sockaddrUn(address: string): { addr: Buffer; len: number } {
+  const abstract = address.startsWith('@');
+  const name = Buffer.from(abstract ? address.slice(1) : address);
+  // A path needs its NUL inside sun_path; an abstract name needs the leading NUL.
+  if (name.length + 1 > SUN_PATH_MAX || name.length === 0) {
+    throw new RangeError(`unix socket address ${JSON.stringify(address)} is empty or longer than ${SUN_PATH_MAX - 1} bytes`);
+  }
+  const addr = Buffer.alloc(2 + SUN_PATH_MAX);
+  if (os.endianness() === 'LE') addr.writeUInt16LE(AF_UNIX, 0);
+  else addr.writeUInt16BE(AF_UNIX, 0);
+  name.copy(addr, abstract ? 3 : 2);
+  return { addr, len: 2 + 1 + name.length };
+}
