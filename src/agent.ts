@@ -10,16 +10,19 @@ import { resolveCgroupRoot } from './cgroupfs/index.js';
 import { scopeNameFor, type AgentOptions } from './config/options.js';
 import { AgentError } from './errors.js';
 import { PROTOCOL_VERSION, RpcServer, type Request } from './rpc/index.js';
-import { setupScope, systemdBooted, ensureInfinity, type ScopeState, type SystemdPort } from './scope/index.js';
+import { Registry } from './backends/index.js';
+import { noneDevices, type DeviceBackend, type DeviceContext } from './devices/none.js';
+import { ensureInfinity, scopeHealthy, type ScopeOptions, type SystemdPort } from './scope/index.js';
+import { mkdirScope, systemdScope, type ScopeBackend, type ScopeContext } from './scope/backends.js';
+import { cgroupAccounting, type AccountingBackend } from './steps/accounting.js';
 import { StepTree, collectOrphans, type Leaf, type OrphanReport } from './steps/index.js';
-import { scopeHealthy } from './scope/index.js';
 import { Metrics } from './metrics/index.js';
 import { controllersOf } from './cgroupfs/index.js';
 
 export const AGENT_VERSION = '0.1.0';
 
 export interface Agent {
-  scope: ScopeState;
+  scope: ScopeBackend['state'];
   tree: StepTree;
   server: RpcServer;
   status(): Record<string, unknown>;
@@ -28,7 +31,23 @@ export interface Agent {
 
 export interface AgentHooks {
   /** systemd for scope/systemd; absent means this build cannot talk to systemd. */
-  connectSystemd?: (o: AgentOptions, log: Logger) => Promise<SystemdPort>;
+  connectSystemd?: (o: AgentOptions, scope: ScopeOptions, log: Logger) => Promise<SystemdPort>;
+  /** Extra device backends, tried before devices/none (devices/ebpf in production). */
+  deviceBackends?: typeof noneDevices[];
+  bpfUnavailable?: () => string | null;
+}
+
+type Context = ScopeContext & DeviceContext;
+
+/** The built-in backends, in the order they are tried within each kind. */
+export function builtinRegistry(hooks: AgentHooks): Registry<Context> {
+  const r = new Registry<Context>();
+  r.register('scope', systemdScope);
+  r.register('scope', mkdirScope);
+  for (const d of hooks.deviceBackends ?? []) r.register('devices', d);
+  r.register('devices', noneDevices);
+  r.register('accounting', cgroupAccounting);
+  return r;
 }
 
 export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks = {}): Promise<Agent> {
@@ -37,14 +56,8 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
   const root = resolveCgroupRoot(o.cgroupRoot ?? o.conf.cgroupMountPoint);
   if (root.readOnly) throw new AgentError('EPERM', `the cgroup2 filesystem at ${root.mountPoint} is mounted read-only`);
 
-  let ignoreSystemd = o.ignoreSystemd || o.conf.ignoreSystemd;
-  if (!ignoreSystemd && !o.dbusAddress && !process.env.DBUS_SYSTEM_BUS_ADDRESS && !systemdBooted()) {
-    log.info('no systemd on this node (/run/systemd/system is absent): running in mkdir mode');
-    ignoreSystemd = true;
-  }
-  if (!ignoreSystemd && !hooks.connectSystemd) throw new AgentError('ENOTSUP', 'this build of cgstepd has no systemd support; pass --ignore-systemd');
-
-  const scope = await setupScope({
+  const ignoreSystemd = o.ignoreSystemd || o.conf.ignoreSystemd;
+  const scopeOpts: ScopeOptions = {
     root: root.root,
     mountPoint: root.mountPoint,
     slice: o.slice,
@@ -53,8 +66,28 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
     ignoreSystemdOnFailure: o.ignoreSystemdOnFailure || o.conf.ignoreSystemdOnFailure,
     enableControllers: o.conf.enableControllers,
     log,
-    connectSystemd: () => hooks.connectSystemd!(o, log),
-  });
+    connectSystemd: () => {
+      if (!hooks.connectSystemd) throw new AgentError('ENOTSUP', 'this build of cgstepd has no systemd support; pass --ignore-systemd');
+      return hooks.connectSystemd(o, scopeOpts, log);
+    },
+  };
+  const registry = builtinRegistry(hooks);
+  await registry.start(
+    {
+      scope: scopeOpts,
+      busGiven: !!(o.dbusAddress || process.env.DBUS_SYSTEM_BUS_ADDRESS),
+      constrainDevices: o.conf.constrainDevices,
+      devicesRequired: o.conf.constrainDevices && o.conf.explicit.has('constraindevices'),
+      bpfUnavailable: hooks.bpfUnavailable ?? (() => 'this build has no BPF backend'),
+    },
+    log,
+  );
+  const scopeBackend = registry.get<ScopeBackend>('scope');
+  const scope = scopeBackend.state;
+  const devices = registry.get<DeviceBackend>('devices');
+  const accounting = registry.get<AccountingBackend>('accounting');
+  const fallback = registry.active().find((b) => b.fellBackFrom);
+  if (fallback) scope.fallbackReason = fallback.fellBackFrom;
   log.info({ scope: scope.path, mode: scope.mode, infinityPid: scope.infinityPid, controllers: scope.controllers.enabled, adopted: scope.adopted }, 'scope ready');
 
   const tree = new StepTree({
@@ -66,6 +99,8 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
     waitTimeoutMs: o.waitTimeoutMs,
     log,
     protectedPids: () => [1, process.pid, scope.infinityPid],
+    devices,
+    accounting,
     scopeControllers: () => scope.controllers.enabled,
   });
   const recovered = tree.recover();
@@ -122,6 +157,8 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
     adopted: scope.adopted,
     infinityPid: scope.infinityPid,
     controllers: scope.controllers,
+    devices: devices.support,
+    backends: registry.active(),
     jobs: tree.jobCount,
     steps: tree.stepCount,
     connections: server.connectionCount,
@@ -143,6 +180,7 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
     } catch (err) {
       out.push(`cannot read the scope's controllers: ${(err as Error).message}`);
     }
+    if (o.conf.constrainDevices && !devices.support.supported) out.push(`device control unavailable (devices/none): ${devices.support.reason}`);
     if (lastOrphans.populated.length) out.push(`${lastOrphans.populated.length} orphan cgroup(s) still hold processes`);
     return out;
   }
@@ -199,6 +237,7 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
       await server.close();
       await metrics?.close();
       await tree.close();
+      await registry.stop(log);
     },
   };
 }

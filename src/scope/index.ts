@@ -54,51 +54,56 @@ export function systemdBooted(): boolean {
   return exists('/run/systemd/system');
 }
 
-export async function setupScope(o: ScopeOptions): Promise<ScopeState> {
-  const scopeDir = path.join(o.root, o.slice, o.scopeName);
-  const wantSystemd = !o.ignoreSystemd;
-  let mode: ScopeMode = wantSystemd ? 'systemd' : 'mkdir';
-  let adopted = false;
-  let infinityPid: number;
-  let fallbackReason: string | undefined;
+export function scopeDirOf(o: Pick<ScopeOptions, 'root' | 'slice' | 'scopeName'>): string {
+  return path.join(o.root, o.slice, o.scopeName);
+}
 
-  if (exists(scopeDir)) {
-    // Restart path: no D-Bus call; the scope and everything in it stay as they are.
-    adopted = true;
-    infinityPid = await ensureInfinity(scopeDir, o.mountPoint, o.log);
-    o.log.info({ scope: scopeDir, infinityPid }, 'adopted existing scope');
-  } else if (mode === 'systemd') {
-    infinityPid = await startInfinity();
+/**
+ * Restart path, both modes: the scope exists, so no D-Bus call and no mkdir;
+ * check the infinity process and repair what is missing. Null when absent.
+ */
+export async function adoptScope(o: ScopeOptions, mode: ScopeMode): Promise<ScopeState | null> {
+  const scopeDir = scopeDirOf(o);
+  if (!exists(scopeDir)) return null;
+  const infinityPid = await ensureInfinity(scopeDir, o.mountPoint, o.log);
+  o.log.info({ scope: scopeDir, infinityPid }, 'adopted existing scope');
+  return finish(scopeDir, mode, infinityPid, true, o);
+}
+
+/** mkdir mode: the scope's directories made by hand (IgnoreSystemd). */
+export async function createScopeWithMkdir(o: ScopeOptions): Promise<ScopeState> {
+  const adopted = await adoptScope(o, 'mkdir');
+  if (adopted) return adopted;
+  const scopeDir = scopeDirOf(o);
+  makeScopeDirs(o.root, scopeDir);
+  return finish(scopeDir, 'mkdir', await startInfinity(), false, o);
+}
+
+/**
+ * systemd mode: a transient delegated scope holding a fresh infinity process
+ * (StartTransientUnit + AbandonScope, through the SystemdPort). On failure the
+ * infinity process is ended and the error names the bus and the option that
+ * allows falling back.
+ */
+export async function createScopeWithSystemd(o: ScopeOptions): Promise<ScopeState> {
+  const adopted = await adoptScope(o, 'systemd');
+  if (adopted) return adopted;
+  const infinityPid = await startInfinity();
+  try {
+    const port = await o.connectSystemd();
     try {
-      const port = await o.connectSystemd();
-      try {
-        const got = await port.startScope(infinityPid);
-        if (path.resolve(got) !== path.resolve(scopeDir)) {
-          o.log.warn({ expected: scopeDir, got }, 'systemd placed the scope elsewhere; using its path');
-          return finish(got, mode, infinityPid, adopted, o);
-        }
-      } finally {
-        await port.close();
-      }
-    } catch (err) {
-      if (!o.ignoreSystemdOnFailure) {
-        killQuietly(infinityPid);
-        throw err instanceof AgentError
-          ? new AgentError(err.code, `${err.message}; set IgnoreSystemdOnFailure=yes in cgroup.conf (or --ignore-systemd-on-failure) to fall back to mkdir mode`)
-          : err;
-      }
-      fallbackReason = (err as Error).message;
-      o.log.warn({ err: fallbackReason }, 'systemd unavailable; IgnoreSystemdOnFailure=yes, falling back to mkdir mode');
-      mode = 'mkdir';
-      makeScopeDirs(o.root, scopeDir);
+      const got = await port.startScope(infinityPid);
+      return await finish(got, 'systemd', infinityPid, false, o);
+    } finally {
+      await port.close();
     }
-  } else {
-    makeScopeDirs(o.root, scopeDir);
-    infinityPid = await startInfinity();
+  } catch (err) {
+    killQuietly(infinityPid);
+    if (err instanceof AgentError && !o.ignoreSystemdOnFailure) {
+      throw new AgentError(err.code, `${err.message}; set IgnoreSystemdOnFailure=yes in cgroup.conf (or --ignore-systemd-on-failure) to fall back to mkdir mode`);
+    }
+    throw err;
   }
-  const state = await finish(scopeDir, mode, infinityPid, adopted, o);
-  if (fallbackReason) state.fallbackReason = fallbackReason;
-  return state;
 }
 
 function makeScopeDirs(root: string, scopeDir: string): void {

@@ -42,6 +42,8 @@ export type DeviceLevel = 'job' | 'step' | 'task';
 
 /** How the tree asks for a device policy on a directory (implemented by src/devices). */
 export interface DevicePort {
+  /** false for a backend that accepts rules without enforcing them (devices/none). */
+  readonly enforcing: boolean;
   apply(dir: string, req: DeviceRequest, level: DeviceLevel): { progId: number } | null;
   describe(dir: string): { progIds: number[]; policy?: unknown } | null;
 }
@@ -58,6 +60,8 @@ export interface TreeOptions {
   devices?: DevicePort;
   /** Pids no request may move: the agent, PID 1, the infinity process. */
   protectedPids: () => number[];
+  /** How usage is read (the accounting backend); cgroupfs stats by default. */
+  accounting?: { read(dir: string): CgroupStats };
   /** The controllers enabled in the scope's subtree_control, if known (a fast path for new dirs). */
   scopeControllers?: () => string[];
 }
@@ -72,8 +76,11 @@ export class StepTree {
   /** job -> set of steps; a cache of the directories, rebuilt by recover(). */
   private readonly index = new Map<string, Set<string>>();
 
+  private readonly readStats: (dir: string) => CgroupStats;
+
   constructor(private readonly opts: TreeOptions) {
     this.paths = new TreePaths(opts.scopeDir);
+    this.readStats = opts.accounting ? (d) => opts.accounting!.read(d) : readStats;
   }
 
   get jobCount(): number {
@@ -169,11 +176,18 @@ export class StepTree {
   private constrain(dir: string, limits: Limits | undefined, devices: DeviceRequest | undefined, level: DeviceLevel) {
     const plan = limits ? applyLimits(dir, limits, this.opts.conf, this.opts.totalRam, this.opts.ignoreMissingControllers) : { writes: [], skipped: [] };
     let progId: number | undefined;
+    let ignored = false;
     if (devices) {
       if (!this.opts.devices) throw new AgentError('ENOTSUP', 'device control is not available on this agent (see `cgstep status`)');
       progId = this.opts.devices.apply(dir, devices, level)?.progId;
+      ignored = !this.opts.devices.enforcing;
     }
-    return { written: plan.writes.map((w) => w.file), skipped: plan.skipped, ...(progId !== undefined ? { deviceProgram: progId } : {}) };
+    return {
+      written: plan.writes.map((w) => w.file),
+      skipped: plan.skipped,
+      ...(progId !== undefined ? { deviceProgram: progId } : {}),
+      ...(ignored ? { devicesIgnored: 'device rules are not enforced: the devices/none backend is active (see cgstep status)' } : {}),
+    };
   }
 
   createJob(job: string, limits?: Limits, devices?: DeviceRequest) {
@@ -280,7 +294,7 @@ export class StepTree {
     if (step !== undefined) this.requireStep(job, step);
     return {
       job,
-      ...(step === undefined ? { total: readStats(jobDir), limits: readLimits(jobDir) } : {}),
+      ...(step === undefined ? { total: this.readStats(jobDir), limits: readLimits(jobDir) } : {}),
       steps: steps.map((s) => this.stepStats(job, s)),
     };
   }
@@ -293,14 +307,14 @@ export class StepTree {
       const t = parseTaskName(tn);
       if (t === null) continue;
       const tdir = path.join(user, tn);
-      tasks[String(t)] = { ...readStats(tdir), procs: procsOf(tdir) };
+      tasks[String(t)] = { ...this.readStats(tdir), procs: procsOf(tdir) };
     }
     return {
       step,
       path: dir,
       populated: isPopulated(dir),
-      total: readStats(dir),
-      user: readStats(user),
+      total: this.readStats(dir),
+      user: this.readStats(user),
       limits: readLimits(user),
       devices: this.opts.devices?.describe(user) ?? null,
       tasks,
