@@ -143,7 +143,7 @@ function codeForDbusError(name: string): ErrorCode {
   }
 }
 
-/** Errors that mean "nobody owns org.freedesktop.systemd1 on this bus". */
+/** Errors that mean "nobody owns org.freedesktop.systemd1 on this bus" (Spawn.* too: a bus that tried to activate it and failed). */
 const NOT_ON_BUS = new Set([
   'org.freedesktop.DBus.Error.ServiceUnknown',
   'org.freedesktop.DBus.Error.NameHasNoOwner',
@@ -264,7 +264,8 @@ class DbusSystemdManager implements SystemdManager {
 
   /** One method call with a timeout; D-Bus errors become SystemdCallError/SystemdUnavailableError. */
   private call(destination: string, path: string, iface: string, member: string, signature: string, body: unknown[], timeoutMs = this.timeoutMs): Promise<unknown[]> {
-    const method = `${iface === MANAGER_IFACE ? 'Manager' : iface}.${member}`;
+    const subject = iface === MANAGER_IFACE && typeof body[0] === 'string' ? `(${body[0]})` : iface === PROPS_IFACE ? ` on ${path}` : '';
+    const method = `${iface === MANAGER_IFACE ? 'Manager' : iface}.${member}${subject}`;
     if (this.closed) return Promise.reject(new AgentError('EIO', `systemd ${method}: the connection to ${this.address} is closed`));
     if (this.lost) return Promise.reject(this.lost);
     const msg = new Message({ destination, path, interface: iface, member, signature, body });
@@ -290,7 +291,7 @@ class DbusSystemdManager implements SystemdManager {
           this.pending.delete(p);
           const e = err as { type?: string; text?: string; message?: string };
           if (typeof e?.type === 'string') {
-            if (NOT_ON_BUS.has(e.type)) {
+            if (NOT_ON_BUS.has(e.type) || e.type.startsWith('org.freedesktop.DBus.Error.Spawn.')) {
               reject(new SystemdUnavailableError(this.address, `${method}: ${e.type}: ${e.text ?? ''} (is systemd running on this bus?)`, 'EIO'));
             } else {
               reject(new SystemdCallError(codeForDbusError(e.type), method, this.address, e.type, e.text ?? ''));

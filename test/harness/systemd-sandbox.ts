@@ -375,9 +375,14 @@ class SandboxImpl implements Sandbox {
   private stopped: Promise<void> | null = null;
   private readonly rel: string;
   private holderNs = { mnt: '', cgroup: '' };
+  /** The runner's own cgroup when the sandbox started (relative to the host mount). */
+  private readonly runnerCgroup = cgroupOf(process.pid);
+
+  private readonly mount: string;
 
   constructor(name: string, id: string, mount: string) {
     this.name = name;
+    this.mount = mount;
     this.rel = `/${PREFIX}${id}`;
     this.cgroupDir = path.join(mount, this.rel);
     this.runtimeDir = path.join(RUNTIME_PARENT, id);
@@ -583,6 +588,13 @@ class SandboxImpl implements Sandbox {
 
   private async doStop(): Promise<void> {
     try {
+      // Never kill the test runner: if something (a test handing its own pid to
+      // the sandbox's systemd, which the kernel allows without nsdelegate) moved
+      // it into the tree, put it back where it was first.
+      if (this.ours(process.pid) && this.runnerCgroup !== null) {
+        fs.writeFileSync(path.join(this.mount, this.runnerCgroup, 'cgroup.procs'), String(process.pid));
+      }
+      if (this.ours(process.pid)) throw new Error(`the test runner (pid ${process.pid}) is inside sandbox ${this.cgroupDir}; not killing it`);
       for (const pid of [this.systemdPid, this.dbusPid]) {
         if (this.ours(pid)) process.kill(pid, 'SIGTERM');
       }
