@@ -15,8 +15,9 @@
  * of its own and everything the agent does happens in the delegated subtree.
  *
  * Owns only the agent's own placement: it creates `agent/` and writes the
- * agent's pid (the whole thread group) to its cgroup.procs. It never touches
- * the node scope (src/scope) nor any other process.
+ * agent's pid (the whole thread group) to its cgroup.procs, then any other
+ * process still in the unit's own cgroup (the service's own children). It
+ * never touches the node scope (src/scope) nor anything outside the unit.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -54,6 +55,22 @@ export function readXattr(file: string, name: string): string | null {
   return buf.subarray(0, n).toString('utf8');
 }
 
+function readPids(dir: string): number[] {
+  try {
+    return fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+function comm(pid: number): string {
+  try {
+    return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return '?';
+  }
+}
+
 export type DelegationEvidence = 'xattr' | 'invocation-id' | null;
 
 /**
@@ -82,7 +99,8 @@ export function delegationOf(dir: string, env: NodeJS.ProcessEnv = process.env):
 
 /**
  * When running as a delegated `.service`, create <own cgroup>/agent and move
- * this process (all its threads) there. Returns the new absolute cgroup
+ * this process (all its threads) there, and whatever else is still in the
+ * unit's own cgroup after it. Returns the new absolute cgroup
  * directory, or null when not applicable (not a service, not delegated, or
  * already in a subgroup).
  */
@@ -114,6 +132,20 @@ export async function moveSelfIntoSubgroup(mountPoint: string, log: Logger): Pro
   } catch (err) {
     throw fromNodeError('write cgroup.procs', target, err);
   }
+  // Anything else still in the unit's own cgroup is the service's too (children
+  // started before the move, ExecStartPre leftovers): they would keep the unit
+  // cgroup an internal node with processes, so they follow the agent.
+  const others: string[] = [];
+  for (const pid of readPids(unitDir)) {
+    try {
+      fs.writeFileSync(path.join(target, 'cgroup.procs'), String(pid));
+      others.push(`${pid} (${comm(pid)})`);
+    } catch (err) {
+      // Exited meanwhile (ESRCH): nothing to move.
+      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw fromNodeError('write cgroup.procs', target, err);
+    }
+  }
+  if (others.length) log.info({ moved: others }, 'moved the service\'s other processes along with the agent');
   const now = ownCgroup();
   if (now !== path.posix.join(own, AGENT_SUBGROUP)) {
     throw new AgentError('EIO', `moved the agent to ${target}, but /proc/self/cgroup says ${now}`);
