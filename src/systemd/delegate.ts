@@ -74,11 +74,13 @@ function comm(pid: number): string {
 export type DelegationEvidence = 'xattr' | 'invocation-id' | null;
 
 /**
- * Is this unit cgroup delegated to us? systemd (251+) marks delegated unit
- * cgroups with the xattr trusted.delegate=1 (user.delegate=1 where it cannot
- * write trusted.*, i.e. unprivileged user managers). Without either mark
- * (an older systemd), fall back to: started by systemd (INVOCATION_ID set)
- * and the directory writable.
+ * Is this unit cgroup delegated to us? systemd's system manager (251+) marks
+ * delegated unit cgroups with the xattr trusted.delegate=1; later versions also
+ * write user.delegate=1 (readable without CAP_SYS_ADMIN), which is also what
+ * cg_is_delegated() in systemd reads, in that order. systemd 252's *user*
+ * manager writes no xattrs at all (seen in the test sandbox). Without either
+ * mark, fall back to: started by systemd (INVOCATION_ID set) and the unit's
+ * cgroup.procs and cgroup.subtree_control writable.
  */
 export function delegationOf(dir: string, env: NodeJS.ProcessEnv = process.env): DelegationEvidence {
   for (const name of ['trusted.delegate', 'user.delegate']) {

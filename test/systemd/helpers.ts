@@ -61,7 +61,7 @@ export class DatagramListener {
     return buf.subarray(0, n).toString('utf8');
   }
   async recv(timeoutMs = 2000): Promise<string> {
-    return until(() => this.tryRecv(), timeoutMs, `a datagram on ${this.address}`);
+    return (await until(() => this.tryRecv(), timeoutMs, `a datagram on ${this.address}`)) as string;
   }
   close(): void {
     if (this.fd >= 0) libc().close(this.fd);

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { AgentError } from '../../src/errors.js';
 import { notify, ready, startWatchdog, status, stopping, watchdogIntervalMs } from '../../src/systemd/notify.js';
-import { startSandbox, type Sandbox } from '../harness/systemd-sandbox.js';
+import { sandboxSupport, startSandbox, type Sandbox } from '../harness/systemd-sandbox.js';
 import { DatagramListener, sleep, until } from './helpers.js';
 
 const FIXTURE = path.resolve('test/systemd/fixtures/agent-fixture.ts');
@@ -117,7 +117,7 @@ test.serial('the watchdog pings every WATCHDOG_USEC/2, only for our pid, and sto
   });
 });
 
-test.serial('a real systemd: Type=notify waits for READY=1, shows STATUS=, and WatchdogSec= kills a silent service', async (t) => {
+(sandboxSupport().ok ? test.serial : test.serial.skip)('a real systemd: Type=notify waits for READY=1, shows STATUS=, and WatchdogSec= kills a silent service', async (t) => {
   let sb: Sandbox | undefined;
   t.teardown(async () => sb?.stop());
   sb = await startSandbox({ name: 'notify' });

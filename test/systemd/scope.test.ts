@@ -11,13 +11,20 @@ import { INFINITY_BIN } from '../../src/scope/infinity.js';
 import { connectSystemdPort, startDelegatedScope } from '../../src/scope/systemd.js';
 import { SystemdCallError, SystemdUnavailableError, connectSystemd, type SystemdManager } from '../../src/systemd/manager.js';
 import { waitForPidInCgroup } from '../../src/systemd/wait.js';
-import { startSandbox, type Sandbox } from '../harness/systemd-sandbox.js';
+import { sandboxSupport, startSandbox, type Sandbox } from '../harness/systemd-sandbox.js';
 import { captureLog, readProcs, until } from './helpers.js';
+
+// Without root, util-linux, dbus-daemon or systemd the sandbox cannot run: those
+// tests are skipped, loudly (sandboxSupport() says what is missing).
+const support = sandboxSupport();
+const sbTest = support.ok ? test.serial : test.serial.skip;
+if (!support.ok) console.error(`\n*** systemd sandbox unavailable, SKIPPING sandbox tests in ${import.meta.url}: ${support.reason} ***\n`);
 
 let sb: Sandbox;
 let m: SystemdManager;
 
 test.before(async (t) => {
+  if (!support.ok) return;
   sb = await startSandbox({ name: 'scope' });
   t.log(`sandbox up in ${sb.startupMs} ms`);
   m = await connectSystemd({ address: sb.busAddress, timeoutMs: 5000 });
@@ -37,7 +44,7 @@ function opts(scopeName: string, infinityPid: number, log = captureLog().log) {
   return { manager: m, mountPoint: sb.cgroupDir, cgroupRoot: sb.cgroupDir, slice: 'system.slice', scopeName, infinityPid, timeoutMs: 1000, log };
 }
 
-test.serial('first start through the SystemdPort: the scope directory, the pid in it, abandoned, nothing else created', async (t) => {
+sbTest('first start through the SystemdPort: the scope directory, the pid in it, abandoned, nothing else created', async (t) => {
   const unit = 'node1_slurmstepd.scope';
   const pid = await infinity();
   const cap = captureLog();
@@ -59,7 +66,7 @@ test.serial('first start through the SystemdPort: the scope directory, the pid i
   await m.stopUnit(unit);
 });
 
-test.serial('a failed unit (Slurm: "run reset-failed") is reset and started again', async (t) => {
+sbTest('a failed unit (Slurm: "run reset-failed") is reset and started again', async (t) => {
   const unit = 'node2_slurmstepd.scope';
   // A scope that fails: killed by its RuntimeMaxSec, result "timeout".
   await sb.exec(['systemd-run', '--user', '--scope', `--unit=${unit}`, '-p', 'RuntimeMaxSec=0.2', 'sleep', '60']);
@@ -79,7 +86,7 @@ test.serial('a failed unit (Slurm: "run reset-failed") is reset and started agai
   await m.stopUnit(unit);
 });
 
-test.serial('a unit that is active but whose directory is gone is stopped and started again', async (t) => {
+sbTest('a unit that is active but whose directory is gone is stopped and started again', async (t) => {
   const unit = 'node3_slurmstepd.scope';
   const first = await infinity();
   const dir = await startDelegatedScope(opts(unit, first));
@@ -108,7 +115,7 @@ test.serial('a unit that is active but whose directory is gone is stopped and st
   process.kill(first, 'SIGKILL');
 });
 
-test.serial('a healthy existing unit is adopted: same directory, the new pid put in it, a warning when the path is not the expected one', async (t) => {
+sbTest('a healthy existing unit is adopted: same directory, the new pid put in it, a warning when the path is not the expected one', async (t) => {
   const unit = 'node3_slurmstepd.scope'; // left running by the previous test
   const before = await m.getUnitState(unit);
   t.like(before, { activeState: 'active' });
@@ -127,7 +134,7 @@ test.serial('a healthy existing unit is adopted: same directory, the new pid put
   await m.stopUnit(unit);
 });
 
-test.serial('connectSystemdPort on an unreachable bus fails with SystemdUnavailableError naming it', async (t) => {
+sbTest('connectSystemdPort on an unreachable bus fails with SystemdUnavailableError naming it', async (t) => {
   const address = `unix:path=${sb.runtimeDir}/no-such-bus`;
   const err = await t.throwsAsync(
     connectSystemdPort({ address, mountPoint: sb.cgroupDir, cgroupRoot: sb.cgroupDir, slice: 'system.slice', scopeName: 'x.scope', timeoutMs: 500, log: captureLog().log }),
@@ -136,7 +143,7 @@ test.serial('connectSystemdPort on an unreachable bus fails with SystemdUnavaila
   t.true(err!.message.includes(address));
 });
 
-test.serial('waitForPidInCgroup: sees a directory made later and a pid moved in later; gives up at its deadline', async (t) => {
+sbTest('waitForPidInCgroup: sees a directory made later and a pid moved in later; gives up at its deadline', async (t) => {
   const dir = path.join(sb.cgroupDir, 'waitprobe');
   t.teardown(() => fs.existsSync(dir) && fs.rmdirSync(dir));
   const p = await sb.spawn(['sleep', 'infinity']);
