@@ -12,7 +12,7 @@ import { AgentError } from './errors.js';
 import { PROTOCOL_VERSION, RpcServer, type Request } from './rpc/index.js';
 import { Registry } from './backends/index.js';
 import { noneDevices, type DeviceBackend, type DeviceContext } from './devices/none.js';
-import { ensureInfinity, scopeHealthy, type ScopeOptions, type SystemdPort } from './scope/index.js';
+import { repairScope, scopeHealthy, type ScopeOptions, type SystemdPort } from './scope/index.js';
 import { mkdirScope, systemdScope, type ScopeBackend, type ScopeContext } from './scope/backends.js';
 import { cgroupAccounting, type AccountingBackend } from './steps/accounting.js';
 import { StepTree, collectOrphans, type Leaf, type OrphanReport } from './steps/index.js';
@@ -32,6 +32,8 @@ export interface Agent {
 export interface AgentHooks {
   /** systemd for scope/systemd; absent means this build cannot talk to systemd. */
   connectSystemd?: (o: AgentOptions, scope: ScopeOptions, log: Logger) => Promise<SystemdPort>;
+  /** The scope unit's ActiveState for systemd mode's guard ('gone' when not loaded); null when systemd cannot be asked. */
+  unitState?: (o: AgentOptions, scope: ScopeOptions) => Promise<string | null>;
   /** Extra device backends, tried before devices/none (devices/ebpf in production). */
   deviceBackends?: typeof noneDevices[];
   bpfUnavailable?: () => string | null;
@@ -70,6 +72,7 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
       if (!hooks.connectSystemd) throw new AgentError('ENOTSUP', 'this build of cgstepd has no systemd support; pass --ignore-systemd');
       return hooks.connectSystemd(o, scopeOpts, log);
     },
+    unitState: hooks.unitState ? () => hooks.unitState!(o, scopeOpts) : undefined,
   };
   const registry = builtinRegistry(hooks);
   await registry.start(
@@ -83,7 +86,7 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
     log,
   );
   const scopeBackend = registry.get<ScopeBackend>('scope');
-  const scope = scopeBackend.state;
+  let scope = scopeBackend.state;
   const devices = registry.get<DeviceBackend>('devices');
   const accounting = registry.get<AccountingBackend>('accounting');
   const fallback = registry.active().find((b) => b.fellBackFrom);
@@ -122,12 +125,32 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
   const sweeper = setInterval(() => void sweep(), o.orphanIntervalMs);
   sweeper.unref();
 
-  // The infinity process keeps the scope alive: replace it if it dies.
-  const guard = setInterval(() => {
-    ensureInfinity(scope.path, root.mountPoint, log)
-      .then((pid) => (scope.infinityPid = pid))
-      .catch((err) => log.error({ err: (err as Error).message }, 'cannot restore the infinity process'));
-  }, 2000);
+  // The infinity process keeps the scope alive: replace it if it dies. If the
+  // scope itself went away (its last process died, or someone stopped the unit),
+  // make it again through the same backend; the steps in it are gone with it.
+  let guarding = false;
+  const guardOnce = async () => {
+    if (guarding) return;
+    guarding = true;
+    try {
+      const r = await repairScope(scopeOpts, scope, async () => {
+        log.error({ scope: scope.path, mode: scope.mode }, 'the scope directory is gone (unit stopped or emptied behind the agent); creating it again');
+        await scopeBackend.init();
+        return scopeBackend.state;
+      });
+      scope = r.state;
+      if (r.action !== 'ok') log.info({ action: r.action, scope: scope.path, infinityPid: scope.infinityPid }, 'scope guard acted');
+      if (r.action === 'recreated') {
+        await tree.rescan();
+        log.info({ scope: scope.path, infinityPid: scope.infinityPid }, 'scope re-created');
+      }
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'cannot restore the scope or its infinity process');
+    } finally {
+      guarding = false;
+    }
+  };
+  const guard = setInterval(() => void guardOnce(), 1000);
   guard.unref();
 
   const started = Date.now();
@@ -173,6 +196,7 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
     const out: string[] = [];
     if (!scopeHealthy(scope.path)) out.push(`scope directory ${scope.path} is gone`);
     if (scope.fallbackReason) out.push(`systemd unavailable, running in mkdir mode: ${scope.fallbackReason}`);
+    if (scope.unitLost) out.push(scope.unitLost);
     try {
       const now = controllersOf(scope.path);
       const lost = scope.controllers.enabled.filter((c) => !now.includes(c));

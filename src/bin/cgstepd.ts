@@ -11,6 +11,11 @@ import { defaultCgroupConf, loadCgroupConf } from '../config/cgroupconf.js';
 import { intArg, intList, opt } from '../config/cli.js';
 import type { AgentOptions } from '../config/options.js';
 import { DEFAULT_SOCKET } from '../rpc/client.js';
+import { findCgroup2Mount } from '../cgroupfs/mount.js';
+import { connectSystemdPort } from '../scope/systemd.js';
+import { moveSelfIntoSubgroup } from '../systemd/delegate.js';
+import { connectSystemd } from '../systemd/manager.js';
+import * as sd from '../systemd/notify.js';
 
 const program = new Command('cgstepd')
   .description('cgroup v2 agent: a delegated job/step/task tree with eBPF device control')
@@ -73,11 +78,45 @@ const options: AgentOptions = {
 };
 
 try {
-  const agent = await startAgent(options, log);
+  // As a Delegate=yes service the agent leaves its unit's own cgroup to systemd.
+  try {
+    await moveSelfIntoSubgroup(findCgroup2Mount().mountPoint, log);
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'could not move the agent into a subgroup of its service cgroup');
+  }
+  const agent = await startAgent(options, log, {
+    connectSystemd: (o, scope) =>
+      connectSystemdPort({ address: o.dbusAddress, mountPoint: scope.mountPoint, cgroupRoot: scope.root, slice: scope.slice, scopeName: scope.scopeName, timeoutMs: o.conf.systemdTimeout, log }),
+    unitState: async (o, scope) => {
+      let m;
+      try {
+        m = await connectSystemd({ address: o.dbusAddress, timeoutMs: o.conf.systemdTimeout });
+        const st = await m.getUnitState(scope.scopeName);
+        log.debug({ unit: scope.scopeName, state: st }, 'scope unit state');
+        return st === null ? 'gone' : st.activeState;
+      } catch (err) {
+        log.debug({ err: (err as Error).message }, 'cannot ask systemd for the scope unit state');
+        return null;
+      } finally {
+        await m?.close();
+      }
+    },
+  });
+  const summary = () => {
+    const s = agent.status() as { mode: string; jobs: number; steps: number; degraded: string[] };
+    return `${s.mode} mode, ${s.jobs} job(s), ${s.steps} step(s)${s.degraded.length ? `, degraded: ${s.degraded.join('; ')}` : ''}`;
+  };
+  sd.ready(summary());
+  const statusTimer = setInterval(() => sd.status(summary()), 5000);
+  statusTimer.unref();
+  const stopWatchdog = sd.startWatchdog((err) => log.warn({ err: err.message }, 'watchdog notification failed'));
   let stopping = false;
   const stop = (sig: string) => {
     if (stopping) return;
     stopping = true;
+    sd.stopping();
+    clearInterval(statusTimer);
+    stopWatchdog();
     log.info({ signal: sig }, 'stopping: finishing in-flight requests; steps keep running in the scope');
     agent.close().then(
       () => process.exit(0),

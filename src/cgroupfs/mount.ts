@@ -36,9 +36,15 @@ function unescapeMountPath(p: string): string {
   return p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 }
 
+/**
+ * The cgroup2 mount in use. In a private mount namespace a later cgroup2 mount
+ * can hide an earlier one (a container mounting its own at /sys/fs/cgroup over
+ * the host's hybrid /sys/fs/cgroup/unified), so the last entry whose path is
+ * still a cgroup2 directory wins.
+ */
 export function findCgroup2Mount(): MountInfo {
   const text = fs.readFileSync('/proc/self/mountinfo', 'utf8');
-  const m = parseCgroup2Mount(text);
+  const m = parseCgroup2Mounts(text).filter((x) => isCgroup2(x.mountPoint)).pop();
   if (!m) throw new AgentError('ENOTSUP', 'no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo); mount one or pass --cgroup-root');
   return m;
 }

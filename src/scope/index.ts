@@ -9,7 +9,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { controllersOf, enableControllers, enableTopDown, enabledIn, exists, makeDir, moveProcess, procsOf } from '../cgroupfs/index.js';
+import { controllersOf, enableControllers, enableTopDown, enabledIn, exists, isPopulated, makeDir, moveProcess, procsOf, removeTree } from '../cgroupfs/index.js';
 import { AgentError } from '../errors.js';
 import { SYSTEM_LEAF } from '../steps/names.js';
 import { isAlive, startInfinity } from './infinity.js';
@@ -38,6 +38,8 @@ export interface ScopeOptions {
   log: Logger;
   /** Connects to systemd; throws SystemdUnavailable-like errors when it cannot. */
   connectSystemd: () => Promise<SystemdPort>;
+  /** systemd mode: the scope unit's ActiveState ('gone' when not loaded); null when systemd cannot be asked. */
+  unitState?: () => Promise<string | null>;
 }
 
 export interface ScopeState {
@@ -47,6 +49,8 @@ export interface ScopeState {
   adopted: boolean;
   controllers: { available: string[]; enabled: string[]; missing: string[] };
   fallbackReason?: string;
+  /** systemd no longer tracks the scope unit although steps still run in it. */
+  unitLost?: string;
 }
 
 /** Is this node run by systemd (sd_booted)? */
@@ -147,6 +151,43 @@ export async function ensureInfinity(scopeDir: string, mountPoint: string, log: 
   moveProcess(system, pid, mountPoint);
   log.warn({ scope: scopeDir, infinityPid: pid }, 'infinity process was missing; started a new one in system/');
   return pid;
+}
+
+export type Repair = 'ok' | 'infinity-restarted' | 'stopping' | 'recreated';
+
+/**
+ * The guard's check, run every second: is the scope there with a live
+ * infinity process? If the infinity process died, a new one is put in system/,
+ * unless systemd says the unit is being stopped or is gone (the agent must not
+ * repopulate a scope systemd is tearing down): then it waits for the scope to
+ * empty, clears what systemd left, and makes the scope again with `create`.
+ */
+export async function repairScope(o: ScopeOptions, state: ScopeState, create: () => Promise<ScopeState>): Promise<{ action: Repair; state: ScopeState }> {
+  const dir = state.path;
+  if (exists(dir)) {
+    const system = path.join(dir, SYSTEM_LEAF);
+    const alive = procsOf(system).filter(isAlive);
+    if (alive.includes(state.infinityPid)) return { action: 'ok', state };
+    if (alive.length > 0) {
+      state.infinityPid = alive[0];
+      return { action: 'ok', state };
+    }
+    const unit = state.mode === 'systemd' && o.unitState ? await o.unitState() : null;
+    if (unit === 'deactivating') return { action: 'stopping', state }; // systemd is tearing it down: do not repopulate
+    const gone = unit === 'inactive' || unit === 'failed' || unit === 'gone';
+    if (!gone || isPopulated(dir)) {
+      // Steps still run here: keep them confined and the scope populated, whatever systemd thinks.
+      if (gone) {
+        state.unitLost = `systemd reports the scope unit ${unit} while steps still run in it; it is tracked again once it empties`;
+        o.log.warn({ scope: dir, unit }, state.unitLost);
+      }
+      state.infinityPid = await ensureInfinity(dir, o.mountPoint, o.log);
+      return { action: 'infinity-restarted', state };
+    }
+    o.log.warn({ scope: dir, unit }, 'the scope unit is no longer active and its directory is empty; removing what is left');
+    await removeTree(dir, 5000);
+  }
+  return { action: 'recreated', state: await create() };
 }
 
 function killQuietly(pid: number): void {

@@ -120,6 +120,13 @@ export class StepTree {
     return { jobs: this.index.size, steps, tasks };
   }
 
+  /** Forget everything and read the tree again (after the scope was re-created). */
+  async rescan(): Promise<ReturnType<StepTree['recover']>> {
+    await this.watcher.close();
+    this.index.clear();
+    return this.recover();
+  }
+
   /**
    * mkdir a directory that will have children and pass every controller it has
    * down to them. Also done for an existing directory: an agent killed between
