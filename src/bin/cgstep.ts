@@ -19,12 +19,21 @@ const program = new Command('cgstep')
   .addOption(opt('--socket <path>', 'agent socket').default(DEFAULT_SOCKET))
   .addOption(opt('--json', 'machine-readable output'))
   .addOption(opt('--timeout <ms>', 'request timeout').argParser(intArg('timeout', 1, 3600000)).default(30000))
+  .addOption(opt('--wait <ms>', 'wait up to this long for the agent socket to appear (back-off 1 ms doubling to 250 ms)').argParser(intArg('wait', 0, 3600000)).default(0))
   .showHelpAfterError();
 
-const g = () => program.opts<{ socket: string; json?: boolean; timeout: number }>();
+const g = () => program.opts<{ socket: string; json?: boolean; timeout: number; wait: number }>();
+
+function connect(): Promise<CgstepClient> {
+  return CgstepClient.connect(g().socket, {
+    timeoutMs: g().timeout,
+    waitMs: g().wait,
+    onGiveUp: (err) => process.stderr.write(`cgstep: gave up waiting ${g().wait} ms for the agent socket: ${err.message}\n`),
+  });
+}
 
 async function withClient<T>(fn: (c: CgstepClient) => Promise<T>): Promise<T> {
-  const c = await CgstepClient.connect(g().socket, { timeoutMs: g().timeout });
+  const c = await connect();
   try {
     return await fn(c);
   } finally {
@@ -198,7 +207,7 @@ program
   );
 
 program.command('events').description('print events as they happen (task/step/job empty, oom, frozen, thawed)').action(async () => {
-  const c = await CgstepClient.connect(g().socket, { timeoutMs: g().timeout });
+  const c = await connect();
   await c.events((e) => {
     process.stdout.write(g().json ? JSON.stringify(e) + '\n' : `${e.time} ${e.event} job ${e.job}${e.step !== undefined ? ` step ${e.step}` : ''}${e.task !== undefined ? ` task ${e.task}` : ''}${e.oomKill !== undefined ? ` oom_kill ${e.oomKill}` : ''}\n`);
   });
@@ -242,7 +251,7 @@ export function splitRunArgs(argv: string[], operands: string[], task: number | 
  * it into its leaf, then execs CMD, so CMD never runs an instruction outside it.
  */
 async function runCommand(job: string, step: string, cmd: string[], o: any): Promise<void> {
-  const c = await CgstepClient.connect(g().socket, { timeoutMs: g().timeout });
+  const c = await connect();
   let code = 1;
   try {
     await c.request('step.create', withArgs({ job, step }, { limits: limitsOf(o), devices: devicesOf(o) }));

@@ -45,17 +45,25 @@ export class CgstepClient {
 
   /**
    * Connect to the agent's socket. A full listen backlog (EAGAIN) is retried with
-   * bounded exponential back-off (1 ms doubling to 100 ms, within timeoutMs);
-   * ENOENT/ECONNREFUSED fail at once, naming the path and what to check.
+   * bounded exponential back-off (1 ms doubling to 250 ms, within timeoutMs).
+   * A socket that is missing or refusing (the agent not started yet, or
+   * restarting) is retried the same way for up to waitMs (default 0: fail at
+   * once, naming the path and what to check).
    */
-  static async connect(socketPath = DEFAULT_SOCKET, opts: { timeoutMs?: number } = {}): Promise<CgstepClient> {
+  static async connect(socketPath = DEFAULT_SOCKET, opts: { timeoutMs?: number; waitMs?: number; onGiveUp?: (err: Error) => void } = {}): Promise<CgstepClient> {
     const timeoutMs = opts.timeoutMs ?? 30000;
     const deadline = Date.now() + timeoutMs;
-    for (let delay = 1; ; delay = Math.min(delay * 2, 100)) {
+    const waitUntil = Date.now() + (opts.waitMs ?? 0);
+    for (let delay = 1; ; delay = Math.min(delay * 2, 250)) {
       try {
         return await CgstepClient.connectOnce(socketPath, Math.max(1, deadline - Date.now()));
       } catch (err) {
-        if ((err as { errno?: string }).errno !== 'EAGAIN' || Date.now() + delay >= deadline) throw err;
+        const errno = (err as { errno?: string }).errno;
+        const retry = errno === 'EAGAIN' ? Date.now() + delay < deadline : (errno === 'ENOENT' || errno === 'ECONNREFUSED') && Date.now() + delay < waitUntil;
+        if (!retry) {
+          if (errno !== 'EAGAIN' && (opts.waitMs ?? 0) > 0) opts.onGiveUp?.(err as Error);
+          throw err;
+        }
         await new Promise((r) => setTimeout(r, delay));
       }
     }
@@ -75,8 +83,8 @@ export class CgstepClient {
       s.once('error', (err: NodeJS.ErrnoException) => {
         clearTimeout(t);
         if (err.code === 'EAGAIN') return reject(Object.assign(new AgentError('EBUSY', `cgstepd at ${socketPath} is not accepting connections fast enough (EAGAIN)`), { errno: 'EAGAIN' }));
-        const why = err.code === 'ENOENT' || err.code === 'ECONNREFUSED' ? 'is cgstepd running? (see --socket / CGSTEP_SOCKET)' : err.message;
-        reject(new AgentError(err.code === 'EACCES' ? 'EPERM' : 'EIO', `cannot connect to cgstepd at ${socketPath}: ${err.code ?? ''} ${why}`.replace(/  +/g, ' ')));
+        const why = err.code === 'ENOENT' || err.code === 'ECONNREFUSED' ? 'is cgstepd running? (see --socket / CGSTEP_SOCKET, --wait)' : err.message;
+        reject(Object.assign(new AgentError(err.code === 'EACCES' ? 'EPERM' : 'EIO', `cannot connect to cgstepd at ${socketPath}: ${err.code ?? ''} ${why}`.replace(/  +/g, ' ')), { errno: err.code }));
       });
     });
   }

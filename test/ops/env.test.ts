@@ -3,7 +3,8 @@
  * name the variable) and allocation discovery from SLURM_* for `cgstep run`.
  */
 import test from 'ava';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import os from 'node:os';
 import fs from 'node:fs';
 import path from 'node:path';
 import { makeTestRoot, removeTestRoot, MOUNT } from '../helpers/cgroup.js';
@@ -52,4 +53,25 @@ test('cgstep: CGSTEP_SOCKET, --socket wins; run takes JOB/STEP/task from SLURM_*
   t.regex(run(['run', '46', '--', 'true'], { CGSTEP_SOCKET: a.socket }).stderr, /expected JOB STEP before --/);
   t.is(a.cli(['destroy', '44']).code, 0);
   t.is(a.cli(['destroy', '45']).code, 0);
+});
+
+test('cgstep --wait: a client started before the agent connects once it is up; without an agent it gives up and says so', async (t) => {
+  const root = makeTestRoot('wait');
+  t.teardown(() => removeTestRoot(root));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-wait-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const socket = path.join(dir, 's.sock');
+  const early = spawn(process.execPath, [CGSTEP, '--socket', socket, '--wait', '15000', 'status'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  early.stdout!.on('data', (d) => (out += d));
+  const done = new Promise<number | null>((r) => early.once('exit', r));
+  await new Promise((r) => setTimeout(r, 700));
+  t.is(early.exitCode, null, 'still waiting for the agent');
+  const a = await startAgent({ root, socket, args: ['--ignore-systemd'] });
+  t.teardown(() => a.stop());
+  t.is(await done, 0);
+  t.regex(out, /mkdir mode/);
+  const gaveUp = spawnSync(process.execPath, [CGSTEP, '--socket', path.join(dir, 'none.sock'), '--wait', '300', 'status'], { encoding: 'utf8' });
+  t.is(gaveUp.status, 1);
+  t.regex(gaveUp.stderr, /gave up waiting 300 ms for the agent socket/);
 });
