@@ -17,7 +17,7 @@
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
-import { exists, parseFlatKeyed, readOptional } from '../cgroupfs/index.js';
+import { parseFlatKeyed, readOptional } from '../cgroupfs/index.js';
 import type { AgentEvent, EventKind } from '../rpc/protocol.js';
 
 interface Watched {
@@ -33,15 +33,22 @@ interface Watched {
 export class TreeWatcher extends EventEmitter {
   private files = new Map<string, Watched>();
 
-  /** Watch a job (step/task undefined), a step, or a task directory. */
-  watchDir(dir: string, ids: { job: string; step?: string; task?: string }): void {
+  /**
+   * Watch a job (step/task undefined), a step, or a task directory. `memory`
+   * says whether the memory controller is on there (memory.events exists).
+   */
+  watchDir(dir: string, ids: { job: string; step?: string; task?: string }, memory = false): void {
     this.add(path.join(dir, 'cgroup.events'), { ...ids, kind: 'cgroup' });
-    if (ids.step !== undefined && ids.task === undefined) {
-      // Steps are frozen at user/ (the step daemon in slurm/ keeps running).
-      this.add(path.join(dir, 'user', 'cgroup.events'), { ...ids, kind: 'freeze' });
-      const mem = path.join(dir, 'memory.events');
-      if (exists(mem)) this.add(mem, { ...ids, kind: 'memory' });
-    }
+    if (memory && ids.step !== undefined && ids.task === undefined) this.add(path.join(dir, 'memory.events'), { ...ids, kind: 'memory' });
+  }
+
+  /**
+   * Watch a step's user/ for frozen/thawed (steps are frozen at user/, so the
+   * step daemon in slurm/ keeps running). Added by the first freeze, not at
+   * creation: most steps are never frozen.
+   */
+  watchFreeze(stepDir: string, ids: { job: string; step: string }): void {
+    this.add(path.join(stepDir, 'user', 'cgroup.events'), { ...ids, kind: 'freeze' });
   }
 
   private add(file: string, w: Omit<Watched, 'last' | 'handle'>): void {
@@ -74,7 +81,8 @@ export class TreeWatcher extends EventEmitter {
     const prefix = dir.endsWith('/') ? dir : dir + '/';
     const gone: string[] = [];
     for (const f of this.files.keys()) if (f.startsWith(prefix)) gone.push(f);
-    for (const f of gone) this.onChange(f);
+    // Frozen/thawed only change through our own freeze requests: no last read for them.
+    for (const f of gone) if (this.files.get(f)!.kind !== 'freeze') this.onChange(f);
     for (const f of gone) this.drop(f);
   }
 

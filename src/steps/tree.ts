@@ -78,6 +78,11 @@ export class StepTree {
 
   private readonly readStats: (dir: string) => CgroupStats;
 
+  /** Is the memory controller on below the scope (memory.events exists in steps)? */
+  private get memory(): boolean {
+    return this.opts.scopeControllers?.().includes('memory') ?? false;
+  }
+
   constructor(private readonly opts: TreeOptions) {
     this.paths = new TreePaths(opts.scopeDir);
     this.readStats = opts.accounting ? (d) => opts.accounting!.read(d) : readStats;
@@ -108,7 +113,8 @@ export class StepTree {
         if (step === null) continue;
         set.add(step);
         steps++;
-        this.watcher.watchDir(this.paths.step(job, step), { job, step });
+        this.watcher.watchDir(this.paths.step(job, step), { job, step }, this.memory);
+        this.watcher.watchFreeze(this.paths.step(job, step), { job, step });
         for (const tn of childDirs(this.paths.user(job, step))) {
           const task = parseTaskName(tn);
           if (task === null) continue;
@@ -214,7 +220,7 @@ export class StepTree {
       makeDir(path.join(dir, SLURM_LEAF));
       this.makeInner(this.paths.user(job, step));
       this.index.get(job)!.add(step);
-      if (created) this.watcher.watchDir(dir, { job, step });
+      if (created) this.watcher.watchDir(dir, { job, step }, this.memory);
       // Step limits and devices go on user/: the step daemon in slurm/ is not confined by them.
       const c = this.constrain(this.paths.user(job, step), limits, devices, 'step');
       this.opts.log.info({ job, step, created, jobCreated, ...c }, created ? 'step created' : 'step updated');
@@ -225,7 +231,7 @@ export class StepTree {
   attach(job: string, step: string, pid: number, leaf: Leaf, devices?: DeviceRequest) {
     this.checkPid(pid);
     return this.lock.run(job, () => {
-      this.requireStep(job, step);
+      if (!exists(this.paths.user(job, step))) this.requireStep(job, step); // names what is missing
       const dir = this.paths.leaf(job, step, leaf);
       const made = makeDir(dir);
       if (made && typeof leaf === 'object') this.watcher.watchDir(dir, { job, step, task: String(leaf.task) });
@@ -258,9 +264,9 @@ export class StepTree {
     });
   }
 
+  /** A missing pid is reported by the move itself (ESRCH -> ENOENT "no process"). */
   private checkPid(pid: number): void {
     if (this.opts.protectedPids().includes(pid)) throw new AgentError('EPERM', `pid ${pid} is the agent, PID 1 or the infinity process and cannot be moved`);
-    if (!exists(`/proc/${pid}`)) throw new AgentError('ENOENT', `no process ${pid}`);
   }
 
   /** The directories a step-level operation acts on: the steps' user/ trees. */
@@ -289,6 +295,7 @@ export class StepTree {
   freeze(job: string, step: string | undefined, frozen: boolean) {
     return this.lock.run(job, async () => {
       const dirs = this.userDirs(job, step);
+      for (const d of dirs) this.watcher.watchFreeze(path.dirname(d), { job, step: parseStepName(path.basename(path.dirname(d)))! });
       await Promise.all(dirs.map((d) => setFrozen(d, frozen, this.opts.waitTimeoutMs)));
       this.opts.log.info({ job, step }, frozen ? 'frozen' : 'thawed');
       return { job, step, frozen, cgroups: dirs.length };
@@ -343,17 +350,18 @@ export class StepTree {
           throw new AgentError('EBUSY', `${step === undefined ? `job ${job}` : `job ${job} step ${step}`} still has ${pids.length} process(es) (${pids.slice(0, 8).join(' ')}${pids.length > 8 ? ' ...' : ''}); use force to kill them`);
         }
         killAll(target);
+        await waitUnpopulated(target, this.opts.waitTimeoutMs);
       }
-      await waitUnpopulated(target, this.opts.waitTimeoutMs);
       this.watcher.unwatchDir(target);
-      await removeTree(target, this.opts.waitTimeoutMs);
+      if (step === undefined) await this.removeJob(target);
+      else await this.removeStep(target);
       let jobRemoved = step === undefined;
       if (step !== undefined) {
         this.index.get(job)?.delete(step);
         if (reapJob && !childDirs(this.paths.job(job)).some((n) => parseStepName(n) !== null)) {
           const jobDir = this.paths.job(job);
           this.watcher.unwatchDir(jobDir);
-          await removeTree(jobDir, this.opts.waitTimeoutMs);
+          await this.removeJob(jobDir);
           jobRemoved = true;
         }
       }
@@ -361,6 +369,23 @@ export class StepTree {
       this.opts.log.info({ job, step, killed: pids.length, jobRemoved }, 'destroyed');
       return { job, step, killed: pids.length, jobRemoved, existed: true };
     });
+  }
+
+  /**
+   * Remove a step bottom-up knowing its layout (slurm/, user/task_*): one
+   * listing (user/) instead of a failed rmdir and a listing per level. Anything
+   * unexpected falls back to the generic walk.
+   */
+  private async removeStep(dir: string): Promise<void> {
+    const user = path.join(dir, USER_DIR);
+    for (const t of childDirs(user)) await removeTree(path.join(user, t), this.opts.waitTimeoutMs);
+    for (const d of [user, path.join(dir, SLURM_LEAF)]) await removeTree(d, this.opts.waitTimeoutMs);
+    await removeTree(dir, this.opts.waitTimeoutMs);
+  }
+
+  private async removeJob(dir: string): Promise<void> {
+    for (const s of childDirs(dir)) await this.removeStep(path.join(dir, s));
+    await removeTree(dir, this.opts.waitTimeoutMs);
   }
 
   list(): JobInfo[] {
