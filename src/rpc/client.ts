@@ -11,7 +11,8 @@
 import net from 'node:net';
 import type { z } from 'zod';
 import { AgentError, type ErrorCode } from '../errors.js';
-import { PROTOCOL_VERSION, type AgentEvent, type Op, type requestSchema } from './protocol.js';
+import type { AgentEvent, Op, requestSchema } from './protocol.js';
+import { PROTOCOL_VERSION } from './version.js';
 
 export const DEFAULT_SOCKET = '/run/cgstepd/cgstepd.sock';
 

@@ -11,8 +11,7 @@
  */
 import { z } from 'zod';
 
-export const PROTOCOL_VERSION = '1.0';
-export const MAX_LINE_BYTES = 64 * 1024;
+export { PROTOCOL_VERSION, MAX_LINE_BYTES } from './version.js';
 
 /** Slurm job ids are uint32; 0 and the NO_VAL range are not jobs. */
 const MAX_JOB_ID = 0xfffffff0;
