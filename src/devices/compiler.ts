@@ -1,0 +1,450 @@
+/**
+ * devices/compiler: rule set -> normal form -> BPF_PROG_TYPE_CGROUP_DEVICE
+ * instructions. Pure: no I/O, no kernel.
+ *
+ * Normal form (order-independent, like runc's devices emulator): a list of
+ * entries {pattern, mask}, where mask is the exact set of access bits the
+ * pattern's devices get, sorted most specific first, plus a default verdict.
+ * Its meaning is first match: the first entry matching the device decides
+ * (allowed iff mask ≠ 0 and requested ⊆ mask); no entry matches: the default.
+ * How it is built from a RuleSet (rules.ts gives the per-bit semantics):
+ *   1. the rules' patterns, closed under intersection (`c 1:*` and `c *:3` add
+ *      `c 1:3`), so that the most specific entry matching a device is matched
+ *      by every rule that matches the device, whatever their overlap;
+ *   2. each entry's mask resolved per bit from the rules whose patterns contain
+ *      it (most specific naming the bit wins, deny beats allow, else default);
+ *   3. `a *:*` folded into the default when its mask is all or nothing;
+ *   4. an entry dropped when the entry a device would fall through to (the most
+ *      specific surviving superset, or the default) gives the same mask.
+ * Program layout (systemd's bpf-devices.c / runc's devicefilter.go shape):
+ *   prologue  r2 = type, r3 = access bits, r4 = major, r5 = minor   (6 insns)
+ *   per entry [if r2 != T goto next] [if r4 != MAJ goto next] [if r5 != MIN goto next]
+ *             access: mask 7: goto allow | mask 0: goto deny |
+ *                     if r3 & ~mask goto deny; goto allow   (requested ⊆ mask)
+ *   exits     the default's block first (the last entry falls into it), then the
+ *             other one, each `r0 = 0|1; exit`; a jump to the very next insn
+ *             and a block nobody jumps to are not emitted.
+ * Must not touch: the kernel (controller.ts), rule syntax (rules.ts).
+ */
+import { AgentError } from '../errors.js';
+import {
+  ACC_ALL,
+  DEV_BLOCK,
+  DEV_CHAR,
+  accessMask,
+  formatRule,
+  maskToAccess,
+  matches,
+  specificity,
+  validateRule,
+  type DeviceNode,
+  type DeviceRule,
+  type DeviceType,
+  type RuleSet,
+  type Verdict,
+  type Wild,
+} from './rules.js';
+
+export interface PolicyEntry {
+  type: DeviceType;
+  major: Wild;
+  minor: Wild;
+  /** ACC_* bits this pattern's devices are allowed (0: none). */
+  mask: number;
+}
+
+export interface NormalPolicy {
+  default: Verdict;
+  /** First match wins; most specific first. */
+  entries: PolicyEntry[];
+}
+
+/** The kernel's bound on a jump offset (s16) is what limits a program here. */
+export const MAX_INSNS = 32767;
+/** Intersections considered while normalising, before redundant ones go. */
+export const MAX_CELLS = 1 << 16;
+
+interface Pattern { type: DeviceType; major: Wild; minor: Wild }
+
+const keyOf = (p: Pattern): string => `${p.type}|${p.major}|${p.minor}`;
+/** Which components are exact: major 4, minor 2, type 1 (the same bits as specificity). */
+const shapeOf = (p: Pattern): number => specificity(p);
+
+function tooBig(what: string): AgentError {
+  return new AgentError('E2BIG', `device rule set too large: ${what}`);
+}
+
+/** Every pattern containing p (p itself included), most specific first. */
+function generalizations(p: Pattern): Pattern[] {
+  const out: Pattern[] = [];
+  const s = shapeOf(p);
+  for (let sub = s; ; sub = (sub - 1) & s) {
+    out.push({
+      type: sub & 1 ? p.type : 'a',
+      major: sub & 4 ? p.major : '*',
+      minor: sub & 2 ? p.minor : '*',
+    });
+    if (sub === 0) break;
+  }
+  // Enumerating submasks of s downward already orders them by specificity.
+  return out;
+}
+
+function intersect(p: Pattern, q: Pattern): Pattern | null {
+  let type: DeviceType;
+  if (p.type === 'a') type = q.type;
+  else if (q.type === 'a' || q.type === p.type) type = p.type;
+  else return null;
+  const pick = (x: Wild, y: Wild): Wild | null => (x === '*' ? y : y === '*' || y === x ? x : null);
+  const major = pick(p.major, q.major);
+  const minor = pick(p.minor, q.minor);
+  if (major === null || minor === null) return null;
+  return { type, major, minor };
+}
+
+/** Close a set of patterns under intersection (step 1). */
+function closeUnderIntersection(start: Map<string, Pattern>): Map<string, Pattern> {
+  const all = new Map(start);
+  for (;;) {
+    const byShape = new Map<number, Pattern[]>();
+    for (const p of all.values()) {
+      const s = shapeOf(p);
+      const list = byShape.get(s);
+      if (list) list.push(p);
+      else byShape.set(s, [p]);
+    }
+    const shapes = [...byShape.keys()];
+    let added = 0;
+    for (let i = 0; i < shapes.length; i++) {
+      for (let j = i + 1; j < shapes.length; j++) {
+        const s1 = shapes[i];
+        const s2 = shapes[j];
+        // Comparable shapes give nested or disjoint patterns: nothing new.
+        if ((s1 & s2) === s1 || (s1 & s2) === s2) continue;
+        const common = s1 & s2;
+        const proj = (p: Pattern) => `${common & 1 ? p.type : ''}|${common & 4 ? p.major : ''}|${common & 2 ? p.minor : ''}`;
+        const index = new Map<string, Pattern[]>();
+        for (const q of byShape.get(s2)!) {
+          const k = proj(q);
+          const l = index.get(k);
+          if (l) l.push(q);
+          else index.set(k, [q]);
+        }
+        for (const p of byShape.get(s1)!) {
+          for (const q of index.get(proj(p)) ?? []) {
+            const x = intersect(p, q);
+            if (!x) continue;
+            const k = keyOf(x);
+            if (all.has(k)) continue;
+            all.set(k, x);
+            added++;
+            if (all.size > MAX_CELLS) throw tooBig(`more than ${MAX_CELLS} overlapping patterns (wildcard-major rules such as "c *:3" combined with many majors)`);
+          }
+        }
+      }
+    }
+    if (added === 0) return all;
+  }
+}
+
+const entryOrder = (a: PolicyEntry, b: PolicyEntry): number => {
+  const sa = specificity(a);
+  const sb = specificity(b);
+  if (sa !== sb) return sb - sa;
+  if (a.type !== b.type) return a.type < b.type ? -1 : 1;
+  if (a.major !== b.major) return (a.major === '*' ? -1 : (a.major as number)) - (b.major === '*' ? -1 : (b.major as number));
+  return (a.minor === '*' ? -1 : (a.minor as number)) - (b.minor === '*' ? -1 : (b.minor as number));
+};
+
+/** The order-independent normal form of a rule set (see the header). */
+export function normalize(rs: RuleSet): NormalPolicy {
+  if (rs.default !== 'allow' && rs.default !== 'deny') throw new AgentError('EINVAL', `device policy default must be allow or deny, got ${JSON.stringify(rs.default)}`);
+  const base = rs.default === 'allow' ? ACC_ALL : 0;
+  // Pattern -> the bits allow rules and deny rules name there.
+  const named = new Map<string, { allow: number; deny: number }>();
+  const patterns = new Map<string, Pattern>();
+  for (const raw of rs.rules) {
+    const r = validateRule(raw);
+    const k = keyOf(r);
+    const bits = accessMask(r.access);
+    const n = named.get(k) ?? { allow: 0, deny: 0 };
+    if (r.allow) n.allow |= bits;
+    else n.deny |= bits;
+    named.set(k, n);
+    patterns.set(k, { type: r.type, major: r.major, minor: r.minor });
+  }
+  const cells = closeUnderIntersection(patterns);
+
+  // Step 2: resolve each cell's mask from its generalizations.
+  const resolve = (p: Pattern): number => {
+    let mask = 0;
+    let decided = 0;
+    for (const g of generalizations(p)) {
+      const n = named.get(keyOf(g));
+      if (!n) continue;
+      const fresh = (n.allow | n.deny) & ~decided;
+      mask |= fresh & n.allow & ~n.deny;
+      decided |= fresh;
+      if (decided === ACC_ALL) break;
+    }
+    return mask | (base & ~decided);
+  };
+
+  // Step 3: the all-devices pattern is the base every device falls back to.
+  const allKey = keyOf({ type: 'a', major: '*', minor: '*' });
+  const allMask = resolve({ type: 'a', major: '*', minor: '*' });
+  let dflt: Verdict;
+  const survivors = new Map<string, PolicyEntry>();
+  if (allMask === ACC_ALL || allMask === 0) {
+    dflt = allMask === ACC_ALL ? 'allow' : 'deny';
+  } else {
+    // Partial: an entry matching everything; the fall-through after it is the allow block.
+    dflt = 'allow';
+    survivors.set(allKey, { type: 'a', major: '*', minor: '*', mask: allMask });
+  }
+  const baseMask = (): number => survivors.get(allKey)?.mask ?? (dflt === 'allow' ? ACC_ALL : 0);
+
+  // Step 4: least specific first, so a cell's supersets are settled before it.
+  const ordered = [...cells.values()].filter((c) => keyOf(c) !== allKey).map((c) => ({ ...c, mask: resolve(c) }));
+  ordered.sort((a, b) => -entryOrder(a, b));
+  for (const c of ordered) {
+    let fallback = baseMask();
+    for (const g of generalizations(c).slice(1)) {
+      const s = survivors.get(keyOf(g));
+      if (s) {
+        fallback = s.mask;
+        break;
+      }
+    }
+    if (c.mask !== fallback) survivors.set(keyOf(c), c);
+  }
+  const entries = [...survivors.values()].sort(entryOrder);
+  return { default: dflt, entries };
+}
+
+/** First-match meaning of a normal form (what the emitted program computes). */
+export function decideNormal(p: NormalPolicy, d: DeviceNode, access: number): boolean {
+  for (const e of p.entries) {
+    if (matches(e, d)) return e.mask !== 0 && (access & ~e.mask) === 0;
+  }
+  return p.default === 'allow';
+}
+
+/** A rule set with the same meaning as a normal form (mask bits allowed, the rest denied). */
+export function policyToRuleSet(p: NormalPolicy): RuleSet {
+  const rules: DeviceRule[] = [];
+  for (const e of p.entries) {
+    const allowBits = e.mask & ACC_ALL;
+    const denyBits = ~e.mask & ACC_ALL;
+    if (allowBits) rules.push({ type: e.type, major: e.major, minor: e.minor, access: maskToAccess(allowBits), allow: true });
+    if (denyBits) rules.push({ type: e.type, major: e.major, minor: e.minor, access: maskToAccess(denyBits), allow: false });
+  }
+  return { default: p.default, rules };
+}
+
+// ---- serialised form (the xattr beside a program) -------------------------
+
+const HEADER = 'cgstep-devices 1';
+
+/**
+ * Text of a normal form, one entry a line, readable with getfattr:
+ *   cgstep-devices 1
+ *   default allow
+ *   c 195:0 -        (no access)
+ *   c 195:* rw
+ */
+export function serializePolicy(p: NormalPolicy): string {
+  const lines = [HEADER, `default ${p.default}`];
+  for (const e of p.entries) lines.push(`${e.type} ${e.major}:${e.minor} ${maskToAccess(e.mask) || '-'}`);
+  return lines.join('\n') + '\n';
+}
+
+/** Parse serializePolicy's text; EINVAL naming the bad line. The result is re-sorted canonically. */
+export function parsePolicy(text: string): NormalPolicy {
+  const lines = text.split('\n').filter((l) => l.length > 0);
+  const bad = (i: number, why: string) => new AgentError('EINVAL', `stored device policy line ${i + 1} ${JSON.stringify(lines[i] ?? '')}: ${why}`);
+  if (lines[0] !== HEADER) throw bad(0, `expected ${JSON.stringify(HEADER)}`);
+  const d = /^default (allow|deny)$/.exec(lines[1] ?? '');
+  if (!d) throw bad(1, 'expected "default allow" or "default deny"');
+  const entries: PolicyEntry[] = [];
+  const seen = new Set<string>();
+  for (let i = 2; i < lines.length; i++) {
+    const m = /^([abc]) (\*|\d+):(\*|\d+) (-|[rwm]+)$/.exec(lines[i]);
+    if (!m) throw bad(i, 'expected "<a|b|c> <major>:<minor> <rwm|->"');
+    let r: DeviceRule;
+    try {
+      r = validateRule({
+        type: m[1] as DeviceType,
+        major: m[2] === '*' ? '*' : Number(m[2]),
+        minor: m[3] === '*' ? '*' : Number(m[3]),
+        access: m[4] === '-' ? 'r' : m[4],
+        allow: true,
+      });
+    } catch (err) {
+      throw bad(i, (err as Error).message);
+    }
+    const e: PolicyEntry = { type: r.type, major: r.major, minor: r.minor, mask: m[4] === '-' ? 0 : accessMask(r.access) };
+    const k = keyOf(e);
+    if (seen.has(k)) throw bad(i, 'duplicate pattern');
+    seen.add(k);
+    entries.push(e);
+  }
+  return { default: d[1] as Verdict, entries: entries.sort(entryOrder) };
+}
+
+// ---- instruction encoding ------------------------------------------------
+
+/** Opcodes used by the emitter (linux/bpf_common.h, linux/bpf.h). */
+export const OP = {
+  LDXW: 0x61, // BPF_LDX | BPF_MEM | BPF_W
+  AND32K: 0x54, // BPF_ALU | BPF_AND | BPF_K
+  RSH32K: 0x74, // BPF_ALU | BPF_RSH | BPF_K
+  MOV64K: 0xb7, // BPF_ALU64 | BPF_MOV | BPF_K
+  JNEK: 0x55, // BPF_JMP | BPF_JNE | BPF_K
+  JSETK: 0x45, // BPF_JMP | BPF_JSET | BPF_K
+  JA: 0x05, // BPF_JMP | BPF_JA
+  EXIT: 0x95, // BPF_JMP | BPF_EXIT
+} as const;
+
+export interface Insn { code: number; dst: number; src: number; off: number; imm: number }
+
+export function encode(insns: Insn[]): Buffer {
+  const buf = Buffer.alloc(insns.length * 8);
+  insns.forEach((x, i) => {
+    buf.writeUInt8(x.code, i * 8);
+    buf.writeUInt8((x.dst & 0xf) | ((x.src & 0xf) << 4), i * 8 + 1);
+    buf.writeInt16LE(x.off, i * 8 + 2);
+    buf.writeInt32LE(x.imm, i * 8 + 4);
+  });
+  return buf;
+}
+
+export function decode(buf: Buffer): Insn[] {
+  if (buf.length % 8 !== 0) throw new AgentError('EINVAL', `BPF program of ${buf.length} bytes is not a whole number of instructions`);
+  const out: Insn[] = [];
+  for (let i = 0; i < buf.length; i += 8) {
+    const regs = buf.readUInt8(i + 1);
+    out.push({ code: buf.readUInt8(i), dst: regs & 0xf, src: regs >> 4, off: buf.readInt16LE(i + 2), imm: buf.readInt32LE(i + 4) });
+  }
+  return out;
+}
+
+export interface Program {
+  /** 8-byte instructions, ready for BPF_PROG_LOAD. */
+  insns: Buffer;
+  /** Comments for the disassembly: instruction index -> what starts there. */
+  labels: Map<number, string>;
+}
+
+const R_TYPE = 2;
+const R_ACCESS = 3;
+const R_MAJOR = 4;
+const R_MINOR = 5;
+
+/** Emit the program for a normal form (layout in the header). */
+export function emit(p: NormalPolicy): Program {
+  const labels = new Map<number, string>();
+  // Symbolic instructions: jumps name a target, resolved once sizes are known.
+  type Target = { kind: 'next'; entry: number } | { kind: 'exit'; allow: boolean };
+  type Sym = Insn & { target?: Target };
+  const body: Sym[] = [];
+  const entryStart: number[] = [];
+  const ins = (code: number, dst: number, src: number, off: number, imm: number): Sym => ({ code, dst, src, off, imm });
+  const jump = (code: number, dst: number, imm: number, target: Target): Sym => ({ ...ins(code, dst, 0, 0, imm), target });
+
+  if (p.entries.length > 0) {
+    labels.set(0, 'prologue: r2 = type, r3 = access, r4 = major, r5 = minor');
+    body.push(ins(OP.LDXW, R_TYPE, 1, 0, 0));
+    body.push(ins(OP.AND32K, R_TYPE, 0, 0, 0xffff));
+    body.push(ins(OP.LDXW, R_ACCESS, 1, 0, 0));
+    body.push(ins(OP.RSH32K, R_ACCESS, 0, 0, 16));
+    body.push(ins(OP.LDXW, R_MAJOR, 1, 4, 0));
+    body.push(ins(OP.LDXW, R_MINOR, 1, 8, 0));
+  }
+  p.entries.forEach((e, i) => {
+    entryStart.push(body.length);
+    const access = maskToAccess(e.mask);
+    labels.set(body.length, `${e.type} ${e.major}:${e.minor} ${access ? `allow ${access}` : 'deny'}`);
+    const next: Target = { kind: 'next', entry: i + 1 };
+    if (e.type !== 'a') body.push(jump(OP.JNEK, R_TYPE, e.type === 'b' ? DEV_BLOCK : DEV_CHAR, next));
+    if (e.major !== '*') body.push(jump(OP.JNEK, R_MAJOR, e.major, next));
+    if (e.minor !== '*') body.push(jump(OP.JNEK, R_MINOR, e.minor, next));
+    const mask = e.mask & ACC_ALL;
+    if (mask === ACC_ALL) body.push(jump(OP.JA, 0, 0, { kind: 'exit', allow: true }));
+    else if (mask === 0) body.push(jump(OP.JA, 0, 0, { kind: 'exit', allow: false }));
+    else {
+      body.push(jump(OP.JSETK, R_ACCESS, ~mask & ACC_ALL, { kind: 'exit', allow: false }));
+      body.push(jump(OP.JA, 0, 0, { kind: 'exit', allow: true }));
+    }
+  });
+  entryStart.push(body.length); // "next" of the last entry: the default block
+
+  const dfltAllow = p.default === 'allow';
+  // Drop a JA whose target is the very next instruction (only possible at the end:
+  // the last entry's jump to the default block), then lay out the exits.
+  const endOfEntries = body.length;
+  const last = body[endOfEntries - 1];
+  if (last && last.code === OP.JA && last.target?.kind === 'exit' && last.target.allow === dfltAllow) body.pop();
+  const defaultAt = body.length;
+  entryStart[entryStart.length - 1] = defaultAt;
+  const otherUsed = body.some((x) => x.target?.kind === 'exit' && x.target.allow !== dfltAllow);
+  const exitAt = new Map<boolean, number>([[dfltAllow, defaultAt], [!dfltAllow, defaultAt + 2]]);
+  labels.set(defaultAt, `${dfltAllow ? 'allow' : 'deny'} (default)`);
+  body.push(ins(OP.MOV64K, 0, 0, 0, dfltAllow ? 1 : 0), ins(OP.EXIT, 0, 0, 0, 0));
+  if (otherUsed) {
+    labels.set(defaultAt + 2, dfltAllow ? 'deny' : 'allow');
+    body.push(ins(OP.MOV64K, 0, 0, 0, dfltAllow ? 0 : 1), ins(OP.EXIT, 0, 0, 0, 0));
+  }
+  if (body.length > MAX_INSNS) throw tooBig(`${body.length} instructions (at most ${MAX_INSNS}); ${p.entries.length} entries after normalising`);
+
+  const out: Insn[] = body.map((x, pc) => {
+    if (!x.target) return { code: x.code, dst: x.dst, src: x.src, off: x.off, imm: x.imm };
+    const to = x.target.kind === 'next' ? entryStart[x.target.entry] : exitAt.get(x.target.allow)!;
+    const off = to - pc - 1;
+    if (off < 0 || off > 0x7fff) throw new AgentError('EINTERNAL', `device compiler: jump at ${pc} to ${to} out of range`);
+    return { code: x.code, dst: x.dst, src: x.src, off, imm: x.imm };
+  });
+  return { insns: encode(out), labels };
+}
+
+// ---- compile with a small cache -------------------------------------------
+
+export interface Compiled {
+  policy: NormalPolicy;
+  /** Fresh copy each call: callers may keep it. */
+  insns: Buffer;
+  labels: Map<number, string>;
+  /** serializePolicy(policy): the cache key and the xattr value. */
+  key: string;
+}
+
+const CACHE_SIZE = 64;
+const cache = new Map<string, { policy: NormalPolicy; program: Program; key: string }>();
+
+function inputKey(rs: RuleSet): string {
+  const set = new Set(rs.rules.map((r) => `${r.allow ? '+' : '-'}${formatRule(r)}`));
+  return `${rs.default}\n${[...set].sort().join('\n')}`;
+}
+
+/** Normalise and emit, cached per rule set (LRU of CACHE_SIZE normal forms). */
+export function compile(rs: RuleSet): Compiled {
+  const ik = inputKey(rs);
+  let hit = cache.get(ik);
+  if (hit) {
+    cache.delete(ik); // refresh its place in the LRU order
+  } else {
+    const policy = normalize(rs);
+    const key = serializePolicy(policy);
+    // Two rule sets with the same normal form share one program.
+    const same = [...cache.values()].find((v) => v.key === key);
+    hit = { policy, program: same?.program ?? emit(policy), key };
+  }
+  cache.set(ik, hit);
+  while (cache.size > CACHE_SIZE) cache.delete(cache.keys().next().value as string);
+  return { policy: hit.policy, insns: Buffer.from(hit.program.insns), labels: hit.program.labels, key: hit.key };
+}
+
+/** Entries in the compile cache (tests). */
+export function compileCacheSize(): number {
+  return cache.size;
+}

@@ -1,0 +1,261 @@
+/**
+ * devices/gres: Slurm's gres.conf, as far as device files go.
+ *
+ * Owns parsing (`Name=gpu Type=a100 File=/dev/nvidia[0-3]`, bracket ranges and
+ * lists, `MultipleFiles=`, `NodeName=` host lists, comments, `\` line
+ * continuation, case-insensitive keys), the node's inventory of gres units in
+ * file order per name, and resolving an allocation entry (an absolute path or
+ * "<name>:<index>", 0-based in file order, as Slurm numbers
+ * CUDA_VISIBLE_DEVICES) to the unit's files. Devices are stat'ed by policy.ts,
+ * not here: this module reads the config file and nothing else.
+ * AutoDetect= is not supported (devices found by NVML and friends are unknown
+ * to cgstep): it is ignored with a warning, list File= explicitly.
+ */
+import fs from 'node:fs';
+import type { Logger } from 'pino';
+import { AgentError, fromNodeError } from '../errors.js';
+
+export interface GresUnit {
+  name: string;
+  type?: string;
+  /** 0-based among units of this name, in file order. */
+  index: number;
+  /** The unit's device files: one for File=, several for MultipleFiles=. */
+  files: string[];
+  /** "<source>:<line>" where it was defined. */
+  origin: string;
+}
+
+/** Limits that keep a hostile file from expanding without bound. */
+const MAX_EXPANSION = 65536;
+
+function einval(message: string): AgentError {
+  return new AgentError('EINVAL', message);
+}
+
+/** Split on commas that are not inside brackets. */
+function splitTop(s: string): string[] {
+  const out: string[] = [];
+  let depth = 0;
+  let cur = '';
+  for (const ch of s) {
+    if (ch === '[') depth++;
+    if (ch === ']') depth--;
+    if (ch === ',' && depth === 0) {
+      out.push(cur);
+      cur = '';
+    } else cur += ch;
+  }
+  out.push(cur);
+  return out;
+}
+
+/** "0-3,5,07-09" -> ["0","1","2","3","5","07","08","09"] (width of the lower bound kept). */
+function expandRanges(body: string, where: string): string[] {
+  const out: string[] = [];
+  for (const part of body.split(',')) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part);
+    if (!m) throw einval(`${where}: bad range ${JSON.stringify(part)} in [${body}]`);
+    const lo = Number(m[1]);
+    const hi = m[2] === undefined ? lo : Number(m[2]);
+    if (hi < lo) throw einval(`${where}: range ${part} runs backwards`);
+    if (hi - lo + out.length >= MAX_EXPANSION) throw einval(`${where}: [${body}] expands to more than ${MAX_EXPANSION} names`);
+    const width = m[1].length > 1 && m[1].startsWith('0') ? m[1].length : 0;
+    for (let n = lo; n <= hi; n++) out.push(String(n).padStart(width, '0'));
+  }
+  return out;
+}
+
+/**
+ * Expand a Slurm list with bracket ranges: "/dev/nvidia[0-1],/dev/foo" or
+ * "node[01-03],rack[1-2]-n[1-2]" (several brackets multiply out, in order).
+ */
+export function expandList(expr: string, where = 'list'): string[] {
+  const out: string[] = [];
+  for (const item of splitTop(expr.trim())) {
+    if (item.length === 0) throw einval(`${where}: empty item in ${JSON.stringify(expr)}`);
+    let acc = [''];
+    const re = /\[([^\]]*)\]|([^[\]]+)/g;
+    let consumed = 0;
+    for (let m = re.exec(item); m; m = re.exec(item)) {
+      if (m.index !== consumed) break;
+      consumed = re.lastIndex;
+      const parts = m[1] !== undefined ? expandRanges(m[1], where) : [m[2]];
+      if (acc.length * parts.length + out.length > MAX_EXPANSION) throw einval(`${where}: ${JSON.stringify(expr)} expands to more than ${MAX_EXPANSION} names`);
+      acc = acc.flatMap((a) => parts.map((p) => a + p));
+    }
+    if (consumed !== item.length) throw einval(`${where}: unbalanced brackets in ${JSON.stringify(item)}`);
+    out.push(...acc);
+  }
+  return out;
+}
+
+/** Logical lines: comments stripped, `\` continuations joined; with their first line number. */
+function logicalLines(text: string): { line: number; text: string }[] {
+  const out: { line: number; text: string }[] = [];
+  const raw = text.split('\n');
+  let pending: { line: number; text: string } | null = null;
+  raw.forEach((l, i) => {
+    let s = '';
+    for (let k = 0; k < l.length; k++) {
+      if (l[k] === '\\' && l[k + 1] === '#') {
+        s += '#';
+        k++;
+      } else if (l[k] === '#') break;
+      else s += l[k];
+    }
+    s = s.replace(/\r$/, '');
+    const cont = /\\\s*$/.test(s);
+    if (cont) s = s.replace(/\\\s*$/, ' ');
+    if (pending) pending.text += ' ' + s;
+    else pending = { line: i + 1, text: s };
+    if (!cont) {
+      if (pending.text.trim()) out.push(pending);
+      pending = null;
+    }
+  });
+  if (pending !== null && (pending as { text: string }).text.trim()) out.push(pending);
+  return out;
+}
+
+/** "Key=Value Key2="quoted value"" -> [[key lowercased, value], ...] */
+function pairs(s: string, where: string): [string, string][] {
+  const out: [string, string][] = [];
+  const re = /\s*([A-Za-z][A-Za-z0-9_]*)=("([^"]*)"|\S*)/y;
+  let pos = 0;
+  const t = s.trim();
+  while (pos < t.length) {
+    re.lastIndex = pos;
+    const m = re.exec(t);
+    if (!m) throw einval(`${where}: expected Key=Value at ${JSON.stringify(t.slice(pos, pos + 40))}`);
+    out.push([m[1].toLowerCase(), m[3] ?? m[2]]);
+    pos = re.lastIndex;
+    while (pos < t.length && /\s/.test(t[pos])) pos++;
+  }
+  return out;
+}
+
+const KNOWN = new Set(['name', 'type', 'file', 'files', 'multiplefiles', 'nodename', 'count', 'cores', 'cpus', 'links', 'flags', 'autodetect']);
+
+export class GresInventory {
+  private readonly byName = new Map<string, GresUnit[]>();
+
+  constructor(
+    readonly node: string,
+    units: GresUnit[],
+    /** What the parser skipped or could not honour, in words (also logged). */
+    readonly warnings: string[] = [],
+  ) {
+    for (const u of units) {
+      const list = this.byName.get(u.name) ?? [];
+      list.push(u);
+      this.byName.set(u.name, list);
+    }
+  }
+
+  /** Gres names with device files on this node. */
+  names(): string[] {
+    return [...this.byName.keys()];
+  }
+
+  /** This name's units, in file order. */
+  units(name: string): readonly GresUnit[] {
+    return this.byName.get(name) ?? [];
+  }
+
+  all(): GresUnit[] {
+    return [...this.byName.values()].flat();
+  }
+
+  /** The unit one of whose files is this path, if any. */
+  unitOfPath(path: string): GresUnit | undefined {
+    return this.all().find((u) => u.files.includes(path));
+  }
+
+  /**
+   * An allocation entry -> the gres unit it names. "<name>:<index>" is the
+   * index-th unit of that name (0-based); an absolute path must be one of the
+   * node's gres files. EINVAL otherwise, naming the entry.
+   */
+  resolve(entry: string): GresUnit {
+    if (entry.startsWith('/')) {
+      const u = this.unitOfPath(entry);
+      if (!u) throw einval(`gres ${JSON.stringify(entry)} is not a File= of any gres on node ${this.node}`);
+      return u;
+    }
+    const m = /^([A-Za-z0-9_.+-]+):(0|[1-9][0-9]{0,8})$/.exec(entry);
+    if (!m) throw einval(`gres ${JSON.stringify(entry)}: expected an absolute device path or <name>:<index>`);
+    const list = this.byName.get(m[1]);
+    if (!list) throw einval(`gres ${JSON.stringify(entry)}: node ${this.node} has no gres named ${m[1]} with device files (has: ${this.names().join(', ') || 'none'})`);
+    const idx = Number(m[2]);
+    if (idx >= list.length) throw einval(`gres ${JSON.stringify(entry)}: ${m[1]} has ${list.length} device(s) on node ${this.node}, indices 0-${list.length - 1}`);
+    return list[idx];
+  }
+}
+
+export interface GresParseOptions {
+  /** This node's name (Slurm's NodeName): lines for other nodes are skipped. */
+  nodeName: string;
+  /** Shown in errors and warnings ("gres.conf" by default). */
+  source?: string;
+  log?: Logger;
+}
+
+/** Parse gres.conf text into this node's inventory. EINVAL naming source:line on bad syntax. */
+export function parseGresConf(text: string, opts: GresParseOptions): GresInventory {
+  const source = opts.source ?? 'gres.conf';
+  const warnings: string[] = [];
+  const warn = (msg: string) => {
+    warnings.push(msg);
+    opts.log?.warn({ source }, msg);
+  };
+  const units: GresUnit[] = [];
+  const counts = new Map<string, number>();
+  for (const { line, text: l } of logicalLines(text)) {
+    const where = `${source}:${line}`;
+    const kv = pairs(l, where);
+    const get = (k: string): string | undefined => {
+      const hits = kv.filter(([key]) => key === k);
+      if (hits.length > 1) throw einval(`${where}: ${k} given ${hits.length} times`);
+      return hits[0]?.[1];
+    };
+    for (const [k] of kv) if (!KNOWN.has(k)) warn(`${where}: unknown key ${k} ignored`);
+    const nodes = get('nodename');
+    if (nodes !== undefined && !expandList(nodes, `${where} NodeName`).includes(opts.nodeName)) continue;
+    const auto = get('autodetect');
+    if (auto !== undefined && auto.toLowerCase() !== 'off') {
+      warn(`${where}: AutoDetect=${auto} ignored: cgstep only knows devices listed with File= or MultipleFiles=`);
+    }
+    const name = get('name');
+    const file = get('file') ?? get('files');
+    const multiple = get('multiplefiles');
+    if (name === undefined) {
+      if (file !== undefined || multiple !== undefined) throw einval(`${where}: File= without Name=`);
+      continue; // a line of defaults (AutoDetect=, NodeName= alone)
+    }
+    if (!/^[A-Za-z0-9_.+-]+$/.test(name)) throw einval(`${where}: bad gres name ${JSON.stringify(name)}`);
+    if (file !== undefined && multiple !== undefined) throw einval(`${where}: File= and MultipleFiles= on one line`);
+    const type = get('type');
+    const mk = (files: string[]): GresUnit => {
+      for (const f of files) if (!f.startsWith('/')) throw einval(`${where}: device file ${JSON.stringify(f)} is not an absolute path`);
+      const index = counts.get(name) ?? 0;
+      counts.set(name, index + 1);
+      return { name, ...(type !== undefined ? { type } : {}), index, files, origin: where };
+    };
+    if (file !== undefined) for (const f of expandList(file, `${where} File`)) units.push(mk([f]));
+    else if (multiple !== undefined) units.push(mk(expandList(multiple, `${where} MultipleFiles`)));
+    // Name= with only Count= (a gres with no device files) confines nothing.
+  }
+  return new GresInventory(opts.nodeName, units, warnings);
+}
+
+/** Read and parse a gres.conf file. */
+export function loadGresConf(path: string, nodeName: string, log?: Logger): GresInventory {
+  let text: string;
+  try {
+    text = fs.readFileSync(path, 'utf8');
+  } catch (err) {
+    throw fromNodeError('read', path, err);
+  }
+  return parseGresConf(text, { nodeName, source: path, log });
+}

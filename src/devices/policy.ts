@@ -1,0 +1,118 @@
+/**
+ * devices/policy: a DeviceRequest (rpc/protocol.ts) plus the node's gres
+ * inventory -> the RuleSet for one cgroup directory. Owns Slurm's policy and
+ * the closed mode; stats device paths; never touches the kernel's BPF side
+ * (controller.ts) nor the instruction format (compiler.ts).
+ *
+ *  open (default): everything allowed, except the node's gres devices not
+ *      allocated here (denied rwm); allocated ones are allowed rwm. This is
+ *      Slurm's ConstrainDevices policy.
+ *  closed: only the standard pseudo-devices (PSEUDO_DEVICES) and the allocated
+ *      gres devices, plus explicit allows.
+ *  Both: `allow` and `deny` rules are merged in, with the semantics of rules.ts
+ *      (most specific wins, deny beats allow at equal specificity). Unallocated
+ *      gres devices are denied with exact rules, so a broad allow such as
+ *      `c 195:* rw` never opens another job's GPU; an exact allow of such a
+ *      device is refused with EINVAL (it would be silently outranked), ask for
+ *      it through gres instead.
+ * Levels: the same function serves job, step and task directories. Programs on
+ * nested directories all run (BPF_F_ALLOW_MULTI) and all must allow, so a
+ * step's or task's policy can only narrow its job's.
+ */
+import type { Logger } from 'pino';
+import { AgentError } from '../errors.js';
+import type { DeviceRequest } from '../rpc/protocol.js';
+import type { GresInventory, GresUnit } from './gres.js';
+import { parseRule, statDevice, type DeviceNode, type DeviceRule, type RuleSet } from './rules.js';
+
+/** What `closed` allows without being asked: systemd's DevicePolicy=closed list. */
+export const PSEUDO_DEVICES: readonly { path: string; rule: DeviceRule }[] = [
+  { path: '/dev/null', rule: { type: 'c', major: 1, minor: 3, access: 'rwm', allow: true } },
+  { path: '/dev/zero', rule: { type: 'c', major: 1, minor: 5, access: 'rwm', allow: true } },
+  { path: '/dev/full', rule: { type: 'c', major: 1, minor: 7, access: 'rwm', allow: true } },
+  { path: '/dev/random', rule: { type: 'c', major: 1, minor: 8, access: 'rwm', allow: true } },
+  { path: '/dev/urandom', rule: { type: 'c', major: 1, minor: 9, access: 'rwm', allow: true } },
+  { path: '/dev/tty', rule: { type: 'c', major: 5, minor: 0, access: 'rwm', allow: true } },
+  { path: '/dev/ptmx', rule: { type: 'c', major: 5, minor: 2, access: 'rwm', allow: true } },
+  { path: '/dev/pts/*', rule: { type: 'c', major: 136, minor: '*', access: 'rw', allow: true } },
+];
+
+export interface PolicyOptions {
+  /** The node's gres.conf inventory; null or absent when none is configured. */
+  inventory?: GresInventory | null;
+  /** How device paths are resolved (tests pass a fake); statDevice by default. */
+  stat?: (path: string) => DeviceNode;
+  log?: Logger;
+}
+
+const sameDev = (a: DeviceNode, b: DeviceNode) => a.type === b.type && a.major === b.major && a.minor === b.minor;
+const devKey = (d: DeviceNode) => `${d.type} ${d.major}:${d.minor}`;
+
+/** The rule set a request asks for (see the header). Throws EINVAL / KernelError naming the bad input. */
+export function buildRuleSet(req: DeviceRequest, opts: PolicyOptions = {}): RuleSet {
+  const stat = opts.stat ?? statDevice;
+  const inv = opts.inventory ?? null;
+  const mode = req.policy ?? 'open';
+  const rules: DeviceRule[] = [];
+
+  // Allocated gres: their files' devices.
+  const allocated = new Map<string, { dev: DeviceNode; path: string }>();
+  const allocatedUnits = new Set<GresUnit>();
+  for (const entry of req.gres ?? []) {
+    let paths: string[];
+    if (inv) {
+      const u = inv.resolve(entry);
+      allocatedUnits.add(u);
+      paths = u.files;
+    } else if (entry.startsWith('/')) {
+      paths = [entry];
+    } else {
+      throw new AgentError('EINVAL', `gres ${JSON.stringify(entry)}: no gres.conf is loaded, so only absolute device paths can be allocated`);
+    }
+    for (const p of paths) {
+      const dev = stat(p); // an allocated device we cannot resolve is an error: the job would lack it
+      allocated.set(devKey(dev), { dev, path: p });
+    }
+  }
+  for (const { dev } of allocated.values()) rules.push({ ...dev, access: 'rwm', allow: true });
+
+  // The node's other gres devices: denied, unless the same device is also allocated.
+  const denied = new Map<string, { dev: DeviceNode; path: string; unit: GresUnit }>();
+  for (const u of inv?.all() ?? []) {
+    if (allocatedUnits.has(u)) continue;
+    for (const p of u.files) {
+      let dev: DeviceNode;
+      try {
+        dev = stat(p);
+      } catch (err) {
+        // A gres file that does not exist cannot be opened either; say so, confine the rest.
+        opts.log?.warn({ path: p, gres: `${u.name}:${u.index}`, err: (err as Error).message }, 'gres device not found; not denied');
+        continue;
+      }
+      if (allocated.has(devKey(dev))) continue;
+      denied.set(devKey(dev), { dev, path: p, unit: u });
+      rules.push({ ...dev, access: 'rwm', allow: false });
+    }
+  }
+
+  if (mode === 'closed') for (const p of PSEUDO_DEVICES) rules.push({ ...p.rule });
+
+  for (const text of req.allow ?? []) {
+    const r = parseRule(text, true, { stat });
+    if (r.major !== '*' && r.minor !== '*') {
+      const { major, minor } = r;
+      const hit = [...denied.values()].find((d) => (r.type === 'a' || r.type === d.dev.type) && sameDev(d.dev, { type: d.dev.type, major, minor }));
+      if (hit) {
+        throw new AgentError(
+          'EINVAL',
+          `device allow ${JSON.stringify(text)} names ${hit.path} (gres ${hit.unit.name}:${hit.unit.index}), which is not allocated here; allocate it through gres`,
+        );
+      }
+    }
+    rules.push(r);
+  }
+  for (const text of req.deny ?? []) rules.push(parseRule(text, false, { stat }));
+
+  return { default: mode === 'closed' ? 'deny' : 'allow', rules };
+}
+
