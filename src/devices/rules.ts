@@ -66,6 +66,7 @@ export const MAX_MAJOR = 0xfff;
 export const MAX_MINOR = 0xfffff;
 
 const BIT_OF: Record<string, number> = { r: ACC_READ, w: ACC_WRITE, m: ACC_MKNOD };
+const LETTER_OF: Record<number, string> = { [ACC_READ]: 'r', [ACC_WRITE]: 'w', [ACC_MKNOD]: 'm' };
 
 function einval(message: string): AgentError {
   return new AgentError('EINVAL', message);
@@ -191,7 +192,7 @@ function bitAllowed(rs: RuleSet, d: DeviceNode, bit: number): boolean {
   let best = -1;
   let allowed = rs.default === 'allow';
   for (const r of rs.rules) {
-    if (!(accessMask(r.access) & bit) || !matches(r, d)) continue;
+    if (!r.access.includes(LETTER_OF[bit]) || !matches(r, d)) continue;
     const s = specificity(r);
     if (s > best) {
       best = s;

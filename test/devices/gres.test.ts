@@ -1,0 +1,106 @@
+/**
+ * gres.conf parsing and allocation entries (gres.ts), without a kernel.
+ */
+import test from 'ava';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { AgentError, KernelError } from '../../src/errors.js';
+import { expandList, loadGresConf, parseGresConf } from '../../src/devices/index.js';
+import { memLogger } from './helpers.js';
+
+test('expandList: ranges, lists, zero padding, several brackets, plain items', (t) => {
+  t.deepEqual(expandList('/dev/nvidia[0-3]'), ['/dev/nvidia0', '/dev/nvidia1', '/dev/nvidia2', '/dev/nvidia3']);
+  t.deepEqual(expandList('/dev/nvidia[0,2-3]'), ['/dev/nvidia0', '/dev/nvidia2', '/dev/nvidia3']);
+  t.deepEqual(expandList('node[08-10]'), ['node08', 'node09', 'node10']);
+  t.deepEqual(expandList('r[1-2]n[1-2],login'), ['r1n1', 'r1n2', 'r2n1', 'r2n2', 'login']);
+  t.deepEqual(expandList('/dev/dri/card[0-1],/dev/dri/renderD[128-129]'), ['/dev/dri/card0', '/dev/dri/card1', '/dev/dri/renderD128', '/dev/dri/renderD129']);
+  t.deepEqual(expandList('/dev/a'), ['/dev/a']);
+  for (const [bad, re] of [['n[3-1]', /backwards/], ['n[1-2', /unbalanced/], ['n[a]', /bad range/], ['a,,b', /empty item/], ['n[0-99999999]', /more than/]] as const) {
+    t.throws(() => expandList(bad), { instanceOf: AgentError, message: re }, bad);
+  }
+});
+
+const CONF = `
+# a comment line
+AutoDetect=off
+Name=gpu Type=a100 File=/dev/nvidia[0-1]   # two A100s
+NodeName=gpu[01-02] name=gpu type=v100 FILE=/dev/nvidia[2-3]
+NodeName=other Name=gpu File=/dev/nvidia[4-7]
+Name=gpu Type=t4 \\
+     File=/dev/nvidia8
+Name=mps Count=200
+Name=shard Count=8
+NodeName=gpu01 Name=rocm MultipleFiles=/dev/dri/card0,/dev/dri/renderD128
+NodeName=gpu01 Name=rocm MultipleFiles=/dev/dri/card1,/dev/dri/renderD129
+`;
+
+test('parse: file order per name, NodeName filter, case-insensitive keys, continuation, MultipleFiles', (t) => {
+  const inv = parseGresConf(CONF, { nodeName: 'gpu01' });
+  t.deepEqual(inv.names(), ['gpu', 'rocm']);
+  t.deepEqual(inv.units('gpu').map((u) => [u.index, u.type, u.files]), [
+    [0, 'a100', ['/dev/nvidia0']],
+    [1, 'a100', ['/dev/nvidia1']],
+    [2, 'v100', ['/dev/nvidia2']],
+    [3, 'v100', ['/dev/nvidia3']],
+    [4, 't4', ['/dev/nvidia8']],
+  ]);
+  t.deepEqual(inv.units('rocm').map((u) => u.files), [['/dev/dri/card0', '/dev/dri/renderD128'], ['/dev/dri/card1', '/dev/dri/renderD129']]);
+  t.is(inv.units('gpu')[4].origin, 'gres.conf:7');
+  t.deepEqual(inv.warnings, []);
+  const other = parseGresConf(CONF, { nodeName: 'gpu03' });
+  t.deepEqual(other.units('gpu').map((u) => u.files[0]), ['/dev/nvidia0', '/dev/nvidia1', '/dev/nvidia8']);
+  t.deepEqual(other.units('rocm'), []);
+});
+
+test('resolve: <name>:<index> and absolute paths; clear errors', (t) => {
+  const inv = parseGresConf(CONF, { nodeName: 'gpu01' });
+  t.deepEqual(inv.resolve('gpu:0').files, ['/dev/nvidia0']);
+  t.deepEqual(inv.resolve('gpu:4').files, ['/dev/nvidia8']);
+  t.deepEqual(inv.resolve('rocm:1').files, ['/dev/dri/card1', '/dev/dri/renderD129']);
+  t.is(inv.resolve('/dev/nvidia3').index, 3);
+  t.is(inv.resolve('/dev/dri/renderD128').name, 'rocm');
+  t.throws(() => inv.resolve('gpu:5'), { message: /gpu has 5 device\(s\) on node gpu01, indices 0-4/ });
+  t.throws(() => inv.resolve('fpga:0'), { message: /no gres named fpga.*has: gpu, rocm/ });
+  t.throws(() => inv.resolve('/dev/nvidia7'), { message: /not a File= of any gres on node gpu01/ });
+  t.throws(() => inv.resolve('gpu:a100:0'), { message: /expected an absolute device path or <name>:<index>/ });
+  t.throws(() => inv.resolve('gpu:01'), { instanceOf: AgentError });
+});
+
+test('AutoDetect and unknown keys are warned about, not fatal', (t) => {
+  const mem = memLogger();
+  const inv = parseGresConf('AutoDetect=nvml\nName=gpu File=/dev/nvidia0 Bogus=1\nNodeName=x AutoDetect=rsmi\n', { nodeName: 'n1', log: mem.log, source: '/etc/slurm/gres.conf' });
+  t.is(inv.units('gpu').length, 1);
+  t.is(inv.warnings.length, 2);
+  t.regex(inv.warnings[0], /^\/etc\/slurm\/gres.conf:1: AutoDetect=nvml ignored/);
+  t.regex(inv.warnings[1], /gres.conf:2: unknown key bogus ignored/);
+  t.is(mem.lines().filter((l) => l.level === 40).length, 2);
+});
+
+test('bad lines: EINVAL naming file and line', (t) => {
+  const bad: [string, RegExp][] = [
+    ['Name=gpu File=/dev/nvidia[0-1\n', /gres.conf:1 File: unbalanced/],
+    ['\n\nName=gpu File=nvidia0\n', /gres.conf:3: device file "nvidia0" is not an absolute path/],
+    ['File=/dev/nvidia0\n', /gres.conf:1: File= without Name=/],
+    ['Name=gpu File=/dev/a MultipleFiles=/dev/b\n', /File= and MultipleFiles= on one line/],
+    ['Name=gpu Name=gpu2 File=/dev/a\n', /name given 2 times/],
+    ['Name=gpu File=/dev/a garbage\n', /expected Key=Value/],
+    ['Name=g/pu File=/dev/a\n', /bad gres name/],
+  ];
+  for (const [text, re] of bad) t.throws(() => parseGresConf(text, { nodeName: 'n1' }), { instanceOf: AgentError, message: re }, text);
+});
+
+test('comments, quotes, CRLF and escaped #', (t) => {
+  const inv = parseGresConf('Name=gpu File="/dev/nvidia0"  # c\r\n# Name=gpu File=/dev/x\r\nName=gpu File=/dev/a\\#b\n', { nodeName: 'n' });
+  t.deepEqual(inv.units('gpu').map((u) => u.files[0]), ['/dev/nvidia0', '/dev/a#b']);
+});
+
+test('loadGresConf reads a file; a missing one is a KernelError', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-gres-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const f = path.join(dir, 'gres.conf');
+  fs.writeFileSync(f, 'Name=gpu File=/dev/nvidia[0-1]\n');
+  t.deepEqual(loadGresConf(f, 'n1').units('gpu').map((u) => u.origin), [`${f}:1`, `${f}:1`]);
+  const e = t.throws(() => loadGresConf(path.join(dir, 'none'), 'n1'), { instanceOf: KernelError });
+  t.is(e?.errno, 'ENOENT');
+});

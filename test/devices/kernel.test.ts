@@ -1,0 +1,370 @@
+/**
+ * Device programs on the real kernel: a prober process in a private cgroup
+ * opens device nodes made with mknod (c 1:3, c 1:5, fake GPUs c 195:0-3 whose
+ * open gives ENXIO when allowed since no driver exists, block b 7:0) and the
+ * errno it gets is asserted exactly. Every cgroup made here is removed, every
+ * process ended by pid (helpers.ts).
+ */
+import test from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import fc from 'fast-check';
+import { KernelError } from '../../src/errors.js';
+import {
+  DeviceController,
+  VerifierError,
+  buildRuleSet,
+  compile,
+  decide,
+  parseGresConf,
+  parseRule,
+  serializePolicy,
+  type RuleSet,
+} from '../../src/devices/index.js';
+import * as native from '../../src/devices/native.js';
+import { Cgroups, Prober, kernelSkipReason, memLogger, standardNodes, uniqueProgName, type DevNodes } from './helpers.js';
+import { GOLDEN_CASES } from './cases.js';
+
+const skip = kernelSkipReason();
+const ktest = skip ? test.serial.skip : test.serial;
+if (skip) test('kernel device tests', (t) => t.log(`skipped: ${skip}`));
+
+const rules = (dflt: 'allow' | 'deny', ...texts: string[]): RuleSet => ({
+  default: dflt,
+  rules: texts.map((s) => (s.startsWith('-') ? parseRule(s.slice(1), false) : parseRule(s, true))),
+});
+
+let cg: Cgroups;
+let nodes: DevNodes;
+let P: Record<string, string>;
+const mem = memLogger();
+let ctl: DeviceController;
+/** What an unconfined process gets for each node (read-only open). */
+const baseline: Record<string, string> = {};
+let n = 0;
+
+test.before(async () => {
+  if (skip) return;
+  cg = new Cgroups('kernel');
+  nodes = standardNodes();
+  P = nodes.paths;
+  ctl = new DeviceController(mem.log, { progName: uniqueProgName(), scratchParent: cg.root });
+  const p = await Prober.start();
+  try {
+    for (const name of Object.keys(P)) baseline[name] = await p.open(P[name], 'r');
+  } finally {
+    await p.kill();
+  }
+});
+
+test.after.always(async () => {
+  if (skip) return;
+  nodes?.cleanup();
+  await cg?.cleanup();
+});
+
+/** A fresh directory with a prober in it. */
+async function confined(rel = `t${++n}`): Promise<{ dir: string; p: Prober }> {
+  const dir = cg.dir(rel);
+  const p = cg.track(await Prober.start());
+  await p.moveTo(dir);
+  return { dir, p };
+}
+
+ktest('unconfined baseline: /dev/null-like nodes open, fake GPUs give ENXIO', (t) => {
+  t.is(baseline.null, 'OK');
+  t.is(baseline.zero, 'OK');
+  for (let i = 0; i < 4; i++) t.is(baseline[`nvidia${i}`], 'ENXIO');
+  t.not(baseline.loop0, 'EPERM');
+});
+
+ktest('probe: device programs and BPF_F_REPLACE work, and the probe leaves nothing behind', (t) => {
+  const r = ctl.probe();
+  t.deepEqual(r, { supported: true, replace: true });
+  t.is(ctl.probe(), r, 'cached');
+  t.deepEqual(fs.readdirSync(cg.root).filter((d) => d.startsWith('cgstep-probe-')), []);
+  t.truthy(mem.lines().find((l) => l.msg === 'device control probe' && l.supported === true));
+});
+
+ktest('exact rules: allowed opens reach the driver, others EPERM; read-only refuses O_WRONLY', async (t) => {
+  const { dir, p } = await confined();
+  const r = ctl.apply(dir, rules('deny', 'c 1:3 rwm', 'c 195:0 r', 'c 195:1 rw'));
+  t.false(r.unchanged);
+  t.is(await p.open(P.null, 'rw'), 'OK');
+  t.is(await p.open(P.zero, 'r'), 'EPERM');
+  t.is(await p.open(P.nvidia0, 'r'), 'ENXIO');
+  t.is(await p.open(P.nvidia0, 'w'), 'EPERM', 'an allow of r must not let w through');
+  t.is(await p.open(P.nvidia0, 'rw'), 'EPERM', 'nor rw');
+  t.is(await p.open(P.nvidia1, 'rw'), 'ENXIO');
+  t.is(await p.open(P.nvidia2, 'r'), 'EPERM');
+  t.is(await p.open(P.loop0, 'r'), 'EPERM');
+  const logs = mem.lines().filter((l) => l.dir === dir);
+  t.truthy(logs.find((l) => l.msg === 'device program loaded' && l.progId === r.progId));
+  t.truthy(logs.find((l) => l.msg === 'device program attached' && l.progId === r.progId));
+});
+
+ktest('mknod is refused without m, allowed with it', async (t) => {
+  const { dir, p } = await confined();
+  ctl.apply(dir, rules('deny', 'c 1:3 rw', 'c 1:5 rwm'));
+  t.is(await p.mknod(path.join(nodes.dir, 'mk-null'), 'c', 1, 3), 'EPERM');
+  t.is(await p.mknod(path.join(nodes.dir, 'mk-zero'), 'c', 1, 5), 'OK');
+  t.is(await p.mknod(path.join(nodes.dir, 'mk-gpu'), 'c', 195, 0), 'EPERM');
+  t.is(await p.open(P.null, 'rw'), 'OK', 'rw without m still opens');
+  ctl.apply(dir, rules('allow', '-c 1:* m'));
+  t.is(await p.mknod(path.join(nodes.dir, 'mk-null2'), 'c', 1, 3), 'EPERM');
+  t.is(await p.mknod(path.join(nodes.dir, 'mk-gpu2'), 'c', 195, 0), 'OK');
+  t.is(await p.open(P.zero, 'rw'), 'OK');
+});
+
+ktest('wildcards: most specific rule wins, type a and block devices', async (t) => {
+  const { dir, p } = await confined();
+  ctl.apply(dir, rules('allow', '-c 195:* rwm', 'c 195:2 rw'));
+  t.is(await p.open(P.nvidia0, 'r'), 'EPERM');
+  t.is(await p.open(P.nvidia3, 'r'), 'EPERM');
+  t.is(await p.open(P.nvidia2, 'rw'), 'ENXIO');
+  t.is(await p.open(P.null, 'rw'), 'OK');
+  t.is(await p.open(P.loop0, 'r'), baseline.loop0);
+
+  ctl.apply(dir, rules('allow', '-a *:* rwm', 'c 1:* rw', 'b 7:* r'));
+  t.is(await p.open(P.null, 'rw'), 'OK');
+  t.is(await p.open(P.zero, 'rw'), 'OK');
+  t.is(await p.open(P.nvidia1, 'r'), 'EPERM');
+  t.is(await p.open(P.loop0, 'r'), baseline.loop0);
+  t.is(await p.open(P.loop0, 'rw'), 'EPERM');
+
+  ctl.apply(dir, rules('deny', 'a 195:* r'));
+  t.is(await p.open(P.nvidia1, 'r'), 'ENXIO');
+  t.is(await p.open(P.nvidia1, 'w'), 'EPERM');
+  t.is(await p.open(P.null, 'r'), 'EPERM');
+});
+
+ktest('access(F_OK) with no bits: allowed when some access is, as decide() says', async (t) => {
+  const { dir, p } = await confined();
+  const rs = rules('deny', 'c 195:0 r', 'c 195:1 m', 'c 195:3 rwm', '-c 195:3 rwm');
+  ctl.apply(dir, rs);
+  const dev = (minor: number) => ({ type: 'c' as const, major: 195, minor });
+  t.is(await p.access(P.nvidia0), 'OK');
+  t.true(decide(rs, dev(0), 0));
+  t.is(await p.access(P.nvidia1), 'OK');
+  t.true(decide(rs, dev(1), 0));
+  t.is(await p.access(P.nvidia2), 'EPERM');
+  t.false(decide(rs, dev(2), 0));
+  t.is(await p.access(P.nvidia3), 'EPERM', 'deny beats allow at equal specificity');
+  t.false(decide(rs, dev(3), 0));
+});
+
+ktest('nested directories: each level narrows, none widens (job/step/task)', async (t) => {
+  const job = cg.dir(`nest${++n}`);
+  const step = cg.dir(path.relative(cg.root, job) + '/step');
+  const task = cg.dir(path.relative(cg.root, step) + '/task');
+  const p = cg.track(await Prober.start());
+  await p.moveTo(task);
+  const j = ctl.apply(job, rules('allow', '-c 195:3 rwm'));
+  const s = ctl.apply(step, rules('allow', '-c 195:2 rwm', 'c 195:3 rwm'));
+  const k = ctl.apply(task, rules('allow', '-c 195:1 w'));
+  t.is(await p.open(P.nvidia0, 'rw'), 'ENXIO');
+  t.is(await p.open(P.nvidia1, 'r'), 'ENXIO');
+  t.is(await p.open(P.nvidia1, 'w'), 'EPERM', 'task narrows');
+  t.is(await p.open(P.nvidia2, 'r'), 'EPERM', 'step narrows');
+  t.is(await p.open(P.nvidia3, 'r'), 'EPERM', "the step's allow does not widen the job's deny");
+  t.deepEqual([...ctl.effective(task)].sort((a, b) => a - b), [j.progId, s.progId, k.progId].sort((a, b) => a - b));
+  t.deepEqual(ctl.query(task), { progIds: [k.progId], ours: [k.progId] });
+  // A task-level allow cannot reopen what the job denies either.
+  ctl.apply(task, rules('deny', 'a *:* rwm'));
+  t.is(await p.open(P.nvidia3, 'r'), 'EPERM');
+  t.is(await p.open(P.nvidia0, 'r'), 'ENXIO');
+});
+
+ktest('closed and open policies with gres.conf on the kernel', async (t) => {
+  const { dir, p } = await confined();
+  const inventory = parseGresConf(`Name=gpu Type=fake File=${nodes.dir}/nvidia[0-3]\n`, { nodeName: 'n1' });
+  ctl.apply(dir, buildRuleSet({ policy: 'closed', gres: ['gpu:0'] }, { inventory }));
+  t.is(await p.open(P.null, 'rw'), 'OK');
+  t.is(await p.open(P.zero, 'rw'), 'OK');
+  t.is(await p.open(P.nvidia0, 'rw'), 'ENXIO');
+  t.is(await p.open(P.nvidia1, 'r'), 'EPERM');
+  t.is(await p.open(P.loop0, 'r'), 'EPERM');
+  const r = ctl.apply(dir, buildRuleSet({ gres: [`${nodes.dir}/nvidia1`, 'gpu:3'], allow: ['c 195:* rw'] }, { inventory }));
+  t.truthy(r.replacedProgId);
+  t.is(await p.open(P.nvidia0, 'r'), 'EPERM', 'a broad allow never opens an unallocated gres device');
+  t.is(await p.open(P.nvidia1, 'rw'), 'ENXIO');
+  t.is(await p.open(P.nvidia2, 'r'), 'EPERM');
+  t.is(await p.open(P.nvidia3, 'rw'), 'ENXIO');
+  t.is(await p.open(P.loop0, 'r'), baseline.loop0);
+});
+
+for (const replace of [true, false]) {
+  ktest(`update while the process runs (${replace ? 'BPF_F_REPLACE' : 'attach new, then detach old'}): never looser, always one of ours`, async (t) => {
+    const local = memLogger();
+    const c = new DeviceController(local.log, { progName: ctl.progName, scratchParent: cg.root, replace });
+    t.is(c.probe().replace, replace);
+    const { dir, p } = await confined();
+    // X allowed in both, Y denied in both, Z flips.
+    const A = rules('allow', '-c 195:1 rwm');
+    const B = rules('allow', '-c 195:1 rwm', '-c 195:2 rwm');
+    c.apply(dir, A);
+    const started = await p.ask({ op: 'hammer', paths: [P.nvidia0, P.nvidia1, P.nvidia2], seconds: 1.2 });
+    t.true(started.started);
+    let updates = 0;
+    const end = Date.now() + 900;
+    const seen = new Set<number>();
+    while (Date.now() < end) {
+      const r = c.apply(dir, updates % 2 === 0 ? B : A);
+      seen.add(r.progId);
+      if (replace) t.truthy(r.replacedProgId);
+      else t.is(r.detachedProgIds.length, 1);
+      const q = c.query(dir);
+      if (q.ours.length !== 1 || q.ours[0] !== r.progId) t.fail(`after update ${updates}: ours ${q.ours}`);
+      updates++;
+    }
+    const res = await p.answer(10_000);
+    t.log(`${updates} updates during ${res.rounds} open rounds: ${JSON.stringify(res.r)}`);
+    t.true(updates > 20);
+    t.deepEqual(Object.keys(res.r[P.nvidia0]), ['ENXIO'], 'allowed in both policies: never refused, even mid-update');
+    t.deepEqual(Object.keys(res.r[P.nvidia1]), ['EPERM'], 'denied in both policies: never opened, even mid-update');
+    t.true((res.r[P.nvidia2].ENXIO ?? 0) + (res.r[P.nvidia2].EPERM ?? 0) === res.rounds);
+    const msgs = local.lines().map((l) => l.msg);
+    t.is(msgs.filter((m) => m === (replace ? 'device program replaced' : 'device program detached')).length, updates);
+  });
+}
+
+ktest('restart: a new controller reads the stored policy, keeps the same program, replaces ours', (t) => {
+  const dir = cg.dir(`restart${++n}`);
+  const rs = rules('deny', 'c 1:3 rwm', 'c 195:0 rw');
+  const first = ctl.apply(dir, rs);
+  t.true(first.policyStored);
+  const again = new DeviceController(memLogger().log, { scratchParent: cg.root });
+  const d = again.describe(dir);
+  t.deepEqual(d.policy, compile(rs).policy);
+  t.true(d.consistent);
+  t.deepEqual(d.ours, [first.progId]);
+  t.is(native.getXattr(dir, 'trusted.cgstep.devices')!.toString(), serializePolicy(compile(rs).policy));
+  const same = again.apply(dir, rs);
+  t.true(same.unchanged);
+  t.is(same.progId, first.progId);
+  const next = again.apply(dir, rules('deny', 'c 1:3 rwm'));
+  t.is(next.replacedProgId, first.progId);
+  t.deepEqual(ctl.query(dir).ours, [next.progId]);
+  // A policy xattr that does not match the program is reported, not trusted.
+  native.setXattr(dir, 'trusted.cgstep.devices', Buffer.from(serializePolicy(compile(rs).policy)));
+  t.false(again.describe(dir).consistent);
+  native.setXattr(dir, 'trusted.cgstep.devices', Buffer.from('garbage'));
+  const bad = again.describe(dir);
+  t.false(bad.consistent);
+  t.is(bad.policy, null);
+  t.throws(() => again.readPolicy(dir), { message: /stored device policy line 1/ });
+  t.deepEqual(again.detach(dir), { detached: [next.progId] });
+  t.is(again.readPolicy(dir), null);
+  t.true(again.describe(dir).consistent);
+  t.deepEqual(again.detach(path.join(cg.root, 'no-such-dir')), { detached: [] });
+});
+
+ktest("other programs on the directory are never touched", async (t) => {
+  const { dir, p } = await confined();
+  const foreign = native.progLoad(Buffer.from('b7000000010000009500000000000000', 'hex'), 'foreign_dev', dir);
+  const dirFd = native.openDir(dir);
+  t.teardown(() => {
+    try {
+      native.progDetach(dirFd, dir, foreign);
+    } catch {
+      // already gone with the directory
+    }
+    native.closeFd(dirFd);
+    native.closeFd(foreign);
+  });
+  native.progAttach(dirFd, dir, foreign, native.BPF_F_ALLOW_MULTI);
+  const foreignId = native.progInfo(foreign, dir).id;
+  const a = ctl.apply(dir, rules('allow', '-c 195:0 rwm'));
+  const b = ctl.apply(dir, rules('allow', '-c 195:1 rwm'));
+  t.is(b.replacedProgId, a.progId);
+  t.deepEqual([...ctl.query(dir).progIds].sort((x, y) => x - y), [foreignId, b.progId].sort((x, y) => x - y));
+  t.deepEqual(ctl.query(dir).ours, [b.progId]);
+  t.is(await p.open(P.nvidia1, 'r'), 'EPERM');
+  t.is(await p.open(P.nvidia0, 'r'), 'ENXIO');
+  t.deepEqual(ctl.detach(dir), { detached: [b.progId] });
+  t.deepEqual(ctl.query(dir), { progIds: [foreignId], ours: [] });
+});
+
+ktest('errors are typed: missing directory, exclusive foreign program, verifier log', (t) => {
+  const missing = path.join(cg.root, 'missing');
+  const e1 = t.throws(() => ctl.apply(missing, rules('allow')), { instanceOf: KernelError }) as KernelError;
+  t.is(e1.errno, 'ENOENT');
+  t.is(e1.path, missing);
+  t.is(e1.op, 'open');
+  t.is(e1.code, 'ENOENT');
+
+  // A program attached without ALLOW_MULTI (exclusive) blocks ours: EPERM, and nothing of ours stays loaded.
+  const dir = cg.dir(`excl${++n}`);
+  const foreign = native.progLoad(Buffer.from('b7000000010000009500000000000000', 'hex'), 'foreign_excl', dir);
+  const dirFd = native.openDir(dir);
+  try {
+    native.progAttach(dirFd, dir, foreign, 0);
+    const e2 = t.throws(() => ctl.apply(dir, rules('allow', '-c 1:5 rwm')), { instanceOf: KernelError }) as KernelError;
+    t.is(e2.op, 'bpf(BPF_PROG_ATTACH)');
+    t.is(e2.errno, 'EPERM');
+    t.is(e2.path, dir);
+    t.deepEqual(ctl.query(dir).ours, []);
+    native.progDetach(dirFd, dir, foreign);
+  } finally {
+    native.closeFd(dirFd);
+    native.closeFd(foreign);
+  }
+
+  // "exit" without setting r0: the verifier's words come back.
+  const e3 = t.throws(() => native.progLoad(Buffer.from('9500000000000000', 'hex'), 'cgstep_dev_bad', '/x'), { instanceOf: VerifierError }) as VerifierError;
+  t.is(e3.errno, 'EACCES');
+  t.is(e3.op, 'bpf(BPF_PROG_LOAD)');
+  t.regex(e3.verifierLog, /R0 !read_ok/);
+  t.regex(e3.message, /verifier: R0 !read_ok/);
+  t.throws(() => native.progLoad(Buffer.alloc(8), 'bad name!', '/x'), { message: /program name/ });
+});
+
+ktest('the kernel accepts every golden program and keeps exactly our instructions', (t) => {
+  for (const c of GOLDEN_CASES) {
+    const { insns } = compile(c.rules);
+    const fd = native.progLoad(insns, 'cgstep_dev_gold', c.name);
+    try {
+      const info = native.progInfo(fd, c.name);
+      t.is(info.type, native.BPF_PROG_TYPE_CGROUP_DEVICE);
+      t.is(info.name, 'cgstep_dev_gold');
+      t.true(info.xlated.equals(insns), `${c.name}: xlated differs`);
+    } finally {
+      native.closeFd(fd);
+    }
+  }
+});
+
+ktest('the verifier accepts the program of any random rule set', (t) => {
+  const rule = fc.record({
+    type: fc.constantFrom('a', 'b', 'c'),
+    major: fc.oneof(fc.constant('*' as const), fc.integer({ min: 0, max: 4095 }), fc.integer({ min: 0, max: 3 })),
+    minor: fc.oneof(fc.constant('*' as const), fc.integer({ min: 0, max: 0xfffff }), fc.integer({ min: 0, max: 3 })),
+    access: fc.subarray(['r', 'w', 'm'], { minLength: 1 }).map((a) => a.join('')),
+    allow: fc.boolean(),
+  });
+  fc.assert(
+    fc.property(fc.constantFrom('allow', 'deny'), fc.array(rule, { maxLength: 40 }), (dflt, rs) => {
+      const { insns } = compile({ default: dflt as 'allow' | 'deny', rules: rs as any });
+      const fd = native.progLoad(insns, 'cgstep_dev_rand', 'random');
+      native.closeFd(fd);
+    }),
+    { numRuns: 300 },
+  );
+  t.pass();
+});
+
+ktest('every fd is closed: apply, update, query, describe, detach and failures', (t) => {
+  const fds = () => fs.readdirSync('/proc/self/fd').length;
+  const before = fds();
+  const dir = cg.dir(`fds${++n}`);
+  for (let i = 0; i < 20; i++) {
+    ctl.apply(dir, rules('allow', `-c 195:${i} rwm`));
+    ctl.apply(dir, rules('allow', `-c 195:${i} rwm`));
+    ctl.query(dir);
+    ctl.describe(dir);
+    ctl.effective(dir);
+    t.throws(() => ctl.apply(path.join(dir, 'nope'), rules('allow', '-c 1:3 r')));
+  }
+  ctl.detach(dir);
+  t.is(fds(), before);
+});
