@@ -317,6 +317,20 @@ ktest('errors are typed: missing directory, exclusive foreign program, verifier 
   t.regex(e3.verifierLog, /R0 !read_ok/);
   t.regex(e3.message, /verifier: R0 !read_ok/);
   t.throws(() => native.progLoad(Buffer.alloc(8), 'bad name!', '/x'), { message: /program name/ });
+
+  // A log far past the first 64 KiB buffer: the addon grows it until the whole log fits.
+  const count = 20000;
+  const big = Buffer.alloc((count + 1) * 8);
+  for (let i = 0; i < count; i++) {
+    big.writeUInt8(0xb7, i * 8);
+    big.writeUInt8(1, i * 8 + 1); // r1 = i
+    big.writeInt32LE(i, i * 8 + 4);
+  }
+  big.writeUInt8(0x95, count * 8);
+  const e4 = t.throws(() => native.progLoad(big, 'cgstep_dev_big', '/x'), { instanceOf: VerifierError }) as VerifierError;
+  t.true(e4.verifierLog.length > 256 * 1024, `log of ${e4.verifierLog.length} bytes`);
+  t.regex(e4.verifierLog, /^0: R1=ctx\(\)/);
+  t.regex(e4.verifierLog, /R0 !read_ok\nprocessed 20001 insns/);
 });
 
 ktest('the kernel accepts every golden program and keeps exactly our instructions', (t) => {
