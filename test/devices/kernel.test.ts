@@ -242,6 +242,7 @@ ktest('restart: a new controller reads the stored policy, keeps the same program
   const same = again.apply(dir, rs);
   t.true(same.unchanged);
   t.is(same.progId, first.progId);
+  t.true(again.apply(dir, d.policy!).unchanged, 'the stored normal form re-applies to the same program');
   const next = again.apply(dir, rules('deny', 'c 1:3 rwm'));
   t.is(next.replacedProgId, first.progId);
   t.deepEqual(ctl.query(dir).ours, [next.progId]);
@@ -258,6 +259,35 @@ ktest('restart: a new controller reads the stored policy, keeps the same program
   t.true(again.describe(dir).consistent);
   t.deepEqual(again.detach(path.join(cg.root, 'no-such-dir')), { detached: [] });
 });
+
+for (const replace of [true, false]) {
+  ktest(`leftovers of a crash (two of ours on one directory) are cleaned by the next update (${replace ? 'replace' : 'attach+detach'})`, async (t) => {
+    const { dir, p } = await confined();
+    const c = new DeviceController(memLogger().log, { progName: ctl.progName, scratchParent: cg.root, replace });
+    const dirFd = native.openDir(dir);
+    const fds: number[] = [];
+    try {
+      for (const minor of [0, 1]) {
+        const fd = native.progLoad(compile(rules('allow', `-c 195:${minor} rwm`)).insns, 'cgstep_dev_old', dir);
+        fds.push(fd);
+        native.progAttach(dirFd, dir, fd, native.BPF_F_ALLOW_MULTI);
+      }
+      t.is(c.query(dir).ours.length, 2);
+      t.false(c.describe(dir).consistent);
+      t.is(await p.open(P.nvidia0, 'r'), 'EPERM');
+      t.is(await p.open(P.nvidia1, 'r'), 'EPERM');
+      const r = c.apply(dir, rules('allow', '-c 195:2 rwm'));
+      t.is((r.replacedProgId !== undefined ? 1 : 0) + r.detachedProgIds.length, 2);
+      t.deepEqual(c.query(dir), { progIds: [r.progId], ours: [r.progId] });
+      t.true(c.describe(dir).consistent);
+      t.is(await p.open(P.nvidia0, 'r'), 'ENXIO');
+      t.is(await p.open(P.nvidia2, 'r'), 'EPERM');
+    } finally {
+      for (const fd of fds) native.closeFd(fd);
+      native.closeFd(dirFd);
+    }
+  });
+}
 
 ktest("other programs on the directory are never touched", async (t) => {
   const { dir, p } = await confined();
