@@ -177,7 +177,8 @@ export interface SlurmCluster {
   conf: string;
   gresConf: string;
   plugstack: string;
-  plugin: string | null;
+  /** The built plugin (built even when plugstack.conf starts without it). */
+  plugin: string;
   /** Fake GPU device nodes, index order (gres gpu File= order). */
   gpus: string[];
   /** Environment for Slurm clients (SLURM_CONF set). */
@@ -193,6 +194,11 @@ export interface SlurmCluster {
   /** Wait until the job left the queue (completed, failed or cancelled). */
   waitJobDone(job: number, timeoutMs?: number): Promise<void>;
   log(which: 'slurmctld' | 'slurmd' | 'munged'): string;
+  /**
+   * Rewrite plugstack.conf: the plugin with these options, or (null) no plugin.
+   * slurmstepd reads it for every step it starts, so the next step sees it.
+   */
+  setPluginArgs(args: string[] | null): void;
   stop(): Promise<void>;
 }
 
@@ -378,13 +384,13 @@ export async function startSlurm(o: SlurmOptions): Promise<SlurmCluster> {
     fs.writeFileSync(gresConf, gpus.map((g) => `NodeName=${NODE} Name=gpu File=${g}\n`).join(''));
 
     const plugstack = path.join(dir, 'plugstack.conf');
-    let plugin: string | null = null;
-    if (o.plugin !== false) {
-      plugin = buildPlugin(path.join(dir, 'plugin'));
-      fs.writeFileSync(plugstack, `required ${plugin} ${[`socket=${o.socket}`, ...(o.pluginArgs ?? [])].join(' ')}\n`);
-    } else {
-      fs.writeFileSync(plugstack, '# no plugins (baseline)\n');
-    }
+    const plugin = buildPlugin(path.join(dir, 'plugin'));
+    const setPluginArgs = (args: string[] | null) => {
+      const text = args === null ? '# no plugins (baseline)\n' : `required ${plugin} ${[`socket=${o.socket}`, ...args].join(' ')}\n`;
+      fs.writeFileSync(`${plugstack}.tmp`, text);
+      fs.renameSync(`${plugstack}.tmp`, plugstack);
+    };
+    setPluginArgs(o.plugin === false ? null : (o.pluginArgs ?? []));
 
     const ctldPort = await freePorts(1);
     let slurmdPort = await freePorts(1);
@@ -496,6 +502,7 @@ export async function startSlurm(o: SlurmOptions): Promise<SlurmCluster> {
       },
       log: (which) =>
         which === 'munged' ? readLog(path.join(mungeDir, 'munged.log')) : readLog(path.join(dir, `log/${which}.log`)) + readLog(path.join(dir, `log/${which}.out`)),
+      setPluginArgs,
       stop,
     };
     return cluster;
