@@ -193,6 +193,8 @@ export interface SlurmCluster {
   jobState(job: number): Promise<string>;
   /** Wait until the job left the queue (completed, failed or cancelled). */
   waitJobDone(job: number, timeoutMs?: number): Promise<void>;
+  /** Cancel whatever is queued or running and wait until the queue is empty. */
+  waitIdle(timeoutMs?: number): Promise<void>;
   log(which: 'slurmctld' | 'slurmd' | 'munged'): string;
   /**
    * Rewrite plugstack.conf: the plugin with these options, or (null) no plugin.
@@ -438,7 +440,8 @@ export async function startSlurm(o: SlurmOptions): Promise<SlurmCluster> {
         'KillWait=5',
         'MinJobAge=10',
         'InactiveLimit=0',
-        'SchedulerParameters=sched_interval=2',
+        'SchedulerType=sched/builtin',
+        'SchedulerParameters=batch_sched_delay=0,sched_interval=1',
         `NodeName=${NODE} NodeHostname=localhost NodeAddr=127.0.0.1 CPUs=${cpus} Sockets=1 CoresPerSocket=${cpus} ThreadsPerCore=1 RealMemory=2000 Gres=gpu:${GPU_COUNT} State=UNKNOWN`,
         `PartitionName=debug Nodes=${NODE} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO`,
         '',
@@ -497,6 +500,16 @@ export async function startSlurm(o: SlurmOptions): Promise<SlurmCluster> {
           const st = r.stdout.trim();
           if (st === '' || /^(COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL|DEADLINE|PREEMPTED)$/.test(st)) return;
           if (Date.now() > deadline) throw new Error(`job ${job} still ${st} after ${timeoutMs} ms`);
+          await sleep(100);
+        }
+      },
+      waitIdle: async (timeoutMs = 60_000) => {
+        const deadline = Date.now() + timeoutMs;
+        const q = async () => (await run('squeue', ['-h', '-o', '%i'], { env, timeoutMs: 30_000 })).stdout.split('\n').map((x) => x.trim()).filter(Boolean);
+        const jobs = await q();
+        if (jobs.length) await run('scancel', jobs, { env, timeoutMs: 30_000 });
+        for (let left = jobs; left.length; left = await q()) {
+          if (Date.now() > deadline) throw new Error(`jobs ${left.join(' ')} still in the queue after ${timeoutMs} ms`);
           await sleep(100);
         }
       },

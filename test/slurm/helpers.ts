@@ -33,6 +33,8 @@ export interface Node {
   stepDir(job: number | string, step: string): string;
   stopAgent(): Promise<void>;
   startAgent(): Promise<void>;
+  /** Start the agent unless it is running (and SIGCONT it, in case a test stopped it). */
+  ensureAgent(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -56,6 +58,7 @@ export async function startNode(o: NodeOptions): Promise<Node> {
   let agent: RunningAgent | null = null;
   const cleanup = async () => {
     await cluster?.stop();
+    if (agent && agent.proc.exitCode === null && agent.proc.signalCode === null) process.kill(agent.pid, 'SIGCONT');
     await agent?.stop();
     await removeTestRoot(root);
     fs.rmSync(socketDir, { recursive: true, force: true });
@@ -93,6 +96,14 @@ export async function startNode(o: NodeOptions): Promise<Node> {
       },
       startAgent: async () => {
         node.agent = agent = await startAgent({ root, socket, args: agentArgs });
+      },
+      ensureAgent: async () => {
+        const p = node.agent.proc;
+        if (p.exitCode === null && p.signalCode === null) {
+          process.kill(p.pid!, 'SIGCONT');
+          return;
+        }
+        await node.startAgent();
       },
       stop: cleanup,
     };

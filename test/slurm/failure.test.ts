@@ -1,0 +1,198 @@
+/**
+ * The plugin's failure policy with a real Slurm: cgstepd stopped, mute, or
+ * refusing makes a new task fail closed with the plugin's message in srun's
+ * stderr (the command never runs); failure=open runs it unconfined; a
+ * restarted cgstepd takes new steps again and the steps that ran through the
+ * outage keep their cgroups and are removed when they end. Owned by the Slurm
+ * integration tests (issue 8).
+ */
+import test from 'ava';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { slurmSupport } from '../harness/slurm.js';
+import { alive, cgroupLines, procsOf, startNode, until, type Node } from './helpers.js';
+
+const support = slurmSupport();
+const slurmTest = support.ok ? test.serial : test.serial.skip;
+if (!support.ok) console.error(`\n*** Slurm unavailable, SKIPPING the Slurm tests in ${import.meta.url}: ${support.reason} ***\n`);
+
+let node: Node;
+let baseArgs: string[] = [];
+
+test.before(async (t) => {
+  if (!support.ok) return;
+  node = await startNode({ name: 'failure', tolerateNoDevices: true });
+  baseArgs = node.devicesUnsupported ? ['devices=try'] : [];
+  t.log(`cluster up in ${node.cluster.startupMs} ms`);
+});
+
+test.after.always(async () => {
+  await node?.stop();
+});
+
+// A test that failed half-way may have left the agent stopped (or stopped by
+// SIGSTOP), or a job behind: start each test from an idle node.
+test.beforeEach(async () => {
+  if (!node) return;
+  node.cluster.setPluginArgs(baseArgs);
+  await node.ensureAgent();
+  await node.cluster.waitIdle();
+});
+
+const jobDirs = () => fs.readdirSync(node.scope).filter((n) => n.startsWith('job_'));
+
+/** srun a command that touches a marker first: proves whether the command ran at all. */
+async function srunMarked(extra: string[] = []) {
+  const marker = path.join(node.cluster.dir, `ran-${Date.now()}-${Math.random().toString(36).slice(2)}`);
+  const r = await node.cluster.srun([...extra, '-n1', 'sh', '-c', `touch ${marker}; grep ^0:: /proc/self/cgroup`]);
+  return { ...r, ran: fs.existsSync(marker) };
+}
+
+slurmTest('cgstepd stopped: a new srun fails closed with the plugin message; restarted: sruns work and a step that ran through the outage kept its cgroup', async (t) => {
+  // A step that runs across the agent's stop and restart, waiting for a go file.
+  const go = path.join(node.cluster.dir, 'go');
+  const long = spawn('srun', ['-n1', 'sh', '-c', `while [ ! -e ${go} ]; do sleep 0.05; done; grep ^0:: /proc/self/cgroup`], {
+    env: node.cluster.env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  long.stdout.on('data', (d) => (out += d));
+  long.stderr.on('data', (d) => (err += d));
+  const longDone = new Promise<number | null>((resolve) => long.on('close', (code) => resolve(code)));
+  try {
+    let job = '';
+    await until(
+      () => {
+        const d = jobDirs();
+        if (d.length !== 1) return false;
+        job = d[0].slice(4);
+        return procsOf(path.join(node.stepDir(job, '0'), 'user/task_0')).length > 0;
+      },
+      20_000,
+      () => `the long step's task (${err})`,
+    );
+    const taskDir = path.join(node.stepDir(job, '0'), 'user/task_0');
+    // The task's shell, once it has exec'd (its loop's sleeps come and go).
+    const cmdline = (p: number) => {
+      try {
+        return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8');
+      } catch {
+        return '';
+      }
+    };
+    let shell = 0;
+    await until(() => (shell = procsOf(taskDir).find((p) => /^(\/usr)?(\/bin\/)?sh\0/.test(cmdline(p))) ?? 0) > 0, 10_000, 'the task to exec sh');
+
+    await node.stopAgent();
+    t.false(fs.existsSync(node.socket), 'socket removed by the stopping agent');
+    const down = await srunMarked();
+    t.not(down.code, 0);
+    t.false(down.ran, 'the command never ran');
+    t.regex(
+      down.stderr,
+      new RegExp(`cgstep: placing the task for job \\d+ step 0 failed \\(cgstepd at ${node.socket.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: cannot connect: No such file or directory \\(is cgstepd running\\?\\)\\); task not started \\(failure=closed\\)`),
+    );
+    t.log(down.stderr.trim());
+    // The running step did not notice.
+    t.true(procsOf(taskDir).includes(shell));
+    t.true(alive(shell));
+
+    await node.startAgent();
+    const up = await srunMarked();
+    t.is(up.code, 0, up.stderr);
+    t.true(up.ran);
+    const upJob = cgroupLines(up.stdout)[0].match(/job_(\d+)\/step_0\/user\/task_0$/);
+    t.truthy(upJob, up.stdout);
+    await until(() => !fs.existsSync(node.jobDir(upJob![1])), 15_000, 'the new job to be removed');
+
+    // The long step: still in its task cgroup, and removed by the new agent when it ends.
+    t.true(procsOf(taskDir).includes(shell));
+    fs.writeFileSync(go, '');
+    t.is(await longDone, 0, err);
+    t.deepEqual(cgroupLines(out), [`${node.scopeRel}/job_${job}/step_0/user/task_0`]);
+    await until(() => !fs.existsSync(node.jobDir(job)), 15_000, 'the long job to be removed');
+    t.deepEqual(jobDirs(), []);
+  } finally {
+    if (long.exitCode === null) long.kill('SIGKILL');
+  }
+});
+
+slurmTest('cgstepd mute (SIGSTOP): the task fails closed after timeout_ms with "no reply"', async (t) => {
+  node.cluster.setPluginArgs([...baseArgs, 'timeout_ms=700']);
+  process.kill(node.agent.pid, 'SIGSTOP');
+  let r;
+  try {
+    r = await srunMarked();
+  } finally {
+    process.kill(node.agent.pid, 'SIGCONT');
+    node.cluster.setPluginArgs(baseArgs);
+  }
+  t.not(r.code, 0);
+  t.false(r.ran);
+  t.regex(r.stderr, /cgstep: creating the job's cgroup for job \d+ step 0 failed \(cgstepd at .*: no reply within 700 ms\); task not started \(failure=closed\)/);
+  // The agent caught up with what was queued; the step's exit removed whatever it made.
+  await until(() => jobDirs().length === 0, 15_000, () => `no job dirs (${jobDirs().join(' ')})`);
+  const ok = await srunMarked();
+  t.is(ok.code, 0, ok.stderr);
+});
+
+slurmTest('an agent that refuses: its error code and message are in the job stderr, the command never runs', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-refuser-'));
+  const sock = path.join(dir, 'refuser.sock');
+  const seen: string[] = [];
+  const server = net.createServer((s) => {
+    let buf = '';
+    s.on('data', (d) => {
+      buf += d;
+      for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        seen.push(line);
+        const req = JSON.parse(line);
+        // Escapes and a non-ASCII character must survive the plugin's reader.
+        s.write(JSON.stringify({ id: req.id, ok: false, error: { code: 'EBUSY', message: 'node "draining" \\ try later \u2013 tab\there', detail: { nested: [1, { a: null }] } } }) + '\n');
+      }
+    });
+    s.on('error', () => undefined);
+  });
+  await new Promise<void>((resolve) => server.listen(sock, resolve));
+  node.cluster.setPluginArgs([...baseArgs, `socket=${sock}`]);
+  try {
+    const r = await srunMarked();
+    t.not(r.code, 0);
+    t.false(r.ran);
+    t.regex(r.stderr, /cgstep: creating the job's cgroup for job \d+ step 0 failed \(cgstepd at .*refuser\.sock: EBUSY: node "draining" \\ try later \u2013 tab\there\); task not started/);
+    const first = JSON.parse(seen[0]);
+    t.is(first.op, 'job.create');
+    t.is(first.v, '1.0');
+    t.regex(first.job, /^\d+$/);
+    t.true(first.limits.memory > 0, 'the job memory from S_JOB_ALLOC_MEM, in bytes');
+    t.regex(first.limits.cpus, /^\d+(-\d+)?(,\d+(-\d+)?)*$/);
+  } finally {
+    node.cluster.setPluginArgs(baseArgs);
+    await new Promise((r) => server.close(r));
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+slurmTest('failure=open: with cgstepd stopped the task runs, unconfined, and the message says so', async (t) => {
+  node.cluster.setPluginArgs([...baseArgs, 'failure=open']);
+  await node.stopAgent();
+  try {
+    const r = await srunMarked();
+    t.is(r.code, 0, r.stderr);
+    t.true(r.ran);
+    t.false(cgroupLines(r.stdout)[0].startsWith(node.scopeRel), 'not in the scope');
+    t.regex(r.stderr, /cgstep: placing the task for job \d+ step 0 failed \(cgstepd at .*: cannot connect: .*\); failure=open: continuing without cgroup confinement/);
+  } finally {
+    node.cluster.setPluginArgs(baseArgs);
+    await node.startAgent();
+  }
+  const r = await srunMarked();
+  t.is(r.code, 0, r.stderr);
+  t.regex(cgroupLines(r.stdout)[0], /\/job_\d+\/step_0\/user\/task_0$/);
+});
