@@ -7,8 +7,8 @@
  *   required /usr/lib/slurm/cgstep_spank.so [socket=PATH] [timeout_ms=N]
  *            [destroy_timeout_ms=N] [failure=closed|open] [devices=yes|try|no]
  *
- * What it does, in slurmstepd only (remote context; srun/sbatch/salloc and
- * slurmd load it but it does nothing there):
+ * What it does, in slurmstepd (remote context) and the job epilog; srun,
+ * sbatch, salloc and slurmd load it but it does nothing there:
  *   slurm_spank_init              records the cgroup slurmstepd started in.
  *   slurm_spank_task_init_privileged (root, in the forked task before exec):
  *     job.create  {job, limits from S_JOB_ALLOC_MEM/S_JOB_ALLOC_CORES}
@@ -18,6 +18,8 @@
  *   slurm_spank_exit (once per step, after its tasks were reaped):
  *     slurmstepd leaves the step's slurm/ leaf (back to where it started),
  *     destroy {job, step, force: true, reapJob: true}.
+ *   slurm_spank_job_epilog (slurmd's epilog, once per job and node):
+ *     destroy {job, force: true}: whatever a step could not clean.
  * GPUs: SLURM_STEP_GPUS (else SLURM_JOB_GPUS for the batch step, else
  * CUDA_VISIBLE_DEVICES) from the task's environment; Slurm writes these for
  * the step it launches; each index N becomes "gpu:N" (the N-th File= of gres
@@ -910,8 +912,12 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
 
 	if (!is_remote(sp))
 		return 0;
-	if (parse_config(ac, av, &c))
-		return -1;
+	/*
+	 * A bad option is logged here (slurmd's log) but fails the step in
+	 * task_init_privileged, whose message reaches the job's stderr; failing
+	 * here would only show "Plugin initialization failed" with srun exit 0.
+	 */
+	(void)parse_config(ac, av, &c);
 	if (own_cgroup(start_cgroup, sizeof(start_cgroup)))
 		start_cgroup[0] = 0;
 	return 0;
@@ -983,7 +989,7 @@ int slurm_spank_task_init_privileged(spank_t sp, int ac, char **av)
 		goto failed_step;
 	if (c.devices == DEVICES_YES && r.devices_ignored[0]) {
 		client_close(&cl);
-		snprintf(msg, sizeof(msg), "it cannot enforce device rules: %s (devices=try in plugstack.conf accepts that)", r.devices_ignored);
+		snprintf(msg, sizeof(msg), "%s; devices=try in plugstack.conf runs tasks without device confinement", r.devices_ignored);
 		return fail(&c, "confining the step's devices", job, step, msg);
 	}
 
@@ -1052,6 +1058,38 @@ int slurm_spank_exit(spank_t sp, int ac, char **av)
 		client_close(&cl);
 		return c.fail_open ? 0 : -1;
 	}
+	client_close(&cl);
+	return 0;
+}
+
+/*
+ * Once per job on this node, after its last step (slurmd's epilog, as root):
+ * destroy the job. Normally its last step's exit already removed it; this
+ * catches a job directory a step could not clean (a request the agent only
+ * carried out after the plugin had given up on it, a step that failed before
+ * its exit ran). Never fails the epilog: that would drain the node.
+ */
+int slurm_spank_job_epilog(spank_t sp, int ac, char **av)
+{
+	struct config c;
+	struct client cl;
+	struct buf b;
+	uint32_t job = 0;
+
+	if (spank_context() != S_CTX_JOB_SCRIPT)
+		return 0;
+	if (parse_config(ac, av, &c))
+		return 0;
+	if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS)
+		return 0;
+	if (client_open(&cl, c.socket, c.timeout_ms)) {
+		slurm_error("cgstep: removing job %" PRIu32 " at its epilog failed (cgstepd at %s: %s)", job, c.socket, cl.err);
+		return 0;
+	}
+	memset(&b, 0, sizeof(b));
+	bput(&b, "\"op\":\"destroy\",\"job\":\"%" PRIu32 "\",\"force\":true", job);
+	if (client_call(&cl, b.s, c.destroy_timeout_ms, NULL))
+		slurm_error("cgstep: removing job %" PRIu32 " at its epilog failed (cgstepd at %s: %s)", job, c.socket, cl.err);
 	client_close(&cl);
 	return 0;
 }

@@ -13,6 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { slurmSupport } from '../harness/slurm.js';
+import { startAgent } from '../helpers/agent.js';
 import { alive, cgroupLines, procsOf, startNode, until, type Node } from './helpers.js';
 
 const support = slurmSupport();
@@ -134,8 +135,12 @@ slurmTest('cgstepd mute (SIGSTOP): the task fails closed after timeout_ms with "
   t.not(r.code, 0);
   t.false(r.ran);
   t.regex(r.stderr, /cgstep: creating the job's cgroup for job \d+ step 0 failed \(cgstepd at .*: no reply within 700 ms\); task not started \(failure=closed\)/);
-  // The agent caught up with what was queued; the step's exit removed whatever it made.
-  await until(() => jobDirs().length === 0, 15_000, () => `no job dirs (${jobDirs().join(' ')})`);
+  // The agent carries out the job.create it got while stopped, after the plugin
+  // gave up on it; the job epilog's destroy removes what that made.
+  const job = r.stderr.match(/for job (\d+) step 0/)![1];
+  await until(() => node.agent.logLines().some((l) => l.job === job && l.msg === 'job created'), 15_000, `the late job.create of job ${job}`);
+  await until(() => !fs.existsSync(node.jobDir(job)), 15_000, `job ${job} to be removed by the epilog`);
+  t.deepEqual(jobDirs(), []);
   const ok = await srunMarked();
   t.is(ok.code, 0, ok.stderr);
 });
@@ -195,4 +200,27 @@ slurmTest('failure=open: with cgstepd stopped the task runs, unconfined, and the
   const r = await srunMarked();
   t.is(r.code, 0, r.stderr);
   t.regex(cgroupLines(r.stdout)[0], /\/job_\d+\/step_0\/user\/task_0$/);
+});
+
+slurmTest('devices=yes (the default) and an agent that does not enforce device rules (ConstrainDevices=no): the task fails closed, naming why', async (t) => {
+  const conf = path.join(node.cluster.dir, 'cgroup-nodevices.conf');
+  fs.writeFileSync(conf, 'ConstrainDevices=no\n');
+  node.cluster.setPluginArgs([]);
+  await node.stopAgent();
+  const lax = await startAgent({ root: node.root, socket: node.socket, args: [...node.agentArgs, '--config', conf] });
+  try {
+    const r = await srunMarked(['--gres=gpu:1']);
+    t.not(r.code, 0);
+    t.false(r.ran);
+    t.regex(r.stderr, /cgstep: confining the step's devices for job \d+ step 0 failed \(cgstepd at .*: device rules are not enforced.*; devices=try in plugstack.conf runs tasks without device confinement\); task not started \(failure=closed\)/);
+    node.cluster.setPluginArgs(['devices=try']);
+    const ok = await srunMarked(['--gres=gpu:1']);
+    t.is(ok.code, 0, ok.stderr);
+    t.true(ok.ran);
+  } finally {
+    node.cluster.setPluginArgs(baseArgs);
+    await lax.stop();
+    await node.startAgent();
+  }
+  await until(() => jobDirs().length === 0, 15_000, () => `no job dirs (${jobDirs().join(' ')})`);
 });

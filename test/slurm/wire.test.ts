@@ -1,0 +1,174 @@
+/**
+ * What the cgstep SPANK plugin says on the wire, with a real Slurm: a
+ * recording agent (a Unix socket that checks every line against the project's
+ * own request schema, src/rpc/protocol.ts, and answers ok) stands in for
+ * cgstepd, so the requests themselves can be asserted: ids, limits from
+ * Slurm's allocation, GPUs from the allocation (and not from a user's
+ * environment), the task and step daemon pids, destroy at the step's end.
+ * Owned by the Slurm integration tests (issue 8).
+ */
+import test from 'ava';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { requestSchema } from '../../src/rpc/protocol.js';
+import { slurmSupport, startSlurm, type SlurmCluster } from '../harness/slurm.js';
+import { until } from './helpers.js';
+
+const support = slurmSupport();
+const slurmTest = support.ok ? test.serial : test.serial.skip;
+if (!support.ok) console.error(`\n*** Slurm unavailable, SKIPPING the Slurm tests in ${import.meta.url}: ${support.reason} ***\n`);
+
+interface Seen {
+  req: any;
+  peerPid?: number;
+}
+
+let cluster: SlurmCluster;
+let server: net.Server;
+let dir: string;
+const seen: Seen[] = [];
+const problems: string[] = [];
+
+test.before(async () => {
+  if (!support.ok) return;
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-recorder-'));
+  const sock = path.join(dir, 'recorder.sock');
+  server = net.createServer((s) => {
+    let buf = '';
+    s.on('data', (d) => {
+      buf += d;
+      for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        let req: any;
+        try {
+          req = JSON.parse(line);
+        } catch {
+          problems.push(`not JSON: ${line}`);
+          s.destroy();
+          return;
+        }
+        const parsed = requestSchema.safeParse(req);
+        if (!parsed.success) problems.push(`schema: ${line}: ${parsed.error.message}`);
+        seen.push({ req });
+        s.write(JSON.stringify({ id: req.id, ok: true, result: { job: req.job, note: { nested: ['x', { y: 1.5e3 }] } } }) + '\n');
+      }
+    });
+    s.on('error', () => undefined);
+  });
+  await new Promise<void>((resolve) => server.listen(sock, resolve));
+  cluster = await startSlurm({ name: 'wire', socket: sock });
+});
+
+test.after.always(async () => {
+  await cluster?.stop();
+  if (server) await new Promise((r) => server.close(r));
+  if (dir) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test.beforeEach(() => {
+  seen.length = 0;
+});
+
+function forJob(job: string) {
+  return seen.map((s) => s.req).filter((r) => r.job === job);
+}
+
+async function settled(job: string, step: string) {
+  await until(() => forJob(job).some((r) => r.op === 'destroy' && r.step === step), 15_000, `destroy of ${job}.${step}`);
+}
+
+/** The job epilog's destroy of the whole job (after its last step). */
+async function epilogDone(job: string) {
+  await until(() => forJob(job).some((r) => r.op === 'destroy' && r.step === undefined), 15_000, `the epilog's destroy of job ${job}`);
+}
+
+slurmTest('srun -n2 --mem=300 --gres=gpu:2: job, step with limits and its two GPUs, each task by pid, the step daemon, destroy', async (t) => {
+  const r = await cluster.srun(['-n2', '--mem=300', '--gres=gpu:2', 'sh', '-c', 'echo "$SLURM_JOB_ID $SLURM_PROCID $$ $PPID $CUDA_VISIBLE_DEVICES"']);
+  t.is(r.code, 0, r.stderr);
+  const tasks = r.stdout.trim().split('\n').map((l) => l.split(' '));
+  const job = tasks[0][0];
+  await settled(job, '0');
+  t.deepEqual(problems, []);
+  const reqs = forJob(job);
+  // Each task's connection: job.create, step.create, attach; task 0 also attaches slurmstepd.
+  t.is(reqs.filter((q) => q.op === 'job.create').length, 2);
+  t.is(reqs.filter((q) => q.op === 'step.create').length, 2);
+  for (const q of reqs) t.is(q.v, '1.0');
+  const jc = reqs.find((q) => q.op === 'job.create');
+  t.is(jc.limits.memory, 300 * 1024 * 1024, 'S_JOB_ALLOC_MEM (MB) in bytes');
+  t.regex(jc.limits.cpus, /^\d+(-\d+)?(,\d+(-\d+)?)*$/);
+  const sc = reqs.find((q) => q.op === 'step.create');
+  t.is(sc.step, '0');
+  t.is(sc.limits.memory, 300 * 1024 * 1024, 'S_STEP_ALLOC_MEM (MB) in bytes');
+  const visible = tasks[0][4].split(',');
+  t.is(visible.length, 2);
+  t.deepEqual(sc.devices, { gres: visible.map((i) => `gpu:${i}`) });
+  const attaches = reqs.filter((q) => q.op === 'attach');
+  const byTask = new Map(attaches.filter((q) => q.task !== undefined).map((q) => [q.task, q.pid]));
+  for (const [, procid, pid] of tasks) t.is(byTask.get(Number(procid)), Number(pid), `task ${procid} attached by its own pid (getpid before exec)`);
+  const stepd = attaches.filter((q) => q.leaf === 'slurm');
+  t.is(stepd.length, 1, 'the step daemon once per node');
+  t.is(stepd[0].pid, Number(tasks[0][3]), "the step daemon is the tasks' parent");
+  await epilogDone(job);
+  const all = forJob(job);
+  const d = all.filter((q) => q.op === 'destroy');
+  t.is(d.length, 2);
+  t.like(d[0], { step: '0', force: true, reapJob: true });
+  t.like(d[1], { force: true });
+  t.is(d[1].step, undefined, "the job epilog's destroy of the job");
+  t.deepEqual(all.slice(-2), d, 'the destroys come last');
+});
+
+slurmTest('no --gres: an empty gres list (deny every gres device), even when the user exports CUDA_VISIBLE_DEVICES and SLURM_STEP_GPUS', async (t) => {
+  const r = await cluster.srun(['-n1', '--export=ALL,CUDA_VISIBLE_DEVICES=0,1,2,3,SLURM_STEP_GPUS=0,1,2,3', 'sh', '-c', 'echo $SLURM_JOB_ID; echo "[$CUDA_VISIBLE_DEVICES]"']);
+  t.is(r.code, 0, r.stderr);
+  const [job, visible] = r.stdout.trim().split('\n');
+  t.is(visible, '[]', 'Slurm itself drops them for a step without GPUs');
+  await settled(job, '0');
+  t.deepEqual(forJob(job).find((q) => q.op === 'step.create').devices, { gres: [] });
+  t.deepEqual(problems, []);
+});
+
+slurmTest('sbatch --gres=gpu:1: step "batch" with the job GPU, an srun inside is step "0" with its own; both destroyed, the batch step last', async (t) => {
+  const b = await cluster.sbatch('#!/bin/sh\necho "$CUDA_VISIBLE_DEVICES"\nsrun -n1 --gres=gpu:1 sh -c \'echo "$CUDA_VISIBLE_DEVICES"\'\n', ['--gres=gpu:1']);
+  await cluster.waitJobDone(b.job);
+  const job = String(b.job);
+  await settled(job, 'batch');
+  const out = fs.readFileSync(b.out, 'utf8').trim().split('\n');
+  t.is(out.length, 2, fs.readFileSync(b.err, 'utf8'));
+  const steps = forJob(job).filter((q) => q.op === 'step.create');
+  t.deepEqual(steps.map((q) => q.step), ['batch', '0']);
+  t.deepEqual(steps[0].devices, { gres: [`gpu:${out[0]}`] });
+  t.deepEqual(steps[1].devices, { gres: [`gpu:${out[1]}`] });
+  await epilogDone(job);
+  t.deepEqual(forJob(job).filter((q) => q.op === 'destroy').map((q) => q.step), ['0', 'batch', undefined]);
+  t.deepEqual(problems, []);
+});
+
+slurmTest('devices=no sends no device request; bad plugstack.conf options fail the step with a message', async (t) => {
+  const sock = (server.address() as string);
+  cluster.setPluginArgs(['devices=no']);
+  try {
+    const r = await cluster.srun(['-n1', '--gres=gpu:1', 'sh', '-c', 'echo $SLURM_JOB_ID']);
+    t.is(r.code, 0, r.stderr);
+    const job = r.stdout.trim();
+    await settled(job, '0');
+    t.is(forJob(job).find((q) => q.op === 'step.create').devices, undefined);
+
+    cluster.setPluginArgs(['failure=maybe']);
+    const bad = await cluster.srun(['-n1', 'true']);
+    t.not(bad.code, 0);
+    t.regex(bad.stderr, /cgstep: unknown plugstack.conf option "failure=maybe"/);
+    cluster.setPluginArgs(['socket=relative.sock']);
+    const bad2 = await cluster.srun(['-n1', 'true']);
+    t.not(bad2.code, 0);
+    t.regex(bad2.stderr, /cgstep: socket= needs an absolute path/);
+  } finally {
+    cluster.setPluginArgs([]);
+  }
+  t.truthy(sock);
+  t.deepEqual(problems, []);
+});
