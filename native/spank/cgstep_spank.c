@@ -216,7 +216,51 @@ static int hexval(char c)
 	return -1;
 }
 
-/* Read a string; copy it (UTF-8, escapes decoded, truncated) into out if out. */
+static int hex4(const char *p, const char *end, unsigned *cp)
+{
+	int i, h;
+
+	if (end - p < 4)
+		return -1;
+	*cp = 0;
+	for (i = 0; i < 4; i++) {
+		if ((h = hexval(p[i])) < 0)
+			return -1;
+		*cp = *cp * 16 + (unsigned)h;
+	}
+	return 0;
+}
+
+/* Code point -> UTF-8 in tmp; returns the length. */
+static int utf8(unsigned cp, char *tmp)
+{
+	if (cp < 0x80) {
+		tmp[0] = (char)cp;
+		return 1;
+	}
+	if (cp < 0x800) {
+		tmp[0] = (char)(0xc0 | (cp >> 6));
+		tmp[1] = (char)(0x80 | (cp & 0x3f));
+		return 2;
+	}
+	if (cp < 0x10000) {
+		tmp[0] = (char)(0xe0 | (cp >> 12));
+		tmp[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+		tmp[2] = (char)(0x80 | (cp & 0x3f));
+		return 3;
+	}
+	tmp[0] = (char)(0xf0 | (cp >> 18));
+	tmp[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+	tmp[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+	tmp[3] = (char)(0x80 | (cp & 0x3f));
+	return 4;
+}
+
+/*
+ * Read a string; copy it into out (when out): escapes decoded to UTF-8 (a
+ * surrogate pair to its character, a lone surrogate or NUL to U+FFFD), truncated
+ * at a character boundary to fit outlen with its NUL.
+ */
 static int scan_string(struct scan *s, char *out, size_t outlen)
 {
 	size_t n = 0;
@@ -225,14 +269,22 @@ static int scan_string(struct scan *s, char *out, size_t outlen)
 		return -1;
 	s->p++;
 	while (s->p < s->end && *s->p != '"') {
-		unsigned cp;
+		unsigned char c = (unsigned char)*s->p;
+		unsigned cp, lo;
 		char tmp[4];
 		int tl = 0;
 
-		if ((unsigned char)*s->p < 0x20)
+		if (c < 0x20)
 			return -1;
-		if (*s->p != '\\') {
-			tmp[tl++] = *s->p++;
+		if (c != '\\') {
+			/* A raw UTF-8 sequence is kept whole. */
+			int len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+
+			if (s->end - s->p < len)
+				return -1;
+			memcpy(tmp, s->p, (size_t)len);
+			tl = len;
+			s->p += len;
 		} else {
 			s->p++;
 			if (s->p >= s->end)
@@ -244,32 +296,19 @@ static int scan_string(struct scan *s, char *out, size_t outlen)
 			case 'n': tmp[tl++] = '\n'; break;
 			case 'r': tmp[tl++] = '\r'; break;
 			case 't': tmp[tl++] = '\t'; break;
-			case 'u': {
-				int i, h;
-				if (s->end - s->p < 5)
+			case 'u':
+				if (hex4(s->p + 1, s->end, &cp))
 					return -1;
-				cp = 0;
-				for (i = 1; i <= 4; i++) {
-					if ((h = hexval(s->p[i])) < 0)
-						return -1;
-					cp = cp * 16 + (unsigned)h;
-				}
 				s->p += 4;
-				/* Surrogates are replaced: this is for messages only. */
-				if (cp >= 0xd800 && cp <= 0xdfff)
-					cp = '?';
-				if (cp < 0x80) {
-					tmp[tl++] = (char)cp;
-				} else if (cp < 0x800) {
-					tmp[tl++] = (char)(0xc0 | (cp >> 6));
-					tmp[tl++] = (char)(0x80 | (cp & 0x3f));
-				} else {
-					tmp[tl++] = (char)(0xe0 | (cp >> 12));
-					tmp[tl++] = (char)(0x80 | ((cp >> 6) & 0x3f));
-					tmp[tl++] = (char)(0x80 | (cp & 0x3f));
+				if (cp >= 0xd800 && cp <= 0xdbff && s->end - s->p >= 7 && s->p[1] == '\\' && s->p[2] == 'u' &&
+				    !hex4(s->p + 3, s->end, &lo) && lo >= 0xdc00 && lo <= 0xdfff) {
+					cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+					s->p += 6;
+				} else if ((cp >= 0xd800 && cp <= 0xdfff) || cp == 0) {
+					cp = 0xfffd; /* and NUL, which would end the C string */
 				}
+				tl = utf8(cp, tmp);
 				break;
-			}
 			default:
 				return -1;
 			}
@@ -278,6 +317,8 @@ static int scan_string(struct scan *s, char *out, size_t outlen)
 		if (out && n + (size_t)tl < outlen) {
 			memcpy(out + n, tmp, (size_t)tl);
 			n += (size_t)tl;
+		} else if (out) {
+			outlen = n + 1; /* full: keep nothing more, not even a shorter character */
 		}
 	}
 	if (s->p >= s->end)
@@ -298,27 +339,51 @@ static int scan_literal(struct scan *s, const char *lit)
 	return 0;
 }
 
+static int digits(struct scan *s)
+{
+	const char *start = s->p;
+
+	while (s->p < s->end && *s->p >= '0' && *s->p <= '9')
+		s->p++;
+	return s->p > start ? 0 : -1;
+}
+
+/* A JSON number; *out gets its value when it is an integer that fits, else -1. */
 static int scan_number(struct scan *s, long long *out)
 {
 	const char *start = s->p;
 	int integral = 1;
-	char tmp[32];
+	char tmp[24];
 
 	if (s->p < s->end && *s->p == '-')
 		s->p++;
-	while (s->p < s->end && ((*s->p >= '0' && *s->p <= '9') || *s->p == '.' || *s->p == 'e' || *s->p == 'E' || *s->p == '+' || *s->p == '-')) {
-		if (*s->p == '.' || *s->p == 'e' || *s->p == 'E')
-			integral = 0;
+	if (s->p < s->end && *s->p == '0')
 		s->p++;
-	}
-	if (s->p == start || (s->p - start == 1 && *start == '-'))
+	else if (digits(s))
 		return -1;
+	if (s->p < s->end && *s->p == '.') {
+		s->p++;
+		integral = 0;
+		if (digits(s))
+			return -1;
+	}
+	if (s->p < s->end && (*s->p == 'e' || *s->p == 'E')) {
+		s->p++;
+		integral = 0;
+		if (s->p < s->end && (*s->p == '+' || *s->p == '-'))
+			s->p++;
+		if (digits(s))
+			return -1;
+	}
 	if (out) {
 		*out = -1;
-		if (integral && (size_t)(s->p - start) < sizeof(tmp)) {
+		if (integral && (size_t)(s->p - start) < sizeof(tmp) - 1) {
 			memcpy(tmp, start, (size_t)(s->p - start));
 			tmp[s->p - start] = 0;
+			errno = 0;
 			*out = strtoll(tmp, NULL, 10);
+			if (errno)
+				*out = -1;
 		}
 	}
 	return 0;
