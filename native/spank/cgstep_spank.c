@@ -25,10 +25,12 @@
  * the step it launches; each index N becomes "gpu:N" (the N-th File= of gres
  * gpu in gres.conf, which cgstepd is given with --gres).
  *
- * Failure policy: an unreachable agent, a timeout or an error reply makes the
- * callback return -1 (failure=closed, the default): the task never runs, and
- * slurm_error() puts a line naming the socket and the error in the job's
- * stderr. failure=open logs the same line and lets the task run unconfined.
+ * Failure policy: an unreachable agent, a timeout or an error reply ends the
+ * task before exec with exit code 1 (failure=closed, the default; as Slurm
+ * does for a required plugin's -1, and also when the plugin is listed as
+ * optional), and slurm_error() puts a line naming the socket and the error in
+ * the job's stderr. failure=open logs the same line and lets the task run
+ * unconfined.
  *
  * The wire protocol is src/rpc/protocol.ts: one JSON object per line each way
  * over a Unix stream socket; replies {id, ok:true, result} or
@@ -959,6 +961,21 @@ static int is_remote(spank_t sp)
 }
 
 /* Report a failure by policy: -1 when closed, 0 (logged) when open. */
+/*
+ * The task fails closed by ending itself: this runs in the forked task before
+ * exec, so only the task dies (exit code 1), exactly as Slurm does after a
+ * required plugin's -1; and also when plugstack.conf lists the plugin as
+ * optional, where Slurm would ignore a -1 and run the command unconfined.
+ */
+#ifndef CGSTEP_TASK_EXIT
+#define CGSTEP_TASK_EXIT(code) \
+	do { \
+		fflush(NULL); \
+		_exit(code); \
+	} while (0)
+#endif
+
+/* Report a task failure by policy: the task ends when closed; 0 (logged) when open. */
 static int fail(const struct config *c, const char *what, uint32_t job, const char *step, const char *err)
 {
 	if (c->fail_open) {
@@ -968,6 +985,7 @@ static int fail(const struct config *c, const char *what, uint32_t job, const ch
 	}
 	slurm_error("cgstep: %s for job %" PRIu32 " step %s failed (cgstepd at %s: %s); task not started (failure=closed)",
 		    what, job, step, c->socket, err);
+	CGSTEP_TASK_EXIT(1);
 	return -1;
 }
 
@@ -1004,8 +1022,11 @@ int slurm_spank_task_init_privileged(spank_t sp, int ac, char **av)
 
 	if (!is_remote(sp))
 		return 0;
-	if (parse_config(ac, av, &c))
+	if (parse_config(ac, av, &c)) {
+		slurm_error("cgstep: bad options in plugstack.conf; task not started");
+		CGSTEP_TASK_EXIT(1);
 		return -1;
+	}
 	if ((rc = spank_get_item(sp, S_JOB_ID, &job)) != ESPANK_SUCCESS ||
 	    (rc = spank_get_item(sp, S_JOB_STEPID, &stepid)) != ESPANK_SUCCESS ||
 	    (rc = spank_get_item(sp, S_TASK_GLOBAL_ID, &gtid)) != ESPANK_SUCCESS) {

@@ -82,7 +82,7 @@ function computeSupport(): Support {
       'trap \'[ "$made" = 1 ] && rm -f /usr/sbin/policy-rc.d\' EXIT',
       'export DEBIAN_FRONTEND=noninteractive',
       'apt-get update -qq',
-      `apt-get install -y -q --no-install-recommends ${PACKAGES.join(' ')}`,
+      `apt-get install -y -q ${PACKAGES.join(' ')}`,
     ].join('\n');
     const t0 = Date.now();
     const r = spawnSync('flock', [INSTALL_LOCK, 'sh', '-c', script], { encoding: 'utf8', timeout: 600_000 });

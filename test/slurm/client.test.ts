@@ -278,7 +278,7 @@ test.after.always(async () => {
 
 function callback(kind: 'task' | 'exit', args: string[], env: Record<string, string>) {
   const r = spawnSync('sh', ['-c', `"$@"; true`, 'sh', driver, kind, ...args], { encoding: 'utf8', env: { PATH: process.env.PATH!, ...env } });
-  return JSON.parse(r.stdout.trim().split('\n').pop()!) as { rc: number; errors: string[] };
+  return JSON.parse(r.stdout.trim().split('\n').pop()!) as { rc: number; exited?: number; errors: string[] };
 }
 
 cTest('task_init_privileged and exit against a real cgstepd: the task leaf, the step daemon, limits, the step removed with its job', async (t) => {
@@ -307,6 +307,7 @@ cTest('task_init_privileged: a step id Slurm never gives, GPUs that are not indi
   const sock = path.join(dir, 'unused.sock');
   let r = callback('task', [`socket=${sock}`], { DRV_STEP: String(0xfffffffd) });
   t.is(r.rc, -1);
+  t.is(r.exited, 1, 'the task ends itself (fail closed even for an optional plugin)');
   t.regex(r.errors[0], /step id 0xfffffffd has no name/);
   r = callback('task', [`socket=${sock}`], { CUDA_VISIBLE_DEVICES: 'GPU-5e1f,0' });
   t.is(r.rc, -1);
@@ -315,7 +316,9 @@ cTest('task_init_privileged: a step id Slurm never gives, GPUs that are not indi
   t.is(r.rc, 0, 'failure=open lets it run');
   r = callback('task', [`socket=${sock}`, 'timeout_ms=0'], {});
   t.is(r.rc, -1);
+  t.is(r.exited, 1);
   t.regex(r.errors[0], /timeout_ms= needs 1..3600000, got "0"/);
+  t.is(r.errors[1], 'cgstep: bad options in plugstack.conf; task not started');
   // NoDevFiles (a gres without device files) and empty values are no GPUs.
   r = callback('task', [`socket=${sock}`], { CUDA_VISIBLE_DEVICES: 'NoDevFiles' });
   t.regex(r.errors[0], /placing the task .*cannot connect/);

@@ -224,3 +224,17 @@ slurmTest('devices=yes (the default) and an agent that does not enforce device r
   }
   await until(() => jobDirs().length === 0, 15_000, () => `no job dirs (${jobDirs().join(' ')})`);
 });
+
+slurmTest('listed as optional in plugstack.conf, the plugin still fails the task closed (Slurm would ignore its -1)', async (t) => {
+  await node.stopAgent();
+  try {
+    fs.writeFileSync(node.cluster.plugstack, `optional ${node.cluster.plugin} socket=${node.socket} ${baseArgs.join(' ')}\n`);
+    const r = await srunMarked();
+    t.not(r.code, 0);
+    t.false(r.ran, 'the command never ran');
+    t.regex(r.stderr, /cgstep: placing the task for job \d+ step 0 failed .*task not started \(failure=closed\)/);
+  } finally {
+    node.cluster.setPluginArgs(baseArgs);
+    await node.startAgent();
+  }
+});

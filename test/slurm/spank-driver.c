@@ -13,13 +13,18 @@
  *                                 decimal), DRV_TASK, DRV_LTASK, DRV_JOB_MEM,
  *                                 DRV_STEP_MEM, DRV_JOB_CORES, DRV_STEP_CORES; the
  *                                 task environment is this process's. Prints
- *                                 {"rc", "errors":[...]}.
+ *                                 {"rc", "errors":[...]}, with "exited":N when the
+ *                                 task would have ended itself (_exit(N)).
  *   driver exit ARGS...           slurm_spank_exit likewise.
  */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* A failing task ends itself (_exit) in slurmstepd; here it reports first. */
+static void driver_task_exit(int code);
+#define CGSTEP_TASK_EXIT(code) driver_task_exit(code)
 
 #include "cgstep_spank.c"
 
@@ -133,6 +138,21 @@ static void print_errors(int rc)
 		print_str(errors[i]);
 	}
 	printf("]}\n");
+}
+
+static void driver_task_exit(int code)
+{
+	int i;
+
+	printf("{\"rc\":-1,\"exited\":%d,\"errors\":[", code);
+	for (i = 0; i < nerrors; i++) {
+		if (i)
+			putchar(',');
+		print_str(errors[i]);
+	}
+	printf("]}\n");
+	fflush(stdout);
+	_exit(0);
 }
 
 int main(int argc, char **argv)
