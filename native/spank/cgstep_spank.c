@@ -9,7 +9,10 @@
  *
  * What it does, in slurmstepd (remote context) and the job epilog; srun,
  * sbatch, salloc and slurmd load it but it does nothing there:
- *   slurm_spank_init              records the cgroup slurmstepd started in.
+ *   slurm_spank_init              records the cgroup slurmstepd started in; for
+ *                                 the extern step (PrologFlags=contain, no task
+ *                                 callbacks) job.create, step.create and attach
+ *                                 {pid: getpid(), leaf: "slurm"}.
  *   slurm_spank_task_init_privileged (root, in the forked task before exec):
  *     job.create  {job, limits from S_JOB_ALLOC_MEM/S_JOB_ALLOC_CORES}
  *     step.create {job, step, limits from S_STEP_ALLOC_*, devices:{gres}}
@@ -989,35 +992,119 @@ static int fail(const struct config *c, const char *what, uint32_t job, const ch
 	return -1;
 }
 
+static int place_extern(spank_t sp, const struct config *c);
+
 int slurm_spank_init(spank_t sp, int ac, char **av)
 {
 	struct config c;
+	uint32_t stepid = 0;
+	int bad;
 
 	if (!is_remote(sp))
 		return 0;
+	if (own_cgroup(start_cgroup, sizeof(start_cgroup)))
+		start_cgroup[0] = 0;
 	/*
 	 * A bad option is logged here (slurmd's log) but fails the step in
 	 * task_init_privileged, whose message reaches the job's stderr; failing
 	 * here would only show "Plugin initialization failed" with srun exit 0.
 	 */
-	(void)parse_config(ac, av, &c);
-	if (own_cgroup(start_cgroup, sizeof(start_cgroup)))
-		start_cgroup[0] = 0;
+	bad = parse_config(ac, av, &c);
+	if (spank_get_item(sp, S_JOB_STEPID, &stepid) != ESPANK_SUCCESS || stepid != SLURM_EXTERN_CONT)
+		return 0;
+	/* The extern step (PrologFlags=contain) runs no task callbacks: place it here. */
+	return bad ? -1 : place_extern(sp, &c);
+}
+
+/*
+ * Read the allocation and the GPUs (before any connection: a bad input is
+ * reported whether or not the agent is up), connect, and create the job (with
+ * the job's allocation) and the step (with the step's allocation and GPUs).
+ * 0 with cl open, or -1 with *what and err set and cl closed.
+ */
+static int place_step(spank_t sp, const struct config *c, struct client *cl, uint32_t job, uint32_t stepid,
+		      const char *step, const char **what, char *err, size_t errlen)
+{
+	struct reply r;
+	struct buf b;
+	uint64_t job_mem = 0, step_mem = 0;
+	char *job_cores = NULL, *step_cores = NULL;
+	int gpus[MAX_GPUS], ngpus = 0, i;
+
+	/* Allocations as Slurm reports them; absent ones are left out. */
+	if (spank_get_item(sp, S_JOB_ALLOC_MEM, &job_mem) != ESPANK_SUCCESS)
+		job_mem = 0;
+	if (spank_get_item(sp, S_STEP_ALLOC_MEM, &step_mem) != ESPANK_SUCCESS)
+		step_mem = 0;
+	if (spank_get_item(sp, S_JOB_ALLOC_CORES, &job_cores) != ESPANK_SUCCESS)
+		job_cores = NULL;
+	if (spank_get_item(sp, S_STEP_ALLOC_CORES, &step_cores) != ESPANK_SUCCESS)
+		step_cores = NULL;
+	if (c->devices && (ngpus = gpus_from_env(sp, stepid, gpus, MAX_GPUS, err, errlen)) < 0) {
+		*what = "reading the step's GPUs";
+		return -1;
+	}
+	if (client_open(cl, c->socket, c->timeout_ms)) {
+		snprintf(err, errlen, "%.1000s", cl->err);
+		return -1;
+	}
+
+	memset(&b, 0, sizeof(b));
+	bput(&b, "\"op\":\"job.create\",\"job\":\"%" PRIu32 "\"", job);
+	put_limits(&b, job_mem, job_cores);
+	if (client_call(cl, b.s, c->timeout_ms, NULL)) {
+		*what = "creating the job's cgroup";
+		snprintf(err, errlen, "%.1000s", cl->err);
+		client_close(cl);
+		return -1;
+	}
+
+	memset(&b, 0, sizeof(b));
+	bput(&b, "\"op\":\"step.create\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\"", job, step);
+	put_limits(&b, step_mem, step_cores);
+	if (c->devices) {
+		bput(&b, ",\"devices\":{\"gres\":[");
+		for (i = 0; i < ngpus; i++)
+			bput(&b, "%s\"gpu:%d\"", i ? "," : "", gpus[i]);
+		bput(&b, "]}");
+	}
+	if (client_call(cl, b.s, c->timeout_ms, &r)) {
+		*what = "creating the step's cgroup";
+		snprintf(err, errlen, "%.1000s", cl->err);
+		client_close(cl);
+		return -1;
+	}
+	if (c->devices == DEVICES_YES && r.devices_ignored[0]) {
+		*what = "confining the step's devices";
+		snprintf(err, errlen, "%.600s; devices=try in plugstack.conf runs tasks without device confinement", r.devices_ignored);
+		client_close(cl);
+		return -1;
+	}
 	return 0;
+}
+
+/* attach {job, step, pid, task | leaf} on an open connection. */
+static int attach(const struct config *c, struct client *cl, uint32_t job, const char *step, pid_t pid, long task, const char *leaf)
+{
+	struct buf b;
+
+	memset(&b, 0, sizeof(b));
+	bput(&b, "\"op\":\"attach\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\",\"pid\":%d", job, step, (int)pid);
+	if (leaf)
+		bput(&b, ",\"leaf\":\"%s\"", leaf);
+	else
+		bput(&b, ",\"task\":%ld", task);
+	return client_call(cl, b.s, c->timeout_ms, NULL);
 }
 
 int slurm_spank_task_init_privileged(spank_t sp, int ac, char **av)
 {
 	struct config c;
 	struct client cl;
-	struct reply r;
-	struct buf b;
 	uint32_t job = 0, stepid = 0, gtid = 0;
 	int ltid = -1;
-	uint64_t job_mem = 0, step_mem = 0;
-	char *job_cores = NULL, *step_cores = NULL;
+	const char *what = "placing the task";
 	char step[16], msg[1024];
-	int gpus[MAX_GPUS], ngpus = 0, i;
 	spank_err_t rc;
 
 	if (!is_remote(sp))
@@ -1031,85 +1118,61 @@ int slurm_spank_task_init_privileged(spank_t sp, int ac, char **av)
 	    (rc = spank_get_item(sp, S_JOB_STEPID, &stepid)) != ESPANK_SUCCESS ||
 	    (rc = spank_get_item(sp, S_TASK_GLOBAL_ID, &gtid)) != ESPANK_SUCCESS) {
 		snprintf(msg, sizeof(msg), "reading the job, step or task id from Slurm: %s", spank_strerror(rc));
-		return fail(&c, "placing the task", job, "?", msg);
+		return fail(&c, what, job, "?", msg);
 	}
 	if (spank_get_item(sp, S_TASK_ID, &ltid) != ESPANK_SUCCESS)
 		ltid = -1;
 	if (step_name(stepid, step, sizeof(step))) {
 		snprintf(msg, sizeof(msg), "step id 0x%" PRIx32 " has no name", stepid);
-		return fail(&c, "placing the task", job, "?", msg);
+		return fail(&c, what, job, "?", msg);
 	}
-	/* Allocations as Slurm reports them; absent ones are left out. */
-	if (spank_get_item(sp, S_JOB_ALLOC_MEM, &job_mem) != ESPANK_SUCCESS)
-		job_mem = 0;
-	if (spank_get_item(sp, S_STEP_ALLOC_MEM, &step_mem) != ESPANK_SUCCESS)
-		step_mem = 0;
-	if (spank_get_item(sp, S_JOB_ALLOC_CORES, &job_cores) != ESPANK_SUCCESS)
-		job_cores = NULL;
-	if (spank_get_item(sp, S_STEP_ALLOC_CORES, &step_cores) != ESPANK_SUCCESS)
-		step_cores = NULL;
-	if (c.devices && (ngpus = gpus_from_env(sp, stepid, gpus, MAX_GPUS, msg, sizeof(msg))) < 0)
-		return fail(&c, "reading the step's GPUs", job, step, msg);
-
-	if (client_open(&cl, c.socket, c.timeout_ms))
-		return fail(&c, "placing the task", job, step, cl.err);
-
-	/* The job, with the job's allocation. */
-	memset(&b, 0, sizeof(b));
-	bput(&b, "\"op\":\"job.create\",\"job\":\"%" PRIu32 "\"", job);
-	put_limits(&b, job_mem, job_cores);
-	if (client_call(&cl, b.s, c.timeout_ms, NULL))
-		goto failed_job;
-
-	/* The step, with the step's allocation and its GPUs. */
-	memset(&b, 0, sizeof(b));
-	bput(&b, "\"op\":\"step.create\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\"", job, step);
-	put_limits(&b, step_mem, step_cores);
-	if (c.devices) {
-		bput(&b, ",\"devices\":{\"gres\":[");
-		for (i = 0; i < ngpus; i++)
-			bput(&b, "%s\"gpu:%d\"", i ? "," : "", gpus[i]);
-		bput(&b, "]}");
-	}
-	if (client_call(&cl, b.s, c.timeout_ms, &r))
-		goto failed_step;
-	if (c.devices == DEVICES_YES && r.devices_ignored[0]) {
-		client_close(&cl);
-		snprintf(msg, sizeof(msg), "%s; devices=try in plugstack.conf runs tasks without device confinement", r.devices_ignored);
-		return fail(&c, "confining the step's devices", job, step, msg);
-	}
-
+	if (place_step(sp, &c, &cl, job, stepid, step, &what, msg, sizeof(msg)))
+		return fail(&c, what, job, step, msg);
 	/* This task: getpid() (S_TASK_PID is not set yet). */
-	memset(&b, 0, sizeof(b));
-	bput(&b, "\"op\":\"attach\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\",\"pid\":%d,\"task\":%" PRIu32,
-	     job, step, (int)getpid(), gtid);
-	if (client_call(&cl, b.s, c.timeout_ms, NULL))
-		goto failed_task;
-
-	/* The step daemon, once per node: its own slurm/ leaf. */
-	if (ltid == 0) {
-		memset(&b, 0, sizeof(b));
-		bput(&b, "\"op\":\"attach\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\",\"pid\":%d,\"leaf\":\"slurm\"",
-		     job, step, (int)getppid());
-		if (client_call(&cl, b.s, c.timeout_ms, NULL))
-			goto failed_stepd;
+	if (attach(&c, &cl, job, step, getpid(), (long)gtid, NULL)) {
+		snprintf(msg, sizeof(msg), "%.1000s", cl.err);
+		what = "placing the task";
+		goto failed;
+	}
+	/* The step daemon (our parent), once per node: the step's slurm/ leaf. */
+	if (ltid == 0 && attach(&c, &cl, job, step, getppid(), 0, "slurm")) {
+		snprintf(msg, sizeof(msg), "%.1000s", cl.err);
+		what = "placing slurmstepd";
+		goto failed;
 	}
 	client_close(&cl);
 	return 0;
+failed:
+	client_close(&cl);
+	return fail(&c, what, job, step, msg);
+}
 
-failed_job:
-	client_close(&cl);
-	return fail(&c, "creating the job's cgroup", job, step, cl.err);
-failed_step:
-	client_close(&cl);
-	return fail(&c, "creating the step's cgroup", job, step, cl.err);
-failed_task:
-	client_close(&cl);
-	snprintf(msg, sizeof(msg), "placing task %" PRIu32, gtid);
-	return fail(&c, msg, job, step, cl.err);
-failed_stepd:
-	client_close(&cl);
-	return fail(&c, "placing slurmstepd", job, step, cl.err);
+/*
+ * The extern step (PrologFlags=contain): slurmstepd, in slurm_spank_init,
+ * creates the step and goes into its slurm/ leaf; the process that holds the
+ * step open is forked after this and follows it there. Failing fails the
+ * step, which Slurm treats as a failed job launch.
+ */
+static int place_extern(spank_t sp, const struct config *c)
+{
+	struct client cl;
+	uint32_t job = 0;
+	const char *what = "placing the extern step";
+	char msg[1024];
+
+	if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS)
+		return c->fail_open ? 0 : -1;
+	if (place_step(sp, c, &cl, job, SLURM_EXTERN_CONT, "extern", &what, msg, sizeof(msg)) == 0) {
+		int rc = attach(c, &cl, job, "extern", getpid(), 0, "slurm");
+
+		snprintf(msg, sizeof(msg), "%.1000s", cl.err);
+		client_close(&cl);
+		if (rc == 0)
+			return 0;
+	}
+	slurm_error("cgstep: %s for job %" PRIu32 " failed (cgstepd at %s: %s)%s", what, job, c->socket, msg,
+		    c->fail_open ? "; failure=open: continuing without cgroup confinement" : "");
+	return c->fail_open ? 0 : -1;
 }
 
 int slurm_spank_exit(spank_t sp, int ac, char **av)

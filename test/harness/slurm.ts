@@ -297,6 +297,8 @@ export interface SlurmOptions {
   pluginArgs?: string[];
   /** Node CPUs (default 4; more than the machine's is allowed via config_overrides). */
   cpus?: number;
+  /** Extra slurm.conf lines (PrologFlags=contain, LaunchParameters=...). */
+  extraConf?: string[];
 }
 
 export async function startSlurm(o: SlurmOptions): Promise<SlurmCluster> {
@@ -447,6 +449,7 @@ export async function startSlurm(o: SlurmOptions): Promise<SlurmCluster> {
         'SchedulerParameters=batch_sched_delay=0,sched_interval=1',
         `NodeName=${NODE} NodeHostname=localhost NodeAddr=127.0.0.1 CPUs=${cpus} Sockets=1 CoresPerSocket=${cpus} ThreadsPerCore=1 RealMemory=2000 Gres=gpu:${GPU_COUNT} State=UNKNOWN`,
         `PartitionName=debug Nodes=${NODE} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO`,
+        ...(o.extraConf ?? []),
         '',
       ].join('\n'),
     );

@@ -48,6 +48,8 @@ export interface NodeOptions {
    * tests leave this off and fail instead.
    */
   tolerateNoDevices?: boolean;
+  /** Extra slurm.conf lines. */
+  extraConf?: string[];
 }
 
 export async function startNode(o: NodeOptions): Promise<Node> {
@@ -64,7 +66,7 @@ export async function startNode(o: NodeOptions): Promise<Node> {
     fs.rmSync(socketDir, { recursive: true, force: true });
   };
   try {
-    cluster = await startSlurm({ name: o.name, socket, pluginArgs: o.pluginArgs });
+    cluster = await startSlurm({ name: o.name, socket, pluginArgs: o.pluginArgs, extraConf: o.extraConf });
     const agentArgs = ['--ignore-systemd', '--node-name', 'node1', '--gres', cluster.gresConf, '--ignore-missing-controllers'];
     agent = await startAgent({ root, socket, args: agentArgs });
     const c = await agent.client();
