@@ -6,6 +6,7 @@
  * plugstack.conf:
  *   required /usr/lib/slurm/cgstep_spank.so [socket=PATH] [timeout_ms=N]
  *            [destroy_timeout_ms=N] [failure=closed|open] [devices=yes|try|no]
+ *            [cpus=auto|yes|no]
  *
  * What it does, in slurmstepd (remote context) and the job epilog; srun,
  * sbatch, salloc and slurmd load it but it does nothing there:
@@ -81,9 +82,11 @@ struct config {
 	int destroy_timeout_ms;
 	int fail_open;
 	int devices; /* DEVICES_NO, DEVICES_YES (enforced or fail), DEVICES_TRY */
+	int cpus;    /* CPUS_NO, CPUS_YES, CPUS_AUTO */
 };
 
 enum { DEVICES_NO = 0, DEVICES_YES = 1, DEVICES_TRY = 2 };
+enum { CPUS_NO = 0, CPUS_YES = 1, CPUS_AUTO = 2 };
 
 /* ------------------------------------------------------------------------ */
 /* options                                                                   */
@@ -110,6 +113,7 @@ static int parse_config(int ac, char **av, struct config *c)
 	c->timeout_ms = DEFAULT_TIMEOUT_MS;
 	c->destroy_timeout_ms = DEFAULT_DESTROY_TIMEOUT_MS;
 	c->devices = DEVICES_YES;
+	c->cpus = CPUS_AUTO;
 	for (i = 0; i < ac; i++) {
 		const char *a = av[i];
 		if (!strncmp(a, "socket=", 7)) {
@@ -139,8 +143,14 @@ static int parse_config(int ac, char **av, struct config *c)
 			c->devices = DEVICES_TRY;
 		} else if (!strcmp(a, "devices=no")) {
 			c->devices = DEVICES_NO;
+		} else if (!strcmp(a, "cpus=auto")) {
+			c->cpus = CPUS_AUTO;
+		} else if (!strcmp(a, "cpus=yes")) {
+			c->cpus = CPUS_YES;
+		} else if (!strcmp(a, "cpus=no")) {
+			c->cpus = CPUS_NO;
 		} else {
-			slurm_error("cgstep: unknown plugstack.conf option \"%s\" (known: socket=PATH timeout_ms=N destroy_timeout_ms=N failure=closed|open devices=yes|try|no)", a);
+			slurm_error("cgstep: unknown plugstack.conf option \"%s\" (known: socket=PATH timeout_ms=N destroy_timeout_ms=N failure=closed|open devices=yes|try|no cpus=auto|yes|no)", a);
 			return -1;
 		}
 	}
@@ -790,6 +800,28 @@ static int valid_cpu_list(const char *s)
 	return !want_digit;
 }
 
+/*
+ * Whether Slurm's core list can be sent as a cpuset. S_*_ALLOC_CORES are
+ * Slurm's abstract core numbers (task/cgroup maps them to machine CPUs with
+ * hwloc); with one thread per core they are the kernel's CPU numbers, with SMT
+ * they are not (core 1 is two CPUs, numbered elsewhere). auto: only when the
+ * kernel reports SMT inactive.
+ */
+static int send_cpus(const struct config *c)
+{
+	char v[8] = "";
+	FILE *f;
+
+	if (c->cpus != CPUS_AUTO)
+		return c->cpus == CPUS_YES;
+	if (!(f = fopen("/sys/devices/system/cpu/smt/active", "re")))
+		return 0;
+	if (!fgets(v, sizeof(v), f))
+		v[0] = 0;
+	fclose(f);
+	return v[0] == '0';
+}
+
 /* "limits":{...} from a memory (MB) and a core list; nothing when both absent. */
 static void put_limits(struct buf *b, uint64_t mem_mb, const char *cores)
 {
@@ -1036,9 +1068,9 @@ static int place_step(spank_t sp, const struct config *c, struct client *cl, uin
 		job_mem = 0;
 	if (spank_get_item(sp, S_STEP_ALLOC_MEM, &step_mem) != ESPANK_SUCCESS)
 		step_mem = 0;
-	if (spank_get_item(sp, S_JOB_ALLOC_CORES, &job_cores) != ESPANK_SUCCESS)
+	if (!send_cpus(c) || spank_get_item(sp, S_JOB_ALLOC_CORES, &job_cores) != ESPANK_SUCCESS)
 		job_cores = NULL;
-	if (spank_get_item(sp, S_STEP_ALLOC_CORES, &step_cores) != ESPANK_SUCCESS)
+	if (!send_cpus(c) || spank_get_item(sp, S_STEP_ALLOC_CORES, &step_cores) != ESPANK_SUCCESS)
 		step_cores = NULL;
 	if (c->devices && (ngpus = gpus_from_env(sp, stepid, gpus, MAX_GPUS, err, errlen)) < 0) {
 		*what = "reading the step's GPUs";

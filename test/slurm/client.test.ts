@@ -276,6 +276,17 @@ test.after.always(async () => {
   if (root) await removeTestRoot(root);
 });
 
+/** The same, without blocking this process (for servers living in it). */
+function callbackAsync(kind: 'task' | 'exit', args: string[], env: Record<string, string>): Promise<{ rc: number; exited?: number; errors: string[] }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn('sh', ['-c', `"$@"; true`, 'sh', driver, kind, ...args], { env: { PATH: process.env.PATH!, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.on('error', reject);
+    p.on('close', () => resolve(JSON.parse(out.trim().split('\n').pop()!)));
+  });
+}
+
 function callback(kind: 'task' | 'exit', args: string[], env: Record<string, string>) {
   const r = spawnSync('sh', ['-c', `"$@"; true`, 'sh', driver, kind, ...args], { encoding: 'utf8', env: { PATH: process.env.PATH!, ...env } });
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as { rc: number; exited?: number; errors: string[] };
@@ -340,4 +351,32 @@ cTest('the client cost, request by request, against a real cgstepd (logged, not 
   } finally {
     pid.kill('SIGKILL');
   }
+});
+
+cTest('cpus=no leaves the core lists out, cpus=yes sends them, and memory goes from MB to bytes', async (t) => {
+  const seen: any[] = [];
+  await withServer(
+    (req, s) => {
+      seen.push(req);
+      s.write(JSON.stringify({ id: req.id, ok: true, result: {} }) + '\n');
+    },
+    async (sock) => {
+      const env = { DRV_JOB: '5', DRV_STEP: '2', DRV_TASK: '1', DRV_LTASK: '1', DRV_JOB_MEM: '1024', DRV_STEP_MEM: '512', DRV_JOB_CORES: '0-3,8', DRV_STEP_CORES: '2' };
+      t.deepEqual(await callbackAsync('task', [`socket=${sock}`, 'devices=no', 'cpus=no'], env), { rc: 0, errors: [] });
+      t.deepEqual(seen.map((q) => [q.op, q.limits]), [
+        ['job.create', { memory: 1024 * 2 ** 20 }],
+        ['step.create', { memory: 512 * 2 ** 20 }],
+        ['attach', undefined],
+      ]);
+      t.like(seen[2], { job: '5', step: '2', task: 1 });
+      seen.length = 0;
+      t.deepEqual(await callbackAsync('task', [`socket=${sock}`, 'devices=no', 'cpus=yes'], env), { rc: 0, errors: [] });
+      t.deepEqual(seen[0].limits, { cpus: '0-3,8', memory: 1024 * 2 ** 20 });
+      t.deepEqual(seen[1].limits, { cpus: '2', memory: 512 * 2 ** 20 });
+      seen.length = 0;
+      // A core list that is not a list is left out, never sent.
+      t.deepEqual(await callbackAsync('task', [`socket=${sock}`, 'devices=no', 'cpus=yes'], { ...env, DRV_JOB_CORES: '0-3,"x"', DRV_JOB_MEM: '0' }), { rc: 0, errors: [] });
+      t.is(seen[0].limits, undefined);
+    },
+  );
 });
