@@ -963,28 +963,34 @@ static int write_pid(const char *dir, pid_t pid)
 /*
  * Before the step is destroyed (its cgroups killed and removed), slurmstepd
  * leaves the step's slurm/ leaf: back to the cgroup it started in, or else to
- * the scope's system/ (as Slurm's cgroup/v2 plugin does).
+ * the scope's system/ (as Slurm's cgroup/v2 plugin does). 0 when it is out
+ * (or never was in), -1 when it is still inside.
  */
-static void leave_step_cgroup(const char *stepdir_suffix)
+static int leave_step_cgroup(const char *stepdir_suffix)
 {
 	char cur[PATH_MAX], mnt[PATH_MAX], dir[2 * PATH_MAX + 16];
 	size_t cl, sl = strlen(stepdir_suffix);
 
-	if (own_cgroup(cur, sizeof(cur)) || cgroup2_mount(mnt, sizeof(mnt)))
-		return;
+	if (own_cgroup(cur, sizeof(cur)))
+		return 0; /* no cgroup v2 line: nothing of ours */
 	cl = strlen(cur);
 	if (cl < sl || strcmp(cur + cl - sl, stepdir_suffix))
-		return; /* not in this step's slurm/ leaf */
+		return 0; /* not in this step's slurm/ leaf */
+	if (cgroup2_mount(mnt, sizeof(mnt))) {
+		slurm_error("cgstep: slurmstepd (pid %d) is in its step's cgroup %s and no cgroup2 mount was found to leave it", (int)getpid(), cur);
+		return -1;
+	}
 	if (start_cgroup[0] && strcmp(start_cgroup, cur)) {
 		snprintf(dir, sizeof(dir), "%s%s", mnt, strcmp(start_cgroup, "/") ? start_cgroup : "");
 		if (!write_pid(dir, getpid()))
-			return;
+			return 0;
 	}
 	cur[cl - sl] = 0; /* the scope */
 	snprintf(dir, sizeof(dir), "%s%s/system", mnt, cur);
-	if (write_pid(dir, getpid()))
-		slurm_error("cgstep: could not move slurmstepd (pid %d) out of its step's cgroup: %s",
-			    (int)getpid(), strerror(errno));
+	if (!write_pid(dir, getpid()))
+		return 0;
+	slurm_error("cgstep: could not move slurmstepd (pid %d) out of its step's cgroup (to %s: %s)", (int)getpid(), dir, strerror(errno));
+	return -1;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1225,7 +1231,11 @@ int slurm_spank_exit(spank_t sp, int ac, char **av)
 		return 0; /* nothing this plugin could have created */
 
 	snprintf(suffix, sizeof(suffix), "/job_%" PRIu32 "/step_%s/slurm", job, step);
-	leave_step_cgroup(suffix);
+	if (leave_step_cgroup(suffix)) {
+		/* Destroying the step now would kill this slurmstepd: the job epilog does it. */
+		slurm_error("cgstep: job %" PRIu32 " step %s left for the job epilog to remove", job, step);
+		return c.fail_open ? 0 : -1;
+	}
 
 	if (client_open(&cl, c.socket, c.timeout_ms)) {
 		slurm_error("cgstep: removing job %" PRIu32 " step %s failed (cgstepd at %s: %s); its cgroups stay until cgstepd collects them",

@@ -380,3 +380,37 @@ cTest('cpus=no leaves the core lists out, cpus=yes sends them, and memory goes f
     },
   );
 });
+
+cTest('exit: a slurmstepd that cannot leave its step cgroup does not destroy the step under itself (the job epilog does)', async (t) => {
+  const base = makeTestRoot('spank-leave');
+  const leaf = path.join(base, 'node1_slurmstepd.scope', 'job_9', 'step_0', 'slurm');
+  fs.mkdirSync(leaf, { recursive: true });
+  const seen: any[] = [];
+  try {
+    await withServer(
+      (req, s) => {
+        seen.push(req);
+        s.write(JSON.stringify({ id: req.id, ok: true, result: {} }) + '\n');
+      },
+      async (sock) => {
+        // A shell moves itself into the step's slurm/ leaf (no system/ beside the jobs), then runs the exit callback.
+        const r = await new Promise<{ rc: number; errors: string[] }>((resolve, reject) => {
+          const p = spawn('sh', ['-c', `echo $$ > ${leaf}/cgroup.procs && exec "$@"`, 'sh', driver, 'exit', `socket=${sock}`], {
+            env: { PATH: process.env.PATH!, DRV_JOB: '9', DRV_STEP: '0' },
+            stdio: ['ignore', 'pipe', 'inherit'],
+          });
+          let out = '';
+          p.stdout.on('data', (d) => (out += d));
+          p.on('error', reject);
+          p.on('close', () => resolve(JSON.parse(out.trim().split('\n').pop()!)));
+        });
+        t.is(r.rc, -1);
+        t.regex(r.errors[0], /could not move slurmstepd \(pid \d+\) out of its step's cgroup \(to .*node1_slurmstepd.scope\/system: No such file or directory\)/);
+        t.is(r.errors[1], 'cgstep: job 9 step 0 left for the job epilog to remove');
+        t.deepEqual(seen, [], 'no destroy sent');
+      },
+    );
+  } finally {
+    await removeTestRoot(base);
+  }
+});
