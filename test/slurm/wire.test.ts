@@ -172,3 +172,20 @@ slurmTest('devices=no sends no device request; bad plugstack.conf options fail t
   t.truthy(sock);
   t.deepEqual(problems, []);
 });
+
+slurmTest('in a job with two GPUs: an srun without --gres gets both (as Slurm allocates), srun --gres=none gets none', async (t) => {
+  const b = await cluster.sbatch(
+    '#!/bin/sh\nsrun -n1 sh -c \'echo "[$CUDA_VISIBLE_DEVICES]"\'\nsrun -n1 --gres=none sh -c \'echo "[$CUDA_VISIBLE_DEVICES]"\'\n',
+    ['--gres=gpu:2'],
+  );
+  await cluster.waitJobDone(b.job);
+  const job = String(b.job);
+  await epilogDone(job);
+  const out = fs.readFileSync(b.out, 'utf8').trim().split('\n');
+  const both = out[0].slice(1, -1).split(',');
+  t.is(both.length, 2, fs.readFileSync(b.err, 'utf8'));
+  t.is(out[1], '[]');
+  const steps = Object.fromEntries(forJob(job).filter((q) => q.op === 'step.create').map((q) => [q.step, q.devices.gres]));
+  t.deepEqual(steps, { batch: both.map((i) => `gpu:${i}`), '0': both.map((i) => `gpu:${i}`), '1': [] });
+  t.deepEqual(problems, []);
+});
