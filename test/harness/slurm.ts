@@ -69,6 +69,7 @@ export function slurmSupport(): Support {
 function computeSupport(): Support {
   if (process.getuid?.() !== 0) return { ok: false, reason: 'not root (slurmd, munged and cgroup writes need root)' };
   if (!have('gcc') && !have('cc')) return { ok: false, reason: 'no C compiler to build the SPANK plugin' };
+  if (!have('make')) return { ok: false, reason: 'no make to build the SPANK plugin' };
   for (const b of ['flock', 'setpriv']) if (!have(b)) return { ok: false, reason: `${b} (util-linux) is missing` };
   if (installed().length > 0 || !fs.existsSync(SPANK_H)) {
     if (!have('apt-get')) return { ok: false, reason: `packages missing (${installed().join(' ')}) and no apt-get to install them` };
