@@ -32,7 +32,7 @@ test.before(() => {
   if (!support.ok) return;
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-spank-driver-'));
   driver = path.join(dir, 'driver');
-  const r = spawnSync('gcc', ['-O1', '-g', '-Wall', '-Wextra', '-Werror', '-Wno-unused-parameter', '-std=gnu11', `-I${path.join(REPO, 'native/spank')}`, '-o', driver, path.join(here, 'spank-driver.c')], { encoding: 'utf8' });
+  const r = spawnSync(process.env.CC ?? 'cc', ['-O1', '-g', '-Wall', '-Wextra', '-Werror', '-Wno-unused-parameter', '-std=gnu11', `-I${path.join(REPO, 'native/spank')}`, '-o', driver, path.join(here, 'spank-driver.c')], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`building the driver failed:\n${r.stderr}`);
 });
 
