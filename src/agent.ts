@@ -11,7 +11,9 @@ import { scopeNameFor, type AgentOptions } from './config/options.js';
 import { AgentError } from './errors.js';
 import { PROTOCOL_VERSION, RpcServer, type Request } from './rpc/index.js';
 import { Registry } from './backends/index.js';
-import { noneDevices, type DeviceBackend, type DeviceContext } from './devices/none.js';
+import { noneDevices, type DeviceBackend } from './devices/none.js';
+import { ebpfDevices, type EbpfContext } from './devices/backend.js';
+import { DeviceController } from './devices/controller.js';
 import { repairScope, scopeHealthy, type ScopeOptions, type SystemdPort } from './scope/index.js';
 import { mkdirScope, systemdScope, type ScopeBackend, type ScopeContext } from './scope/backends.js';
 import { cgroupAccounting, type AccountingBackend } from './steps/accounting.js';
@@ -34,19 +36,22 @@ export interface AgentHooks {
   connectSystemd?: (o: AgentOptions, scope: ScopeOptions, log: Logger) => Promise<SystemdPort>;
   /** The scope unit's ActiveState for systemd mode's guard ('gone' when not loaded); null when systemd cannot be asked. */
   unitState?: (o: AgentOptions, scope: ScopeOptions) => Promise<string | null>;
-  /** Extra device backends, tried before devices/none (devices/ebpf in production). */
+  /** Device backends tried before devices/none; default devices/ebpf on `deviceController`. */
   deviceBackends?: typeof noneDevices[];
+  /** Why BPF device control cannot be used (null: it can); default: the controller's probe. */
   bpfUnavailable?: () => string | null;
+  /** The controller devices/ebpf uses; one is made when absent. */
+  deviceController?: DeviceController;
 }
 
-type Context = ScopeContext & DeviceContext;
+type Context = ScopeContext & EbpfContext;
 
 /** The built-in backends, in the order they are tried within each kind. */
-export function builtinRegistry(hooks: AgentHooks): Registry<Context> {
+export function builtinRegistry(hooks: AgentHooks, ctl?: DeviceController): Registry<Context> {
   const r = new Registry<Context>();
   r.register('scope', systemdScope);
   r.register('scope', mkdirScope);
-  for (const d of hooks.deviceBackends ?? []) r.register('devices', d);
+  for (const d of hooks.deviceBackends ?? (ctl ? [ebpfDevices(ctl)] : [])) r.register('devices', d);
   r.register('devices', noneDevices);
   r.register('accounting', cgroupAccounting);
   return r;
@@ -74,14 +79,24 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
     },
     unitState: hooks.unitState ? () => hooks.unitState!(o, scopeOpts) : undefined,
   };
-  const registry = builtinRegistry(hooks);
+  const ctl = hooks.deviceController ?? new DeviceController(log);
+  const registry = builtinRegistry(hooks, ctl);
   await registry.start(
     {
       scope: scopeOpts,
       busGiven: !!(o.dbusAddress || process.env.DBUS_SYSTEM_BUS_ADDRESS),
       constrainDevices: o.conf.constrainDevices,
       devicesRequired: o.conf.constrainDevices && o.conf.explicit.has('constraindevices'),
-      bpfUnavailable: hooks.bpfUnavailable ?? (() => 'this build has no BPF backend'),
+      bpfUnavailable:
+        hooks.bpfUnavailable ??
+        (() => {
+          const p = ctl.probe();
+          return p.supported ? null : (p.reason ?? 'BPF device programs are not supported');
+        }),
+      gresConf: o.gresConf,
+      nodeName: o.nodeName,
+      devicePolicy: o.devicePolicy,
+      log,
     },
     log,
   );

@@ -100,7 +100,8 @@ program.command('status').description('agent, scope, controllers, counts').actio
         `scope:       ${r.scope} (${r.mode} mode${r.adopted ? ', adopted' : ''})`,
         `infinity:    pid ${r.infinityPid}`,
         `controllers: available ${r.controllers.available.join(' ') || '-'}; enabled ${r.controllers.enabled.join(' ') || '-'}${r.controllers.missing.length ? `; missing ${r.controllers.missing.join(' ')}` : ''}`,
-        ...(r.devices ? [`devices:     ${r.devices.supported ? `eBPF${r.devices.replace ? ' (atomic replace)' : ''}` : `unavailable: ${r.devices.reason}`}`] : []),
+        ...(r.devices ? [`devices:     ${r.devices.supported ? `eBPF${r.devices.replace ? ' (atomic replace)' : ''}, default policy ${r.devices.defaultPolicy ?? 'open'}` : `unavailable: ${r.devices.reason}`}`] : []),
+        ...(r.devices?.gres ?? []).map((g: string) => `gres:        ${g}`),
         ...(r.backends ? r.backends.map((b: any) => `backend:     ${b.type} ${b.version} (${b.reason})`) : []),
         `jobs:        ${r.jobs}, steps ${r.steps}`,
         `socket:      ${r.socket}, ${r.connections} connection(s)`,
@@ -178,10 +179,21 @@ program.command('stats <job> [step]').description('accounting: cpu, memory, oom 
     const r = await c.request('stats', withArgs({ job: j }, { step: s }));
     print(r, (x) => {
       const lines: string[] = [];
-      if (x.total) lines.push(statsLine(`job ${x.job}`, x.total));
+      /** "devices: default allow; c 195:1 -, c 195:* rw (program 12)" under a stats line. */
+      const dev = (indent: string, d: any) => {
+        if (d) lines.push(`${indent}devices: default ${d.default ?? '?'}${d.rules?.length ? `; ${d.rules.join(', ')}` : ''} (program ${d.ours.join(' ') || 'none'}${d.consistent ? '' : ', NOT the stored policy'})`);
+      };
+      if (x.total) {
+        lines.push(statsLine(`job ${x.job}`, x.total));
+        dev('  ', x.devices);
+      }
       for (const st of x.steps) {
         lines.push(statsLine(`  step ${st.step}`, st.total));
-        for (const [t, ts] of Object.entries(st.tasks)) lines.push(statsLine(`    task ${t}`, ts));
+        dev('    ', st.devices);
+        for (const [t, ts] of Object.entries<any>(st.tasks)) {
+          lines.push(statsLine(`    task ${t}`, ts));
+          dev('      ', ts.devices);
+        }
       }
       return lines.join('\n');
     });

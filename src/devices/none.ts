@@ -8,7 +8,15 @@
 import type { Backend, Candidate } from '../backends/index.js';
 import type { DevicePort } from '../steps/tree.js';
 
-export interface DeviceSupport { supported: boolean; replace: boolean; reason?: string }
+export interface DeviceSupport {
+  supported: boolean;
+  replace: boolean;
+  reason?: string;
+  /** The mode of a request that names none (devices/ebpf). */
+  defaultPolicy?: 'open' | 'closed';
+  /** The gres.conf inventory, one line per gres name (devices/ebpf). */
+  gres?: string[];
+}
 
 export interface DeviceBackend extends Backend, DevicePort {
   readonly support: DeviceSupport;

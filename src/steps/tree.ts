@@ -308,7 +308,7 @@ export class StepTree {
     if (step !== undefined) this.requireStep(job, step);
     return {
       job,
-      ...(step === undefined ? { total: this.readStats(jobDir), limits: readLimits(jobDir) } : {}),
+      ...(step === undefined ? { total: this.readStats(jobDir), limits: readLimits(jobDir), devices: this.devicesOf(jobDir) } : {}),
       steps: steps.map((s) => this.stepStats(job, s)),
     };
   }
@@ -321,7 +321,8 @@ export class StepTree {
       const t = parseTaskName(tn);
       if (t === null) continue;
       const tdir = path.join(user, tn);
-      tasks[String(t)] = { ...this.readStats(tdir), procs: procsOf(tdir) };
+      const dev = this.devicesOf(tdir);
+      tasks[String(t)] = { ...this.readStats(tdir), procs: procsOf(tdir), ...(dev ? { devices: dev } : {}) };
     }
     return {
       step,
@@ -330,9 +331,15 @@ export class StepTree {
       total: this.readStats(dir),
       user: this.readStats(user),
       limits: readLimits(user),
-      devices: this.opts.devices?.describe(user) ?? null,
+      devices: this.devicesOf(user),
       tasks,
     };
+  }
+
+  /** The device policy on a directory, or null when it has none of its own. */
+  private devicesOf(dir: string) {
+    const d = this.opts.devices?.describe(dir);
+    return d && (d.progIds.length || d.policy) ? d : null;
   }
 
   destroy(job: string, step: string | undefined, force: boolean, reapJob: boolean) {
