@@ -42,6 +42,7 @@ test.after.always(async () => {
   for (const p of ctx.probers) await p.kill();
   ctx.c?.close();
   await ctx.agent?.stop();
+  if (ctx.agent) fs.rmSync(path.dirname(ctx.agent.socket), { recursive: true, force: true });
   if (ctx.root) await removeTestRoot(ctx.root);
   ctx.nodes?.cleanup();
 });
