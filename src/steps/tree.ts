@@ -349,7 +349,9 @@ export class StepTree {
         // Idempotent: a controller retrying after a crash or a lost reply gets success.
         if (step === undefined) this.index.delete(job);
         else this.index.get(job)?.delete(step);
-        return { job, step, killed: 0, jobRemoved: step === undefined || !exists(this.paths.job(job)), existed: false };
+        // A retried step destroy still reaps its job (the first try may have died before it).
+        const jobRemoved = step === undefined || !exists(this.paths.job(job)) || (reapJob && (await this.reapIfStepless(job)));
+        return { job, step, killed: 0, jobRemoved, existed: false };
       }
       const pids = isPopulated(target) ? procsRecursive(target) : [];
       if (pids.length > 0) {
@@ -365,12 +367,7 @@ export class StepTree {
       let jobRemoved = step === undefined;
       if (step !== undefined) {
         this.index.get(job)?.delete(step);
-        if (reapJob && !childDirs(this.paths.job(job)).some((n) => parseStepName(n) !== null)) {
-          const jobDir = this.paths.job(job);
-          this.watcher.unwatchDir(jobDir);
-          await this.removeJob(jobDir);
-          jobRemoved = true;
-        }
+        if (reapJob) jobRemoved = await this.reapIfStepless(job);
       }
       if (jobRemoved) this.index.delete(job);
       this.opts.log.info({ job, step, killed: pids.length, jobRemoved }, 'destroyed');
@@ -388,6 +385,16 @@ export class StepTree {
     for (const t of childDirs(user)) await removeTree(path.join(user, t), this.opts.waitTimeoutMs);
     for (const d of [user, path.join(dir, SLURM_LEAF)]) await removeTree(d, this.opts.waitTimeoutMs);
     await removeTree(dir, this.opts.waitTimeoutMs);
+  }
+
+  /** Remove the job when no step is left in it (destroy's reapJob); true when it is gone. */
+  private async reapIfStepless(job: string): Promise<boolean> {
+    const jobDir = this.paths.job(job);
+    if (childDirs(jobDir).some((n) => parseStepName(n) !== null)) return false;
+    this.watcher.unwatchDir(jobDir);
+    await this.removeJob(jobDir);
+    this.index.delete(job);
+    return true;
   }
 
   private async removeJob(dir: string): Promise<void> {

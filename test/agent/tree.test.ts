@@ -161,3 +161,31 @@ test.serial('the infinity process is replaced when it dies', async (t) => {
   }, 8000, 'a new infinity process');
   t.pass();
 });
+
+test.serial('destroy with reapJob removes the job with its last step, and a retried destroy of a gone step still reaps it', async (t) => {
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  await c.request('step.create', { job: '71', step: '0' });
+  await c.request('step.create', { job: '71', step: '1' });
+  const job = path.join(ctx.scope, 'job_71');
+  let r = await c.request('destroy', { job: '71', step: '0', reapJob: true });
+  t.false(r.jobRemoved, 'step 1 is still there');
+  t.true(fs.existsSync(job));
+  r = await c.request('destroy', { job: '71', step: '1', reapJob: true });
+  t.true(r.jobRemoved);
+  t.false(fs.existsSync(job));
+  // The step was removed but the job's removal was never acknowledged (agent killed in between).
+  await c.request('step.create', { job: '72', step: '0' });
+  fs.rmdirSync(path.join(ctx.scope, 'job_72', 'step_0', 'user'));
+  fs.rmdirSync(path.join(ctx.scope, 'job_72', 'step_0', 'slurm'));
+  fs.rmdirSync(path.join(ctx.scope, 'job_72', 'step_0'));
+  r = await c.request('destroy', { job: '72', step: '0', reapJob: true });
+  t.like(r, { existed: false, jobRemoved: true });
+  t.false(fs.existsSync(path.join(ctx.scope, 'job_72')));
+  // Without reapJob the empty job stays; a gone job is success.
+  await c.request('step.create', { job: '73', step: '0' });
+  r = await c.request('destroy', { job: '73', step: '0' });
+  t.false(r.jobRemoved);
+  t.like(await c.request('destroy', { job: '73', step: '9', reapJob: true }), { existed: false, jobRemoved: true });
+  t.like(await c.request('destroy', { job: '73', step: '0', reapJob: true }), { existed: false, jobRemoved: true });
+});
