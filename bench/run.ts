@@ -6,9 +6,12 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { cycleSection } from './cycle.js';
+import { CYCLE_DEVICES, cycleSection } from './cycle.js';
 import { REPO, ms } from './lib.js';
 import { scaleSection, throughputSection } from './scale.js';
+import { systemdSection } from './systemd.js';
+import { buildRuleSet, compile } from '../src/devices/index.js';
+import { sandboxSupport } from '../test/harness/systemd-sandbox.js';
 
 const quick = process.env.BENCH_QUICK === '1';
 const results: Record<string, unknown> = {
@@ -22,12 +25,36 @@ function line(s = '') {
 
 line(`cgstep benchmarks — ${results.machine}`);
 
-line('\n1-2. step cycle: agent over the socket vs the kernel floor (bench/floor.c), no device program');
-const cyc = await cycleSection(quick ? 100 : 1000);
-results.cycle = cyc;
-line(`  agent  median ${ms(cyc.agent.median)}  p99 ${ms(cyc.agent.p99)}`);
-line(`  floor  median ${ms(cyc.floor.median)}  p99 ${ms(cyc.floor.p99)}`);
-line(`  agent / floor = ${cyc.ratio.toFixed(2)} (target <= 1.5)`);
+const N = quick ? 100 : 1000;
+line(`\n1-2. step cycle: agent over the socket vs the kernel floor (bench/floor.c), ${N} cycles each`);
+line('     create job+step, attach a running pid to task 0, move it out, destroy');
+const plain = await cycleSection(N);
+line(`  no device program      agent median ${ms(plain.agent.median)} p99 ${ms(plain.agent.p99)} | floor median ${ms(plain.floor.median)} p99 ${ms(plain.floor.p99)} | agent/floor ${plain.ratio.toFixed(2)}`);
+// The same cycle with a device program on user/: the agent compiles the request, the floor loads the same instructions.
+const compiled = compile(buildRuleSet(CYCLE_DEVICES));
+const progFile = path.join(os.tmpdir(), `cgstep-bench-prog-${process.pid}.bin`);
+fs.writeFileSync(progFile, compiled.insns);
+const rules = (CYCLE_DEVICES.allow?.length ?? 0) + (CYCLE_DEVICES.deny?.length ?? 0);
+let dev;
+try {
+  dev = await cycleSection(N, progFile, CYCLE_DEVICES);
+} finally {
+  fs.rmSync(progFile, { force: true });
+}
+line(`  ${rules}-rule device program agent median ${ms(dev.agent.median)} p99 ${ms(dev.agent.p99)} | floor median ${ms(dev.floor.median)} p99 ${ms(dev.floor.p99)} | agent/floor ${dev.ratio.toFixed(2)} (target <= 1.5)`);
+line(`     (policy ${CYCLE_DEVICES.policy}: ${compiled.policy.entries.length} entries with the pseudo-devices, ${compiled.insns.length / 8} instructions)`);
+results.cycle = { plain, devices: { ...dev, rules, entries: compiled.policy.entries.length, insns: compiled.insns.length / 8 } };
+
+line('\n3. systemd as the per-step manager: one transient scope per step (Delegate, DevicePolicy=closed + 8 DeviceAllow, MemoryMax), then StopUnit until unloaded');
+const sbx = sandboxSupport();
+if (!sbx.ok) {
+  line(`  skipped: no systemd sandbox here (${sbx.reason})`);
+  results.systemd = { skipped: sbx.reason };
+} else {
+  const sd = await systemdSection(quick ? 50 : 500);
+  results.systemd = { ...sd, ratioToAgent: sd.median / dev.agent.median };
+  line(`  systemd median ${ms(sd.median)} p99 ${ms(sd.p99)} (${sd.devicePrograms} device program on ${sd.scopeDir}) | systemd/agent ${(sd.median / dev.agent.median).toFixed(2)} (target >= 4)`);
+}
 
 line('\n4. throughput: concurrent clients creating and destroying steps');
 const tput = await throughputSection(quick ? [1, 16] : [1, 4, 16, 64], quick ? 2 : 10);

@@ -301,6 +301,8 @@ export const OP = {
   RSH32K: 0x74, // BPF_ALU | BPF_RSH | BPF_K
   MOV64K: 0xb7, // BPF_ALU64 | BPF_MOV | BPF_K
   JNEK: 0x55, // BPF_JMP | BPF_JNE | BPF_K
+  JEQK: 0x15, // BPF_JMP | BPF_JEQ | BPF_K
+  JGTK: 0x25, // BPF_JMP | BPF_JGT | BPF_K (unsigned)
   JSETK: 0x45, // BPF_JMP | BPF_JSET | BPF_K
   JA: 0x05, // BPF_JMP | BPF_JA
   EXIT: 0x95, // BPF_JMP | BPF_EXIT
@@ -341,19 +343,59 @@ const R_ACCESS = 3;
 const R_MAJOR = 4;
 const R_MINOR = 5;
 
+/**
+ * At least this many exact entries (b/c with exact major and minor) are
+ * emitted as a binary search instead of a chain. Below it the chain is as
+ * cheap (a miss costs 2-3 instructions an entry against the search's
+ * log2(n) + 4; see bench/devices.ts) and its code is the simplest to read.
+ */
+export const TREE_MIN = 16;
+/** Keys tested one by one at the bottom of the minor search. */
+export const TREE_LEAF = 4;
+/** What the verifier knows of a 32-bit field loaded from the context. */
+const U32_MAX = 0xffffffff;
+
+export interface EmitOptions {
+  /** Exact entries from which the binary search is used (TREE_MIN; tests force it lower). */
+  treeMin?: number;
+}
+
+const isExact = (e: PolicyEntry): boolean => e.type !== 'a' && e.major !== '*' && e.minor !== '*';
+const entryText = (e: PolicyEntry): string => {
+  const access = maskToAccess(e.mask);
+  return `${e.type} ${e.major}:${e.minor} ${access ? `allow ${access}` : 'deny'}`;
+};
+
 /** Emit the program for a normal form (layout in the header). */
-export function emit(p: NormalPolicy): Program {
+export function emit(p: NormalPolicy, opts: EmitOptions = {}): Program {
   const labels = new Map<number, string>();
+  const label = (at: number, text: string) => labels.set(at, labels.has(at) ? `${labels.get(at)}; ${text}` : text);
   // Symbolic instructions: jumps name a target, resolved once sizes are known.
-  type Target = { kind: 'next'; entry: number } | { kind: 'exit'; allow: boolean };
+  type Target = { kind: 'next'; entry: number } | { kind: 'exit'; allow: boolean } | { kind: 'mark'; id: number };
   type Sym = Insn & { target?: Target };
   const body: Sym[] = [];
-  const entryStart: number[] = [];
+  // Where entry i's code starts (linear entries only; entries.length: the default block).
+  const entryStart: number[] = new Array(p.entries.length + 1).fill(-1);
+  const marks: number[] = [];
+  const newMark = (): number => marks.push(-1) - 1;
+  const place = (id: number) => void (marks[id] = body.length);
   const ins = (code: number, dst: number, src: number, off: number, imm: number): Sym => ({ code, dst, src, off, imm });
   const jump = (code: number, dst: number, imm: number, target: Target): Sym => ({ ...ins(code, dst, 0, 0, imm), target });
+  const ALLOW: Target = { kind: 'exit', allow: true };
+  const DENY: Target = { kind: 'exit', allow: false };
+  /** requested ⊆ mask: goto allow, else goto deny (1 or 2 instructions). */
+  const access = (mask: number) => {
+    mask &= ACC_ALL;
+    if (mask === ACC_ALL) body.push(jump(OP.JA, 0, 0, ALLOW));
+    else if (mask === 0) body.push(jump(OP.JA, 0, 0, DENY));
+    else {
+      body.push(jump(OP.JSETK, R_ACCESS, ~mask & ACC_ALL, DENY));
+      body.push(jump(OP.JA, 0, 0, ALLOW));
+    }
+  };
 
   if (p.entries.length > 0) {
-    labels.set(0, 'prologue: r2 = type, r3 = access, r4 = major, r5 = minor');
+    label(0, 'prologue: r2 = type, r3 = access, r4 = major, r5 = minor');
     body.push(ins(OP.LDXW, R_TYPE, 1, 0, 0));
     body.push(ins(OP.AND32K, R_TYPE, 0, 0, 0xffff));
     body.push(ins(OP.LDXW, R_ACCESS, 1, 0, 0));
@@ -361,47 +403,148 @@ export function emit(p: NormalPolicy): Program {
     body.push(ins(OP.LDXW, R_MAJOR, 1, 4, 0));
     body.push(ins(OP.LDXW, R_MINOR, 1, 8, 0));
   }
-  p.entries.forEach((e, i) => {
-    entryStart.push(body.length);
-    const access = maskToAccess(e.mask);
-    labels.set(body.length, `${e.type} ${e.major}:${e.minor} ${access ? `allow ${access}` : 'deny'}`);
+
+  // The exact entries are the most specific, so they come first, and their keys
+  // are distinct: a device matches at most one, and when it does that one is the
+  // first match. Searching for it instead of walking them keeps the meaning.
+  let nExact = 0;
+  while (nExact < p.entries.length && isExact(p.entries[nExact])) nExact++;
+  const useTree = nExact > 0 && nExact >= (opts.treeMin ?? TREE_MIN);
+  if (useTree) {
+    const exact = p.entries.slice(0, nExact);
+    const haveRest = nExact < p.entries.length;
+    // A miss goes on to the other entries, or to the default when there are none.
+    const missMark = newMark();
+    const miss: Target = { kind: 'mark', id: missMark };
+    const checks = new Map<number, number>(); // partial mask -> mark of its shared check
+    const hit = (mask: number): Target => {
+      mask &= ACC_ALL;
+      if (mask === ACC_ALL) return ALLOW;
+      if (mask === 0) return DENY;
+      if (!checks.has(mask)) checks.set(mask, newMark());
+      return { kind: 'mark', id: checks.get(mask)! };
+    };
+    // Every test below has both outcomes possible for the verifier, which knows a
+    // register's bounds [lo, hi] from the tests before it (JGT, and a JNE/JEQ
+    // whose constant is a bound): a key that is the only value left is not
+    // tested, or the kernel would rewrite a dead branch (xlated would differ).
+    const minors = (list: PolicyEntry[], lo: number, hi: number): void => {
+      if (list.length > TREE_LEAF) {
+        const mid = Math.ceil(list.length / 2);
+        const k = list[mid - 1].minor as number;
+        const right = newMark();
+        body.push(jump(OP.JGTK, R_MINOR, k, { kind: 'mark', id: right }));
+        minors(list.slice(0, mid), lo, Math.min(hi, k));
+        place(right);
+        minors(list.slice(mid), Math.max(lo, k + 1), hi);
+        return;
+      }
+      list.forEach((e, i) => {
+        const k = e.minor as number;
+        label(body.length, entryText(e));
+        if (i < list.length - 1) {
+          body.push(jump(OP.JEQK, R_MINOR, k, hit(e.mask)));
+          if (lo === k) lo++;
+          if (hi === k) hi--;
+        } else {
+          if (lo !== hi) body.push(jump(OP.JNEK, R_MINOR, k, miss));
+          access(e.mask);
+        }
+      });
+    };
+    type Group = { major: number; list: PolicyEntry[] };
+    const majors = (groups: Group[], lo: number, hi: number): void => {
+      if (groups.length > 1) {
+        const mid = Math.ceil(groups.length / 2);
+        const k = groups[mid - 1].major;
+        const right = newMark();
+        body.push(jump(OP.JGTK, R_MAJOR, k, { kind: 'mark', id: right }));
+        majors(groups.slice(0, mid), lo, Math.min(hi, k));
+        place(right);
+        majors(groups.slice(mid), Math.max(lo, k + 1), hi);
+        return;
+      }
+      const g = groups[0];
+      const t = g.list[0].type;
+      label(body.length, `${t} ${g.major}:* (${g.list.length} exact)`);
+      if (lo !== hi) body.push(jump(OP.JNEK, R_MAJOR, g.major, miss));
+      minors(g.list, 0, U32_MAX);
+    };
+    const groupsOf = (t: 'b' | 'c'): Group[] => {
+      const out: Group[] = [];
+      for (const e of exact) {
+        if (e.type !== t) continue;
+        const last = out[out.length - 1];
+        if (last && last.major === e.major) last.list.push(e);
+        else out.push({ major: e.major as number, list: [e] });
+      }
+      return out; // entryOrder sorted them by major, then minor
+    };
+    const cs = groupsOf('c');
+    const bs = groupsOf('b');
+    label(body.length, `binary search of the ${nExact} exact entries: type, major, minor`);
+    if (cs.length > 0) {
+      const toBlock = bs.length > 0 ? newMark() : -1;
+      body.push(jump(OP.JNEK, R_TYPE, DEV_CHAR, toBlock >= 0 ? { kind: 'mark', id: toBlock } : miss));
+      majors(cs, 0, U32_MAX);
+      if (toBlock >= 0) place(toBlock);
+    }
+    if (bs.length > 0) {
+      body.push(jump(OP.JNEK, R_TYPE, DEV_BLOCK, miss));
+      majors(bs, 0, U32_MAX);
+    }
+    for (const [mask, id] of [...checks].sort((a, b) => a[0] - b[0])) {
+      place(id);
+      label(body.length, `exact entries allowing ${maskToAccess(mask)}: requested ⊆ allowed`);
+      access(mask);
+    }
+    place(missMark);
+    if (haveRest) {
+      // Forget the bounds the search left on r4 and r5, so that every miss reaches
+      // the other entries in one state: the verifier walks them once, not once
+      // per leaf, and none of their tests looks decided.
+      label(body.length, 'not an exact entry: reload r4 = major, r5 = minor');
+      body.push(ins(OP.LDXW, R_MAJOR, 1, 4, 0));
+      body.push(ins(OP.LDXW, R_MINOR, 1, 8, 0));
+    }
+  }
+
+  for (let i = useTree ? nExact : 0; i < p.entries.length; i++) {
+    const e = p.entries[i];
+    entryStart[i] = body.length;
+    label(body.length, entryText(e));
     const next: Target = { kind: 'next', entry: i + 1 };
     if (e.type !== 'a') body.push(jump(OP.JNEK, R_TYPE, e.type === 'b' ? DEV_BLOCK : DEV_CHAR, next));
     if (e.major !== '*') body.push(jump(OP.JNEK, R_MAJOR, e.major, next));
     if (e.minor !== '*') body.push(jump(OP.JNEK, R_MINOR, e.minor, next));
-    const mask = e.mask & ACC_ALL;
-    if (mask === ACC_ALL) body.push(jump(OP.JA, 0, 0, { kind: 'exit', allow: true }));
-    else if (mask === 0) body.push(jump(OP.JA, 0, 0, { kind: 'exit', allow: false }));
-    else {
-      body.push(jump(OP.JSETK, R_ACCESS, ~mask & ACC_ALL, { kind: 'exit', allow: false }));
-      body.push(jump(OP.JA, 0, 0, { kind: 'exit', allow: true }));
-    }
-  });
-  entryStart.push(body.length); // "next" of the last entry: the default block
+    access(e.mask);
+  }
 
   const dfltAllow = p.default === 'allow';
   // Drop a JA whose target is the very next instruction (only possible at the end:
-  // the last entry's jump to the default block), then lay out the exits.
-  const endOfEntries = body.length;
-  const last = body[endOfEntries - 1];
+  // the last entry's, or the search's last, jump to the default block), then lay
+  // out the exits. A mark left pointing past the end now names the default block,
+  // where the dropped JA went.
+  const last = body[body.length - 1];
   if (last && last.code === OP.JA && last.target?.kind === 'exit' && last.target.allow === dfltAllow) body.pop();
   const defaultAt = body.length;
-  entryStart[entryStart.length - 1] = defaultAt;
+  entryStart[p.entries.length] = defaultAt;
   const otherUsed = body.some((x) => x.target?.kind === 'exit' && x.target.allow !== dfltAllow);
   const exitAt = new Map<boolean, number>([[dfltAllow, defaultAt], [!dfltAllow, defaultAt + 2]]);
-  labels.set(defaultAt, `${dfltAllow ? 'allow' : 'deny'} (default)`);
+  label(defaultAt, `${dfltAllow ? 'allow' : 'deny'} (default)`);
   body.push(ins(OP.MOV64K, 0, 0, 0, dfltAllow ? 1 : 0), ins(OP.EXIT, 0, 0, 0, 0));
   if (otherUsed) {
-    labels.set(defaultAt + 2, dfltAllow ? 'deny' : 'allow');
+    label(defaultAt + 2, dfltAllow ? 'deny' : 'allow');
     body.push(ins(OP.MOV64K, 0, 0, 0, dfltAllow ? 0 : 1), ins(OP.EXIT, 0, 0, 0, 0));
   }
   if (body.length > MAX_INSNS) throw tooBig(`${body.length} instructions (at most ${MAX_INSNS}); ${p.entries.length} entries after normalising`);
 
   const out: Insn[] = body.map((x, pc) => {
     if (!x.target) return { code: x.code, dst: x.dst, src: x.src, off: x.off, imm: x.imm };
-    const to = x.target.kind === 'next' ? entryStart[x.target.entry] : exitAt.get(x.target.allow)!;
+    const t = x.target;
+    const to = t.kind === 'next' ? entryStart[t.entry] : t.kind === 'mark' ? marks[t.id] : exitAt.get(t.allow)!;
     const off = to - pc - 1;
-    if (off < 0 || off > 0x7fff) throw new AgentError('EINTERNAL', `device compiler: jump at ${pc} to ${to} out of range`);
+    if (to < 0 || off < 0 || off > 0x7fff) throw new AgentError('EINTERNAL', `device compiler: jump at ${pc} to ${to} out of range`);
     return { code: x.code, dst: x.dst, src: x.src, off, imm: x.imm };
   });
   return { insns: encode(out), labels };
