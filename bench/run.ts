@@ -65,7 +65,7 @@ line('\n5. scale: live steps, RSS, cycle latency, restart');
 const scale = await scaleSection(quick ? [0, 1000] : [0, 1000, 10000], quick ? 50 : 200);
 results.scale = scale;
 for (const r of scale) {
-  line(`  ${String(r.steps).padStart(5)} steps: RSS ${r.rssMiB.toFixed(1)} MiB, cycle median ${ms(r.cycle.median)} p99 ${ms(r.cycle.p99)}, restart→ready ${r.restartReadyMs.toFixed(0)} ms, →list ${r.restartListMs.toFixed(0)} ms`);
+  line(`  ${String(r.steps).padStart(5)} steps: RSS ${r.rssMiB.toFixed(1)} MiB, cycle median ${ms(r.cycle.median)} p99 ${ms(r.cycle.p99)}, restart→ready ${r.restartReadyMs.toFixed(0)} ms, →list ${r.restartListMs.toFixed(0)} ms, /metrics scrape ${ms(r.scrape.median)} (${r.scrape.series} series)`);
 }
 
 fs.writeFileSync(path.join(REPO, 'bench/results.json'), JSON.stringify(results, null, 2) + '\n');

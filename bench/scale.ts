@@ -9,6 +9,29 @@ import { CgstepClient } from '../src/rpc/client.js';
 import { agentCycle } from './cycle.js';
 import { benchRoot, removeRoot, rssMiB, sleeper, startAgent, summarize, waitReady, type Summary } from './lib.js';
 import { spawn } from 'node:child_process';
+import net from 'node:net';
+
+/** A loopback port nobody listens on right now. */
+async function freePort(): Promise<number> {
+  const srv = net.createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as net.AddressInfo).port;
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
+/** Median time of a full /metrics scrape, and its size. */
+async function scrape(port: number, times: number): Promise<{ median: number; bytes: number; series: number }> {
+  const lat: number[] = [];
+  let body = '';
+  for (let i = 0; i < times; i++) {
+    const t0 = performance.now();
+    const r = await fetch(`http://127.0.0.1:${port}/metrics`);
+    body = await r.text();
+    lat.push(performance.now() - t0);
+  }
+  return { median: summarize(lat).median, bytes: body.length, series: body.split('\n').filter((l) => l && !l.startsWith('#')).length };
+}
 
 export interface ThroughputRow { clients: number; cyclesPerSec: number; p99: number }
 
@@ -48,7 +71,7 @@ export async function throughputSection(clientsList: number[], seconds: number):
   return rows;
 }
 
-export interface ScaleRow { steps: number; rssMiB: number; cycle: Summary; restartReadyMs: number; restartListMs: number }
+export interface ScaleRow { steps: number; rssMiB: number; cycle: Summary; restartReadyMs: number; restartListMs: number; scrape: { median: number; bytes: number; series: number } }
 
 export async function scaleSection(levels: number[], cycles: number): Promise<ScaleRow[]> {
   const rows: ScaleRow[] = [];
@@ -56,7 +79,9 @@ export async function scaleSection(levels: number[], cycles: number): Promise<Sc
   const p = sleeper();
   const sockDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-bench-scale-'));
   try {
-    let agent = await startAgent(root, ['--node-name', 'scale'], sockDir);
+    const port = await freePort();
+    const args = ['--node-name', 'scale', '--metrics', `127.0.0.1:${port}`];
+    let agent = await startAgent(root, args, sockDir);
     const scope = path.join(root, 'system.slice', 'scale_slurmstepd.scope');
     const park = path.join(root, 'park');
     fs.mkdirSync(park);
@@ -73,16 +98,17 @@ export async function scaleSection(levels: number[], cycles: number): Promise<Sc
       const cyc = await agentCycle(c, scope, park, p.pid!, cycles);
       c.close();
       const rss = rssMiB(agent.proc.pid!);
+      const scraped = await scrape(port, 5);
       // Restart: SIGTERM, start again, time to the first answer and to a full list.
       await agent.stop();
       const t0 = performance.now();
-      const proc = spawn(process.execPath, [path.join(path.dirname(new URL(import.meta.url).pathname), '../dist/bin/cgstepd.js'), '--ignore-systemd', '--cgroup-root', root, '--socket', path.join(sockDir, 's.sock'), '--node-name', 'scale'], { stdio: 'ignore' });
+      const proc = spawn(process.execPath, [path.join(path.dirname(new URL(import.meta.url).pathname), '../dist/bin/cgstepd.js'), '--ignore-systemd', '--cgroup-root', root, '--socket', path.join(sockDir, 's.sock'), ...args], { stdio: 'ignore' });
       await waitReady(path.join(sockDir, 's.sock'), proc);
       const ready = performance.now() - t0;
       await waitReady(path.join(sockDir, 's.sock'), proc, 'list');
       const listed = performance.now() - t0;
       agent = { proc, socket: path.join(sockDir, 's.sock'), stop: async () => { proc.kill('SIGTERM'); await new Promise((r) => proc.once('exit', r)); } };
-      rows.push({ steps: target, rssMiB: rss, cycle: summarize(cyc), restartReadyMs: ready, restartListMs: listed });
+      rows.push({ steps: target, rssMiB: rss, cycle: summarize(cyc), restartReadyMs: ready, restartListMs: listed, scrape: scraped });
     }
     await agent.stop();
   } finally {
