@@ -65,6 +65,7 @@ import { spawn as spawnChild, type ChildProcess, type SpawnOptions, type StdioOp
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { isAlive as alive } from '../../src/scope/infinity.js';
 import { connectSystemd, type SystemdManager } from '../../src/systemd/manager.js';
 
 export const SYSTEMD_BIN = '/lib/systemd/systemd';
@@ -188,20 +189,6 @@ export function hostCgroup2Mount(): string | null {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat[stat.lastIndexOf(')') + 2] !== 'Z';
-  } catch {
-    return false;
-  }
 }
 
 /** The pid's cgroup2 path as the test runner's cgroup namespace sees it. */
