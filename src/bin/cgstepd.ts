@@ -12,9 +12,7 @@ import { intArg, intList, opt } from '../config/cli.js';
 import type { AgentOptions } from '../config/options.js';
 import { DEFAULT_SOCKET } from '../rpc/client.js';
 import { findCgroup2Mount } from '../cgroupfs/mount.js';
-import { connectSystemdPort } from '../scope/systemd.js';
 import { moveSelfIntoSubgroup } from '../systemd/delegate.js';
-import { connectSystemd } from '../systemd/manager.js';
 import * as sd from '../systemd/notify.js';
 
 const program = new Command('cgstepd')
@@ -85,11 +83,13 @@ try {
     log.warn({ err: (err as Error).message }, 'could not move the agent into a subgroup of its service cgroup');
   }
   const agent = await startAgent(options, log, {
-    connectSystemd: (o, scope) =>
-      connectSystemdPort({ address: o.dbusAddress, mountPoint: scope.mountPoint, cgroupRoot: scope.root, slice: scope.slice, scopeName: scope.scopeName, timeoutMs: o.conf.systemdTimeout, log }),
+    // dbus-next (about 12 MiB of RSS) is loaded only when systemd is asked for something.
+    connectSystemd: async (o, scope) =>
+      (await import('../scope/systemd.js')).connectSystemdPort({ address: o.dbusAddress, mountPoint: scope.mountPoint, cgroupRoot: scope.root, slice: scope.slice, scopeName: scope.scopeName, timeoutMs: o.conf.systemdTimeout, log }),
     unitState: async (o, scope) => {
       let m;
       try {
+        const { connectSystemd } = await import('../systemd/manager.js');
         m = await connectSystemd({ address: o.dbusAddress, timeoutMs: o.conf.systemdTimeout });
         const st = await m.getUnitState(scope.scopeName);
         log.debug({ unit: scope.scopeName, state: st }, 'scope unit state');
