@@ -36,16 +36,23 @@ export function parseIoStat(text: string): NonNullable<CgroupStats['io']> {
   return out;
 }
 
-export function readStats(dir: string): CgroupStats {
+/**
+ * Read a directory's accounting. `controllers`, when the caller knows them
+ * (its parent's cgroup.subtree_control), skips the files of controllers that
+ * are off instead of failing to open each one: a scrape of thousands of
+ * directories is mostly such misses otherwise. cpu.stat is always there.
+ */
+export function readStats(dir: string, controllers?: readonly string[]): CgroupStats {
   const f = (name: string) => readOptional(path.join(dir, name));
+  const on = (c: string) => controllers === undefined || controllers.includes(c);
   const cpuText = f('cpu.stat');
   const cpuKv = cpuText === null ? null : parseFlatKeyed(cpuText);
-  const memCurrent = num(f('memory.current'));
-  const memEventsText = f('memory.events');
+  const memCurrent = on('memory') ? num(f('memory.current')) : null;
+  const memEventsText = memCurrent === null ? null : f('memory.events');
   const memEvents = memEventsText === null ? null : parseFlatKeyed(memEventsText);
   const memStatText = memCurrent === null ? null : f('memory.stat');
-  const pidsCurrent = num(f('pids.current'));
-  const ioText = f('io.stat');
+  const pidsCurrent = on('pids') ? num(f('pids.current')) : null;
+  const ioText = on('io') ? f('io.stat') : null;
   return {
     cpu: cpuKv
       ? {

@@ -12,7 +12,7 @@ import http from 'node:http';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import client from 'prom-client';
-import { childDirs, readStats, type CgroupStats } from '../cgroupfs/index.js';
+import { childDirs, enabledIn, readStats, type CgroupStats } from '../cgroupfs/index.js';
 import { AgentError } from '../errors.js';
 import { parseJobName, parseStepName, parseTaskName, USER_DIR, type StepTree } from '../steps/index.js';
 
@@ -35,6 +35,15 @@ export function parseListen(spec: string): { host: string; port: number } {
   const port = m ? Number(m[3]) : NaN;
   if (!m || port < 0 || port > 65535) throw new AgentError('EINVAL', `--metrics: expected [ADDR:]PORT, got ${JSON.stringify(spec)}`);
   return { host: m[1] ?? m[2] ?? '127.0.0.1', port };
+}
+
+/** The controllers a directory enables for its children; undefined (read every file) when it is gone or unreadable. */
+function subtreeControllers(dir: string): string[] | undefined {
+  try {
+    return enabledIn(dir);
+  } catch {
+    return undefined;
+  }
 }
 
 export class Metrics implements RequestObserver {
@@ -103,23 +112,28 @@ export class Metrics implements RequestObserver {
     for (const g of this.levelGauges.values()) for (const m of Object.values(g)) m.reset();
     const scope = this.o.tree.paths.scope;
     let n = 0;
+    // A directory has the controllers its parent enables: one read per parent, not a failed open per missing file.
+    const jobCtl = subtreeControllers(scope);
     for (const jn of childDirs(scope)) {
       const job = parseJobName(jn);
       if (job === null) continue;
       const jdir = path.join(scope, jn);
-      this.put('job', { job }, readStats(jdir));
+      this.put('job', { job }, readStats(jdir, jobCtl));
       n++;
+      const stepCtl = subtreeControllers(jdir);
       for (const sn of childDirs(jdir)) {
         const step = parseStepName(sn);
         if (step === null) continue;
         const sdir = path.join(jdir, sn);
-        this.put('step', { job, step }, readStats(sdir));
+        this.put('step', { job, step }, readStats(sdir, stepCtl));
         n++;
         if (!this.o.perTask) continue;
-        for (const tn of childDirs(path.join(sdir, USER_DIR))) {
+        const udir = path.join(sdir, USER_DIR);
+        const taskCtl = subtreeControllers(udir);
+        for (const tn of childDirs(udir)) {
           const task = parseTaskName(tn);
           if (task === null) continue;
-          this.put('task', { job, step, task: String(task) }, readStats(path.join(sdir, USER_DIR, tn)));
+          this.put('task', { job, step, task: String(task) }, readStats(path.join(udir, tn), taskCtl));
           n++;
         }
       }
