@@ -40,12 +40,15 @@ export async function removeRoot(dir: string): Promise<void> {
   rm(dir);
 }
 
+/** The node flags of cgstepd's #! line, so a benchmark runs the agent as installed. */
+export const AGENT_NODE_FLAGS = (/^#!.*\bnode\b(.*)$/.exec(fs.readFileSync(path.join(REPO, 'dist/bin/cgstepd.js'), 'utf8').split('\n')[0])?.[1] ?? '').trim().split(/\s+/).filter(Boolean);
+
 export interface BenchAgent { proc: ChildProcess; socket: string; stop: () => Promise<void> }
 
 export async function startAgent(root: string, args: string[] = [], socketDir?: string): Promise<BenchAgent> {
   const dir = socketDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-bench-'));
   const socket = path.join(dir, 's.sock');
-  const proc = spawn(process.execPath, [path.join(REPO, 'dist/bin/cgstepd.js'), '--ignore-systemd', '--cgroup-root', root, '--socket', socket, ...args], { stdio: 'ignore' });
+  const proc = spawn(process.execPath, [...AGENT_NODE_FLAGS, path.join(REPO, 'dist/bin/cgstepd.js'), '--ignore-systemd', '--cgroup-root', root, '--socket', socket, ...args], { stdio: 'ignore' });
   await waitReady(socket, proc);
   return {
     proc,

@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { CgstepClient } from '../src/rpc/client.js';
 import { agentCycle } from './cycle.js';
-import { benchRoot, removeRoot, rssMiB, sleeper, startAgent, summarize, waitReady, type Summary } from './lib.js';
+import { AGENT_NODE_FLAGS, benchRoot, removeRoot, rssMiB, sleeper, startAgent, summarize, waitReady, type Summary } from './lib.js';
 import { spawn } from 'node:child_process';
 import net from 'node:net';
 
@@ -102,7 +102,7 @@ export async function scaleSection(levels: number[], cycles: number): Promise<Sc
       // Restart: SIGTERM, start again, time to the first answer and to a full list.
       await agent.stop();
       const t0 = performance.now();
-      const proc = spawn(process.execPath, [path.join(path.dirname(new URL(import.meta.url).pathname), '../dist/bin/cgstepd.js'), '--ignore-systemd', '--cgroup-root', root, '--socket', path.join(sockDir, 's.sock'), ...args], { stdio: 'ignore' });
+      const proc = spawn(process.execPath, [...AGENT_NODE_FLAGS, path.join(path.dirname(new URL(import.meta.url).pathname), '../dist/bin/cgstepd.js'), '--ignore-systemd', '--cgroup-root', root, '--socket', path.join(sockDir, 's.sock'), ...args], { stdio: 'ignore' });
       await waitReady(path.join(sockDir, 's.sock'), proc);
       const ready = performance.now() - t0;
       await waitReady(path.join(sockDir, 's.sock'), proc, 'list');
