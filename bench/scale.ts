@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { CgstepClient } from '../src/rpc/client.js';
 import { agentCycle } from './cycle.js';
-import { AGENT_NODE_FLAGS, benchRoot, removeRoot, rssMiB, sleeper, startAgent, summarize, waitReady, type Summary } from './lib.js';
+import { AGENT_NODE_FLAGS, REPO, benchRoot, removeRoot, rssMiB, sleeper, startAgent, summarize, waitReady, type Summary } from './lib.js';
 import { spawn } from 'node:child_process';
 import net from 'node:net';
 
@@ -78,16 +78,34 @@ export async function scaleSection(levels: number[], cycles: number): Promise<Sc
   const root = benchRoot('scale');
   const p = sleeper();
   const sockDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-bench-scale-'));
+  const socket = path.join(sockDir, 's.sock');
+  const base = ['--node-name', 'scale'];
+  /** Start the agent by hand (stdout ignored) and time it to its first answer and to a full list. */
+  const start = async (args: string[]) => {
+    const t0 = performance.now();
+    const proc = spawn(process.execPath, [...AGENT_NODE_FLAGS, path.join(REPO, 'dist/bin/cgstepd.js'), '--ignore-systemd', '--cgroup-root', root, '--socket', socket, ...args], { stdio: 'ignore' });
+    await waitReady(socket, proc);
+    const ready = performance.now() - t0;
+    await waitReady(socket, proc, 'list');
+    const listed = performance.now() - t0;
+    const stop = async () => {
+      if (proc.exitCode === null) {
+        proc.kill('SIGTERM');
+        await new Promise((r) => proc.once('exit', r));
+      }
+    };
+    return { proc, ready, listed, stop };
+  };
   try {
-    const port = await freePort();
-    const args = ['--node-name', 'scale', '--metrics', `127.0.0.1:${port}`];
-    let agent = await startAgent(root, args, sockDir);
+    // RSS and the cycle are measured without --metrics (prom-client is loaded only with it);
+    // the restart is timed with --metrics on, and /metrics scraped from that agent.
+    let agent = await start(base);
     const scope = path.join(root, 'system.slice', 'scale_slurmstepd.scope');
     const park = path.join(root, 'park');
     fs.mkdirSync(park);
     let live = 0;
     for (const target of levels) {
-      const c = await CgstepClient.connect(agent.socket);
+      const c = await CgstepClient.connect(socket);
       // Fill with live steps (each has a task leaf, as a running step has).
       const batch: Promise<unknown>[] = [];
       for (; live < target; live++) {
@@ -98,17 +116,13 @@ export async function scaleSection(levels: number[], cycles: number): Promise<Sc
       const cyc = await agentCycle(c, scope, park, p.pid!, cycles);
       c.close();
       const rss = rssMiB(agent.proc.pid!);
-      const scraped = await scrape(port, 5);
-      // Restart: SIGTERM, start again, time to the first answer and to a full list.
       await agent.stop();
-      const t0 = performance.now();
-      const proc = spawn(process.execPath, [...AGENT_NODE_FLAGS, path.join(path.dirname(new URL(import.meta.url).pathname), '../dist/bin/cgstepd.js'), '--ignore-systemd', '--cgroup-root', root, '--socket', path.join(sockDir, 's.sock'), ...args], { stdio: 'ignore' });
-      await waitReady(path.join(sockDir, 's.sock'), proc);
-      const ready = performance.now() - t0;
-      await waitReady(path.join(sockDir, 's.sock'), proc, 'list');
-      const listed = performance.now() - t0;
-      agent = { proc, socket: path.join(sockDir, 's.sock'), stop: async () => { proc.kill('SIGTERM'); await new Promise((r) => proc.once('exit', r)); } };
-      rows.push({ steps: target, rssMiB: rss, cycle: summarize(cyc), restartReadyMs: ready, restartListMs: listed, scrape: scraped });
+      const port = await freePort();
+      const withMetrics = await start([...base, '--metrics', `127.0.0.1:${port}`]);
+      const scraped = await scrape(port, 5);
+      await withMetrics.stop();
+      rows.push({ steps: target, rssMiB: rss, cycle: summarize(cyc), restartReadyMs: withMetrics.ready, restartListMs: withMetrics.listed, scrape: scraped });
+      agent = await start(base);
     }
     await agent.stop();
   } finally {
