@@ -17,13 +17,32 @@
  *   4. an entry dropped when the entry a device would fall through to (the most
  *      specific surviving superset, or the default) gives the same mask.
  * Program layout (systemd's bpf-devices.c / runc's devicefilter.go shape):
- *   prologue  r2 = type, r3 = access bits, r4 = major, r5 = minor   (6 insns)
+ *   prologue  r2 = type (low 16 bits of access_type), r3 = access bits (its high
+ *             16), r4 = major, r5 = minor   (6 insns)
+ *   search    only with TREE_MIN or more exact entries (b/c, exact major and
+ *             minor): they come first and their keys are distinct, so a device
+ *             matches at most one and that one is its first match. A binary
+ *             search finds it instead of a walk:
+ *               if r2 != 2 goto <b search or miss>; <c search>;
+ *               [if r2 != 1 goto miss; <b search>]
+ *             each a balanced search on the majors (if r4 > K goto right; ...
+ *             if r4 != MAJ goto miss), then on that major's minors, down to
+ *             leaves of up to TREE_LEAF keys: `if r5 == MIN goto <hit>` for all
+ *             but the last, `if r5 != MIN goto miss; <access>` for the last. A
+ *             hit goes to allow or deny for masks 7 and 0, else to a shared
+ *             `if r3 & ~mask goto deny; goto allow` block per mask (after the
+ *             search). A key that is the only value left by the tests above it
+ *             (the verifier's bounds) is not tested. miss: reload r4 and r5 (so
+ *             the verifier sees one state there, not one per leaf), then the
+ *             remaining entries as below; with none, miss is the default block.
  *   per entry [if r2 != T goto next] [if r4 != MAJ goto next] [if r5 != MIN goto next]
  *             access: mask 7: goto allow | mask 0: goto deny |
  *                     if r3 & ~mask goto deny; goto allow   (requested ⊆ mask)
  *   exits     the default's block first (the last entry falls into it), then the
  *             other one, each `r0 = 0|1; exit`; a jump to the very next insn
  *             and a block nobody jumps to are not emitted.
+ * Every jump is forward, every instruction reachable, and every test has both
+ * outcomes possible (interp.ts checks all three).
  * Must not touch: the kernel (controller.ts), rule syntax (rules.ts).
  */
 import { AgentError } from '../errors.js';
@@ -466,7 +485,7 @@ export function emit(p: NormalPolicy, opts: EmitOptions = {}): Program {
       }
       const g = groups[0];
       const t = g.list[0].type;
-      label(body.length, `${t} ${g.major}:* (${g.list.length} exact)`);
+      label(body.length, `${t} major ${g.major}: ${g.list.length} exact`);
       if (lo !== hi) body.push(jump(OP.JNEK, R_MAJOR, g.major, miss));
       minors(g.list, 0, U32_MAX);
     };
@@ -483,13 +502,16 @@ export function emit(p: NormalPolicy, opts: EmitOptions = {}): Program {
     const cs = groupsOf('c');
     const bs = groupsOf('b');
     label(body.length, `binary search of the ${nExact} exact entries: type, major, minor`);
+    const count = (gs: Group[]) => gs.reduce((n, g) => n + g.list.length, 0);
     if (cs.length > 0) {
+      label(body.length, `char devices: ${count(cs)} exact`);
       const toBlock = bs.length > 0 ? newMark() : -1;
       body.push(jump(OP.JNEK, R_TYPE, DEV_CHAR, toBlock >= 0 ? { kind: 'mark', id: toBlock } : miss));
       majors(cs, 0, U32_MAX);
       if (toBlock >= 0) place(toBlock);
     }
     if (bs.length > 0) {
+      label(body.length, `block devices: ${count(bs)} exact`);
       body.push(jump(OP.JNEK, R_TYPE, DEV_BLOCK, miss));
       majors(bs, 0, U32_MAX);
     }
@@ -528,6 +550,7 @@ export function emit(p: NormalPolicy, opts: EmitOptions = {}): Program {
   const last = body[body.length - 1];
   if (last && last.code === OP.JA && last.target?.kind === 'exit' && last.target.allow === dfltAllow) body.pop();
   const defaultAt = body.length;
+  for (let i = 0; i < marks.length; i++) marks[i] = Math.min(marks[i], defaultAt);
   entryStart[p.entries.length] = defaultAt;
   const otherUsed = body.some((x) => x.target?.kind === 'exit' && x.target.allow !== dfltAllow);
   const exitAt = new Map<boolean, number>([[dfltAllow, defaultAt], [!dfltAllow, defaultAt + 2]]);

@@ -35,4 +35,15 @@ export const GOLDEN_CASES: GoldenCase[] = [
       ],
     },
   },
+  {
+    name: 'tree-gpu-node',
+    why: 'closed mode on a GPU node, GPUs 0-1 of 8 allocated, a block device and /dev/net/tun: 16 exact entries (TREE_MIN) become a binary search on type, major, minor; the wildcards and the a-typed entry stay a chain after it',
+    rules: {
+      default: 'deny',
+      rules: [
+        ...PSEUDO_DEVICES.map((p) => p.rule),
+        ...r('deny', 'c 195:* rw', 'c 195:0 rwm', 'c 195:1 rwm', '-c 195:2', '-c 195:3', '-c 195:4', '-c 195:5', '-c 195:6', '-c 195:7', 'b 7:0 r', 'a 10:200 rw').rules,
+      ],
+    },
+  },
 ];

@@ -2,9 +2,11 @@
  * The compiler without a kernel: golden programs (exact bytes and disassembly,
  * in golden/; regenerate with UPDATE_GOLDEN=1 and review the diff), and
  * properties over thousands of random rule sets: the emitted program, run by
- * the interpreter, gives decide()'s verdict for every device and access;
- * normalising is order-independent and idempotent; no instruction is
- * unreachable; every jump is forward.
+ * the interpreter, gives decide()'s verdict for every device and access, in
+ * the chain layout and in the binary search of the exact entries (forced on
+ * small rule sets, and by size on sets of 20-300 exact rules); normalising is
+ * order-independent and idempotent; no instruction is unreachable, no test
+ * has an outcome the verifier's bounds rule out; every jump is forward.
  */
 import test from 'ava';
 import fs from 'node:fs';
@@ -29,8 +31,8 @@ import {
   type DeviceRule,
   type RuleSet,
 } from '../../src/devices/index.js';
-import { OP, compileCacheSize, decode } from '../../src/devices/compiler.js';
-import { InterpError, runInsns, devCtx } from '../../src/devices/interp.js';
+import { MAX_INSNS, OP, TREE_MIN, compileCacheSize, decode } from '../../src/devices/compiler.js';
+import { CONDITIONAL, InterpError, boundsCheck, runInsns, devCtx } from '../../src/devices/interp.js';
 import { GOLDEN_CASES } from './cases.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -64,7 +66,8 @@ for (const c of GOLDEN_CASES) {
     t.is(text, fs.readFileSync(file, 'utf8'));
     const { insns } = compile(c.rules);
     t.deepEqual(unreachable(insns), []);
-    exhaustive(t, c.rules, insns, [0, 1, 3, 5, 7, 8, 195, 136, 508], [0, 1, 2, 3, 5, 9, 254, 255]);
+    t.deepEqual(boundsCheck(insns), { decided: [], dead: [] });
+    exhaustive(t, c.rules, insns, [0, 1, 3, 5, 7, 8, 10, 195, 136, 508], [0, 1, 2, 3, 4, 5, 7, 8, 9, 200, 254, 255]);
   });
 }
 
@@ -148,10 +151,59 @@ test('compile cache: same rule set in another order is one entry; results are co
 
 test('size limit: a rule set too big for 16-bit jumps is refused with E2BIG, not mis-compiled', (t) => {
   const rules: DeviceRule[] = [];
-  for (let i = 0; i < 7000; i++) rules.push({ type: 'c', major: 200 + (i % 50), minor: i, access: 'r', allow: true });
+  for (let i = 0; i < 20000; i++) rules.push({ type: 'c', major: 200 + (i % 50), minor: i, access: 'r', allow: true });
   t.throws(() => compile({ default: 'deny', rules }), { message: /too large/, instanceOf: Error });
-  const ok: DeviceRule[] = rules.slice(0, 256);
-  t.true(compile({ default: 'deny', rules: ok }).insns.length / 8 < 32767);
+  // The chain refused 7000 of these (5 instructions each); the search takes them in 1.75.
+  const rs: RuleSet = { default: 'deny', rules: rules.slice(0, 7000) };
+  const c = compile(rs);
+  t.true(c.insns.length / 8 < MAX_INSNS);
+  t.throws(() => emit(c.policy, { treeMin: Infinity }), { message: /too large/ });
+  t.deepEqual(unreachable(c.insns), []);
+  for (const i of [0, 1, 49, 50, 3499, 6998, 6999]) {
+    const d = { type: 'c' as const, major: 200 + (i % 50), minor: i };
+    t.true(runProgram(c.insns, d, 2), `${i}: r allowed`);
+    t.false(runProgram(c.insns, d, 4), `${i}: w denied`);
+    t.false(runProgram(c.insns, { ...d, minor: i + 50 * 140 }, 2), `${i}: a neighbour minor is not`);
+  }
+});
+
+test(`threshold: ${TREE_MIN - 1} exact entries stay a chain, ${TREE_MIN} become a search; a miss costs log2, not n`, (t) => {
+  const exactRules = (n: number): RuleSet => ({ default: 'allow', rules: Array.from({ length: n }, (_, i) => ({ type: 'c' as const, major: 200 + (i % 3), minor: i, access: 'rwm', allow: false })) });
+  const ops = (rs: RuleSet) => new Set(decode(compile(rs).insns).map((x) => x.code));
+  t.false(ops(exactRules(TREE_MIN - 1)).has(OP.JGTK));
+  t.false(ops(exactRules(TREE_MIN - 1)).has(OP.JEQK));
+  t.true(ops(exactRules(TREE_MIN)).has(OP.JGTK));
+  const steps = (rs: RuleSet, d: DeviceNode) => runInsns(decode(compile(rs).insns), devCtx(d, 2)).steps;
+  const null_ = { type: 'c' as const, major: 1, minor: 3 };
+  // prologue 6, type 1, majors 2, then the default block: the same for 16 and 4096 entries.
+  t.is(steps(exactRules(TREE_MIN), null_), steps(exactRules(4096), null_));
+  t.true(steps(exactRules(4096), { type: 'c', major: 201, minor: 4000 }) <= 6 + 1 + 2 + 1 + 10 + 4 + 2);
+  t.true(steps(exactRules(TREE_MIN - 1), null_) > steps(exactRules(TREE_MIN), null_));
+});
+
+test('search layout: type, then majors, then minors; hits jump to the shared exits or one check per mask; misses reload r4, r5 and go on', (t) => {
+  const rs: RuleSet = {
+    default: 'deny',
+    rules: [
+      ...Array.from({ length: 16 }, (_, i) => ({ type: 'c' as const, major: 195, minor: i, access: i % 2 ? 'rw' : 'rwm', allow: true })),
+      { type: 'b', major: 8, minor: 0, access: 'r', allow: true },
+      { type: 'c', major: 1, minor: '*', access: 'rw', allow: true },
+    ],
+  };
+  const c = compile(rs);
+  const x = decode(c.insns);
+  t.deepEqual([x[6].code, x[6].dst, x[6].imm], [OP.JNEK, 2, 2], 'c first');
+  const reload = x.findIndex((i, k) => k > 6 && i.code === OP.LDXW);
+  t.deepEqual(x.slice(reload, reload + 2).map((i) => [i.code, i.dst, i.off]), [[OP.LDXW, 4, 4], [OP.LDXW, 5, 8]]);
+  // rw checks: one shared by the JEQ hits, one inline after the last key of each of the
+  // 4 leaves (195:3, 7, 11, 15); then the b 8:0 r entry's and the c 1:* entry's.
+  t.is(x.filter((i) => i.code === OP.JSETK).length, 1 + 4 + 1 + 1);
+  const jeqTargets = new Set(x.flatMap((i, k) => (i.code === OP.JEQK && x[k + 1 + i.off].code === OP.JSETK ? [k + 1 + i.off] : [])));
+  t.is(jeqTargets.size, 1, 'the rw hits share one check');
+  t.is(x.filter((i) => i.code === OP.EXIT).length, 2);
+  t.deepEqual(boundsCheck(c.insns), { decided: [], dead: [] });
+  // No tree entry at all when every exact entry is in the chain's place.
+  t.is(decode(emit(c.policy, { treeMin: Infinity }).insns).filter((i) => i.code === OP.JGTK).length, 0);
 });
 
 test('serialised form round-trips and rejects bad text', (t) => {
@@ -181,11 +233,13 @@ const arbRuleSet: fc.Arbitrary<RuleSet> = fc.record({
   rules: fc.array(arbRule, { maxLength: 14 }),
 });
 
-test('property: interpreter(program) == decide() on every device and access (3000 rule sets, exhaustive small domain)', (t) => {
+test('property: interpreter(program) == decide() on every device and access, chain and forced search (3000 rule sets, exhaustive small domain)', (t) => {
   fc.assert(
     fc.property(arbRuleSet, (rs) => {
       const c = compile(rs);
       const prog = decode(c.insns);
+      // The same normal form with every exact entry (even one) in a search.
+      const tree = decode(emit(c.policy, { treeMin: 1 }).insns);
       for (const type of ['b', 'c'] as const) {
         for (let major = 0; major <= 4; major++) {
           for (let minor = 0; minor <= 4; minor++) {
@@ -193,6 +247,7 @@ test('property: interpreter(program) == decide() on every device and access (300
             for (let acc = 0; acc <= ACC_ALL; acc++) {
               const want = decide(rs, d, acc);
               if (runProgram(prog, d, acc) !== want) return false;
+              if (runProgram(tree, d, acc) !== want) return false;
               if (decideNormal(c.policy, d, acc) !== want) return false;
             }
           }
@@ -201,6 +256,47 @@ test('property: interpreter(program) == decide() on every device and access (300
       return true;
     }),
     { numRuns: 3000 },
+  );
+  t.pass();
+});
+
+test('property: 20-300 exact rules and some wildcards (the search by size): verdicts on hits, neighbours and misses; program shape (400 rule sets)', (t) => {
+  const access = fc.subarray(['r', 'w', 'm'], { minLength: 1 }).map((a) => a.join(''));
+  // Dense keys (runs of neighbours, minor 0, a few majors) and sparse ones.
+  const exactRule = fc.record({
+    type: fc.constantFrom('b' as const, 'c' as const, 'c' as const),
+    major: fc.oneof(fc.integer({ min: 0, max: 5 }), fc.integer({ min: 190, max: 200 }), fc.integer({ min: 0, max: 4095 })),
+    minor: fc.oneof(fc.integer({ min: 0, max: 40 }), fc.integer({ min: 0, max: 0xfffff })),
+    access,
+    allow: fc.boolean(),
+  });
+  const num = fc.oneof(fc.constant('*' as const), fc.integer({ min: 0, max: 5 }), fc.integer({ min: 190, max: 200 }));
+  const wildRule = fc.record({ type: fc.constantFrom('a' as const, 'b' as const, 'c' as const), major: num, minor: fc.oneof(num, fc.integer({ min: 0, max: 40 })), access, allow: fc.boolean() });
+  fc.assert(
+    fc.property(
+      fc.constantFrom('allow' as const, 'deny' as const),
+      fc.array(exactRule, { minLength: 20, maxLength: 300 }),
+      fc.array(wildRule, { maxLength: 8 }),
+      fc.array(fc.record({ type: fc.constantFrom('b' as const, 'c' as const), acc: fc.integer({ min: 0, max: 7 }), pick: fc.nat(), delta: fc.integer({ min: -2, max: 2 }), major: fc.integer({ min: 0, max: 4095 }), minor: fc.integer({ min: 0, max: 0xfffff }) }), { minLength: 20, maxLength: 60 }),
+      (dflt, exact, wild, reqs) => {
+        const rs: RuleSet = { default: dflt, rules: [...exact, ...wild] };
+        const c = compile(rs);
+        const prog = decode(c.insns);
+        const nExact = c.policy.entries.filter((e) => e.type !== 'a' && e.major !== '*' && e.minor !== '*').length;
+        if ((nExact >= TREE_MIN) !== prog.some((x) => x.code === OP.JGTK || x.code === OP.JEQK)) return false;
+        if (unreachable(prog).length > 0) return false;
+        const b = boundsCheck(prog);
+        if (b.decided.length > 0 || b.dead.length > 0) return false;
+        for (const q of reqs) {
+          // A rule's own device (a hit), its neighbours (misses next to a key), or anywhere.
+          const r = exact[q.pick % exact.length];
+          const d = q.pick % 3 === 2 ? { type: q.type, major: q.major, minor: q.minor } : { type: q.pick % 3 === 0 ? r.type : q.type, major: r.major as number, minor: Math.max(0, (r.minor as number) + q.delta) };
+          if (runProgram(prog, d, q.acc) !== decide(rs, d, q.acc)) return false;
+        }
+        return true;
+      },
+    ),
+    { numRuns: 400 },
   );
   t.pass();
 });
@@ -261,8 +357,19 @@ test('property: no unreachable instruction, forward jumps only, at most two exit
       const c = compile(rs);
       const x = decode(c.insns);
       if (unreachable(c.insns).length) return false;
-      for (const i of x) if ((i.code === OP.JA || i.code === OP.JNEK || i.code === OP.JSETK) && i.off < 0) return false;
+      for (const i of x) if ((i.code === OP.JA || CONDITIONAL.has(i.code)) && i.off < 0) return false;
+      if (x.some((i) => i.code === OP.JA && i.off === 0)) return false; // the kernel would drop it as a nop
       if (x.filter((i) => i.code === OP.EXIT).length > 2) return false;
+      const b = boundsCheck(c.insns);
+      if (b.decided.length > 0 || b.dead.length > 0) return false;
+      // The same, all exact entries searched.
+      const tree = emit(c.policy, { treeMin: 1 }).insns;
+      const y = decode(tree);
+      if (unreachable(tree).length) return false;
+      if (y.some((i) => (i.code === OP.JA || CONDITIONAL.has(i.code)) && i.off < 0) || y.some((i) => i.code === OP.JA && i.off === 0)) return false;
+      if (y.filter((i) => i.code === OP.EXIT).length > 2) return false;
+      const bt = boundsCheck(tree);
+      if (bt.decided.length > 0 || bt.dead.length > 0) return false;
       // No b/c entry repeats what its devices would get without it (the rules
       // use numbers 0-3, so 4 stands for "any other" and every entry has a
       // witness). An `a` entry may be shadowed by a `b` and a `c` entry that
