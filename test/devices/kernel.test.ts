@@ -11,6 +11,8 @@ import path from 'node:path';
 import fc from 'fast-check';
 import { KernelError } from '../../src/errors.js';
 import {
+  ACC_READ,
+  ACC_WRITE,
   DeviceController,
   VerifierError,
   buildRuleSet,
@@ -22,6 +24,7 @@ import {
   type RuleSet,
 } from '../../src/devices/index.js';
 import * as native from '../../src/devices/native.js';
+import { OP, decode, emit, normalize } from '../../src/devices/compiler.js';
 import { Cgroups, Prober, kernelSkipReason, memLogger, standardNodes, uniqueProgName, type DevNodes } from './helpers.js';
 import { GOLDEN_CASES } from './cases.js';
 
@@ -29,6 +32,7 @@ const skip = kernelSkipReason();
 const ktest = skip ? test.serial.skip : test.serial;
 if (skip) test('kernel device tests', (t) => t.log(`skipped: ${skip}`));
 
+const parseRulesOf = (...texts: string[]) => texts.map((s) => (s.startsWith('-') ? parseRule(s.slice(1), false) : parseRule(s, true)));
 const rules = (dflt: 'allow' | 'deny', ...texts: string[]): RuleSet => ({
   default: dflt,
   rules: texts.map((s) => (s.startsWith('-') ? parseRule(s.slice(1), false) : parseRule(s, true))),
@@ -393,6 +397,93 @@ ktest('the verifier accepts the program of any random rule set', (t) => {
       native.closeFd(fd);
     }),
     { numRuns: 300 },
+  );
+  t.pass();
+});
+
+ktest('4096 rules: the searched program loads, attaches, is kept as emitted, and real opens get its verdicts (hits, misses, wildcards)', async (t) => {
+  const { dir, p } = await confined();
+  const exact = (type: 'b' | 'c', major: number, minor: number, access: string, allow: boolean) => ({ type, major, minor, access, allow });
+  const rs: RuleSet = {
+    default: 'deny',
+    rules: [
+      // The nodes under test, among thousands of neighbours.
+      exact('c', 1, 3, 'rw', true), // null: hit, allowed rw (not m)
+      exact('c', 195, 0, 'rwm', true), // nvidia0: hit, allowed
+      exact('c', 195, 1, 'rwm', false), // nvidia1: hit, denied under the wildcard allow below
+      exact('c', 195, 3, 'r', true), // nvidia3: hit, r only (w and m denied here, or the wildcard would give w)
+      exact('c', 195, 3, 'wm', false),
+      ...parseRulesOf('c 195:* rw', 'a 7:* r'), // nvidia2: a miss in 195's minors, the wildcard allows; loop0: type a
+      // zero (c 1:5): a miss among major 1's minors, no wildcard: the default denies.
+    ],
+  };
+  for (let i = 0; rs.rules.length < 4096; i++) {
+    rs.rules.push(exact('c', 1, 6 + i, i % 3 ? 'rw' : 'r', true)); // major 1's minors around null and zero
+    rs.rules.push(exact('c', 195, 4 + i, 'rwm', i % 2 === 0)); // GPUs' neighbours
+    rs.rules.push(exact(i % 4 ? 'c' : 'b', 200 + (i % 40), i, 'rwm', i % 5 !== 0)); // other majors, and block devices
+  }
+  rs.rules.length = 4096;
+  const c = compile(rs);
+  const x = decode(c.insns);
+  t.true(x.some((i) => i.code === OP.JGTK), 'searched');
+  t.true(c.policy.entries.length > 3000);
+  const r = ctl.apply(dir, rs);
+  const info = native.infoById(r.progId)!;
+  t.true(info.xlated.equals(c.insns), 'the verifier kept every instruction as emitted');
+  t.log(`${rs.rules.length} rules, ${c.policy.entries.length} entries, ${x.length} instructions (as a chain: ${emit(normalize(rs), { treeMin: Infinity }).insns.length / 8})`);
+  const devs: Record<string, { type: 'b' | 'c'; major: number; minor: number }> = {
+    null: { type: 'c', major: 1, minor: 3 },
+    zero: { type: 'c', major: 1, minor: 5 },
+    nvidia0: { type: 'c', major: 195, minor: 0 },
+    nvidia1: { type: 'c', major: 195, minor: 1 },
+    nvidia2: { type: 'c', major: 195, minor: 2 },
+    nvidia3: { type: 'c', major: 195, minor: 3 },
+    loop0: { type: 'b', major: 7, minor: 0 },
+  };
+  const bits = { r: ACC_READ, w: ACC_WRITE, rw: ACC_READ | ACC_WRITE } as const;
+  const want: Record<string, Record<string, boolean>> = {
+    null: { r: true, w: true, rw: true },
+    zero: { r: false, w: false, rw: false },
+    nvidia0: { r: true, w: true, rw: true },
+    nvidia1: { r: false, w: false, rw: false },
+    nvidia2: { r: true, w: true, rw: true },
+    nvidia3: { r: true, w: false, rw: false },
+    loop0: { r: true, w: false, rw: false },
+  };
+  for (const [name, d] of Object.entries(devs)) {
+    for (const mode of ['r', 'w', 'rw'] as const) {
+      t.is(decide(rs, d, bits[mode]), want[name][mode], `decide: ${name} ${mode}`);
+      const got = await p.open(P[name], mode);
+      t.is(got, want[name][mode] ? baseline[name] : 'EPERM', `${name} ${mode}`);
+    }
+  }
+  t.is(await p.mknod(path.join(nodes.dir, 'mk-null'), 'c', 1, 3), 'EPERM', 'null has rw, not m');
+  t.is(await p.mknod(path.join(nodes.dir, 'mk-gpu0'), 'c', 195, 0), 'OK');
+  t.deepEqual(ctl.detach(dir), { detached: [r.progId] });
+});
+
+ktest('the verifier keeps searched programs as emitted (random sets of 20-400 exact rules plus wildcards)', (t) => {
+  const access = fc.subarray(['r', 'w', 'm'], { minLength: 1 }).map((a) => a.join(''));
+  const exactRule = fc.record({
+    type: fc.constantFrom('b' as const, 'c' as const),
+    major: fc.oneof(fc.integer({ min: 0, max: 5 }), fc.integer({ min: 0, max: 4095 })),
+    minor: fc.oneof(fc.integer({ min: 0, max: 40 }), fc.integer({ min: 0, max: 0xfffff })),
+    access,
+    allow: fc.boolean(),
+  });
+  const num = fc.oneof(fc.constant('*' as const), fc.integer({ min: 0, max: 5 }), fc.integer({ min: 0, max: 4095 }));
+  const wildRule = fc.record({ type: fc.constantFrom('a' as const, 'b' as const, 'c' as const), major: num, minor: fc.oneof(num, fc.integer({ min: 0, max: 40 })), access, allow: fc.boolean() });
+  fc.assert(
+    fc.property(fc.constantFrom('allow' as const, 'deny' as const), fc.array(exactRule, { minLength: 20, maxLength: 400 }), fc.array(wildRule, { maxLength: 20 }), fc.integer({ min: 1, max: 40 }), (dflt, ex, wild, treeMin) => {
+      const prog = emit(normalize({ default: dflt, rules: [...ex, ...wild] }), { treeMin });
+      const fd = native.progLoad(prog.insns, 'cgstep_dev_rand', 'random');
+      try {
+        return native.progInfo(fd, 'random').xlated.equals(prog.insns);
+      } finally {
+        native.closeFd(fd);
+      }
+    }),
+    { numRuns: 200 },
   );
   t.pass();
 });
