@@ -6,19 +6,17 @@
  * cgroup tree to be moved within it); read-only clients talk to the socket
  * from the host.
  */
-import test from 'ava';
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startSandbox, sandboxSupport, type Sandbox } from '../harness/systemd-sandbox.js';
+import { startSandbox, type Sandbox } from '../harness/systemd-sandbox.js';
 import { CGSTEP, CGSTEPD, cli, sleep, waitFor } from '../helpers/agent.js';
 import { CgstepClient } from '../../src/rpc/client.js';
+import { sandboxTest } from './helpers.js';
 
 const NODE = process.execPath;
-const support = sandboxSupport();
-const maybe = support.ok ? test.serial : test.serial.skip;
-if (!support.ok) console.error(`\n*** systemd sandbox unavailable, SKIPPING the systemd tests: ${support.reason} ***\n`);
+const maybe = sandboxTest(import.meta.url).test;
 
 interface Ctx { sb: Sandbox; dir: string; socket: string }
 

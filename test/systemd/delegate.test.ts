@@ -6,31 +6,14 @@
  * delegated subtree (subtree_control, agent/, payload/ and their processes)
  * exactly as they were. Also: not applicable outside a service.
  */
-import test from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { moveSelfIntoSubgroup, ownCgroup } from '../../src/systemd/delegate.js';
-import { sandboxSupport, startSandbox, type Sandbox } from '../harness/systemd-sandbox.js';
-import { captureLog, readProcs, until } from './helpers.js';
+import { captureLog, readProcs, sandboxSuite, until } from './helpers.js';
 
 const FIXTURE = path.resolve('test/systemd/fixtures/agent-fixture.ts');
-// Without root, util-linux, dbus-daemon or systemd the sandbox cannot run: those
-// tests are skipped, loudly (sandboxSupport() says what is missing).
-const support = sandboxSupport();
-const sbTest = support.ok ? test.serial : test.serial.skip;
-if (!support.ok) console.error(`\n*** systemd sandbox unavailable, SKIPPING sandbox tests in ${import.meta.url}: ${support.reason} ***\n`);
-
-let sb: Sandbox;
-
-test.before(async () => {
-  if (!support.ok) return;
-  sb = await startSandbox({ name: 'delegate' });
-});
-
-test.after.always(async () => {
-  await sb?.stop();
-});
+const { test: sbTest, sandbox: sb } = sandboxSuite('delegate', import.meta.url);
 
 /** Everything under dir: each cgroup's relative path, subtree_control and pids. */
 function snapshot(dir: string): Record<string, { subtree: string; procs: number[] }> {
@@ -53,18 +36,18 @@ sbTest('Delegate=yes service: moves itself into agent/, can then enable controll
   // Make a controller (the only one these machines have on cgroup2) reachable
   // from the unit's cgroup: systemd 252 does not manage hugetlb, so enable it
   // top-down by hand, as CgroupAutomount would.
-  fs.writeFileSync(path.join(sb.cgroupDir, 'cgroup.subtree_control'), '+hugetlb');
-  fs.writeFileSync(path.join(sb.cgroupDir, 'app.slice', 'cgroup.subtree_control'), '+hugetlb');
+  fs.writeFileSync(path.join(sb().cgroupDir, 'cgroup.subtree_control'), '+hugetlb');
+  fs.writeFileSync(path.join(sb().cgroupDir, 'app.slice', 'cgroup.subtree_control'), '+hugetlb');
 
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-deleg-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const state = path.join(dir, 'state.json');
   const unit = 'cgstepd-deleg.service';
-  const r = await sb.exec([
+  const r = await sb().exec([
     'systemd-run', '--user', `--unit=${unit}`, '--same-dir', '-p', 'Delegate=yes', '-p', 'Type=notify',
     '--', process.execPath, '--import', 'tsx', FIXTURE, state, '--payload', '--child-before-move',
   ]);
-  t.is(r.code, 0, `${r.stderr}\n${sb.logTail()}`);
+  t.is(r.code, 0, `${r.stderr}\n${sb().logTail()}`);
   const rec = JSON.parse(fs.readFileSync(state, 'utf8'));
   t.log(JSON.stringify(rec));
   t.falsy(rec.error, rec.error);
@@ -77,29 +60,29 @@ sbTest('Delegate=yes service: moves itself into agent/, can then enable controll
   t.is(rec.enableAfter, 'ok');
   t.deepEqual(rec.leftInUnit, [], 'a child started before the move followed the agent');
 
-  const unitDir = sb.hostPath(`/app.slice/${unit}`);
+  const unitDir = sb().hostPath(`/app.slice/${unit}`);
   const before = snapshot(unitDir);
   t.deepEqual(before['.'], { subtree: 'hugetlb', procs: [] });
   t.true(before.agent.procs.includes(rec.pid) && before.agent.procs.includes(rec.earlyChildPid), JSON.stringify(before.agent));
   t.deepEqual(before.payload.procs, [rec.payloadPid]);
-  const ancestors = () => [sb.cgroupDir, path.join(sb.cgroupDir, 'app.slice')].map((d) => fs.readFileSync(path.join(d, 'cgroup.subtree_control'), 'utf8').trim());
+  const ancestors = () => [sb().cgroupDir, path.join(sb().cgroupDir, 'app.slice')].map((d) => fs.readFileSync(path.join(d, 'cgroup.subtree_control'), 'utf8').trim());
 
   for (const cmd of [['daemon-reload'], ['reset-failed'], ['daemon-reload']]) {
-    const res = await sb.systemctl(...cmd);
+    const res = await sb().systemctl(...cmd);
     t.is(res.code, 0, `${cmd.join(' ')}: ${res.stderr}`);
     t.deepEqual(snapshot(unitDir), before, `subtree unchanged after ${cmd.join(' ')}`);
     t.deepEqual(ancestors(), ['hugetlb', 'hugetlb']);
   }
-  const show = await sb.systemctl('show', '-p', 'ActiveState', '-p', 'MainPID', '-p', 'Delegate', unit);
+  const show = await sb().systemctl('show', '-p', 'ActiveState', '-p', 'MainPID', '-p', 'Delegate', unit);
   t.regex(show.stdout, /^ActiveState=active$/m);
   t.regex(show.stdout, new RegExp(`^MainPID=${rec.pid}$`, 'm'));
   t.regex(show.stdout, /^Delegate=yes$/m);
-  const status = await sb.systemctl('status', unit);
+  const status = await sb().systemctl('status', unit);
   t.log(status.stdout);
   t.regex(status.stdout, new RegExp(`agent\\n.*${rec.pid} `));
 
   // Stopping the service takes its whole subtree with it (payload included), cleanly.
-  const stop = await sb.systemctl('stop', unit);
+  const stop = await sb().systemctl('stop', unit);
   t.is(stop.code, 0, stop.stderr);
   await until(() => !fs.existsSync(unitDir), 5000, `${unitDir} to be removed`);
 });

@@ -2,14 +2,55 @@
  * test/systemd/helpers: small tools for the systemd tests only: a capturing
  * pino logger, an AF_UNIX datagram listener (through the same koffi libc
  * bindings as src/systemd/notify), and a scratch D-Bus daemon for "a bus
- * without systemd". Everything started here is ended by pid.
+ * without systemd", and the shared header of a suite that runs against the
+ * systemd sandbox. Everything started here is ended by pid.
  */
+import test, { type ExecutionContext } from 'ava';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pino, type Logger } from 'pino';
 import { AF_UNIX, MSG_DONTWAIT, SOCK_CLOEXEC, SOCK_DGRAM, lastErrno, libc, sockaddrUn } from '../../src/systemd/libc.js';
+import { sandboxSupport, startSandbox, type Sandbox } from '../harness/systemd-sandbox.js';
+
+/** test.serial, or test.serial.skip where a suite cannot run. */
+export type GatedTest = typeof test.serial | typeof test.serial.skip;
+
+/**
+ * test.serial where the systemd sandbox can run; elsewhere test.serial.skip,
+ * said loudly (without root, util-linux, dbus-daemon or systemd the sandbox
+ * cannot run; sandboxSupport() says what is missing). file: import.meta.url.
+ */
+export function sandboxTest(file: string): { ok: boolean; test: GatedTest } {
+  const support = sandboxSupport();
+  if (!support.ok) console.error(`\n*** systemd sandbox unavailable, SKIPPING sandbox tests in ${file}: ${support.reason} ***\n`);
+  return { ok: support.ok, test: support.ok ? test.serial : test.serial.skip };
+}
+
+/**
+ * One sandbox for a whole test file: started in test.before (then onUp),
+ * stopped in test.after.always (after onDown). sandbox() is the running
+ * sandbox (undefined before it is up, or when the sandbox cannot run here).
+ */
+export function sandboxSuite(
+  name: string,
+  file: string,
+  o: { onUp?: (sb: Sandbox, t: ExecutionContext) => void | Promise<void>; onDown?: () => void | Promise<void> } = {},
+): { test: GatedTest; sandbox: () => Sandbox } {
+  const gate = sandboxTest(file);
+  let sb: Sandbox | undefined;
+  test.before(async (t) => {
+    if (!gate.ok) return;
+    sb = await startSandbox({ name });
+    await o.onUp?.(sb, t);
+  });
+  test.after.always(async () => {
+    await o.onDown?.();
+    await sb?.stop();
+  });
+  return { test: gate.test, sandbox: () => sb as Sandbox };
+}
 
 export function captureLog(): { log: Logger; lines: Array<Record<string, unknown>>; messages: () => string[] } {
   const lines: Array<Record<string, unknown>> = [];

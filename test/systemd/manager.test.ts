@@ -13,28 +13,15 @@ import { AgentError } from '../../src/errors.js';
 import { INFINITY_BIN } from '../../src/scope/infinity.js';
 import { readXattr } from '../../src/systemd/delegate.js';
 import { SystemdCallError, SystemdUnavailableError, connectSystemd, type SystemdManager } from '../../src/systemd/manager.js';
-import { sandboxSupport, startSandbox, type Sandbox } from '../harness/systemd-sandbox.js';
-import { readProcs, startBareBus } from './helpers.js';
+import { readProcs, sandboxSuite, startBareBus } from './helpers.js';
 
-// Without root, util-linux, dbus-daemon or systemd the sandbox cannot run: those
-// tests are skipped, loudly (sandboxSupport() says what is missing).
-const support = sandboxSupport();
-const sbTest = support.ok ? test.serial : test.serial.skip;
-if (!support.ok) console.error(`\n*** systemd sandbox unavailable, SKIPPING sandbox tests in ${import.meta.url}: ${support.reason} ***\n`);
-
-let sb: Sandbox;
 let m: SystemdManager;
-
-test.before(async (t) => {
-  if (!support.ok) return;
-  sb = await startSandbox({ name: 'manager' });
-  t.log(`sandbox up in ${sb.startupMs} ms at ${sb.cgroupDir}`);
-  m = await connectSystemd({ address: sb.busAddress, timeoutMs: 5000 });
-});
-
-test.after.always(async () => {
-  await m?.close();
-  await sb?.stop();
+const { test: sbTest, sandbox: sb } = sandboxSuite('manager', import.meta.url, {
+  onUp: async (up, t) => {
+    t.log(`sandbox up in ${up.startupMs} ms at ${up.cgroupDir}`);
+    m = await connectSystemd({ address: up.busAddress, timeoutMs: 5000 });
+  },
+  onDown: () => m?.close(),
 });
 
 test('an unreachable bus gives SystemdUnavailableError naming the address', async (t) => {
@@ -95,7 +82,7 @@ sbTest('StartTransientUnit + AbandonScope: a delegated, abandoned scope holding 
   const unit = 'node1_slurmstepd.scope';
   const bin = fs.existsSync(INFINITY_BIN) ? INFINITY_BIN : null;
   t.truthy(bin, `the infinity helper ${INFINITY_BIN} is built by npm install`);
-  const inf = await sb.spawn([bin!]);
+  const inf = await sb().spawn([bin!]);
   const pid = inf.pid!;
   t.is(await m.getUnitState(unit), null);
 
@@ -103,16 +90,16 @@ sbTest('StartTransientUnit + AbandonScope: a delegated, abandoned scope holding 
   await m.abandonScope(unit);
   const st = await m.getUnitState(unit);
   t.deepEqual(st, { loadState: 'loaded', activeState: 'active', subState: 'abandoned', controlGroup: '/system.slice/node1_slurmstepd.scope' });
-  const dir = sb.hostPath(st!.controlGroup);
+  const dir = sb().hostPath(st!.controlGroup);
   t.deepEqual(readProcs(dir), [pid]);
   // systemd 252 sets trusted.delegate only as the system manager (no xattrs from user managers).
   t.is(readXattr(dir, 'trusted.delegate'), null);
 
-  const status = await sb.systemctl('status', unit);
+  const status = await sb().systemctl('status', unit);
   t.log(status.stdout);
   t.regex(status.stdout, /Active: active \(abandoned\)/);
   t.regex(status.stdout, new RegExp(`${pid} .*cgstep-infinity`));
-  const show = await sb.systemctl('show', '-p', 'Delegate', '-p', 'TasksMax', '-p', 'Slice', unit);
+  const show = await sb().systemctl('show', '-p', 'Delegate', '-p', 'TasksMax', '-p', 'Slice', unit);
   t.regex(show.stdout, /^Delegate=yes$/m);
   t.regex(show.stdout, /^TasksMax=infinity$/m);
   t.regex(show.stdout, /^Slice=system\.slice$/m);
@@ -122,7 +109,7 @@ sbTest('StartTransientUnit + AbandonScope: a delegated, abandoned scope holding 
     instanceOf: SystemdCallError,
   });
   t.is((again as AgentError).code, 'EEXIST');
-  t.true(again!.message.includes('StartTransientUnit') && again!.message.includes(sb.busAddress));
+  t.true(again!.message.includes('StartTransientUnit') && again!.message.includes(sb().busAddress));
 
   // stopUnit waits for the job: when it resolves the unit is gone and the process was killed.
   const exited = new Promise((r) => inf.once('exit', r));
@@ -136,9 +123,9 @@ sbTest('StartTransientUnit + AbandonScope: a delegated, abandoned scope holding 
 });
 
 sbTest('a call systemd does not answer times out with ETIMEDOUT naming the method and the bus', async (t) => {
-  const quick = await connectSystemd({ address: sb.busAddress, timeoutMs: 300 });
+  const quick = await connectSystemd({ address: sb().busAddress, timeoutMs: 300 });
   t.teardown(() => quick.close());
-  process.kill(sb.systemdPid, 'SIGSTOP');
+  process.kill(sb().systemdPid, 'SIGSTOP');
   let took: number;
   let err: Error | undefined;
   try {
@@ -146,11 +133,11 @@ sbTest('a call systemd does not answer times out with ETIMEDOUT naming the metho
     err = await t.throwsAsync(quick.getUnitState('node1_slurmstepd.scope'));
     took = Date.now() - t0;
   } finally {
-    process.kill(sb.systemdPid, 'SIGCONT');
+    process.kill(sb().systemdPid, 'SIGCONT');
   }
   t.true(err instanceof AgentError);
   t.is((err as AgentError).code, 'ETIMEDOUT');
-  t.true(err!.message.includes('GetUnit') && err!.message.includes(sb.busAddress), err!.message);
+  t.true(err!.message.includes('GetUnit') && err!.message.includes(sb().busAddress), err!.message);
   t.true(took! >= 290 && took! < 2000, `took ${took!} ms`);
   // The late reply is dropped quietly and the connection still works.
   t.is(await quick.getUnitState('node1_slurmstepd.scope'), null);
@@ -158,7 +145,7 @@ sbTest('a call systemd does not answer times out with ETIMEDOUT naming the metho
 });
 
 sbTest('StartTransientUnit with a pid that no longer exists is refused, naming the method and the unit', async (t) => {
-  const gone = await sb.spawn(['sleep', 'infinity']);
+  const gone = await sb().spawn(['sleep', 'infinity']);
   const pid = gone.pid!;
   const exited = new Promise((r) => gone.once('exit', r));
   process.kill(pid, 'SIGKILL');

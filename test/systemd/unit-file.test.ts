@@ -5,30 +5,13 @@
  * and neither `systemctl restart` nor a crash (Restart=on-failure) touches the
  * node scope and its processes: they live in the scope, not in the service.
  */
-import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { sandboxSupport, startSandbox, type Sandbox } from '../harness/systemd-sandbox.js';
-import { readProcs, until } from './helpers.js';
+import { readProcs, sandboxSuite, until } from './helpers.js';
 
 const FIXTURE = path.resolve('test/systemd/fixtures/agent-fixture.ts');
 const UNIT_FILE = path.resolve('systemd/cgstepd.service');
-// Without root, util-linux, dbus-daemon or systemd the sandbox cannot run: those
-// tests are skipped, loudly (sandboxSupport() says what is missing).
-const support = sandboxSupport();
-const sbTest = support.ok ? test.serial : test.serial.skip;
-if (!support.ok) console.error(`\n*** systemd sandbox unavailable, SKIPPING sandbox tests in ${import.meta.url}: ${support.reason} ***\n`);
-
-let sb: Sandbox;
-
-test.before(async () => {
-  if (!support.ok) return;
-  sb = await startSandbox({ name: 'unitfile' });
-});
-
-test.after.always(async () => {
-  await sb?.stop();
-});
+const { test: sbTest, sandbox: sb } = sandboxSuite('unitfile', import.meta.url);
 
 function alive(pid: number): boolean {
   try {
@@ -41,7 +24,7 @@ function alive(pid: number): boolean {
 
 sbTest('the shipped unit: READY after the scope exists, restart and crash keep the scope and its processes', async (t) => {
   // State goes where PrivateTmp= cannot hide it.
-  const stateDir = path.join(sb.runtimeDir, 'unit-test');
+  const stateDir = path.join(sb().runtimeDir, 'unit-test');
   fs.mkdirSync(stateDir);
   const state = path.join(stateDir, 'state.json');
   const scope = 'node9_slurmstepd.scope';
@@ -49,15 +32,15 @@ sbTest('the shipped unit: READY after the scope exists, restart and crash keep t
   t.regex(shipped, /^ExecStart=\/usr\/local\/bin\/cgstepd /m);
   const adapted = shipped
     .replace(/^ExecStart=.*$/m, `ExecStart=${process.execPath} --import tsx ${FIXTURE} ${state} --scope ${scope}`)
-    .replace(/^EnvironmentFile=.*$/m, `WorkingDirectory=${process.cwd()}\nEnvironment=DBUS_SYSTEM_BUS_ADDRESS=${sb.busAddress}`);
-  fs.writeFileSync(path.join(sb.runtimeDir, 'config/systemd/user/cgstepd.service'), adapted);
+    .replace(/^EnvironmentFile=.*$/m, `WorkingDirectory=${process.cwd()}\nEnvironment=DBUS_SYSTEM_BUS_ADDRESS=${sb().busAddress}`);
+  fs.writeFileSync(path.join(sb().runtimeDir, 'config/systemd/user/cgstepd.service'), adapted);
   // hugetlb reachable from the unit's cgroup (systemd 252 does not manage it).
-  fs.writeFileSync(path.join(sb.cgroupDir, 'cgroup.subtree_control'), '+hugetlb');
-  fs.writeFileSync(path.join(sb.cgroupDir, 'app.slice', 'cgroup.subtree_control'), '+hugetlb');
-  t.is((await sb.systemctl('daemon-reload')).code, 0);
+  fs.writeFileSync(path.join(sb().cgroupDir, 'cgroup.subtree_control'), '+hugetlb');
+  fs.writeFileSync(path.join(sb().cgroupDir, 'app.slice', 'cgroup.subtree_control'), '+hugetlb');
+  t.is((await sb().systemctl('daemon-reload')).code, 0);
 
-  const start = await sb.systemctl('start', 'cgstepd.service');
-  t.is(start.code, 0, `${start.stderr}\n${sb.logTail()}`);
+  const start = await sb().systemctl('start', 'cgstepd.service');
+  t.is(start.code, 0, `${start.stderr}\n${sb().logTail()}`);
   const first = JSON.parse(fs.readFileSync(state, 'utf8'));
   t.log(JSON.stringify(first));
   t.falsy(first.error, first.error);
@@ -65,27 +48,27 @@ sbTest('the shipped unit: READY after the scope exists, restart and crash keep t
   t.is(first.enableAfter, 'ok', 'cgroup writes work under the unit hardening');
   t.like(first.scope, { dir: `/sys/fs/cgroup/system.slice/${scope}`, adopted: false });
   const infinityPid: number = first.scope.infinityPid;
-  const scopeDir = sb.hostPath(`/system.slice/${scope}`);
+  const scopeDir = sb().hostPath(`/system.slice/${scope}`);
   t.deepEqual(readProcs(scopeDir), [infinityPid]);
-  const show = async () => (await sb.systemctl('show', '-p', 'ActiveState', '-p', 'MainPID', '-p', 'KillMode', '-p', 'Delegate', '-p', 'WatchdogUSec', '-p', 'NRestarts', 'cgstepd.service')).stdout;
+  const show = async () => (await sb().systemctl('show', '-p', 'ActiveState', '-p', 'MainPID', '-p', 'KillMode', '-p', 'Delegate', '-p', 'WatchdogUSec', '-p', 'NRestarts', 'cgstepd.service')).stdout;
   let s = await show();
   t.regex(s, /^ActiveState=active$/m);
   t.regex(s, new RegExp(`^MainPID=${first.pid}$`, 'm'));
   t.regex(s, /^KillMode=mixed$/m);
   t.regex(s, /^Delegate=yes$/m);
   t.regex(s, /^WatchdogUSec=30s$/m);
-  t.log((await sb.systemctl('status', 'cgstepd.service', scope)).stdout);
+  t.log((await sb().systemctl('status', 'cgstepd.service', scope)).stdout);
 
   // systemctl restart: a new agent, the same scope, the same processes in it.
   fs.rmSync(state);
-  const restart = await sb.systemctl('restart', 'cgstepd.service');
+  const restart = await sb().systemctl('restart', 'cgstepd.service');
   t.is(restart.code, 0, restart.stderr);
   const second = JSON.parse(fs.readFileSync(state, 'utf8'));
   t.not(second.pid, first.pid);
   t.like(second.scope, { adopted: true });
   t.true(alive(infinityPid), 'the scope process survived the restart');
   t.deepEqual(readProcs(scopeDir), [infinityPid]);
-  t.is((await sb.systemctl('is-active', scope)).stdout.trim(), 'active');
+  t.is((await sb().systemctl('is-active', scope)).stdout.trim(), 'active');
 
   // A crash: SIGKILL the agent; Restart=on-failure brings a new one (RestartSec=1s).
   fs.rmSync(state);
@@ -100,8 +83,8 @@ sbTest('the shipped unit: READY after the scope exists, restart and crash keep t
   t.deepEqual(readProcs(scopeDir), [infinityPid]);
 
   // Stopping the service leaves the scope (the steps) running.
-  t.is((await sb.systemctl('stop', 'cgstepd.service')).code, 0);
+  t.is((await sb().systemctl('stop', 'cgstepd.service')).code, 0);
   t.false(alive(third.pid));
   t.true(alive(infinityPid));
-  t.is((await sb.systemctl('is-active', scope)).stdout.trim(), 'active');
+  t.is((await sb().systemctl('is-active', scope)).stdout.trim(), 'active');
 });
