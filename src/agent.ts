@@ -124,7 +124,8 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
   const recovered = tree.recover();
   if (recovered.jobs) log.info(recovered, 'adopted jobs and steps from the tree');
 
-  // Orphans: at start, then on a timer.
+  // Orphans: right after start (once the socket answers: a sweep walks the
+  // whole tree again, which would double the time to ready), then on a timer.
   let lastOrphans: OrphanReport & { at?: string } = { removed: [], populated: [], extraInfinity: [] };
   const sweep = async () => {
     try {
@@ -136,7 +137,6 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
       log.error({ err: (err as Error).message }, 'orphan collection failed');
     }
   };
-  await sweep();
   const sweeper = setInterval(() => void sweep(), o.orphanIntervalMs);
   sweeper.unref();
 
@@ -266,6 +266,14 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
   }
   await server.listen();
   log.info({ socket: o.socket, startupMs: Math.round(performance.now() - t0) }, 'cgstepd ready');
+  // After the first answer: the watches and the orphan sweep walk the whole tree.
+  const watched = tree.watchAdopted().then(
+    (r) => {
+      if (recovered.jobs) log.info({ ...recovered, ...r }, 'watching the adopted jobs, steps and tasks');
+    },
+    (err) => log.error({ err: (err as Error).message }, 'could not watch the adopted jobs, steps and tasks'),
+  );
+  void sweep();
 
   return {
     scope,
@@ -277,6 +285,7 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
       clearInterval(sweeper);
       await server.close();
       await metrics?.close();
+      await watched;
       await tree.close();
       await registry.stop(log);
     },

@@ -87,6 +87,21 @@ export function childDirs(dir: string): string[] {
   return entries.filter((e) => e.isDirectory()).map((e) => e.name);
 }
 
+/**
+ * childDirs off the event loop (libuv's thread pool): for walks of the whole
+ * tree that run beside requests (orphan sweeps, task watches after a restart).
+ */
+export async function childDirsAsync(dir: string): Promise<string[]> {
+  let entries: fs.Dirent[];
+  try {
+    entries = await fs.promises.readdir(dir, { withFileTypes: true });
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return [];
+    throw fromNodeError('readdir', dir, err);
+  }
+  return entries.filter((e) => e.isDirectory()).map((e) => e.name);
+}
+
 /** Parse "key value" lines (cgroup.events, memory.events, cpu.stat, memory.stat). */
 export function parseFlatKeyed(text: string): Record<string, number> {
   const out: Record<string, number> = {};

@@ -12,6 +12,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import {
   childDirs,
+  childDirsAsync,
   controllersOf,
   enableControllers,
   exists,
@@ -99,38 +100,65 @@ export class StepTree {
   }
 
   /** Rebuild the index and watchers from the directories (agent start and restart). */
-  recover(): { jobs: number; steps: number; tasks: number } {
+  /**
+   * Rebuild the index of jobs and steps from the tree. Watching them is left
+   * to watchAdopted(), which the agent runs once it answers: at 10,000 steps
+   * the watches (a read and an inotify watch per directory) and the listing of
+   * every step's user/ would otherwise triple the time to ready.
+   */
+  recover(): { jobs: number; steps: number } {
     let steps = 0;
-    let tasks = 0;
     for (const jn of childDirs(this.opts.scopeDir)) {
       const job = parseJobName(jn);
       if (job === null) continue;
       const set = new Set<string>();
       this.index.set(job, set);
-      this.watcher.watchDir(this.paths.job(job), { job });
       for (const sn of childDirs(this.paths.job(job))) {
         const step = parseStepName(sn);
         if (step === null) continue;
         set.add(step);
         steps++;
+      }
+    }
+    return { jobs: this.index.size, steps };
+  }
+
+  /**
+   * Watch every adopted job, step and task leaf (after recover), yielding to
+   * requests as it goes and listing each user/ off the event loop. No freeze
+   * watch: freeze and thaw requests add it. A directory that empties before it
+   * is watched gives no *.empty event, as one that emptied while the agent was
+   * down.
+   */
+  async watchAdopted(): Promise<{ tasks: number }> {
+    let tasks = 0;
+    let n = 0;
+    const breathe = async () => {
+      if (++n % 64 === 0) await new Promise((r) => setImmediate(r));
+    };
+    for (const [job, steps] of [...this.index]) {
+      this.watcher.watchDir(this.paths.job(job), { job });
+      for (const step of [...steps]) {
         this.watcher.watchDir(this.paths.step(job, step), { job, step }, this.memory);
-        this.watcher.watchFreeze(this.paths.step(job, step), { job, step });
-        for (const tn of childDirs(this.paths.user(job, step))) {
+        const user = this.paths.user(job, step);
+        for (const tn of await childDirsAsync(user)) {
           const task = parseTaskName(tn);
           if (task === null) continue;
           tasks++;
-          this.watcher.watchDir(path.join(this.paths.user(job, step), tn), { job, step, task: String(task) });
+          this.watcher.watchDir(path.join(user, tn), { job, step, task: String(task) });
         }
+        await breathe();
       }
     }
-    return { jobs: this.index.size, steps, tasks };
+    return { tasks };
   }
 
   /** Forget everything and read the tree again (after the scope was re-created). */
-  async rescan(): Promise<ReturnType<StepTree['recover']>> {
+  async rescan(): Promise<ReturnType<StepTree['recover']> & { tasks: number }> {
     await this.watcher.close();
     this.index.clear();
-    return this.recover();
+    const r = this.recover();
+    return { ...r, ...(await this.watchAdopted()) };
   }
 
   /**
