@@ -129,8 +129,16 @@ export class RpcServer {
 
   private tooLong(s: net.Socket): void {
     this.counters.errors++;
+    // Discard the rest of what it sends, half-close after the reply, and drop it
+    // after a second. Destroying at once (or leaving its bytes unread) makes the
+    // kernel reset the connection, and the client may never see the reply.
+    s.removeAllListeners('data');
+    s.on('data', () => undefined);
+    s.resume();
+    const drop = setTimeout(() => s.destroy(), 1000);
+    drop.unref();
+    s.once('close', () => clearTimeout(drop));
     s.end(line({ id: null, ok: false, error: { code: 'E2BIG', message: `request line longer than ${MAX_LINE_BYTES} bytes; closing the connection` } }));
-    s.destroy();
   }
 
   private async onLine(s: net.Socket, text: string, peer: Peer, setUnsub: (u: () => void) => void): Promise<void> {
