@@ -11,34 +11,19 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { slurmSupport } from '../harness/slurm.js';
-import { PROBE, PYTHON, parseProbes, startNode, until, type Node, type ProbeResult } from './helpers.js';
+import { PROBE, PYTHON, nodeSuite, parseProbes, until, type ProbeResult } from './helpers.js';
 
-const support = slurmSupport();
-const slurmTest = support.ok ? test.serial : test.serial.skip;
-if (!support.ok) console.error(`\n*** Slurm unavailable, SKIPPING the Slurm tests in ${import.meta.url}: ${support.reason} ***\n`);
-
-let node: Node;
-
-test.before(async (t) => {
-  if (!support.ok) return;
-  node = await startNode({ name: 'devices' });
-  t.log(`cluster up in ${node.cluster.startupMs} ms`);
-});
-
-test.after.always(async () => {
-  await node?.stop();
-});
+const { test: slurmTest, node } = nodeSuite(import.meta.url, { name: 'devices' }, (n, t) => t.log(`cluster up in ${n.cluster.startupMs} ms`));
 
 test.beforeEach((t) => {
-  if (node?.devicesUnsupported) t.fail(`cgstepd cannot confine devices here: ${node.devicesUnsupported}`);
+  if (node()?.devicesUnsupported) t.fail(`cgstepd cannot confine devices here: ${node().devicesUnsupported}`);
 });
 
-const probeArgs = () => [PYTHON, PROBE, ...node.cluster.gpus, '/dev/null'];
+const probeArgs = () => [PYTHON, PROBE, ...node().cluster.gpus, '/dev/null'];
 
 /** The allocated GPU indices a task saw (CUDA_VISIBLE_DEVICES), and what each GPU open gave. */
 function check(t: import('ava').ExecutionContext, p: ProbeResult, allowed: number[]) {
-  const gpus = node.cluster.gpus;
+  const gpus = node().cluster.gpus;
   t.deepEqual(
     gpus.map((g) => p.open[g]),
     gpus.map((_, i) => (allowed.includes(i) ? 'ENXIO' : 'EPERM')),
@@ -50,7 +35,7 @@ function check(t: import('ava').ExecutionContext, p: ProbeResult, allowed: numbe
 const visible = (p: ProbeResult) => (p.env.CUDA_VISIBLE_DEVICES ?? '').split(',').filter(Boolean).map(Number);
 
 slurmTest('srun --gres=gpu:1: its GPU opens (ENXIO), the other three are EPERM', async (t) => {
-  const r = await node.cluster.srun(['-n1', '--gres=gpu:1', ...probeArgs()]);
+  const r = await node().cluster.srun(['-n1', '--gres=gpu:1', ...probeArgs()]);
   t.is(r.code, 0, r.stderr);
   const [p] = parseProbes(r.stdout);
   t.is(visible(p).length, 1);
@@ -60,7 +45,7 @@ slurmTest('srun --gres=gpu:1: its GPU opens (ENXIO), the other three are EPERM',
 
 slurmTest('srun without --gres: all four GPUs EPERM, even with CUDA_VISIBLE_DEVICES/SLURM_STEP_GPUS exported by the user', async (t) => {
   for (const extra of [[], ['--export=ALL,CUDA_VISIBLE_DEVICES=0,1,2,3,SLURM_STEP_GPUS=0,1,2,3']]) {
-    const r = await node.cluster.srun(['-n1', ...extra, ...probeArgs()]);
+    const r = await node().cluster.srun(['-n1', ...extra, ...probeArgs()]);
     t.is(r.code, 0, r.stderr);
     const [p] = parseProbes(r.stdout);
     check(t, p, []);
@@ -68,7 +53,7 @@ slurmTest('srun without --gres: all four GPUs EPERM, even with CUDA_VISIBLE_DEVI
 });
 
 slurmTest('srun -n2 --gres=gpu:2: both tasks get the same two GPUs', async (t) => {
-  const r = await node.cluster.srun(['-n2', '--gres=gpu:2', ...probeArgs()]);
+  const r = await node().cluster.srun(['-n2', '--gres=gpu:2', ...probeArgs()]);
   t.is(r.code, 0, r.stderr);
   const ps = parseProbes(r.stdout);
   t.is(ps.length, 2);
@@ -79,11 +64,11 @@ slurmTest('srun -n2 --gres=gpu:2: both tasks get the same two GPUs', async (t) =
 });
 
 slurmTest('sbatch --gres=gpu:1: the batch script gets its GPU only; the job keeps its confinement while cgstepd is down and after it restarts', async (t) => {
-  const dir = node.cluster.dir;
+  const dir = node().cluster.dir;
   const go1 = path.join(dir, 'dev-go1');
   const go2 = path.join(dir, 'dev-go2');
   const probe = probeArgs().join(' ');
-  const b = await node.cluster.sbatch(
+  const b = await node().cluster.sbatch(
     ['#!/bin/sh', probe, `while [ ! -e ${go1} ]; do sleep 0.05; done`, probe, `while [ ! -e ${go2} ]; do sleep 0.05; done`, probe, ''].join('\n'),
     ['--gres=gpu:1'],
   );
@@ -94,19 +79,19 @@ slurmTest('sbatch --gres=gpu:1: the batch script gets its GPU only; the job keep
   t.is(mine.length, 1);
   check(t, first, mine);
 
-  await node.stopAgent();
+  await node().stopAgent();
   try {
     fs.writeFileSync(go1, '');
     await until(() => probes().length >= 2, 15_000, 'the probe during the outage');
     check(t, probes()[1], mine);
   } finally {
-    await node.startAgent();
+    await node().startAgent();
   }
   fs.writeFileSync(go2, '');
-  await node.cluster.waitJobDone(b.job);
+  await node().cluster.waitJobDone(b.job);
   const all = probes();
   t.is(all.length, 3, fs.readFileSync(b.err, 'utf8'));
   check(t, all[2], mine);
   t.is(all[2].cgroup, first.cgroup, 'same task cgroup throughout');
-  await until(() => !fs.existsSync(node.jobDir(b.job)), 15_000, 'the job to be removed');
+  await until(() => !fs.existsSync(node().jobDir(b.job)), 15_000, 'the job to be removed');
 });

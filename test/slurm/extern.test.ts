@@ -5,26 +5,11 @@
  * and the process holding the step open in slurm/; removed with the job.
  * Owned by the Slurm integration tests (issue 8).
  */
-import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { slurmSupport } from '../harness/slurm.js';
-import { alive, cgroupLines, procsOf, startNode, until, type Node } from './helpers.js';
+import { alive, cgroupLines, nodeSuite, procsOf, until } from './helpers.js';
 
-const support = slurmSupport();
-const slurmTest = support.ok ? test.serial : test.serial.skip;
-if (!support.ok) console.error(`\n*** Slurm unavailable, SKIPPING the Slurm tests in ${import.meta.url}: ${support.reason} ***\n`);
-
-let node: Node;
-
-test.before(async () => {
-  if (!support.ok) return;
-  node = await startNode({ name: 'extern', tolerateNoDevices: true, extraConf: ['PrologFlags=contain'] });
-});
-
-test.after.always(async () => {
-  await node?.stop();
-});
+const { test: slurmTest, node } = nodeSuite(import.meta.url, { name: 'extern', tolerateNoDevices: true, extraConf: ['PrologFlags=contain'] });
 
 const cmdline = (pid: number) => {
   try {
@@ -35,26 +20,26 @@ const cmdline = (pid: number) => {
 };
 
 slurmTest('srun with PrologFlags=contain: step_extern holds its slurmstepd and the sleep that keeps it; step_0 as usual; all removed with the job', async (t) => {
-  const r = await node.cluster.srun(['-n1', 'sh', '-c', 'grep ^0:: /proc/self/cgroup; echo $SLURM_JOB_ID; sleep 0.3']);
+  const r = await node().cluster.srun(['-n1', 'sh', '-c', 'grep ^0:: /proc/self/cgroup; echo $SLURM_JOB_ID; sleep 0.3']);
   t.is(r.code, 0, r.stderr);
   const [task] = cgroupLines(r.stdout);
   const job = r.stdout.trim().split('\n')[1];
-  t.is(task, `${node.scopeRel}/job_${job}/step_0/user/task_0`);
-  await until(() => !fs.existsSync(node.jobDir(job)), 15_000, `job ${job} to be removed`);
+  t.is(task, `${node().scopeRel}/job_${job}/step_0/user/task_0`);
+  await until(() => !fs.existsSync(node().jobDir(job)), 15_000, `job ${job} to be removed`);
 
   // While a job runs: what is in its extern step.
-  const marker = path.join(node.cluster.dir, 'extern-go');
-  const b = await node.cluster.sbatch(`#!/bin/sh\nwhile [ ! -e ${marker} ]; do sleep 0.05; done\n`);
-  const slurmLeaf = path.join(node.stepDir(b.job, 'extern'), 'slurm');
+  const marker = path.join(node().cluster.dir, 'extern-go');
+  const b = await node().cluster.sbatch(`#!/bin/sh\nwhile [ ! -e ${marker} ]; do sleep 0.05; done\n`);
+  const slurmLeaf = path.join(node().stepDir(b.job, 'extern'), 'slurm');
   await until(() => procsOf(slurmLeaf).length >= 2, 20_000, 'the extern step daemon and its sleep');
   const procs = procsOf(slurmLeaf).map(cmdline);
   t.true(procs.some((c) => c.startsWith(`slurmstepd: [${b.job}.extern]`)), procs.join(' | '));
   t.true(procs.some((c) => c.startsWith('sleep ')), procs.join(' | '));
   const pids = procsOf(slurmLeaf);
-  await until(() => procsOf(path.join(node.stepDir(b.job, 'batch'), 'user', 'task_0')).length > 0, 20_000, 'the batch script in its task');
+  await until(() => procsOf(path.join(node().stepDir(b.job, 'batch'), 'user', 'task_0')).length > 0, 20_000, 'the batch script in its task');
   fs.writeFileSync(marker, '');
-  await node.cluster.waitJobDone(b.job);
-  await until(() => !fs.existsSync(node.jobDir(b.job)), 15_000, `job ${b.job} to be removed`);
+  await node().cluster.waitJobDone(b.job);
+  await until(() => !fs.existsSync(node().jobDir(b.job)), 15_000, `job ${b.job} to be removed`);
   await until(() => pids.every((p) => !alive(p)), 5000, 'the extern processes to end');
-  t.deepEqual(fs.readdirSync(node.scope).filter((n) => n.startsWith('job_')), []);
+  t.deepEqual(fs.readdirSync(node().scope).filter((n) => n.startsWith('job_')), []);
 });

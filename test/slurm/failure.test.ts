@@ -12,51 +12,39 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { slurmSupport } from '../harness/slurm.js';
 import { startAgent } from '../helpers/agent.js';
-import { alive, cgroupLines, procsOf, startNode, until, type Node } from './helpers.js';
+import { alive, cgroupLines, nodeSuite, procsOf, until } from './helpers.js';
 
-const support = slurmSupport();
-const slurmTest = support.ok ? test.serial : test.serial.skip;
-if (!support.ok) console.error(`\n*** Slurm unavailable, SKIPPING the Slurm tests in ${import.meta.url}: ${support.reason} ***\n`);
-
-let node: Node;
 let baseArgs: string[] = [];
-
-test.before(async (t) => {
-  if (!support.ok) return;
-  node = await startNode({ name: 'failure', tolerateNoDevices: true });
-  baseArgs = node.devicesUnsupported ? ['devices=try'] : [];
-  t.log(`cluster up in ${node.cluster.startupMs} ms`);
-});
-
-test.after.always(async () => {
-  await node?.stop();
+const { test: slurmTest, node } = nodeSuite(import.meta.url, { name: 'failure', tolerateNoDevices: true }, (n, t) => {
+  baseArgs = n.devicesUnsupported ? ['devices=try'] : [];
+  t.log(`cluster up in ${n.cluster.startupMs} ms`);
 });
 
 // A test that failed half-way may have left the agent stopped (or stopped by
 // SIGSTOP), or a job behind: start each test from an idle node.
 test.beforeEach(async () => {
-  if (!node) return;
-  node.cluster.setPluginArgs(baseArgs);
-  await node.ensureAgent();
-  await node.cluster.waitIdle();
+  const n = node();
+  if (!n) return;
+  n.cluster.setPluginArgs(baseArgs);
+  await n.ensureAgent();
+  await n.cluster.waitIdle();
 });
 
-const jobDirs = () => fs.readdirSync(node.scope).filter((n) => n.startsWith('job_'));
+const jobDirs = () => fs.readdirSync(node().scope).filter((n) => n.startsWith('job_'));
 
 /** srun a command that touches a marker first: proves whether the command ran at all. */
 async function srunMarked(extra: string[] = []) {
-  const marker = path.join(node.cluster.dir, `ran-${Date.now()}-${Math.random().toString(36).slice(2)}`);
-  const r = await node.cluster.srun([...extra, '-n1', 'sh', '-c', `touch ${marker}; grep ^0:: /proc/self/cgroup`]);
+  const marker = path.join(node().cluster.dir, `ran-${Date.now()}-${Math.random().toString(36).slice(2)}`);
+  const r = await node().cluster.srun([...extra, '-n1', 'sh', '-c', `touch ${marker}; grep ^0:: /proc/self/cgroup`]);
   return { ...r, ran: fs.existsSync(marker) };
 }
 
 slurmTest('cgstepd stopped: a new srun fails closed with the plugin message; restarted: sruns work and a step that ran through the outage kept its cgroup', async (t) => {
   // A step that runs across the agent's stop and restart, waiting for a go file.
-  const go = path.join(node.cluster.dir, 'go');
+  const go = path.join(node().cluster.dir, 'go');
   const long = spawn('srun', ['-n1', 'sh', '-c', `while [ ! -e ${go} ]; do sleep 0.05; done; grep ^0:: /proc/self/cgroup`], {
-    env: node.cluster.env,
+    env: node().cluster.env,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -71,12 +59,12 @@ slurmTest('cgstepd stopped: a new srun fails closed with the plugin message; res
         const d = jobDirs();
         if (d.length !== 1) return false;
         job = d[0].slice(4);
-        return procsOf(path.join(node.stepDir(job, '0'), 'user/task_0')).length > 0;
+        return procsOf(path.join(node().stepDir(job, '0'), 'user/task_0')).length > 0;
       },
       20_000,
       () => `the long step's task (${err})`,
     );
-    const taskDir = path.join(node.stepDir(job, '0'), 'user/task_0');
+    const taskDir = path.join(node().stepDir(job, '0'), 'user/task_0');
     // The task's shell, once it has exec'd (its loop's sleeps come and go).
     const cmdline = (p: number) => {
       try {
@@ -88,34 +76,34 @@ slurmTest('cgstepd stopped: a new srun fails closed with the plugin message; res
     let shell = 0;
     await until(() => (shell = procsOf(taskDir).find((p) => /^(\/usr)?(\/bin\/)?sh\0/.test(cmdline(p))) ?? 0) > 0, 10_000, 'the task to exec sh');
 
-    await node.stopAgent();
-    t.false(fs.existsSync(node.socket), 'socket removed by the stopping agent');
+    await node().stopAgent();
+    t.false(fs.existsSync(node().socket), 'socket removed by the stopping agent');
     const down = await srunMarked();
     t.not(down.code, 0);
     t.false(down.ran, 'the command never ran');
     t.regex(
       down.stderr,
-      new RegExp(`cgstep: placing the task for job \\d+ step 0 failed \\(cgstepd at ${node.socket.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: cannot connect: No such file or directory \\(is cgstepd running\\?\\)\\); task not started \\(failure=closed\\)`),
+      new RegExp(`cgstep: placing the task for job \\d+ step 0 failed \\(cgstepd at ${node().socket.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: cannot connect: No such file or directory \\(is cgstepd running\\?\\)\\); task not started \\(failure=closed\\)`),
     );
     t.log(down.stderr.trim());
     // The running step did not notice.
     t.true(procsOf(taskDir).includes(shell));
     t.true(alive(shell));
 
-    await node.startAgent();
+    await node().startAgent();
     const up = await srunMarked();
     t.is(up.code, 0, up.stderr);
     t.true(up.ran);
     const upJob = cgroupLines(up.stdout)[0].match(/job_(\d+)\/step_0\/user\/task_0$/);
     t.truthy(upJob, up.stdout);
-    await until(() => !fs.existsSync(node.jobDir(upJob![1])), 15_000, 'the new job to be removed');
+    await until(() => !fs.existsSync(node().jobDir(upJob![1])), 15_000, 'the new job to be removed');
 
     // The long step: still in its task cgroup, and removed by the new agent when it ends.
     t.true(procsOf(taskDir).includes(shell));
     fs.writeFileSync(go, '');
     t.is(await longDone, 0, err);
-    t.deepEqual(cgroupLines(out), [`${node.scopeRel}/job_${job}/step_0/user/task_0`]);
-    await until(() => !fs.existsSync(node.jobDir(job)), 15_000, 'the long job to be removed');
+    t.deepEqual(cgroupLines(out), [`${node().scopeRel}/job_${job}/step_0/user/task_0`]);
+    await until(() => !fs.existsSync(node().jobDir(job)), 15_000, 'the long job to be removed');
     t.deepEqual(jobDirs(), []);
   } finally {
     if (long.exitCode === null) long.kill('SIGKILL');
@@ -123,14 +111,14 @@ slurmTest('cgstepd stopped: a new srun fails closed with the plugin message; res
 });
 
 slurmTest('cgstepd mute (SIGSTOP): the task fails closed after timeout_ms with "no reply"', async (t) => {
-  node.cluster.setPluginArgs([...baseArgs, 'timeout_ms=700']);
-  process.kill(node.agent.pid, 'SIGSTOP');
+  node().cluster.setPluginArgs([...baseArgs, 'timeout_ms=700']);
+  process.kill(node().agent.pid, 'SIGSTOP');
   let r;
   try {
     r = await srunMarked();
   } finally {
-    process.kill(node.agent.pid, 'SIGCONT');
-    node.cluster.setPluginArgs(baseArgs);
+    process.kill(node().agent.pid, 'SIGCONT');
+    node().cluster.setPluginArgs(baseArgs);
   }
   t.not(r.code, 0);
   t.false(r.ran);
@@ -138,8 +126,8 @@ slurmTest('cgstepd mute (SIGSTOP): the task fails closed after timeout_ms with "
   // The agent carries out the job.create it got while stopped, after the plugin
   // gave up on it; the job epilog's destroy removes what that made.
   const job = r.stderr.match(/for job (\d+) step 0/)![1];
-  await until(() => node.agent.logLines().some((l) => l.job === job && l.msg === 'job created'), 15_000, `the late job.create of job ${job}`);
-  await until(() => !fs.existsSync(node.jobDir(job)), 15_000, `job ${job} to be removed by the epilog`);
+  await until(() => node().agent.logLines().some((l) => l.job === job && l.msg === 'job created'), 15_000, `the late job.create of job ${job}`);
+  await until(() => !fs.existsSync(node().jobDir(job)), 15_000, `job ${job} to be removed by the epilog`);
   t.deepEqual(jobDirs(), []);
   const ok = await srunMarked();
   t.is(ok.code, 0, ok.stderr);
@@ -165,7 +153,7 @@ slurmTest('an agent that refuses: its error code and message are in the job stde
     s.on('error', () => undefined);
   });
   await new Promise<void>((resolve) => server.listen(sock, resolve));
-  node.cluster.setPluginArgs([...baseArgs, `socket=${sock}`]);
+  node().cluster.setPluginArgs([...baseArgs, `socket=${sock}`]);
   try {
     const r = await srunMarked();
     t.not(r.code, 0);
@@ -178,24 +166,24 @@ slurmTest('an agent that refuses: its error code and message are in the job stde
     t.true(first.limits.memory > 0, 'the job memory from S_JOB_ALLOC_MEM, in bytes');
     t.regex(first.limits.cpus, /^\d+(-\d+)?(,\d+(-\d+)?)*$/);
   } finally {
-    node.cluster.setPluginArgs(baseArgs);
+    node().cluster.setPluginArgs(baseArgs);
     await new Promise((r) => server.close(r));
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
 
 slurmTest('failure=open: with cgstepd stopped the task runs, unconfined, and the message says so', async (t) => {
-  node.cluster.setPluginArgs([...baseArgs, 'failure=open']);
-  await node.stopAgent();
+  node().cluster.setPluginArgs([...baseArgs, 'failure=open']);
+  await node().stopAgent();
   try {
     const r = await srunMarked();
     t.is(r.code, 0, r.stderr);
     t.true(r.ran);
-    t.false(cgroupLines(r.stdout)[0].startsWith(node.scopeRel), 'not in the scope');
+    t.false(cgroupLines(r.stdout)[0].startsWith(node().scopeRel), 'not in the scope');
     t.regex(r.stderr, /cgstep: placing the task for job \d+ step 0 failed \(cgstepd at .*: cannot connect: .*\); failure=open: continuing without cgroup confinement/);
   } finally {
-    node.cluster.setPluginArgs(baseArgs);
-    await node.startAgent();
+    node().cluster.setPluginArgs(baseArgs);
+    await node().startAgent();
   }
   const r = await srunMarked();
   t.is(r.code, 0, r.stderr);
@@ -203,38 +191,38 @@ slurmTest('failure=open: with cgstepd stopped the task runs, unconfined, and the
 });
 
 slurmTest('devices=yes (the default) and an agent that does not enforce device rules (ConstrainDevices=no): the task fails closed, naming why', async (t) => {
-  const conf = path.join(node.cluster.dir, 'cgroup-nodevices.conf');
+  const conf = path.join(node().cluster.dir, 'cgroup-nodevices.conf');
   fs.writeFileSync(conf, 'ConstrainDevices=no\n');
-  node.cluster.setPluginArgs([]);
-  await node.stopAgent();
-  const lax = await startAgent({ root: node.root, socket: node.socket, args: [...node.agentArgs, '--config', conf] });
+  node().cluster.setPluginArgs([]);
+  await node().stopAgent();
+  const lax = await startAgent({ root: node().root, socket: node().socket, args: [...node().agentArgs, '--config', conf] });
   try {
     const r = await srunMarked(['--gres=gpu:1']);
     t.not(r.code, 0);
     t.false(r.ran);
     t.regex(r.stderr, /cgstep: confining the step's devices for job \d+ step 0 failed \(cgstepd at .*: device rules are not enforced.*; devices=try in plugstack.conf runs tasks without device confinement\); task not started \(failure=closed\)/);
-    node.cluster.setPluginArgs(['devices=try']);
+    node().cluster.setPluginArgs(['devices=try']);
     const ok = await srunMarked(['--gres=gpu:1']);
     t.is(ok.code, 0, ok.stderr);
     t.true(ok.ran);
   } finally {
-    node.cluster.setPluginArgs(baseArgs);
+    node().cluster.setPluginArgs(baseArgs);
     await lax.stop();
-    await node.startAgent();
+    await node().startAgent();
   }
   await until(() => jobDirs().length === 0, 15_000, () => `no job dirs (${jobDirs().join(' ')})`);
 });
 
 slurmTest('listed as optional in plugstack.conf, the plugin still fails the task closed (Slurm would ignore its -1)', async (t) => {
-  await node.stopAgent();
+  await node().stopAgent();
   try {
-    fs.writeFileSync(node.cluster.plugstack, `optional ${node.cluster.plugin} socket=${node.socket} ${baseArgs.join(' ')}\n`);
+    fs.writeFileSync(node().cluster.plugstack, `optional ${node().cluster.plugin} socket=${node().socket} ${baseArgs.join(' ')}\n`);
     const r = await srunMarked();
     t.not(r.code, 0);
     t.false(r.ran, 'the command never ran');
     t.regex(r.stderr, /cgstep: placing the task for job \d+ step 0 failed .*task not started \(failure=closed\)/);
   } finally {
-    node.cluster.setPluginArgs(baseArgs);
-    await node.startAgent();
+    node().cluster.setPluginArgs(baseArgs);
+    await node().startAgent();
   }
 });

@@ -3,12 +3,14 @@
  * the cgstep SPANK plugin into a real cgstepd on its own socket and its own
  * fresh cgroup dir under the cgroup2 mount. Owned by the Slurm integration
  * tests (issue 8). stop() ends the cluster, then the agent (by pid), then
- * removes the cgroup dir (cgroup.kill first) and the socket dir.
+ * removes the cgroup dir (cgroup.kill first) and the socket dir. Also the
+ * shared suite header (slurmGate, nodeSuite).
  */
+import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startSlurm, type SlurmCluster } from '../harness/slurm.js';
+import { slurmSupport, startSlurm, type SlurmCluster } from '../harness/slurm.js';
 import { startAgent, tmpSocket, type RunningAgent } from '../helpers/agent.js';
 import { MOUNT, makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
 
@@ -168,4 +170,33 @@ export function parseProbes(out: string): ProbeResult[] {
     .split('\n')
     .filter((l) => l.startsWith('{'))
     .map((l) => JSON.parse(l) as ProbeResult);
+}
+
+/** test.serial, or test.serial.skip where a suite cannot run. */
+export type GatedTest = typeof test.serial | typeof test.serial.skip;
+
+/** test.serial where Slurm can run; elsewhere test.serial.skip, said loudly. file: import.meta.url. */
+export function slurmGate(file: string): { ok: boolean; test: GatedTest } {
+  const support = slurmSupport();
+  if (!support.ok) console.error(`\n*** Slurm unavailable, SKIPPING the Slurm tests in ${file}: ${support.reason} ***\n`);
+  return { ok: support.ok, test: support.ok ? test.serial : test.serial.skip };
+}
+
+/**
+ * One node (startNode(o)) for a whole test file: started in test.before (then
+ * onUp), stopped in test.after.always. node() is the running node (undefined
+ * before it is up, or when Slurm cannot run here).
+ */
+export function nodeSuite(file: string, o: NodeOptions, onUp?: (node: Node, t: ExecutionContext) => void): { test: GatedTest; node: () => Node } {
+  const gate = slurmGate(file);
+  let node: Node | undefined;
+  test.before(async (t) => {
+    if (!gate.ok) return;
+    node = await startNode(o);
+    onUp?.(node, t);
+  });
+  test.after.always(async () => {
+    await node?.stop();
+  });
+  return { test: gate.test, node: () => node as Node };
 }
