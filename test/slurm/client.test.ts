@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { slurmSupport } from '../harness/slurm.js';
 import { startAgent, type RunningAgent } from '../helpers/agent.js';
 import { MOUNT, makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
-import { until } from './helpers.js';
+import { lineServer, until } from './helpers.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(here, '../..');
@@ -130,27 +130,11 @@ cTest('the reply reader refuses what is not a reply: truncated objects, bad numb
 /** A scripted server: handler(line, socket) per request line. */
 async function withServer(handler: (req: any, s: net.Socket) => void, fn: (sock: string) => Promise<void>): Promise<void> {
   const sock = path.join(dir, `s${Math.random().toString(36).slice(2)}.sock`);
-  const conns = new Set<net.Socket>();
-  const server = net.createServer((s) => {
-    conns.add(s);
-    let buf = '';
-    s.on('data', (d) => {
-      buf += d;
-      for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        handler(JSON.parse(line), s);
-      }
-    });
-    s.on('error', () => undefined);
-    s.on('close', () => conns.delete(s));
-  });
-  await new Promise<void>((r) => server.listen(sock, r));
+  const server = await lineServer(sock, (line, s) => handler(JSON.parse(line), s));
   try {
     await fn(sock);
   } finally {
-    for (const c of conns) c.destroy();
-    await new Promise((r) => server.close(r));
+    await server.close();
   }
 }
 

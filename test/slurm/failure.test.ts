@@ -8,12 +8,11 @@
  */
 import test from 'ava';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { startAgent } from '../helpers/agent.js';
-import { alive, cgroupLines, nodeSuite, procsOf, until } from './helpers.js';
+import { alive, cgroupLines, lineServer, nodeSuite, procsOf, until } from './helpers.js';
 
 let baseArgs: string[] = [];
 const { test: slurmTest, node } = nodeSuite(import.meta.url, { name: 'failure', tolerateNoDevices: true }, (n, t) => {
@@ -137,22 +136,12 @@ slurmTest('an agent that refuses: its error code and message are in the job stde
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-refuser-'));
   const sock = path.join(dir, 'refuser.sock');
   const seen: string[] = [];
-  const server = net.createServer((s) => {
-    let buf = '';
-    s.on('data', (d) => {
-      buf += d;
-      for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        seen.push(line);
-        const req = JSON.parse(line);
-        // Escapes and a non-ASCII character must survive the plugin's reader.
-        s.write(JSON.stringify({ id: req.id, ok: false, error: { code: 'EBUSY', message: 'node "draining" \\ try later \u2013 tab\there', detail: { nested: [1, { a: null }] } } }) + '\n');
-      }
-    });
-    s.on('error', () => undefined);
+  const server = await lineServer(sock, (line, s) => {
+    seen.push(line);
+    const req = JSON.parse(line);
+    // Escapes and a non-ASCII character must survive the plugin's reader.
+    s.write(JSON.stringify({ id: req.id, ok: false, error: { code: 'EBUSY', message: 'node "draining" \\ try later \u2013 tab\there', detail: { nested: [1, { a: null }] } } }) + '\n');
   });
-  await new Promise<void>((resolve) => server.listen(sock, resolve));
   node().cluster.setPluginArgs([...baseArgs, `socket=${sock}`]);
   try {
     const r = await srunMarked();
@@ -167,7 +156,7 @@ slurmTest('an agent that refuses: its error code and message are in the job stde
     t.regex(first.limits.cpus, /^\d+(-\d+)?(,\d+(-\d+)?)*$/);
   } finally {
     node().cluster.setPluginArgs(baseArgs);
-    await new Promise((r) => server.close(r));
+    await server.close();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });

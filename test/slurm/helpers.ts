@@ -4,10 +4,12 @@
  * fresh cgroup dir under the cgroup2 mount. Owned by the Slurm integration
  * tests (issue 8). stop() ends the cluster, then the agent (by pid), then
  * removes the cgroup dir (cgroup.kill first) and the socket dir. Also the
- * shared suite header (slurmGate, nodeSuite).
+ * shared suite header (slurmGate, nodeSuite) and a scripted line server that
+ * stands in for cgstepd.
  */
 import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { slurmSupport, startSlurm, type SlurmCluster } from '../harness/slurm.js';
@@ -199,4 +201,41 @@ export function nodeSuite(file: string, o: NodeOptions, onUp?: (node: Node, t: E
     await node?.stop();
   });
   return { test: gate.test, node: () => node as Node };
+}
+
+export interface LineServer {
+  /** The socket path. */
+  sock: string;
+  close(): Promise<void>;
+}
+
+/**
+ * A scripted stand-in for cgstepd: a Unix socket server at sock that calls
+ * onLine(line, socket) for each newline-terminated request (no more once the
+ * handler destroyed the socket). close() ends open connections, then the server.
+ */
+export async function lineServer(sock: string, onLine: (line: string, s: net.Socket) => void): Promise<LineServer> {
+  const conns = new Set<net.Socket>();
+  const server = net.createServer((s) => {
+    conns.add(s);
+    let buf = '';
+    s.on('data', (d) => {
+      buf += d;
+      for (let i = buf.indexOf('\n'); i >= 0 && !s.destroyed; i = buf.indexOf('\n')) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        onLine(line, s);
+      }
+    });
+    s.on('error', () => undefined);
+    s.on('close', () => conns.delete(s));
+  });
+  await new Promise<void>((resolve) => server.listen(sock, resolve));
+  return {
+    sock,
+    close: async () => {
+      for (const c of conns) c.destroy();
+      await new Promise((r) => server.close(r));
+    },
+  };
 }

@@ -9,16 +9,13 @@
  */
 import test from 'ava';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { requestSchema } from '../../src/rpc/protocol.js';
-import { slurmSupport, startSlurm, type SlurmCluster } from '../harness/slurm.js';
-import { until } from './helpers.js';
+import { startSlurm, type SlurmCluster } from '../harness/slurm.js';
+import { lineServer, slurmGate, until, type LineServer } from './helpers.js';
 
-const support = slurmSupport();
-const slurmTest = support.ok ? test.serial : test.serial.skip;
-if (!support.ok) console.error(`\n*** Slurm unavailable, SKIPPING the Slurm tests in ${import.meta.url}: ${support.reason} ***\n`);
+const { ok: slurmOk, test: slurmTest } = slurmGate(import.meta.url);
 
 interface Seen {
   req: any;
@@ -26,45 +23,35 @@ interface Seen {
 }
 
 let cluster: SlurmCluster;
-let server: net.Server;
+let server: LineServer;
 let dir: string;
 const seen: Seen[] = [];
 const problems: string[] = [];
 
 test.before(async () => {
-  if (!support.ok) return;
+  if (!slurmOk) return;
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-recorder-'));
   const sock = path.join(dir, 'recorder.sock');
-  server = net.createServer((s) => {
-    let buf = '';
-    s.on('data', (d) => {
-      buf += d;
-      for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        let req: any;
-        try {
-          req = JSON.parse(line);
-        } catch {
-          problems.push(`not JSON: ${line}`);
-          s.destroy();
-          return;
-        }
-        const parsed = requestSchema.safeParse(req);
-        if (!parsed.success) problems.push(`schema: ${line}: ${parsed.error.message}`);
-        seen.push({ req });
-        s.write(JSON.stringify({ id: req.id, ok: true, result: { job: req.job, note: { nested: ['x', { y: 1.5e3 }] } } }) + '\n');
-      }
-    });
-    s.on('error', () => undefined);
+  server = await lineServer(sock, (line, s) => {
+    let req: any;
+    try {
+      req = JSON.parse(line);
+    } catch {
+      problems.push(`not JSON: ${line}`);
+      s.destroy();
+      return;
+    }
+    const parsed = requestSchema.safeParse(req);
+    if (!parsed.success) problems.push(`schema: ${line}: ${parsed.error.message}`);
+    seen.push({ req });
+    s.write(JSON.stringify({ id: req.id, ok: true, result: { job: req.job, note: { nested: ['x', { y: 1.5e3 }] } } }) + '\n');
   });
-  await new Promise<void>((resolve) => server.listen(sock, resolve));
   cluster = await startSlurm({ name: 'wire', socket: sock });
 });
 
 test.after.always(async () => {
   await cluster?.stop();
-  if (server) await new Promise((r) => server.close(r));
+  await server?.close();
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
 
@@ -149,7 +136,7 @@ slurmTest('sbatch --gres=gpu:1: step "batch" with the job GPU, an srun inside is
 });
 
 slurmTest('devices=no sends no device request; bad plugstack.conf options fail the step with a message', async (t) => {
-  const sock = (server.address() as string);
+  const sock = server.sock;
   cluster.setPluginArgs(['devices=no']);
   try {
     const r = await cluster.srun(['-n1', '--gres=gpu:1', 'sh', '-c', 'echo $SLURM_JOB_ID']);
