@@ -7,7 +7,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
-import { startAgent, waitFor, type RunningAgent } from '../helpers/agent.js';
+import { replyLines, startAgent, waitFor, type RunningAgent } from '../helpers/agent.js';
 
 const ctx: { root: string; agent: RunningAgent } = {} as any;
 
@@ -22,26 +22,10 @@ test.after.always(async () => {
 
 /** Send raw bytes, collect reply lines until `n` lines or close. */
 function raw(socket: string, data: string | Buffer, n = 1): Promise<any[]> {
+  const s = net.connect(socket);
   return new Promise((resolve, reject) => {
-    const s = net.connect(socket);
-    let buf = '';
-    const lines: any[] = [];
-    const done = () => {
-      s.destroy();
-      resolve(lines);
-    };
-    s.on('data', (d) => {
-      buf += d;
-      let i;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        lines.push(JSON.parse(buf.slice(0, i)));
-        buf = buf.slice(i + 1);
-        if (lines.length >= n) done();
-      }
-    });
-    s.on('close', () => resolve(lines));
     s.on('error', reject);
-    s.write(data);
+    replyLines(s, data, n).then(resolve, reject);
   });
 }
 

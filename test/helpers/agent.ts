@@ -5,6 +5,7 @@
  */
 import { spawn, spawnSync, type ChildProcess, type SpawnSyncOptions } from 'node:child_process';
 import fs from 'node:fs';
+import type net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -107,6 +108,41 @@ export function killPid(pid: number | undefined): void {
   } catch {
     /* gone */
   }
+}
+
+/**
+ * Write data (raw bytes: lines, junk, half lines) on a connected socket and
+ * collect the agent's reply lines, parsed, until n have come (then s is
+ * destroyed) or the connection closes; after timeoutMs, an error. Errors on s
+ * are left to the caller's listeners.
+ */
+export function replyLines(s: net.Socket, data: string | Buffer, n: number, timeoutMs = 20000): Promise<any[]> {
+  return new Promise((resolve, reject) => {
+    const out: any[] = [];
+    let buf = '';
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new Error(`got ${out.length} of ${n} replies`));
+    }, timeoutMs);
+    s.on('data', (d) => {
+      buf += d;
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        out.push(JSON.parse(buf.slice(0, i)));
+        buf = buf.slice(i + 1);
+      }
+      if (out.length >= n) {
+        clearTimeout(timer);
+        s.destroy();
+        resolve(out);
+      }
+    });
+    s.on('close', () => {
+      clearTimeout(timer);
+      resolve(out);
+    });
+    s.write(data);
+  });
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -9,7 +9,7 @@ import fc from 'fast-check';
 import fs from 'node:fs';
 import net from 'node:net';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
-import { startAgent, sleep, type RunningAgent } from '../helpers/agent.js';
+import { replyLines, startAgent, sleep, type RunningAgent } from '../helpers/agent.js';
 import { requestSchema } from '../../src/rpc/protocol.js';
 import { corpus } from './corpus.js';
 
@@ -51,33 +51,7 @@ async function connect(): Promise<net.Socket> {
 
 /** Write lines on one connection and collect exactly n reply lines. */
 async function exchange(data: string | Buffer, n: number, timeoutMs = 20000): Promise<any[]> {
-  const s = await connect();
-  return new Promise((resolve, reject) => {
-    const out: any[] = [];
-    let buf = '';
-    const t = setTimeout(() => {
-      s.destroy();
-      reject(new Error(`got ${out.length} of ${n} replies`));
-    }, timeoutMs);
-    s.on('data', (d) => {
-      buf += d;
-      let i;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        out.push(JSON.parse(buf.slice(0, i)));
-        buf = buf.slice(i + 1);
-      }
-      if (out.length >= n) {
-        clearTimeout(t);
-        s.destroy();
-        resolve(out);
-      }
-    });
-    s.on('close', () => {
-      clearTimeout(t);
-      resolve(out);
-    });
-    s.write(data);
-  });
+  return replyLines(await connect(), data, n, timeoutMs);
 }
 
 test.serial('every line of a 400+ line corpus gets a typed error on one connection, and a valid request still works after it', async (t) => {
