@@ -282,6 +282,15 @@ static napi_value prog_load(napi_env env, napi_callback_info info)
 
 /* ---- attach / detach ---------------------------------------------------- */
 
+/* The fields PROG_ATTACH and PROG_DETACH share: prog on target's device hook. */
+static void attach_attr(attr_buf *attr, int target, int prog)
+{
+	memset(attr, 0, sizeof(*attr));
+	attr->a.target_fd = (uint32_t)target;
+	attr->a.attach_bpf_fd = (uint32_t)prog;
+	attr->a.attach_type = BPF_CGROUP_DEVICE;
+}
+
 /* progAttach(targetFd, progFd, flags, replaceFd) */
 static napi_value prog_attach(napi_env env, napi_callback_info info)
 {
@@ -292,10 +301,7 @@ static napi_value prog_attach(napi_env env, napi_callback_info info)
 	    arg_u32(env, argv[2], &flags) || arg_fd(env, argv[3], &replace))
 		return throw_type(env, "progAttach(targetFd, progFd, flags, replaceFd)");
 	attr_buf attr;
-	memset(&attr, 0, sizeof(attr));
-	attr.a.target_fd = (uint32_t)target;
-	attr.a.attach_bpf_fd = (uint32_t)prog;
-	attr.a.attach_type = BPF_CGROUP_DEVICE;
+	attach_attr(&attr, target, prog);
 	attr.a.attach_flags = flags;
 	attr.a.replace_bpf_fd = (uint32_t)replace;
 	if (sys_bpf(BPF_PROG_ATTACH, &attr) < 0)
@@ -311,10 +317,7 @@ static napi_value prog_detach(napi_env env, napi_callback_info info)
 	if (argc < 2 || arg_fd(env, argv[0], &target) || arg_fd(env, argv[1], &prog))
 		return throw_type(env, "progDetach(targetFd, progFd)");
 	attr_buf attr;
-	memset(&attr, 0, sizeof(attr));
-	attr.a.target_fd = (uint32_t)target;
-	attr.a.attach_bpf_fd = (uint32_t)prog;
-	attr.a.attach_type = BPF_CGROUP_DEVICE;
+	attach_attr(&attr, target, prog);
 	if (sys_bpf(BPF_PROG_DETACH, &attr) < 0)
 		return throw_errno(env, "BPF_PROG_DETACH", errno, NULL);
 	return undef(env);
