@@ -451,9 +451,11 @@ export function emit(p: NormalPolicy, opts: EmitOptions = {}): Program {
       return { kind: 'mark', id: checks.get(mask)! };
     };
     // Every test below has both outcomes possible for the verifier, which knows a
-    // register's bounds [lo, hi] from the tests before it (JGT, and a JNE/JEQ
-    // whose constant is a bound): a key that is the only value left is not
-    // tested, or the kernel would rewrite a dead branch (xlated would differ).
+    // register's bounds [lo, hi] from the tests before it (JGT; since 6.8 also a
+    // JNE/JEQ whose constant is a bound): a key that is the only value left is
+    // not tested, it is known to match. (Its `goto miss` would be a branch never
+    // taken; the kernel keeps that one, as miss is reached from elsewhere, but
+    // it is an instruction run for nothing.)
     const minors = (list: PolicyEntry[], lo: number, hi: number): void => {
       if (list.length > TREE_LEAF) {
         const mid = Math.ceil(list.length / 2);
