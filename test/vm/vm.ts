@@ -252,6 +252,10 @@ export interface BootResult {
   console: string;
   /** Host wall time from spawning qemu to the initramfs' "ready" line (kernel + modules + mounts), ms. */
   bootMs: number | null;
+  /** The guest's own uptime at that line (kernel boot without qemu's start and firmware), s. */
+  guestBootS: number | null;
+  /** Host wall time from spawning qemu to the first console line containing each "CGSTEP-VM: <what>", ms. */
+  marks: Record<string, number>;
   /** Host wall time from spawning qemu to its exit, ms. */
   wallMs: number;
   /** Every regular file the guest left in the share (utf8), by relative path. */
@@ -292,7 +296,7 @@ export async function bootVm(assets: VmAssets, o: BootOptions): Promise<BootResu
   try {
     for (const [name, text] of Object.entries(o.files)) {
       fs.mkdirSync(path.dirname(path.join(share, name)), { recursive: true });
-      fs.writeFileSync(path.join(share, name), text, { mode: 0o755 });
+      fs.writeFileSync(path.join(share, name), text, { mode: /\.sh$|^bin\//.test(name) ? 0o755 : 0o644 });
     }
     const args = [
       '-accel', accel(),
@@ -310,6 +314,8 @@ export async function bootVm(assets: VmAssets, o: BootOptions): Promise<BootResu
     live.add(proc);
     let consoleText = '';
     let bootMs: number | null = null;
+    let guestBootS: number | null = null;
+    const marks: Record<string, number> = {};
     let partial = '';
     const onData = (d: Buffer) => {
       const s = d.toString('utf8');
@@ -318,7 +324,13 @@ export async function bootVm(assets: VmAssets, o: BootOptions): Promise<BootResu
       const lines = partial.split(/\r?\n/);
       partial = lines.pop() ?? '';
       for (const l of lines) {
-        if (bootMs === null && l.includes(READY_MARK)) bootMs = performance.now() - t0;
+        if (bootMs === null && l.includes(READY_MARK)) {
+          bootMs = performance.now() - t0;
+          const up = /uptime ([\d.]+) s/.exec(l);
+          if (up) guestBootS = Number(up[1]);
+        }
+        const mark = /CGSTEP-VM: ([a-z][a-z ]*[a-z])/.exec(l);
+        if (mark && !(mark[1] in marks)) marks[mark[1]] = performance.now() - t0;
         o.onLine?.(l);
       }
     };
@@ -339,7 +351,7 @@ export async function bootVm(assets: VmAssets, o: BootOptions): Promise<BootResu
       });
     });
     live.delete(proc);
-    return { code, timedOut, console: consoleText, bootMs, wallMs: performance.now() - t0, files: readTree(share) };
+    return { code, timedOut, console: consoleText, bootMs, guestBootS, marks, wallMs: performance.now() - t0, files: readTree(share) };
   } finally {
     fs.rmSync(share, { recursive: true, force: true });
   }
