@@ -10,6 +10,7 @@ import { CYCLE_DEVICES, cycleSection } from './cycle.js';
 import { REPO, ms } from './lib.js';
 import { scaleSection, throughputSection } from './scale.js';
 import { systemdSection } from './systemd.js';
+import { devicesSection, formatDevices } from './devices.js';
 import { buildRuleSet, compile } from '../src/devices/index.js';
 import { sandboxSupport } from '../test/harness/systemd-sandbox.js';
 
@@ -67,6 +68,28 @@ results.scale = scale;
 for (const r of scale) {
   line(`  ${String(r.steps).padStart(5)} steps: RSS ${r.rssMiB.toFixed(1)} MiB, cycle median ${ms(r.cycle.median)} p99 ${ms(r.cycle.p99)}, restart→ready ${r.restartReadyMs.toFixed(0)} ms, →list ${r.restartListMs.toFixed(0)} ms, /metrics scrape ${ms(r.scrape.median)} (${r.scrape.series} series)`);
 }
+
+line('\n6. device check cost: programs of 1, 16, 256 and 4,096 rules (target: allowed open() with 256 rules within 10% of unconfined)');
+const devs = await devicesSection({ quick });
+results.devices = devs;
+for (const l of formatDevices(devs)) line(`  ${l}`);
+
+// The issue's targets, each with the figure measured above.
+const top = scale[scale.length - 1];
+const sd = results.systemd as { ratioToAgent?: number };
+const t16 = tput.find((r) => r.clients === 16);
+const d256 = devs.sizes.find((x) => x.rules === 256);
+const targets: [string, string, boolean | null][] = [
+  ['agent / floor <= 1.5 (cycle with a device program, median)', dev.ratio.toFixed(2), dev.ratio <= 1.5],
+  ['systemd / agent >= 4', sd.ratioToAgent === undefined ? 'skipped' : sd.ratioToAgent.toFixed(2), sd.ratioToAgent === undefined ? null : sd.ratioToAgent >= 4],
+  ['>= 1,000 cycles/s with 16 clients', t16 ? t16.cyclesPerSec.toFixed(0) : 'n/a', t16 ? t16.cyclesPerSec >= 1000 : null],
+  [`RSS <= 80 MB with ${top.steps} live steps`, `${((top.rssMiB * 2 ** 20) / 1e6).toFixed(1)} MB`, (top.rssMiB * 2 ** 20) / 1e6 <= 80],
+  [`restart to ready <= 1 s with ${top.steps} live steps`, `${top.restartReadyMs.toFixed(0)} ms`, top.restartReadyMs <= 1000],
+  ['allowed open() with 256 rules within 10% of unconfined', d256 ? `${((d256.open.miss.ratio - 1) * 100).toFixed(1)}% (miss), ${((d256.open.hit.ratio - 1) * 100).toFixed(1)}% (hit)` : 'n/a', d256 ? Math.max(d256.open.miss.ratio, d256.open.hit.ratio) <= 1.1 : null],
+];
+results.targets = targets.map(([target, measured, met]) => ({ target, measured, met }));
+line('\ntargets');
+for (const [target, measured, met] of targets) line(`  ${met === null ? 'n/a ' : met ? 'met ' : 'NOT '} ${target}: ${measured}`);
 
 fs.writeFileSync(path.join(REPO, 'bench/results.json'), JSON.stringify(results, null, 2) + '\n');
 line('\nwrote bench/results.json');
