@@ -11,9 +11,34 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fromNodeError, isErrno } from '../errors.js';
 
+let scratch = Buffer.allocUnsafe(64 * 1024);
+
+/**
+ * open, read, close: one read for the small files of kernfs and procfs,
+ * whose seq_file reads return everything that fits, so a short read is the
+ * end (readFileSync reads again to see 0, a syscall per file on every step).
+ */
+function readSmall(file: string): string {
+  const fd = fs.openSync(file, 'r');
+  try {
+    let len = 0;
+    for (;;) {
+      const n = fs.readSync(fd, scratch, len, scratch.length - len, null);
+      len += n;
+      if (n === 0 || len < scratch.length) break;
+      const bigger = Buffer.allocUnsafe(scratch.length * 2);
+      scratch.copy(bigger, 0, 0, len);
+      scratch = bigger;
+    }
+    return scratch.toString('utf8', 0, len);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 export function readText(file: string): string {
   try {
-    return fs.readFileSync(file, 'utf8');
+    return readSmall(file);
   } catch (err) {
     throw fromNodeError('read', file, err);
   }
@@ -22,7 +47,7 @@ export function readText(file: string): string {
 /** Read a file, or null when it does not exist (its controller is not enabled). */
 export function readOptional(file: string): string | null {
   try {
-    return fs.readFileSync(file, 'utf8');
+    return readSmall(file);
   } catch (err) {
     if (isErrno(err, 'ENOENT')) return null;
     throw fromNodeError('read', file, err);

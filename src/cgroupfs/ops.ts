@@ -64,12 +64,13 @@ export function procsOf(dir: string): number[] {
 
 /** The cgroup v2 path of a process as /proc shows it ("0::/a/b"), or null when it is gone. */
 export function cgroupOfPid(pid: number): string | null {
-  let text: string;
+  let text: string | null;
   try {
-    text = fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8');
+    text = readOptional(`/proc/${pid}/cgroup`);
   } catch {
-    return null;
+    return null; // ESRCH and friends: the process is gone
   }
+  if (text === null) return null;
   for (const line of text.split('\n')) if (line.startsWith('0::')) return line.slice(3);
   return null;
 }

@@ -36,10 +36,12 @@ export class TreeWatcher extends EventEmitter {
   /**
    * Watch a job (step/task undefined), a step, or a task directory. `memory`
    * says whether the memory controller is on there (memory.events exists).
+   * `fresh`: the directory was just made and nothing has entered it, so its
+   * files need no first read (populated 0, frozen 0, no OOM kill).
    */
-  watchDir(dir: string, ids: { job: string; step?: string; task?: string }, memory = false): void {
-    this.add(path.join(dir, 'cgroup.events'), { ...ids, kind: 'cgroup' });
-    if (memory && ids.step !== undefined && ids.task === undefined) this.add(path.join(dir, 'memory.events'), { ...ids, kind: 'memory' });
+  watchDir(dir: string, ids: { job: string; step?: string; task?: string }, memory = false, fresh = false): void {
+    this.add(path.join(dir, 'cgroup.events'), { ...ids, kind: 'cgroup' }, fresh ? { populated: 0, frozen: 0 } : undefined);
+    if (memory && ids.step !== undefined && ids.task === undefined) this.add(path.join(dir, 'memory.events'), { ...ids, kind: 'memory' }, fresh ? {} : undefined);
   }
 
   /**
@@ -51,10 +53,10 @@ export class TreeWatcher extends EventEmitter {
     this.add(path.join(stepDir, 'user', 'cgroup.events'), { ...ids, kind: 'freeze' });
   }
 
-  private add(file: string, w: Omit<Watched, 'last' | 'handle'>): void {
+  private add(file: string, w: Omit<Watched, 'last' | 'handle'>, known?: Record<string, number>): void {
     if (this.files.has(file)) return;
-    const text = readOptional(file);
-    if (text === null) return;
+    const text = known ? null : readOptional(file);
+    if (!known && text === null) return;
     let handle: fs.FSWatcher;
     try {
       handle = fs.watch(file, { persistent: false }, () => this.onChange(file));
@@ -62,7 +64,7 @@ export class TreeWatcher extends EventEmitter {
       return; // removed between the read and the watch
     }
     handle.on('error', () => this.drop(file));
-    this.files.set(file, { ...w, last: parseFlatKeyed(text), handle });
+    this.files.set(file, { ...w, last: known ?? parseFlatKeyed(text!), handle });
   }
 
   private drop(file: string): void {

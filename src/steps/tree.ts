@@ -196,7 +196,7 @@ export class StepTree {
     const made = this.makeInner(this.paths.job(job));
     if (made || !this.index.has(job)) {
       this.index.set(job, this.index.get(job) ?? new Set());
-      this.watcher.watchDir(this.paths.job(job), { job });
+      this.watcher.watchDir(this.paths.job(job), { job }, false, made);
     }
     return made;
   }
@@ -248,7 +248,7 @@ export class StepTree {
       makeDir(path.join(dir, SLURM_LEAF));
       this.makeInner(this.paths.user(job, step));
       this.index.get(job)!.add(step);
-      if (created) this.watcher.watchDir(dir, { job, step }, this.memory);
+      if (created) this.watcher.watchDir(dir, { job, step }, this.memory, true);
       // Step limits and devices go on user/: the step daemon in slurm/ is not confined by them.
       const c = this.constrain(this.paths.user(job, step), limits, devices, 'step');
       this.opts.log.info({ job, step, created, jobCreated, ...c }, created ? 'step created' : 'step updated');
@@ -262,8 +262,8 @@ export class StepTree {
       if (!exists(this.paths.user(job, step))) this.requireStep(job, step); // names what is missing
       const dir = this.paths.leaf(job, step, leaf);
       const made = makeDir(dir);
-      if (made && typeof leaf === 'object') this.watcher.watchDir(dir, { job, step, task: String(leaf.task) });
-      if (made && leaf === 'special') this.watcher.watchDir(dir, { job, step, task: 'special' });
+      if (made && typeof leaf === 'object') this.watcher.watchDir(dir, { job, step, task: String(leaf.task) }, false, true);
+      if (made && leaf === 'special') this.watcher.watchDir(dir, { job, step, task: 'special' }, false, true);
       // Confine the leaf before the process enters it: it never runs under a looser policy.
       const c = devices ? this.constrain(dir, undefined, devices, 'task') : {};
       moveProcess(dir, pid, this.opts.mountPoint);
