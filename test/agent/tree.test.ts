@@ -62,7 +62,7 @@ test.serial('cgstep run: the command first sees itself in its task leaf, and its
 });
 
 test.serial('stats show CPU time after a busy loop, per task, step and job', async (t) => {
-  const r = ctx.agent.cli(['run', '31', '1', '--task', '0', '--', process.execPath, '-e', 'while (process.cpuUsage().user < 300000);']); // 0.3 s of CPU, however loaded the node is
+  const r = ctx.agent.cli(['run', '31', '1', '--task', '0', '--', process.execPath, '-e', 'for (;;) { for (let i = 0; i < 1e6; i++); if (process.cpuUsage().user >= 300000) break; }']); // 0.3 s of CPU, however loaded the node is
   t.is(r.code, 0, r.stderr);
   const s = JSON.parse(ctx.agent.cli(['--json', 'stats', '31']).stdout);
   t.true(s.total.cpu.usageUsec >= 250000, `job cpu ${s.total.cpu.usageUsec}`);
