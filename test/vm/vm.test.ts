@@ -16,10 +16,19 @@
  * CGSTEP_VM_LOGS=DIR keeps each boot's console and guest output there.
  */
 import test, { type ExecutionContext } from 'ava';
+import { plain } from './vm.js';
 import { BOOT_TIMEOUT_MS, TEST_TIMEOUT_MS, assets, busybox, setupLog, systemd, t0, type Lane } from './lane.js';
 
 const tail = (s: string, n = 40) => s.split('\n').slice(-n).join('\n');
 const secs = (ms: number | null) => (ms === null ? '-' : `${(ms / 1000).toFixed(1)} s`);
+
+/** Why a boot produced no usable guest results, or null. */
+function bootProblem(l: Lane): string | null {
+  if (l.boot.timedOut) return `the guest did not finish within ${BOOT_TIMEOUT_MS / 1000} s (CGSTEP_VM_TIMEOUT_S); qemu killed by pid`;
+  if (l.rc === null) return `the guest never ran its tests (qemu exit ${l.boot.code})`;
+  if (l.plan === null) return `guest ava printed no TAP plan (exit ${l.rc})`;
+  return null;
+}
 
 function reportBoot(t: ExecutionContext, mode: string, l: Lane): void {
   const m = l.boot.marks;
@@ -30,13 +39,7 @@ function reportBoot(t: ExecutionContext, mode: string, l: Lane): void {
       `, to the guest tests' start ${secs(start)}${mode === 'systemd' ? ' (systemd as PID 1 up to the test service)' : ''}` +
       `, guest ava ${start !== null && end !== null ? secs(end - start) : '-'}, qemu start to power-off ${secs(l.boot.wallMs)}; guest ava exit ${l.rc ?? '(none)'}, ${l.tests.length} test(s)`,
   );
-  const problem = l.boot.timedOut
-    ? `the guest did not finish within ${BOOT_TIMEOUT_MS / 1000} s (CGSTEP_VM_TIMEOUT_S); qemu killed by pid`
-    : l.rc === null
-      ? `the guest never ran its tests (qemu exit ${l.boot.code})`
-      : l.plan === null
-        ? `guest ava printed no TAP plan (exit ${l.rc})`
-        : null;
+  const problem = bootProblem(l);
   if (problem) {
     t.log(`console (last lines):\n${tail(l.boot.console)}`);
     if (l.stderr) t.log(`guest ava stderr:\n${tail(l.stderr)}`);
@@ -73,8 +76,9 @@ function point(n: number, title: string, which: () => Promise<Lane>): void {
       if (!x.ok && x.diag) t.log(x.diag);
     }
     if (!mine.length) {
-      t.log(`guest ava exit ${l.rc ?? '(none)'}; stderr:\n${tail(l.stderr, 20)}\nconsole:\n${tail(l.boot.console, 20)}`);
-      t.fail(`no guest test for point ${n} reported`);
+      const why = bootProblem(l);
+      if (!why) t.log(`guest ava exit ${l.rc}; stderr:\n${tail(l.stderr, 20)}`);
+      t.fail(`no guest test for point ${n} reported: ${why ?? `no guest test title starts with "${n} "`}`);
       return;
     }
     const bad = mine.filter((x) => !x.ok || x.skip || x.todo);
@@ -93,7 +97,7 @@ test.serial('vm: systemd boot (systemd as PID 1 on the overlay root) runs the gu
   const l = await systemd();
   reportBoot(t, 'systemd', l);
   // Where it got to, from systemd's own status lines on the console.
-  const reached = l.boot.console.split('\n').filter((x) => /Reached target|Started|Failed|FAILED/.test(x)).map((x) => x.replace(/\x1b\[[0-9;]*m/g, '').trim());
+  const reached = l.boot.console.split('\n').map(plain).filter((x) => /^\[ *(OK|FAILED) *\]/.test(x));
   t.log(`systemd console: ${reached.length} status line(s); last: ${reached.slice(-3).join(' | ')}`);
 });
 

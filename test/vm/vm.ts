@@ -29,7 +29,7 @@
  * hook if the test process dies first); the share directory is removed after
  * its files have been read.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -183,8 +183,15 @@ export function ensureKernel(log: Log): VmKernel {
     if (absent.length) log(`modules not found as files (built in?): ${absent.join(' ')}`);
     for (const [m, p] of found) fs.copyFileSync(p, path.join(stage, 'modules', `${m}.ko`));
     fs.writeFileSync(path.join(stage, 'complete'), `${deb}\n`);
-    fs.rmSync(dir, { recursive: true, force: true });
-    fs.renameSync(stage, dir);
+    if (!fs.existsSync(path.join(dir, 'complete'))) {
+      fs.rmSync(dir, { recursive: true, force: true });
+      try {
+        fs.renameSync(stage, dir);
+      } catch (err) {
+        // Another run of the lane finished the same kernel first.
+        if (!fs.existsSync(path.join(dir, 'complete'))) throw err;
+      }
+    }
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }
@@ -246,7 +253,7 @@ export interface BootOptions {
 }
 
 export interface BootResult {
-  /** qemu's exit status (null when killed). */
+  /** qemu's exit status (137 when it was killed; see timedOut). */
   code: number | null;
   timedOut: boolean;
   console: string;
@@ -262,14 +269,30 @@ export interface BootResult {
   files: Record<string, string>;
 }
 
-/** qemu processes this process started and has not seen exit: killed if it exits first. */
-const live = new Set<ChildProcess>();
+/**
+ * qemu processes this process started and has not seen exit, by pidfile: killed
+ * by pid if this process exits first. qemu also runs under coreutils'
+ * `timeout -s KILL`, a hard limit that holds even if this process is killed.
+ */
+const live = new Set<string>();
 let hooked = false;
+function pidOf(pidfile: string): number | null {
+  try {
+    const n = Number(fs.readFileSync(pidfile, 'utf8').trim());
+    return Number.isInteger(n) && n > 1 ? n : null;
+  } catch {
+    return null;
+  }
+}
+function killQemu(pidfile: string): void {
+  const pid = pidOf(pidfile);
+  if (pid) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+}
 function hookExit(): void {
   if (hooked) return;
   hooked = true;
   process.on('exit', () => {
-    for (const p of live) if (p.pid) try { process.kill(p.pid, 'SIGKILL'); } catch { /* gone */ }
+    for (const f of live) killQemu(f);
   });
 }
 
@@ -282,6 +305,11 @@ function readTree(dir: string, base = dir, out: Record<string, string> = {}): Re
   return out;
 }
 
+/** Console text without terminal escapes (systemd's colours and progress spinner). */
+export function plain(line: string): string {
+  return line.replace(/\x1b(\[[0-9;?]*[A-Za-z]|[A-Za-z])/g, '').trim();
+}
+
 export const READY_MARK = 'CGSTEP-VM: initramfs ready';
 
 export function accel(): string {
@@ -290,8 +318,43 @@ export function accel(): string {
   return process.env.CGSTEP_VM_ACCEL || 'tcg';
 }
 
+/**
+ * Share directories (and pidfiles) of runs that were killed outright: the
+ * qemu named in the pidfile is gone (its hard limit ends it), or there never
+ * was one and the directory is two hours old. Live runs are left alone.
+ */
+function sweepStale(): void {
+  const tmp = os.tmpdir();
+  for (const e of fs.readdirSync(tmp)) {
+    if (!/^cgstep-vm-[A-Za-z0-9]{6}$/.test(e)) continue;
+    const dir = path.join(tmp, e);
+    const pidfile = `${dir}.qemu.pid`;
+    let stale: boolean;
+    const pid = pidOf(pidfile);
+    if (pid) {
+      try {
+        process.kill(pid, 0);
+        stale = !/qemu/.test(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8'));
+      } catch {
+        stale = true;
+      }
+    } else {
+      try {
+        stale = Date.now() - fs.statSync(dir).mtimeMs > 2 * 3600 * 1000;
+      } catch {
+        stale = false;
+      }
+    }
+    if (stale) {
+      fs.rmSync(dir, { recursive: true, force: true });
+      fs.rmSync(pidfile, { force: true });
+    }
+  }
+}
+
 export async function bootVm(assets: VmAssets, o: BootOptions): Promise<BootResult> {
   hookExit();
+  sweepStale();
   const share = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-vm-'));
   try {
     for (const [name, text] of Object.entries(o.files)) {
@@ -310,15 +373,17 @@ export async function bootVm(assets: VmAssets, o: BootOptions): Promise<BootResu
       '-virtfs', `local,path=${share},mount_tag=vmout,security_model=passthrough,multidevs=remap`,
     ];
     const t0 = performance.now();
-    const proc = spawn(assets.qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    live.add(proc);
+    const pidfile = `${share}.qemu.pid`;
+    args.push('-pidfile', pidfile);
+    const hardLimitS = Math.ceil(o.timeoutMs / 1000) + 30;
+    const proc = spawn('timeout', ['-s', 'KILL', String(hardLimitS), assets.qemu, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    live.add(pidfile);
     let consoleText = '';
     let bootMs: number | null = null;
     let guestBootS: number | null = null;
     const marks: Record<string, number> = {};
     let partial = '';
-    const onData = (d: Buffer) => {
-      const s = d.toString('utf8');
+    const onData = (s: string) => {
       consoleText += s;
       partial += s;
       const lines = partial.split(/\r?\n/);
@@ -334,13 +399,16 @@ export async function bootVm(assets: VmAssets, o: BootOptions): Promise<BootResu
         o.onLine?.(l);
       }
     };
-    proc.stdout!.on('data', onData);
-    proc.stderr!.on('data', onData);
+    // Decoded per stream, so a character split across two reads stays whole.
+    proc.stdout!.setEncoding('utf8').on('data', onData);
+    proc.stderr!.setEncoding('utf8').on('data', onData);
     let timedOut = false;
     const code = await new Promise<number | null>((resolve) => {
       const timer = setTimeout(() => {
         timedOut = true;
-        if (proc.pid) try { process.kill(proc.pid, 'SIGKILL'); } catch { /* gone */ }
+        killQemu(pidfile);
+        // Not started far enough to write its pidfile: timeout(1) passes TERM on to it.
+        if (proc.pid) try { process.kill(proc.pid, 'SIGTERM'); } catch { /* gone */ }
       }, o.timeoutMs);
       proc.once('error', (err) => {
         consoleText += `\nspawn ${assets.qemu}: ${err.message}\n`;
@@ -350,7 +418,8 @@ export async function bootVm(assets: VmAssets, o: BootOptions): Promise<BootResu
         resolve(c);
       });
     });
-    live.delete(proc);
+    live.delete(pidfile);
+    fs.rmSync(pidfile, { force: true });
     return { code, timedOut, console: consoleText, bootMs, guestBootS, marks, wallMs: performance.now() - t0, files: readTree(share) };
   } finally {
     fs.rmSync(share, { recursive: true, force: true });
