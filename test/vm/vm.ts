@@ -307,7 +307,8 @@ function readTree(dir: string, base = dir, out: Record<string, string> = {}): Re
 
 /** Console text without terminal escapes (systemd's colours and progress spinner). */
 export function plain(line: string): string {
-  return line.replace(/\x1b(\[[0-9;?]*[A-Za-z]|[A-Za-z])/g, '').trim();
+  // systemd truncates long status lines with an ellipsis, sometimes inside an escape.
+  return line.replace(/\x1b(\[[0-9;?]*[A-Za-z]|[A-Za-z])/g, '').replace(/\x1b\[?[0-9;]*/g, '').trim();
 }
 
 export const READY_MARK = 'CGSTEP-VM: initramfs ready';
