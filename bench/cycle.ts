@@ -52,8 +52,9 @@ export async function cycleSection(cycles: number, programFile?: string, devices
   const root = benchRoot('cycle');
   const p = sleeper();
   const floorBin = buildFloor();
+  let agent: Awaited<ReturnType<typeof startAgent>> | null = null;
   try {
-    const agent = await startAgent(root, ['--node-name', 'bench']);
+    agent = await startAgent(root, ['--node-name', 'bench']);
     const scope = path.join(root, 'system.slice', 'bench_slurmstepd.scope');
     const park = path.join(root, 'park');
     fs.mkdirSync(park);
@@ -66,10 +67,12 @@ export async function cycleSection(cycles: number, programFile?: string, devices
     floorCycle(floorBin, scope, park, p.pid!, 50, ctl, programFile);
     const f = floorCycle(floorBin, scope, park, p.pid!, cycles, ctl, programFile);
     await agent.stop();
+    agent = null;
     const as = summarize(a);
     const fs_ = summarize(f);
     return { agent: as, floor: fs_, ratio: as.median / fs_.median, devices: !!programFile };
   } finally {
+    await agent?.stop();
     p.kill('SIGKILL');
     fs.rmSync(floorBin, { force: true });
     await removeRoot(root);

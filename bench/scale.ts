@@ -39,8 +39,10 @@ export async function throughputSection(clientsList: number[], seconds: number):
   const rows: ThroughputRow[] = [];
   const root = benchRoot('tput');
   const p = sleeper();
+  let agent: Awaited<ReturnType<typeof startAgent>> | null = null;
   try {
-    const agent = await startAgent(root, ['--node-name', 'tput', '--max-connections', '4096']);
+    agent = await startAgent(root, ['--node-name', 'tput', '--max-connections', '4096']);
+    const socket = agent.socket;
     const scope = path.join(root, 'system.slice', 'tput_slurmstepd.scope');
     const park = path.join(root, 'park');
     fs.mkdirSync(park);
@@ -49,9 +51,9 @@ export async function throughputSection(clientsList: number[], seconds: number):
       const end = Date.now() + seconds * 1000;
       await Promise.all(
         Array.from({ length: n }, async (_, k) => {
-          const c = await CgstepClient.connect(agent.socket);
+          const c = await CgstepClient.connect(socket);
           for (let i = 0; Date.now() < end; i++) {
-            const job = 1 + k * 1_000_000 + i + n * 100_000_000;
+            const job = 1 + n * 10_000_000 + k * 100_000 + i; // below Slurm's largest job id (4294967280)
             const t0 = performance.now();
             await c.request('step.create', { job, step: 0 });
             await c.request('destroy', { job });
@@ -62,9 +64,9 @@ export async function throughputSection(clientsList: number[], seconds: number):
       );
       rows.push({ clients: n, cyclesPerSec: lat.length / seconds, p99: summarize(lat).p99 });
     }
-    await agent.stop();
     void scope;
   } finally {
+    await agent?.stop();
     p.kill('SIGKILL');
     await removeRoot(root);
   }
@@ -96,17 +98,19 @@ export async function scaleSection(levels: number[], cycles: number): Promise<Sc
     };
     return { proc, ready, listed, stop };
   };
+  let agent: Awaited<ReturnType<typeof start>> | null = null;
+  let withMetrics: Awaited<ReturnType<typeof start>> | null = null;
   try {
     // RSS and the cycle are measured without --metrics (prom-client is loaded only with it);
     // the restart is timed with --metrics on, and /metrics scraped from that agent.
-    let agent = await start(base);
+    agent = await start(base);
     const scope = path.join(root, 'system.slice', 'scale_slurmstepd.scope');
     const park = path.join(root, 'park');
     fs.mkdirSync(park);
     let live = 0;
     for (const target of levels) {
       const c = await CgstepClient.connect(socket);
-      // Fill with live steps (each has a task leaf, as a running step has).
+      // Fill with live steps (job, step, slurm/ and user/ each; no process in them).
       const batch: Promise<unknown>[] = [];
       for (; live < target; live++) {
         batch.push(c.request('step.create', { job: 2_000_000 + live, step: 0 }));
@@ -117,15 +121,19 @@ export async function scaleSection(levels: number[], cycles: number): Promise<Sc
       c.close();
       const rss = rssMiB(agent.proc.pid!);
       await agent.stop();
+      agent = null;
       const port = await freePort();
-      const withMetrics = await start([...base, '--metrics', `127.0.0.1:${port}`]);
+      withMetrics = await start([...base, '--metrics', `127.0.0.1:${port}`]);
       const scraped = await scrape(port, 5);
+      const { ready, listed } = withMetrics;
       await withMetrics.stop();
-      rows.push({ steps: target, rssMiB: rss, cycle: summarize(cyc), restartReadyMs: withMetrics.ready, restartListMs: withMetrics.listed, scrape: scraped });
+      withMetrics = null;
+      rows.push({ steps: target, rssMiB: rss, cycle: summarize(cyc), restartReadyMs: ready, restartListMs: listed, scrape: scraped });
       agent = await start(base);
     }
-    await agent.stop();
   } finally {
+    await agent?.stop();
+    await withMetrics?.stop();
     p.kill('SIGKILL');
     fs.rmSync(sockDir, { recursive: true, force: true });
     await removeRoot(root);
