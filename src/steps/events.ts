@@ -32,6 +32,8 @@ interface Watched {
 
 export class TreeWatcher extends EventEmitter {
   private files = new Map<string, Watched>();
+  /** job -> its watched files: unwatching a job or step looks at that job's files only, not the node's. */
+  private byJob = new Map<string, Set<string>>();
 
   /**
    * Watch a job (step/task undefined), a step, or a task directory. `memory`
@@ -65,6 +67,9 @@ export class TreeWatcher extends EventEmitter {
     }
     handle.on('error', () => this.drop(file));
     this.files.set(file, { ...w, last: known ?? parseFlatKeyed(text!), handle });
+    let set = this.byJob.get(w.job);
+    if (!set) this.byJob.set(w.job, (set = new Set()));
+    set.add(file);
   }
 
   private drop(file: string): void {
@@ -72,6 +77,9 @@ export class TreeWatcher extends EventEmitter {
     if (!w) return;
     w.handle.close();
     this.files.delete(file);
+    const set = this.byJob.get(w.job);
+    set?.delete(file);
+    if (set?.size === 0) this.byJob.delete(w.job);
   }
 
   /**
@@ -79,10 +87,10 @@ export class TreeWatcher extends EventEmitter {
    * first, so a change the kernel made just before (the kill of a destroy) is
    * still published even if inotify's notice has not been handled yet.
    */
-  unwatchDir(dir: string): void {
+  unwatchDir(dir: string, job: string): void {
     const prefix = dir.endsWith('/') ? dir : dir + '/';
     const gone: string[] = [];
-    for (const f of this.files.keys()) if (f.startsWith(prefix)) gone.push(f);
+    for (const f of this.byJob.get(job) ?? []) if (f.startsWith(prefix)) gone.push(f);
     // Frozen/thawed only change through our own freeze requests: no last read for them.
     for (const f of gone) if (this.files.get(f)!.kind !== 'freeze') this.onChange(f);
     for (const f of gone) this.drop(f);

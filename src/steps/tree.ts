@@ -389,7 +389,7 @@ export class StepTree {
         killAll(target);
         await waitUnpopulated(target, this.opts.waitTimeoutMs);
       }
-      this.watcher.unwatchDir(target);
+      this.watcher.unwatchDir(target, job);
       if (step === undefined) await this.removeJob(target);
       else await this.removeStep(target);
       let jobRemoved = step === undefined;
@@ -419,7 +419,7 @@ export class StepTree {
   private async reapIfStepless(job: string): Promise<boolean> {
     const jobDir = this.paths.job(job);
     if (childDirs(jobDir).some((n) => parseStepName(n) !== null)) return false;
-    this.watcher.unwatchDir(jobDir);
+    this.watcher.unwatchDir(jobDir, job);
     await this.removeJob(jobDir);
     this.index.delete(job);
     return true;
