@@ -39,7 +39,18 @@ mount -t devtmpfs dev /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs shm /newroot/dev/shm
-mount -t tmpfs -o mode=1777 tmp /newroot/tmp
+# A fresh /tmp, keeping what the lane lists in /cgstep-vm/keep (the tree under
+# test when it lives in /tmp, e.g. a clean clone there): moved over the tmpfs.
+keeptmp() {
+  for k in $(cat /newroot/cgstep-vm/keep 2>/dev/null); do
+    case "$k" in "$1"/*) mkdir -p "/keep$k" && mount --bind "/newroot$k" "/keep$k" || die "bind $k" ;; esac
+  done
+  mount -t tmpfs -o mode=1777 "$2" "/newroot$1"
+  for k in $(cat /newroot/cgstep-vm/keep 2>/dev/null); do
+    case "$k" in "$1"/*) mkdir -p "/newroot$k" && mount --move "/keep$k" "/newroot$k" || die "move $k" ;; esac
+  done
+}
+keeptmp /tmp tmp
 mount -t tmpfs -o mode=0755 run /newroot/run
 mount -t cgroup2 -o nsdelegate cgroup2 /newroot/sys/fs/cgroup || die "mount cgroup2"
 mount -t bpf bpf /newroot/sys/fs/bpf 2>/dev/null

@@ -76,8 +76,12 @@ export function systemdFiles(): Record<string, string> {
     'rm -f "$R/.dockerenv" "$R/run/.containerenv"',
     'ln -sf cgstep-vm.target "$R/etc/systemd/system/default.target"',
     // A fresh node's /tmp: else systemd-tmpfiles --boot walks (and whites out) the host's /tmp.
-    'mount -t tmpfs -o mode=1777 tmp "$R/tmp"',
-    'mount -t tmpfs -o mode=1777 vartmp "$R/var/tmp"',
+    // What the lane lists in keep (the tree under test when it lives there) is moved over the tmpfs.
+    'for d in /tmp /var/tmp; do',
+    '  for k in $(cat "$R/cgstep-vm/keep" 2>/dev/null); do case "$k" in "$d"/*) mkdir -p "/keep$k"; mount --bind "$R$k" "/keep$k" ;; esac; done',
+    '  mount -t tmpfs -o mode=1777 tmpfs "$R$d"',
+    '  for k in $(cat "$R/cgstep-vm/keep" 2>/dev/null); do case "$k" in "$d"/*) mkdir -p "$R$k"; mount --move "/keep$k" "$R$k" ;; esac; done',
+    'done',
     // The host's enablements are not this node's: nothing but what the lane's target pulls in.
     'for u in getty.target.wants multi-user.target.wants timers.target.wants; do rm -rf "$R/etc/systemd/system/$u"; done',
     '',
@@ -119,7 +123,9 @@ function keep(mode: string, r: BootResult): void {
 
 export async function lane(mode: 'busybox' | 'systemd'): Promise<Lane> {
   const a = await assets();
-  const files = mode === 'busybox' ? { 'job.sh': guestJob('busybox', 'test/vm/guest/node.guest.ts') } : systemdFiles();
+  const files: Record<string, string> = mode === 'busybox' ? { 'job.sh': guestJob('busybox', 'test/vm/guest/node.guest.ts') } : systemdFiles();
+  // The guest gets a fresh /tmp and /var/tmp: a tree under test that lives there is kept (init.sh, prepare.sh).
+  if (/^\/(var\/)?tmp\//.test(REPO)) files.keep = `${REPO}\n`;
   const append = mode === 'systemd' ? 'systemd.unit=cgstep-vm.target systemd.show_status=true' : '';
   const onLine = process.env.CGSTEP_VM_VERBOSE ? (line: string) => process.stderr.write(`[vm ${mode}] ${line}\n`) : undefined;
   const boot = await bootVm(a, { mode, files, timeoutMs: BOOT_TIMEOUT_MS, append, onLine });
