@@ -32,7 +32,9 @@ sbTest('the shipped unit: READY after the scope exists, restart and crash keep t
   t.regex(shipped, /^ExecStart=\/usr\/local\/bin\/cgstepd /m);
   const adapted = shipped
     .replace(/^ExecStart=.*$/m, `ExecStart=${process.execPath} --import tsx ${FIXTURE} ${state} --scope ${scope}`)
-    .replace(/^EnvironmentFile=.*$/m, `WorkingDirectory=${process.cwd()}\nEnvironment=DBUS_SYSTEM_BUS_ADDRESS=${sb().busAddress}`);
+    .replace(/^EnvironmentFile=.*$/m, `WorkingDirectory=${process.cwd()}\nEnvironment=DBUS_SYSTEM_BUS_ADDRESS=${sb().busAddress}`)
+    // PrivateTmp hides a tree that lives in /tmp (a clean clone there) from the unit.
+    .replace(/^PrivateTmp=yes$/m, /^\/(var\/)?tmp\//.test(process.cwd()) ? 'PrivateTmp=no' : 'PrivateTmp=yes');
   fs.writeFileSync(path.join(sb().runtimeDir, 'config/systemd/user/cgstepd.service'), adapted);
   // hugetlb reachable from the unit's cgroup (systemd 252 does not manage it).
   fs.writeFileSync(path.join(sb().cgroupDir, 'cgroup.subtree_control'), '+hugetlb');

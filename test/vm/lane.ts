@@ -68,7 +68,7 @@ export function systemdFiles(): Record<string, string> {
     'R="$1"',
     'mkdir -p "$R/etc/systemd/system" "$R/usr/local/bin"',
     `cp "$R${REPO}/systemd/cgstepd.service" "$R/etc/systemd/system/cgstepd.service"`,
-    `cp "$R${GUEST_OUT}/units/"* "$R/etc/systemd/system/"`,
+    `cp -r "$R${GUEST_OUT}/units/"* "$R/etc/systemd/system/"`,
     `cp "$R${GUEST_OUT}/bin/cgstepd" "$R${GUEST_OUT}/bin/cgstep" "$R/usr/local/bin/"`,
     'chmod 0755 "$R/usr/local/bin/cgstepd" "$R/usr/local/bin/cgstep"',
     // The host is a container (/.dockerenv): seen there, systemd would take itself for a
@@ -125,7 +125,11 @@ export async function lane(mode: 'busybox' | 'systemd'): Promise<Lane> {
   const a = await assets();
   const files: Record<string, string> = mode === 'busybox' ? { 'job.sh': guestJob('busybox', 'test/vm/guest/node.guest.ts') } : systemdFiles();
   // The guest gets a fresh /tmp and /var/tmp: a tree under test that lives there is kept (init.sh, prepare.sh).
-  if (/^\/(var\/)?tmp\//.test(REPO)) files.keep = `${REPO}\n`;
+  if (/^\/(var\/)?tmp\//.test(REPO)) {
+    files.keep = `${REPO}\n`;
+    // The shipped unit's PrivateTmp would hide it from cgstepd: a drop-in, only then.
+    if (mode === 'systemd') files['units/cgstepd.service.d/keep-tree.conf'] = '[Service]\nPrivateTmp=no\n';
+  }
   const append = mode === 'systemd' ? 'systemd.unit=cgstep-vm.target systemd.show_status=true' : '';
   const onLine = process.env.CGSTEP_VM_VERBOSE ? (line: string) => process.stderr.write(`[vm ${mode}] ${line}\n`) : undefined;
   const boot = await bootVm(a, { mode, files, timeoutMs: BOOT_TIMEOUT_MS, append, onLine });
