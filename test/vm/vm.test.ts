@@ -39,6 +39,8 @@ function reportBoot(t: ExecutionContext, mode: string, l: Lane): void {
       `, to the guest tests' start ${secs(start)}${mode === 'systemd' ? ' (systemd as PID 1 up to the test service)' : ''}` +
       `, guest ava ${start !== null && end !== null ? secs(end - start) : '-'}, qemu start to power-off ${secs(l.boot.wallMs)}; guest ava exit ${l.rc ?? '(none)'}, ${l.tests.length} test(s)`,
   );
+  // Whatever failed in the guest, hooks included, with its diagnostics: the points' tests only see their own.
+  for (const f of l.tests.filter((x) => !x.ok && !x.skip && !x.todo)) t.log(`guest: not ok ${f.n} - ${f.name}\n${[...f.logs, f.diag].filter(Boolean).join('\n')}`);
   const problem = bootProblem(l);
   if (problem) {
     t.log(`console (last lines):\n${tail(l.boot.console)}`);
@@ -46,7 +48,7 @@ function reportBoot(t: ExecutionContext, mode: string, l: Lane): void {
     t.fail(`${mode} boot: ${problem}`);
   } else {
     t.is(l.boot.code, 0, `qemu exit status (console tail:\n${tail(l.boot.console, 15)})`);
-    t.is(l.tests.length, l.plan!, 'every planned guest test reported');
+    t.is(l.tests.length, l.plan!, `every planned guest test reported (console tail:\n${tail(l.boot.console, 15)})`);
   }
 }
 
