@@ -456,17 +456,22 @@ export function emit(p: NormalPolicy, opts: EmitOptions = {}): Program {
     // not tested, it is known to match. (Its `goto miss` would be a branch never
     // taken; the kernel keeps that one, as miss is reached from elsewhere, but
     // it is an instruction run for nothing.)
-    const minors = (list: PolicyEntry[], lo: number, hi: number): void => {
-      if (list.length > TREE_LEAF) {
-        const mid = Math.ceil(list.length / 2);
-        const k = list[mid - 1].minor as number;
-        const right = newMark();
-        body.push(jump(OP.JGTK, R_MINOR, k, { kind: 'mark', id: right }));
-        minors(list.slice(0, mid), lo, Math.min(hi, k));
-        place(right);
-        minors(list.slice(mid), Math.max(lo, k + 1), hi);
-        return;
-      }
+    /**
+     * A balanced search on one register: above `leafMax` items, `if reg > k`
+     * (k the last key of the left half) jumps to the right half; each half
+     * knows the narrowed range [lo, hi] of the register's value.
+     */
+    const bisect = <T>(items: T[], keyOf: (x: T) => number, reg: number, leafMax: number, lo: number, hi: number, leaf: (items: T[], lo: number, hi: number) => void): void => {
+      if (items.length <= leafMax) return leaf(items, lo, hi);
+      const mid = Math.ceil(items.length / 2);
+      const k = keyOf(items[mid - 1]);
+      const right = newMark();
+      body.push(jump(OP.JGTK, reg, k, { kind: 'mark', id: right }));
+      bisect(items.slice(0, mid), keyOf, reg, leafMax, lo, Math.min(hi, k), leaf);
+      place(right);
+      bisect(items.slice(mid), keyOf, reg, leafMax, Math.max(lo, k + 1), hi, leaf);
+    };
+    const minorLeaf = (list: PolicyEntry[], lo: number, hi: number): void => {
       list.forEach((e, i) => {
         const k = e.minor as number;
         label(body.length, entryText(e));
@@ -481,23 +486,13 @@ export function emit(p: NormalPolicy, opts: EmitOptions = {}): Program {
       });
     };
     type Group = { major: number; list: PolicyEntry[] };
-    const majors = (groups: Group[], lo: number, hi: number): void => {
-      if (groups.length > 1) {
-        const mid = Math.ceil(groups.length / 2);
-        const k = groups[mid - 1].major;
-        const right = newMark();
-        body.push(jump(OP.JGTK, R_MAJOR, k, { kind: 'mark', id: right }));
-        majors(groups.slice(0, mid), lo, Math.min(hi, k));
-        place(right);
-        majors(groups.slice(mid), Math.max(lo, k + 1), hi);
-        return;
-      }
-      const g = groups[0];
+    const majorLeaf = ([g]: Group[], lo: number, hi: number): void => {
       const t = g.list[0].type;
       label(body.length, `${t} major ${g.major}: ${g.list.length} exact`);
       if (lo !== hi) body.push(jump(OP.JNEK, R_MAJOR, g.major, miss));
-      minors(g.list, 0, U32_MAX);
+      bisect(g.list, (e) => e.minor as number, R_MINOR, TREE_LEAF, 0, U32_MAX, minorLeaf);
     };
+    const majors = (groups: Group[], lo: number, hi: number): void => bisect(groups, (g) => g.major, R_MAJOR, 1, lo, hi, majorLeaf);
     const groupsOf = (t: 'b' | 'c'): Group[] => {
       const out: Group[] = [];
       for (const e of exact) {
