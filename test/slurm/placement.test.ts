@@ -41,7 +41,17 @@ slurmTest('srun -n2: task_0 and task_1 of job_<id>/step_0 under the scope, the s
 
 slurmTest('sbatch: the batch script in step_batch/user/task_0; two sruns in it are step_0 and step_1; the job goes with its last step', async (t) => {
   const { job, out, err } = await node().cluster.sbatch(
-    ['#!/bin/sh', 'grep ^0:: /proc/self/cgroup', 'srun -n1 grep ^0:: /proc/self/cgroup', 'srun -n1 grep ^0:: /proc/self/cgroup', 'ls -d ' + node().scope + '/job_$SLURM_JOB_ID/step_*', ''].join('\n'),
+    [
+      '#!/bin/sh',
+      'grep ^0:: /proc/self/cgroup',
+      'srun -n1 grep ^0:: /proc/self/cgroup',
+      'srun -n1 grep ^0:: /proc/self/cgroup',
+      // srun returns when its tasks end; the step daemon removes the step just after (spank exit): allow it 5 s.
+      `steps() { ls -d ${node().scope}/job_$SLURM_JOB_ID/step_*; }`,
+      'i=0; while [ "$(steps | wc -l)" -gt 1 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done',
+      'steps',
+      '',
+    ].join('\n'),
   );
   await node().cluster.waitJobDone(job);
   await gone(node().jobDir(job));
@@ -52,7 +62,7 @@ slurmTest('sbatch: the batch script in step_batch/user/task_0; two sruns in it a
     `${node().scopeRel}/job_${job}/step_0/user/task_0`,
     `${node().scopeRel}/job_${job}/step_1/user/task_0`,
   ]);
-  // When the script looked, its own step was the only one left: each srun's step was removed when it ended.
+  // Each srun's step was removed when it ended (within 5 s, while the batch step still ran): its own step was the only one left.
   t.deepEqual(
     output.split('\n').filter((l) => l.startsWith('/')),
     [path.join(node().jobDir(job), 'step_batch')],
@@ -94,10 +104,12 @@ slurmTest('scancel of a running job: its tasks die and its cgroups are removed',
         if (dirs.length !== 1) return false;
         job = dirs[0].slice(4);
         const user = path.join(node().stepDir(job, '0'), 'user');
-        return procsOf(path.join(user, 'task_0')).length > 0 && procsOf(path.join(user, 'task_1')).length > 0;
+        // Task 0 places slurmstepd in slurm/ after itself: wait for that too.
+        const daemon = procsOf(path.join(node().stepDir(job, '0'), 'slurm')).length > 0;
+        return daemon && procsOf(path.join(user, 'task_0')).length > 0 && procsOf(path.join(user, 'task_1')).length > 0;
       },
       20_000,
-      () => `two tasks in the tree (${stderr})`,
+      () => `two tasks and the step daemon in the tree (${stderr})`,
     );
     const user = path.join(node().stepDir(job, '0'), 'user');
     const pids = [...procsOf(path.join(user, 'task_0')), ...procsOf(path.join(user, 'task_1'))];
