@@ -14,7 +14,7 @@ import type { Logger } from 'pino';
 import client from 'prom-client';
 import { childDirs, enabledIn, readStats, type CgroupStats } from '../cgroupfs/index.js';
 import { AgentError } from '../errors.js';
-import { parseJobName, parseStepName, parseTaskName, USER_DIR, type StepTree } from '../steps/index.js';
+import { parseTaskName, USER_DIR, type StepTree } from '../steps/index.js';
 
 export interface MetricsOptions {
   listen: string;
@@ -112,28 +112,25 @@ export class Metrics implements RequestObserver {
     for (const g of this.levelGauges.values()) for (const m of Object.values(g)) m.reset();
     const scope = this.o.tree.paths.scope;
     let n = 0;
-    // A directory has the controllers its parent enables: one read per parent, not a failed open per missing file.
-    const jobCtl = subtreeControllers(scope);
-    for (const jn of childDirs(scope)) {
-      const job = parseJobName(jn);
-      if (job === null) continue;
-      const jdir = path.join(scope, jn);
-      this.put('job', { job }, readStats(jdir, jobCtl));
+    // A directory has at most the controllers the scope enables (the tree passes them all
+    // down): one read per scrape instead of a failed open per missing file. A level that
+    // has fewer (half made by a crash) reads its missing files as "not available".
+    const ctl = subtreeControllers(scope);
+    // Jobs and steps from the agent's index (no directory listing per job); task leaves from user/.
+    for (const [job, steps] of this.o.tree.known()) {
+      const jdir = this.o.tree.paths.job(job);
+      this.put('job', { job }, readStats(jdir, ctl));
       n++;
-      const stepCtl = subtreeControllers(jdir);
-      for (const sn of childDirs(jdir)) {
-        const step = parseStepName(sn);
-        if (step === null) continue;
-        const sdir = path.join(jdir, sn);
-        this.put('step', { job, step }, readStats(sdir, stepCtl));
+      for (const step of steps) {
+        const sdir = this.o.tree.paths.step(job, step);
+        this.put('step', { job, step }, readStats(sdir, ctl));
         n++;
         if (!this.o.perTask) continue;
         const udir = path.join(sdir, USER_DIR);
-        const taskCtl = subtreeControllers(udir);
         for (const tn of childDirs(udir)) {
           const task = parseTaskName(tn);
           if (task === null) continue;
-          this.put('task', { job, step, task: String(task) }, readStats(path.join(udir, tn), taskCtl));
+          this.put('task', { job, step, task: String(task) }, readStats(path.join(udir, tn), ctl));
           n++;
         }
       }

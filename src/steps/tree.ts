@@ -93,6 +93,11 @@ export class StepTree {
     return this.index.size;
   }
 
+  /** The jobs and steps the agent knows (its index, kept by create/destroy/recover), without reading the tree. */
+  *known(): Iterable<[job: string, steps: string[]]> {
+    for (const [job, steps] of this.index) yield [job, [...steps]];
+  }
+
   get stepCount(): number {
     let n = 0;
     for (const s of this.index.values()) n += s.size;
