@@ -2,6 +2,7 @@
  * test/devices/cases: the rule sets whose programs are pinned byte for byte in
  * golden/ (compiler.test.ts) and loaded into the kernel (kernel.test.ts).
  */
+import fc from 'fast-check';
 import { PSEUDO_DEVICES, parseRule, type RuleSet } from '../../src/devices/index.js';
 
 const r = (dflt: 'allow' | 'deny', ...texts: string[]): RuleSet => ({
@@ -47,3 +48,22 @@ export const GOLDEN_CASES: GoldenCase[] = [
     },
   },
 ];
+
+/**
+ * fast-check rules for the searched layout (16+ exact entries): exact rules
+ * with dense keys (runs of neighbours, minor 0, a few majors, GPU-like 190-200)
+ * and sparse ones, and wildcard / a-typed rules over the same numbers.
+ */
+export function searchRuleArbs() {
+  const access = fc.subarray(['r', 'w', 'm'], { minLength: 1 }).map((a) => a.join(''));
+  const exactRule = fc.record({
+    type: fc.constantFrom('b' as const, 'c' as const, 'c' as const),
+    major: fc.oneof(fc.integer({ min: 0, max: 5 }), fc.integer({ min: 190, max: 200 }), fc.integer({ min: 0, max: 4095 })),
+    minor: fc.oneof(fc.integer({ min: 0, max: 40 }), fc.integer({ min: 0, max: 0xfffff })),
+    access,
+    allow: fc.boolean(),
+  });
+  const num = fc.oneof(fc.constant('*' as const), fc.integer({ min: 0, max: 5 }), fc.integer({ min: 190, max: 200 }));
+  const wildRule = fc.record({ type: fc.constantFrom('a' as const, 'b' as const, 'c' as const), major: num, minor: fc.oneof(num, fc.integer({ min: 0, max: 40 })), access, allow: fc.boolean() });
+  return { exactRule, wildRule };
+}

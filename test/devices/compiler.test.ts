@@ -33,7 +33,7 @@ import {
 } from '../../src/devices/index.js';
 import { MAX_INSNS, OP, TREE_MIN, compileCacheSize, decode } from '../../src/devices/compiler.js';
 import { CONDITIONAL, InterpError, boundsCheck, runInsns, devCtx } from '../../src/devices/interp.js';
-import { GOLDEN_CASES } from './cases.js';
+import { GOLDEN_CASES, searchRuleArbs } from './cases.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const GOLDEN = path.join(here, 'golden');
@@ -261,17 +261,7 @@ test('property: interpreter(program) == decide() on every device and access, cha
 });
 
 test('property: 20-300 exact rules and some wildcards (the search by size): verdicts on hits, neighbours and misses; program shape (400 rule sets)', (t) => {
-  const access = fc.subarray(['r', 'w', 'm'], { minLength: 1 }).map((a) => a.join(''));
-  // Dense keys (runs of neighbours, minor 0, a few majors) and sparse ones.
-  const exactRule = fc.record({
-    type: fc.constantFrom('b' as const, 'c' as const, 'c' as const),
-    major: fc.oneof(fc.integer({ min: 0, max: 5 }), fc.integer({ min: 190, max: 200 }), fc.integer({ min: 0, max: 4095 })),
-    minor: fc.oneof(fc.integer({ min: 0, max: 40 }), fc.integer({ min: 0, max: 0xfffff })),
-    access,
-    allow: fc.boolean(),
-  });
-  const num = fc.oneof(fc.constant('*' as const), fc.integer({ min: 0, max: 5 }), fc.integer({ min: 190, max: 200 }));
-  const wildRule = fc.record({ type: fc.constantFrom('a' as const, 'b' as const, 'c' as const), major: num, minor: fc.oneof(num, fc.integer({ min: 0, max: 40 })), access, allow: fc.boolean() });
+  const { exactRule, wildRule } = searchRuleArbs();
   fc.assert(
     fc.property(
       fc.constantFrom('allow' as const, 'deny' as const),

@@ -26,7 +26,7 @@ import {
 import * as native from '../../src/devices/native.js';
 import { OP, decode, emit, normalize } from '../../src/devices/compiler.js';
 import { Cgroups, Prober, kernelSkipReason, memLogger, standardNodes, uniqueProgName, type DevNodes } from './helpers.js';
-import { GOLDEN_CASES } from './cases.js';
+import { GOLDEN_CASES, searchRuleArbs } from './cases.js';
 
 const skip = kernelSkipReason();
 const ktest = skip ? test.serial.skip : test.serial;
@@ -463,16 +463,7 @@ ktest('4096 rules: the searched program loads, attaches, is kept as emitted, and
 });
 
 ktest('the verifier keeps searched programs as emitted (random sets of 20-400 exact rules plus wildcards)', (t) => {
-  const access = fc.subarray(['r', 'w', 'm'], { minLength: 1 }).map((a) => a.join(''));
-  const exactRule = fc.record({
-    type: fc.constantFrom('b' as const, 'c' as const),
-    major: fc.oneof(fc.integer({ min: 0, max: 5 }), fc.integer({ min: 0, max: 4095 })),
-    minor: fc.oneof(fc.integer({ min: 0, max: 40 }), fc.integer({ min: 0, max: 0xfffff })),
-    access,
-    allow: fc.boolean(),
-  });
-  const num = fc.oneof(fc.constant('*' as const), fc.integer({ min: 0, max: 5 }), fc.integer({ min: 0, max: 4095 }));
-  const wildRule = fc.record({ type: fc.constantFrom('a' as const, 'b' as const, 'c' as const), major: num, minor: fc.oneof(num, fc.integer({ min: 0, max: 40 })), access, allow: fc.boolean() });
+  const { exactRule, wildRule } = searchRuleArbs();
   fc.assert(
     fc.property(fc.constantFrom('allow' as const, 'deny' as const), fc.array(exactRule, { minLength: 20, maxLength: 400 }), fc.array(wildRule, { maxLength: 20 }), fc.integer({ min: 1, max: 40 }), (dflt, ex, wild, treeMin) => {
       const prog = emit(normalize({ default: dflt, rules: [...ex, ...wild] }), { treeMin });

@@ -21,6 +21,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { which } from '../helpers/which.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const REPO = path.resolve(here, '../..');
@@ -47,9 +48,7 @@ function installed(): string[] {
   return PACKAGES.filter((p) => !ok.has(p));
 }
 
-function have(bin: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' }).status === 0;
-}
+const have = (bin: string): boolean => which(bin) !== undefined;
 
 let supportCache: Support | null = null;
 

@@ -67,6 +67,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { isAlive as alive } from '../../src/scope/infinity.js';
 import { connectSystemd, type SystemdManager } from '../../src/systemd/manager.js';
+import { which } from '../helpers/which.js';
 
 export const SYSTEMD_BIN = '/lib/systemd/systemd';
 export const RUNTIME_PARENT = '/run/cgstep-sbx';
@@ -160,19 +161,6 @@ export function sandboxSupport(): { ok: boolean; reason?: string } {
   }
   if (!hostCgroup2Mount()) return { ok: false, reason: 'no cgroup2 mount in /proc/self/mountinfo' };
   return { ok: true };
-}
-
-function which(bin: string): string | undefined {
-  for (const dir of (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':')) {
-    const p = path.join(dir, bin);
-    try {
-      fs.accessSync(p, fs.constants.X_OK);
-      return p;
-    } catch {
-      /* next */
-    }
-  }
-  return undefined;
 }
 
 /** The host's cgroup2 mount whose root is the hierarchy root (override: CGSTEP_SANDBOX_CGROUP_PARENT). */
