@@ -17,7 +17,7 @@ import type { Logger } from 'pino';
 import type { Candidate } from '../backends/index.js';
 import type { DeviceRequest } from '../rpc/protocol.js';
 import type { DeviceLevel } from '../steps/tree.js';
-import { maskToAccess } from './rules.js';
+import { formatEntry } from './compiler.js';
 import { DeviceController } from './controller.js';
 import { loadGresConf, type GresInventory } from './gres.js';
 import { buildRuleSet } from './policy.js';
@@ -44,8 +44,7 @@ export interface DeviceView {
 }
 
 /** One inventory line per gres name for `cgstep status`: "gpu: 4 (/dev/nvidia0 ...)". */
-function summarise(inv: GresInventory | null): string[] {
-  if (!inv) return [];
+function summarise(inv: GresInventory): string[] {
   return inv.names().map((n) => {
     const files = inv.units(n).flatMap((u) => u.files);
     return `${n}: ${inv.units(n).length} (${files.join(' ')})`;
@@ -61,19 +60,21 @@ export function ebpfDevices(ctl: DeviceController): Candidate<EbpfContext, Devic
     reason: () => 'ConstrainDevices=yes and BPF device programs work here',
     create: (c) => {
       let inventory: GresInventory | null = null;
+      let gres: string[] = [];
       const probe = ctl.probe();
       const backend: DeviceBackend = {
         type: 'devices/ebpf',
         name: 'eBPF cgroup device programs',
         version: '1.0',
         get support() {
-          return { supported: probe.supported, replace: probe.replace, ...(probe.reason ? { reason: probe.reason } : {}), defaultPolicy: c.devicePolicy, gres: summarise(inventory) };
+          return { supported: probe.supported, replace: probe.replace, ...(probe.reason ? { reason: probe.reason } : {}), defaultPolicy: c.devicePolicy, gres };
         },
         enforcing: true,
         apply(dir: string, req: DeviceRequest, level: DeviceLevel) {
           const rules = buildRuleSet({ ...req, policy: req.policy ?? c.devicePolicy }, { inventory, log: c.log });
           const r = ctl.apply(dir, rules);
-          if (!r.unchanged) c.log.info({ dir, level, progId: r.progId, entries: r.policy.entries.length, default: r.policy.default }, 'device policy in force');
+          // The controller logs the load, attach and replace (the audit trail); this adds the level.
+          if (!r.unchanged) c.log.debug({ dir, level, progId: r.progId, entries: r.policy.entries.length, default: r.policy.default }, 'device policy in force');
           return { progId: r.progId };
         },
         describe(dir: string): DeviceView {
@@ -81,14 +82,15 @@ export function ebpfDevices(ctl: DeviceController): Candidate<EbpfContext, Devic
           const view: DeviceView = { progIds: d.progIds, ours: d.ours, consistent: d.consistent };
           if (d.policy) {
             view.default = d.policy.default;
-            view.rules = d.policy.entries.map((e) => `${e.type} ${e.major}:${e.minor} ${maskToAccess(e.mask) || '-'}`);
+            view.rules = d.policy.entries.map(formatEntry);
           }
           return view;
         },
         init: async () => {
           if (c.gresConf) {
             inventory = loadGresConf(c.gresConf, c.nodeName ?? os.hostname().split('.')[0], c.log);
-            c.log.info({ gresConf: c.gresConf, gres: summarise(inventory) }, 'gres.conf loaded');
+            gres = summarise(inventory);
+            c.log.info({ gresConf: c.gresConf, gres }, 'gres.conf loaded');
           }
         },
         fini: async () => {},

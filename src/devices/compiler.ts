@@ -274,8 +274,13 @@ const HEADER = 'cgstep-devices 1';
  */
 export function serializePolicy(p: NormalPolicy): string {
   const lines = [HEADER, `default ${p.default}`];
-  for (const e of p.entries) lines.push(`${e.type} ${e.major}:${e.minor} ${maskToAccess(e.mask) || '-'}`);
+  for (const e of p.entries) lines.push(formatEntry(e));
   return lines.join('\n') + '\n';
+}
+
+/** One entry as serializePolicy writes it: "c 195:* rw", "c 195:0 -" (no access). */
+export function formatEntry(e: PolicyEntry): string {
+  return `${e.type} ${e.major}:${e.minor} ${maskToAccess(e.mask) || '-'}`;
 }
 
 /** Parse serializePolicy's text; EINVAL naming the bad line. The result is re-sorted canonically. */

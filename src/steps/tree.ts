@@ -104,12 +104,12 @@ export class StepTree {
     return n;
   }
 
-  /** Rebuild the index and watchers from the directories (agent start and restart). */
   /**
-   * Rebuild the index of jobs and steps from the tree. Watching them is left
-   * to watchAdopted(), which the agent runs once it answers: at 10,000 steps
-   * the watches (a read and an inotify watch per directory) and the listing of
-   * every step's user/ would otherwise triple the time to ready.
+   * Rebuild the index of jobs and steps from the tree (agent start and
+   * restart). Watching them is left to watchAdopted(), which the agent runs
+   * once it answers: at 10,000 steps the watches (a read and an inotify watch
+   * per directory) and the listing of every step's user/ would otherwise
+   * triple the time to ready.
    */
   recover(): { jobs: number; steps: number } {
     let steps = 0;
