@@ -80,6 +80,8 @@ export interface TransientScopeSpec {
   pids: number[];
   delegate: boolean;
   tasksMax: 'infinity' | number;
+  /** More unit properties as [name, D-Bus signature, value] (e.g. ['MemoryMax', 't', 1n << 30n]). */
+  properties?: [name: string, signature: string, value: unknown][];
 }
 
 export interface SystemdManager {
@@ -346,6 +348,7 @@ class DbusSystemdManager implements SystemdManager {
       ['Delegate', new Variant('b', spec.delegate)],
       ['Slice', new Variant('s', spec.slice)],
       ['TasksMax', new Variant('t', tasksMax)],
+      ...(spec.properties ?? []).map(([name, sig, value]) => [name, new Variant(sig, value)]),
     ];
     const [job] = (await this.manager('StartTransientUnit', 'ssa(sv)a(sa(sv))', [spec.name, 'fail', props, []])) as [string];
     const result = await this.waitJob(job, this.timeoutMs, 'start', spec.name);
