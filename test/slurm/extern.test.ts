@@ -31,10 +31,13 @@ slurmTest('srun with PrologFlags=contain: step_extern holds its slurmstepd and t
   const marker = path.join(node().cluster.dir, 'extern-go');
   const b = await node().cluster.sbatch(`#!/bin/sh\nwhile [ ! -e ${marker} ]; do sleep 0.05; done\n`);
   const slurmLeaf = path.join(node().stepDir(b.job, 'extern'), 'slurm');
-  await until(() => procsOf(slurmLeaf).length >= 2, 20_000, 'the extern step daemon and its sleep');
-  const procs = procsOf(slurmLeaf).map(cmdline);
-  t.true(procs.some((c) => c.startsWith(`slurmstepd: [${b.job}.extern]`)), procs.join(' | '));
-  t.true(procs.some((c) => c.startsWith('sleep ')), procs.join(' | '));
+  // The extern slurmstepd forks the process that keeps the step open; until
+  // that child has exec'd sleep it still reads as a second slurmstepd, so
+  // wait for the pair rather than for a count (a count raced that window).
+  const externProcs = () => procsOf(slurmLeaf).map(cmdline);
+  const daemonAndSleep = (procs: string[]) => procs.some((c) => c.startsWith(`slurmstepd: [${b.job}.extern]`)) && procs.some((c) => c.startsWith('sleep '));
+  await until(() => daemonAndSleep(externProcs()), 20_000, () => `the extern step daemon and its sleep in ${slurmLeaf} (now: ${externProcs().join(' | ') || 'nothing'})`);
+  t.true(daemonAndSleep(externProcs()), externProcs().join(' | '));
   const pids = procsOf(slurmLeaf);
   await until(() => procsOf(path.join(node().stepDir(b.job, 'batch'), 'user', 'task_0')).length > 0, 20_000, 'the batch script in its task');
   fs.writeFileSync(marker, '');
