@@ -7,8 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { CgstepClient } from '../src/rpc/client.js';
 import { agentCycle } from './cycle.js';
-import { AGENT_NODE_FLAGS, REPO, benchRoot, removeRoot, rssMiB, sleeper, startAgent, summarize, waitReady, type Summary } from './lib.js';
-import { spawn } from 'node:child_process';
+import { benchRoot, removeRoot, rssMiB, sleeper, startAgent, summarize, waitReady, type Summary } from './lib.js';
 import net from 'node:net';
 
 /** A loopback port nobody listens on right now. */
@@ -80,23 +79,15 @@ export async function scaleSection(levels: number[], cycles: number): Promise<Sc
   const root = benchRoot('scale');
   const p = sleeper();
   const sockDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-bench-scale-'));
-  const socket = path.join(sockDir, 's.sock');
   const base = ['--node-name', 'scale'];
-  /** Start the agent by hand (stdout ignored) and time it to its first answer and to a full list. */
+  /** Start the agent (the socket in sockDir) and time it to its first answer and to a full list. */
   const start = async (args: string[]) => {
     const t0 = performance.now();
-    const proc = spawn(process.execPath, [...AGENT_NODE_FLAGS, path.join(REPO, 'dist/bin/cgstepd.js'), '--ignore-systemd', '--cgroup-root', root, '--socket', socket, ...args], { stdio: 'ignore' });
-    await waitReady(socket, proc);
+    const a = await startAgent(root, args, sockDir);
     const ready = performance.now() - t0;
-    await waitReady(socket, proc, 'list');
+    await waitReady(a.socket, a.proc, 'list');
     const listed = performance.now() - t0;
-    const stop = async () => {
-      if (proc.exitCode === null) {
-        proc.kill('SIGTERM');
-        await new Promise((r) => proc.once('exit', r));
-      }
-    };
-    return { proc, ready, listed, stop };
+    return { ...a, ready, listed };
   };
   let agent: Awaited<ReturnType<typeof start>> | null = null;
   let withMetrics: Awaited<ReturnType<typeof start>> | null = null;
@@ -109,7 +100,7 @@ export async function scaleSection(levels: number[], cycles: number): Promise<Sc
     fs.mkdirSync(park);
     let live = 0;
     for (const target of levels) {
-      const c = await CgstepClient.connect(socket);
+      const c = await CgstepClient.connect(agent.socket);
       // Fill with live steps (job, step, slurm/ and user/ each; no process in them).
       const batch: Promise<unknown>[] = [];
       for (; live < target; live++) {

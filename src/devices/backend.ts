@@ -51,11 +51,11 @@ function summarise(inv: GresInventory): string[] {
   });
 }
 
+const IDENTITY = { type: 'devices/ebpf', name: 'eBPF cgroup device programs', version: '1.0' } as const;
+
 export function ebpfDevices(ctl: DeviceController): Candidate<EbpfContext, DeviceBackend> {
   return {
-    type: 'devices/ebpf',
-    name: 'eBPF cgroup device programs',
-    version: '1.0',
+    ...IDENTITY,
     usable: (c) => (!c.constrainDevices ? 'ConstrainDevices=no' : c.bpfUnavailable()),
     reason: () => 'ConstrainDevices=yes and BPF device programs work here',
     create: (c) => {
@@ -63,9 +63,7 @@ export function ebpfDevices(ctl: DeviceController): Candidate<EbpfContext, Devic
       let gres: string[] = [];
       const probe = ctl.probe();
       const backend: DeviceBackend = {
-        type: 'devices/ebpf',
-        name: 'eBPF cgroup device programs',
-        version: '1.0',
+        ...IDENTITY,
         get support() {
           return { supported: probe.supported, replace: probe.replace, ...(probe.reason ? { reason: probe.reason } : {}), defaultPolicy: c.devicePolicy, gres };
         },

@@ -57,8 +57,12 @@ export class TreeWatcher extends EventEmitter {
 
   private add(file: string, w: Omit<Watched, 'last' | 'handle'>, known?: Record<string, number>): void {
     if (this.files.has(file)) return;
-    const text = known ? null : readOptional(file);
-    if (!known && text === null) return;
+    let last = known;
+    if (!last) {
+      const text = readOptional(file);
+      if (text === null) return;
+      last = parseFlatKeyed(text);
+    }
     let handle: fs.FSWatcher;
     try {
       handle = fs.watch(file, { persistent: false }, () => this.onChange(file));
@@ -66,7 +70,7 @@ export class TreeWatcher extends EventEmitter {
       return; // removed between the read and the watch
     }
     handle.on('error', () => this.drop(file));
-    this.files.set(file, { ...w, last: known ?? parseFlatKeyed(text!), handle });
+    this.files.set(file, { ...w, last, handle });
     let set = this.byJob.get(w.job);
     if (!set) this.byJob.set(w.job, (set = new Set()));
     set.add(file);
