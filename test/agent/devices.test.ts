@@ -12,13 +12,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
 import { startAgent, waitFor, type RunningAgent } from '../helpers/agent.js';
+import { gate } from '../helpers/gate.js';
 import { DevNodes, Prober, kernelSkipReason } from '../devices/helpers.js';
 import { infoById } from '../../src/devices/native.js';
 import type { CgstepClient } from '../../src/rpc/client.js';
 
 const skip = kernelSkipReason();
-const kt = skip ? test.serial.skip : test.serial;
-if (skip) console.error(`\n*** SKIPPING agent device tests: ${skip} ***\n`);
+const kt = gate('BPF device control', { ok: !skip, reason: skip }, import.meta.url).test;
 
 const ctx: { root: string; agent: RunningAgent; scope: string; nodes: DevNodes; gres: string; c: CgstepClient; probers: Prober[] } = { probers: [] } as any;
 const args = () => ['--ignore-systemd', '--node-name', 'n1', '--gres', ctx.gres];

@@ -21,6 +21,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { INSTALL_LOCK, aptInstall, missingPackages } from '../helpers/apt.js';
 import { which } from '../helpers/which.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -30,23 +31,11 @@ export const PLUGIN_SRC_DIR = path.join(REPO, 'native/spank');
 const PACKAGES = ['munge', 'slurmctld', 'slurmd', 'slurm-client', 'libslurm-dev'];
 const SPANK_H = '/usr/include/slurm/spank.h';
 const MUNGE_KEY = '/etc/munge/munge.key';
-const INSTALL_LOCK = path.join(os.tmpdir(), 'cgstep-slurm-apt.lock');
 const NODE = 'node1';
 export const GPU_COUNT = 4;
 export const GPU_MAJOR = 195;
 
 export type Support = { ok: true } | { ok: false; reason: string };
-
-function installed(): string[] {
-  const r = spawnSync('dpkg-query', ['-W', '-f', '${Package} ${db:Status-Abbrev}\n', ...PACKAGES], { encoding: 'utf8' });
-  const ok = new Set(
-    String(r.stdout ?? '')
-      .split('\n')
-      .filter((l) => /^\S+ ii/.test(l))
-      .map((l) => l.split(' ')[0]),
-  );
-  return PACKAGES.filter((p) => !ok.has(p));
-}
 
 const have = (bin: string): boolean => which(bin) !== undefined;
 
@@ -54,10 +43,9 @@ let supportCache: Support | null = null;
 
 /**
  * Whether a Slurm cluster can run here; installs the Debian packages first if
- * any is missing (apt-get update once, then install, under a file lock so that
- * two test files do not race; daemons kept from starting with a policy-rc.d
- * that is removed again only if this created it). Synchronous on purpose: test
- * files decide at load time between test.serial and test.serial.skip.
+ * any is missing (test/helpers/apt: under a file lock, daemons kept from
+ * starting). Synchronous on purpose: test files decide at load time between
+ * test.serial and test.serial.skip.
  */
 export function slurmSupport(): Support {
   if (supportCache) return supportCache;
@@ -70,27 +58,12 @@ function computeSupport(): Support {
   if (!have('gcc') && !have('cc')) return { ok: false, reason: 'no C compiler to build the SPANK plugin' };
   if (!have('make')) return { ok: false, reason: 'no make to build the SPANK plugin' };
   for (const b of ['flock', 'setpriv']) if (!have(b)) return { ok: false, reason: `${b} (util-linux) is missing` };
-  if (installed().length > 0 || !fs.existsSync(SPANK_H)) {
-    if (!have('apt-get')) return { ok: false, reason: `packages missing (${installed().join(' ')}) and no apt-get to install them` };
-    const script = [
-      'set -e',
-      `missing=$(dpkg-query -W -f '\${Package} \${db:Status-Abbrev}\\n' ${PACKAGES.join(' ')} 2>/dev/null | grep -c ' ii' || true)`,
-      `[ "$missing" = "${PACKAGES.length}" ] && [ -f ${SPANK_H} ] && exit 0`,
-      'made=0',
-      // Debian's postinst would start munged/slurmd/slurmctld: policy-rc.d forbids it.
-      "if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; made=1; fi",
-      'trap \'[ "$made" = 1 ] && rm -f /usr/sbin/policy-rc.d\' EXIT',
-      'export DEBIAN_FRONTEND=noninteractive',
-      'apt-get update -qq',
-      `apt-get install -y -q ${PACKAGES.join(' ')}`,
-    ].join('\n');
+  if (missingPackages(PACKAGES).length > 0 || !fs.existsSync(SPANK_H)) {
+    if (!have('apt-get')) return { ok: false, reason: `packages missing (${missingPackages(PACKAGES).join(' ')}) and no apt-get to install them` };
     const t0 = Date.now();
-    const r = spawnSync('flock', [INSTALL_LOCK, 'sh', '-c', script], { encoding: 'utf8', timeout: 600_000 });
-    if (r.status !== 0) {
-      const tail = `${r.stdout ?? ''}${r.stderr ?? ''}`.trim().split('\n').slice(-8).join('\n');
-      return { ok: false, reason: `installing ${PACKAGES.join(' ')} failed (exit ${r.status ?? r.signal}):\n${tail}` };
-    }
-    const left = installed();
+    const failed = aptInstall(PACKAGES);
+    if (failed) return { ok: false, reason: failed };
+    const left = missingPackages(PACKAGES);
     if (left.length || !fs.existsSync(SPANK_H)) return { ok: false, reason: `after apt-get install, still missing: ${left.join(' ') || SPANK_H}` };
     console.error(`[slurm harness] installed ${PACKAGES.join(' ')} in ${Date.now() - t0} ms`);
   }

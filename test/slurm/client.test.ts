@@ -16,20 +16,19 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { slurmSupport } from '../harness/slurm.js';
 import { startAgent, type RunningAgent } from '../helpers/agent.js';
+import { gate } from '../helpers/gate.js';
 import { MOUNT, makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
 import { lineServer, until } from './helpers.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(here, '../..');
-const support = slurmSupport();
-const cTest = support.ok ? test.serial : test.serial.skip;
-if (!support.ok) console.error(`\n*** Slurm headers unavailable, SKIPPING the plugin client tests in ${import.meta.url}: ${support.reason} ***\n`);
+const { ok: slurmOk, test: cTest } = gate('Slurm headers', slurmSupport(), import.meta.url);
 
 let dir: string;
 let driver: string;
 
 test.before(() => {
-  if (!support.ok) return;
+  if (!slurmOk) return;
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-spank-driver-'));
   driver = path.join(dir, 'driver');
   const r = spawnSync(process.env.CC ?? 'cc', ['-O1', '-g', '-Wall', '-Wextra', '-Werror', '-Wno-unused-parameter', '-std=gnu11', `-I${path.join(REPO, 'native/spank')}`, '-o', driver, path.join(here, 'spank-driver.c')], { encoding: 'utf8' });

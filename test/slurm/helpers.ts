@@ -14,6 +14,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { slurmSupport, startSlurm, type SlurmCluster } from '../harness/slurm.js';
 import { startAgent, tmpSocket, type RunningAgent } from '../helpers/agent.js';
+import { gate, type GatedTest } from '../helpers/gate.js';
 import { MOUNT, makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -174,14 +175,9 @@ export function parseProbes(out: string): ProbeResult[] {
     .map((l) => JSON.parse(l) as ProbeResult);
 }
 
-/** test.serial, or test.serial.skip where a suite cannot run. */
-export type GatedTest = typeof test.serial | typeof test.serial.skip;
-
 /** test.serial where Slurm can run; elsewhere test.serial.skip, said loudly. file: import.meta.url. */
 export function slurmGate(file: string): { ok: boolean; test: GatedTest } {
-  const support = slurmSupport();
-  if (!support.ok) console.error(`\n*** Slurm unavailable, SKIPPING the Slurm tests in ${file}: ${support.reason} ***\n`);
-  return { ok: support.ok, test: support.ok ? test.serial : test.serial.skip };
+  return gate('Slurm', slurmSupport(), file);
 }
 
 /**

@@ -13,9 +13,7 @@ import path from 'node:path';
 import { pino, type Logger } from 'pino';
 import { AF_UNIX, MSG_DONTWAIT, SOCK_CLOEXEC, SOCK_DGRAM, lastErrno, libc, sockaddrUn } from '../../src/systemd/libc.js';
 import { sandboxSupport, startSandbox, type Sandbox } from '../harness/systemd-sandbox.js';
-
-/** test.serial, or test.serial.skip where a suite cannot run. */
-export type GatedTest = typeof test.serial | typeof test.serial.skip;
+import { gate, type GatedTest } from '../helpers/gate.js';
 
 /**
  * test.serial where the systemd sandbox can run; elsewhere test.serial.skip,
@@ -23,9 +21,7 @@ export type GatedTest = typeof test.serial | typeof test.serial.skip;
  * cannot run; sandboxSupport() says what is missing). file: import.meta.url.
  */
 export function sandboxTest(file: string): { ok: boolean; test: GatedTest } {
-  const support = sandboxSupport();
-  if (!support.ok) console.error(`\n*** systemd sandbox unavailable, SKIPPING sandbox tests in ${file}: ${support.reason} ***\n`);
-  return { ok: support.ok, test: support.ok ? test.serial : test.serial.skip };
+  return gate('systemd sandbox', sandboxSupport(), file);
 }
 
 /**

@@ -3,7 +3,7 @@
  *
  * What it does, all of it cached and idempotent:
  *   - tools: qemu-system-x86_64 and a static busybox, apt-get installed only when
- *     missing (packages qemu-system-x86, busybox-static);
+ *     missing (packages qemu-system-x86, busybox-static; test/helpers/apt);
  *   - kernel: the Debian kernel `apt-cache depends linux-image-amd64` names (the
  *     -cloud- flavour lacks 9p), fetched with `apt-get download` and unpacked with
  *     `dpkg -x` into a temporary directory, of which only vmlinuz and the eleven
@@ -35,6 +35,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { INSTALL_LOCK, aptInstall } from '../helpers/apt.js';
 import { which } from '../helpers/which.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -71,17 +72,6 @@ function staticBusybox(): string | null {
   return null;
 }
 
-function aptInstall(pkgs: string[], log: Log): void {
-  log(`apt-get install ${pkgs.join(' ')} (missing on this machine)`);
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  let r = run('apt-get', ['install', '-y', '-q', '--no-install-recommends', ...pkgs], { env, timeoutMs: 600000 });
-  if (r.code !== 0) {
-    run('apt-get', ['update', '-q'], { env, timeoutMs: 300000 });
-    r = run('apt-get', ['install', '-y', '-q', '--no-install-recommends', ...pkgs], { env, timeoutMs: 600000 });
-  }
-  if (r.code !== 0) throw new VmSetupError(`the VM lane needs ${pkgs.join(', ')} and apt-get could not install them (exit ${r.code}):\n${r.out.slice(-2000)}`);
-}
-
 export interface VmTools { qemu: string; busybox: string }
 
 export function ensureTools(log: Log): VmTools {
@@ -90,7 +80,9 @@ export function ensureTools(log: Log): VmTools {
   if (!staticBusybox()) missing.push('busybox-static');
   if (missing.length) {
     if (!which('apt-get')) throw new VmSetupError(`the VM lane needs ${missing.join(', ')} (qemu-system-x86_64, a static busybox) and there is no apt-get here to install them`);
-    aptInstall(missing, log);
+    log(`apt-get install ${missing.join(' ')} (missing on this machine)`);
+    const failed = aptInstall(missing, { noRecommends: true });
+    if (failed) throw new VmSetupError(`the VM lane needs ${missing.join(', ')}: ${failed}`);
   }
   const qemu = which('qemu-system-x86_64');
   const busybox = staticBusybox();
@@ -138,7 +130,8 @@ export function ensureKernel(log: Log): VmKernel {
     fs.chmodSync(tmp, 0o755);
     let r = run('apt-get', ['download', `linux-image-${version}`], { cwd: tmp, timeoutMs: 600000 });
     if (r.code !== 0) {
-      run('apt-get', ['update', '-q'], { timeoutMs: 300000 });
+      // Under the harnesses' install lock: apt-get update cannot run beside an install.
+      run('flock', [INSTALL_LOCK, 'apt-get', 'update', '-q'], { timeoutMs: 300000 });
       r = run('apt-get', ['download', `linux-image-${version}`], { cwd: tmp, timeoutMs: 600000 });
     }
     const deb = fs.readdirSync(tmp).find((f) => f.endsWith('.deb'));
