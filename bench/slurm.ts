@@ -1,7 +1,6 @@
 /**
- * bench/slurm: what the cgstep SPANK plugin costs a Slurm step. Owned by the
- * Slurm integration (issue 8). Runs a one-machine Slurm (test/harness/slurm.ts)
- * and a real cgstepd, then times `srun -n1 true` (allocation, step launch,
+ * bench/slurm: what the cgstep SPANK plugin costs a Slurm step. Runs a
+ * one-machine Slurm (test/harness/slurm.ts) and a real cgstepd, then times `srun -n1 true` (allocation, step launch,
  * task, teardown, as a user sees it) with plugstack.conf empty and with the
  * plugin, interleaved so that drift hits both alike. Not a test: nothing is
  * asserted.

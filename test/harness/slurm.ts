@@ -1,7 +1,7 @@
 /**
  * test/harness/slurm: a real Slurm (Debian's 22.05 slurmctld + slurmd with
  * munge) on this one machine, loopback only, in a temp dir, with the cgstep
- * SPANK plugin in its plugstack.conf. Owned by the Slurm integration (issue 8).
+ * SPANK plugin in its plugstack.conf.
  *
  *   const support = slurmSupport();          // installs the packages if missing
  *   const c = await startSlurm({ name: 'x', socket: agentSocket });

@@ -3,8 +3,7 @@
  * includes native/spank/cgstep_spank.c): its reply reader against JSON.parse
  * (fast-check), its socket client against servers that split, batch, delay,
  * mislabel, flood or drop replies, and its task/exit callbacks against a real
- * cgstepd. Owned by the Slurm integration tests (issue 8). Needs only gcc and
- * Slurm's headers.
+ * cgstepd. Needs only gcc and Slurm's headers.
  */
 import test from 'ava';
 import fc from 'fast-check';
@@ -31,7 +30,7 @@ test.before(() => {
   if (!slurmOk) return;
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-spank-driver-'));
   driver = path.join(dir, 'driver');
-  const r = spawnSync(process.env.CC ?? 'cc', ['-O1', '-g', '-Wall', '-Wextra', '-Werror', '-Wno-unused-parameter', '-std=gnu11', `-I${path.join(REPO, 'native/spank')}`, '-o', driver, path.join(here, 'spank-driver.c')], { encoding: 'utf8' });
+  const r = spawnSync(process.env.CC ?? 'cc', ['-O1', '-g', '-Wall', '-Wextra', '-Werror', '-Wno-unused-parameter', '-std=gnu11', `-I${path.join(REPO, 'native/spank')}`, '-o', driver, path.join(here, 'spank-driver.c'), ...['client.c', 'json.c'].map((f) => path.join(REPO, 'native/spank', f))], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`building the driver failed:\n${r.stderr}`);
 });
 

@@ -6,7 +6,6 @@
  * four are denied, whatever the user exports. The confinement of a running
  * job holds while cgstepd is down and after it restarts. Needs the agent's
  * device control (devices/ebpf): without it these tests fail, saying so.
- * Owned by the Slurm integration tests (issue 8).
  */
 import test from 'ava';
 import fs from 'node:fs';

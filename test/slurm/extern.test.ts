@@ -3,7 +3,6 @@
  * plugin and a real cgstepd: Slurm runs no task callbacks for it, so the
  * plugin places it from slurm_spank_init: step_extern with its slurmstepd
  * and the process holding the step open in slurm/; removed with the job.
- * Owned by the Slurm integration tests (issue 8).
  */
 import fs from 'node:fs';
 import path from 'node:path';

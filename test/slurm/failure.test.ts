@@ -3,8 +3,7 @@
  * refusing makes a new task fail closed with the plugin's message in srun's
  * stderr (the command never runs); failure=open runs it unconfined; a
  * restarted cgstepd takes new steps again and the steps that ran through the
- * outage keep their cgroups and are removed when they end. Owned by the Slurm
- * integration tests (issue 8).
+ * outage keep their cgroups and are removed when they end.
  */
 import test from 'ava';
 import fs from 'node:fs';

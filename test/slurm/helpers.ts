@@ -1,9 +1,9 @@
 /**
  * test/slurm/helpers: one Slurm node (test/harness/slurm.ts) driven through
  * the cgstep SPANK plugin into a real cgstepd on its own socket and its own
- * fresh cgroup dir under the cgroup2 mount. Owned by the Slurm integration
- * tests (issue 8). stop() ends the cluster, then the agent (by pid), then
- * removes the cgroup dir (cgroup.kill first) and the socket dir. Also the
+ * fresh cgroup dir under the cgroup2 mount. stop() ends the cluster, then the
+ * agent (by pid), then removes the cgroup dir (cgroup.kill first) and the
+ * socket dir. Also the
  * shared suite header (slurmGate, nodeSuite) and a scripted line server that
  * stands in for cgstepd.
  */

@@ -2,7 +2,6 @@
  * A real Slurm (slurmctld + slurmd 22.05, munge, loopback) with the cgstep
  * SPANK plugin and a real cgstepd: where jobs, steps and tasks land, and that
  * they are gone when the job ends, escaped processes and scancel included.
- * Owned by the Slurm integration tests (issue 8).
  */
 import fs from 'node:fs';
 import path from 'node:path';

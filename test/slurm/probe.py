@@ -1,6 +1,5 @@
-# test/slurm/probe.py: what a Slurm task sees (owned by the Slurm integration
-# tests, issue 8). Prints one JSON line: its pid, its cgroup v2 path, the GPU
-# variables Slurm gave it, and for each path on the command line the result of
+# test/slurm/probe.py: what a Slurm task sees. Prints one JSON line: its pid,
+# its cgroup v2 path, the GPU variables Slurm gave it, and for each path on the command line the result of
 # open(O_RDWR|O_NONBLOCK): "OK" or an errno name (fake GPUs: ENXIO when the
 # cgroup allows them, there being no driver; EPERM when the device program denies).
 import errno, json, os, sys

@@ -1,9 +1,10 @@
 /*
  * test/slurm/spank-driver.c: runs the cgstep SPANK plugin's own code outside
- * Slurm, for test/slurm/client.test.ts (owned by the Slurm integration tests,
- * issue 8). It #includes native/spank/cgstep_spank.c and stands in for the few
- * libslurm functions the plugin calls, so its reply parser, its socket client
- * and its callbacks run exactly as built into slurmstepd.
+ * Slurm, for test/slurm/client.test.ts. It #includes
+ * native/spank/cgstep_spank.c, is linked with native/spank/client.c and
+ * json.c, and stands in for the few libslurm functions the plugin calls, so
+ * its reply parser, its socket client and its callbacks run exactly as built
+ * into slurmstepd.
  *
  *   driver parse                  one reply line per stdin line -> one JSON line each
  *   driver call SOCKET MS BODY... each BODY ("\"op\":\"hello\"") on one connection,

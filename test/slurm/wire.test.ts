@@ -5,7 +5,6 @@
  * cgstepd, so the requests themselves can be asserted: ids, limits from
  * Slurm's allocation, GPUs from the allocation (and not from a user's
  * environment), the task and step daemon pids, destroy at the step's end.
- * Owned by the Slurm integration tests (issue 8).
  */
 import test from 'ava';
 import fs from 'node:fs';

@@ -1,0 +1,194 @@
+/*
+ * native/spank/client.c: the plugin's connection to cgstepd (see client.h):
+ * a non-blocking Unix stream socket, every wait bounded by poll() against a
+ * monotonic deadline, one JSON line out and one back per request, ids checked.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client.h"
+
+long long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int wait_fd(int fd, short events, long long deadline)
+{
+	for (;;) {
+		struct pollfd p = { fd, events, 0 };
+		long long left = deadline - now_ms();
+		int rc;
+
+		if (left <= 0) {
+			errno = ETIMEDOUT;
+			return -1;
+		}
+		rc = poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left);
+		if (rc > 0)
+			return 0;
+		if (rc == 0) {
+			errno = ETIMEDOUT;
+			return -1;
+		}
+		if (errno != EINTR)
+			return -1;
+	}
+}
+
+int client_open(struct client *c, const char *path, int timeout_ms)
+{
+	struct sockaddr_un sa;
+	long long deadline = now_ms() + timeout_ms;
+	int delay_ms = 1;
+
+	memset(c, 0, sizeof(*c));
+	c->fd = -1;
+	c->socket = path;
+	c->next_id = 1;
+	memset(&sa, 0, sizeof(sa));
+	sa.sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		snprintf(c->err, sizeof(c->err), "socket path too long");
+		return -1;
+	}
+	strcpy(sa.sun_path, path);
+	for (;;) {
+		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		if (fd < 0) {
+			snprintf(c->err, sizeof(c->err), "socket(): %s", strerror(errno));
+			return -1;
+		}
+		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+			c->fd = fd;
+			return 0;
+		}
+		if (errno == EINPROGRESS) {
+			int soerr = 0;
+			socklen_t sl = sizeof(soerr);
+			if (wait_fd(fd, POLLOUT, deadline) == 0 &&
+			    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0) {
+				c->fd = fd;
+				return 0;
+			}
+			if (soerr)
+				errno = soerr;
+		}
+		/* A full listen backlog: back off and retry within the deadline. */
+		if (errno == EAGAIN && now_ms() + delay_ms < deadline) {
+			close(fd);
+			usleep((useconds_t)delay_ms * 1000);
+			delay_ms = delay_ms < 128 ? delay_ms * 2 : 250;
+			continue;
+		}
+		snprintf(c->err, sizeof(c->err), "cannot connect: %s%s", strerror(errno),
+			 errno == ENOENT || errno == ECONNREFUSED ? " (is cgstepd running?)" : "");
+		close(fd);
+		return -1;
+	}
+}
+
+void client_close(struct client *c)
+{
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+}
+
+int client_call(struct client *c, const char *body, int timeout_ms, struct reply *rp)
+{
+	struct buf req = { .n = 0, .overflow = 0 };
+	long long id = c->next_id++;
+	long long deadline = now_ms() + timeout_ms;
+	size_t off = 0;
+	char *nl;
+	struct reply local;
+	struct reply *r = rp ? rp : &local;
+
+	bput(&req, "{\"v\":\"1.0\",\"id\":%lld,%s}\n", id, body);
+	if (req.overflow) {
+		snprintf(c->err, sizeof(c->err), "request too long");
+		return -1;
+	}
+	while (off < req.n) {
+		ssize_t w = send(c->fd, req.s + off, req.n - off, MSG_NOSIGNAL);
+		if (w > 0) {
+			off += (size_t)w;
+			continue;
+		}
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			if (wait_fd(c->fd, POLLOUT, deadline) == 0)
+				continue;
+			snprintf(c->err, sizeof(c->err), "sending the request: %s", errno == ETIMEDOUT ? "timed out" : strerror(errno));
+			return -1;
+		}
+		snprintf(c->err, sizeof(c->err), "sending the request: %s", strerror(errno));
+		return -1;
+	}
+	for (;;) {
+		ssize_t got;
+
+		if ((nl = memchr(c->in, '\n', c->in_len)))
+			break;
+		if (c->in_len >= MAX_LINE) {
+			snprintf(c->err, sizeof(c->err), "reply line longer than %d bytes", MAX_LINE);
+			return -1;
+		}
+		got = recv(c->fd, c->in + c->in_len, MAX_LINE - c->in_len, 0);
+		if (got > 0) {
+			c->in_len += (size_t)got;
+			continue;
+		}
+		if (got == 0) {
+			snprintf(c->err, sizeof(c->err), "cgstepd closed the connection before replying");
+			return -1;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK) {
+			if (wait_fd(c->fd, POLLIN, deadline) == 0)
+				continue;
+			if (errno == ETIMEDOUT)
+				snprintf(c->err, sizeof(c->err), "no reply within %d ms", timeout_ms);
+			else
+				snprintf(c->err, sizeof(c->err), "waiting for the reply: %s", strerror(errno));
+			return -1;
+		}
+		snprintf(c->err, sizeof(c->err), "reading the reply: %s", strerror(errno));
+		return -1;
+	}
+	{
+		size_t linelen = (size_t)(nl - c->in);
+		int bad = parse_reply(c->in, linelen, r);
+
+		memmove(c->in, nl + 1, c->in_len - linelen - 1);
+		c->in_len -= linelen + 1;
+		if (bad) {
+			snprintf(c->err, sizeof(c->err), "malformed reply from cgstepd");
+			return -1;
+		}
+	}
+	if (r->ok == 1 && r->id == id)
+		return 0;
+	if (r->ok == 1) {
+		snprintf(c->err, sizeof(c->err), "reply for request %lld while waiting for %lld", r->id, id);
+		return -1;
+	}
+	snprintf(c->err, sizeof(c->err), "%s: %s", r->code[0] ? r->code : "error",
+		 r->message[0] ? r->message : "(no message)");
+	return -1;
+}
+

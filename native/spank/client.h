@@ -1,0 +1,42 @@
+/*
+ * native/spank/client.h: one connection to cgstepd's Unix socket: connect
+ * (with a deadline, retrying a full backlog), one request line out and its
+ * reply line back per call (with a deadline), lines split and kept across
+ * reads. Knows the framing and the reply envelope, not what requests mean.
+ */
+#ifndef CGSTEP_SPANK_CLIENT_H
+#define CGSTEP_SPANK_CLIENT_H
+
+#include <sys/types.h>
+
+#include "json.h"
+
+#pragma GCC visibility push(hidden)
+
+#define MAX_LINE (64 * 1024) /* the agent's MAX_LINE_BYTES */
+
+struct client {
+	int fd;
+	const char *socket;
+	long long next_id;
+	char in[MAX_LINE + 1];
+	size_t in_len;
+	char err[1200];
+};
+
+long long now_ms(void);
+
+/* Connect within timeout_ms. 0 with c->fd open, or -1 with c->err set. */
+int client_open(struct client *c, const char *path, int timeout_ms);
+void client_close(struct client *c);
+
+/*
+ * Send one request (a JSON object's members without braces or id:
+ * "\"op\":...,...") and read its reply. Returns 0 for ok:true, -1 otherwise
+ * with c->err set. rp (when not NULL) gets the parsed reply.
+ */
+int client_call(struct client *c, const char *body, int timeout_ms, struct reply *rp);
+
+#pragma GCC visibility pop
+
+#endif
