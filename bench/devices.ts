@@ -167,7 +167,7 @@ export async function devicesSection(opts: { quick: boolean }): Promise<DevicesR
             const a = process.hrtime.bigint();
             const fd = native.progLoad(insns, 'cgstep_dev_b', dir);
             try {
-              native.progAttach(dirFd, dir, fd, native.BPF_F_ALLOW_MULTI);
+              native.progAttach(dirFd, dir, fd, native.bpfFlags.ALLOW_MULTI);
               into.push(elapsedMs(a));
               native.progDetach(dirFd, dir, fd);
             } finally {
@@ -212,7 +212,7 @@ export async function devicesSection(opts: { quick: boolean }): Promise<DevicesR
           const dirFd = native.openDir(dir);
           const fd = native.progLoad(insns, 'cgstep_dev_c', dir);
           fds.push({ dirFd, dir, fd });
-          native.progAttach(dirFd, dir, fd, native.BPF_F_ALLOW_MULTI);
+          native.progAttach(dirFd, dir, fd, native.bpfFlags.ALLOW_MULTI);
         }
         conds.push({ key, n, dir });
       }

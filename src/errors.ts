@@ -45,6 +45,17 @@ export class KernelError extends AgentError {
   }
 }
 
+/** A failed BPF_PROG_LOAD, with the verifier's log. */
+export class VerifierError extends KernelError {
+  readonly verifierLog: string;
+  constructor(path: string, errno: string, log: string) {
+    const lastLine = log.trim().split('\n').filter((l) => l && !l.startsWith('processed ')).pop();
+    super('bpf(BPF_PROG_LOAD)', path, errno, lastLine ? `verifier: ${lastLine}` : undefined);
+    this.name = 'VerifierError';
+    this.verifierLog = log;
+  }
+}
+
 const PASSTHROUGH: ReadonlySet<string> = new Set([
   'EINVAL', 'ENOENT', 'EEXIST', 'EPERM', 'EBUSY', 'ETIMEDOUT', 'E2BIG', 'EMFILE', 'ENOSPC', 'EIO',
 ]);

@@ -91,12 +91,35 @@ export function removeDir(dir: string): void {
   }
 }
 
+/** Does the path exist? Only ENOENT means no; any other failure (EACCES...) is an error. */
 export function exists(p: string): boolean {
   try {
     fs.statSync(p);
     return true;
-  } catch {
-    return false;
+  } catch (err) {
+    if (isErrno(err, 'ENOENT', 'ENOTDIR')) return false;
+    throw fromNodeError('stat', p, err);
+  }
+}
+
+/** Is the path a directory? Only ENOENT means no; any other failure is an error. */
+export function isDir(p: string): boolean {
+  try {
+    return fs.statSync(p).isDirectory();
+  } catch (err) {
+    if (isErrno(err, 'ENOENT', 'ENOTDIR')) return false;
+    throw fromNodeError('stat', p, err);
+  }
+}
+
+/** May this process write the file (access(2) W_OK)? EACCES/EPERM/EROFS mean no; ENOENT is an error. */
+export function isWritable(file: string): boolean {
+  try {
+    fs.accessSync(file, fs.constants.W_OK);
+    return true;
+  } catch (err) {
+    if (isErrno(err, 'EACCES', 'EPERM', 'EROFS')) return false;
+    throw fromNodeError('access', file, err);
   }
 }
 

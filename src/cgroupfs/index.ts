@@ -10,3 +10,5 @@ export * from './files.js';
 export * from './mount.js';
 export * from './ops.js';
 export * from './stats.js';
+export * from './xattr.js';
+export * from './wait.js';

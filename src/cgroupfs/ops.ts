@@ -62,17 +62,32 @@ export function procsOf(dir: string): number[] {
   return t.split('\n').filter(Boolean).map(Number);
 }
 
-/** The cgroup v2 path of a process as /proc shows it ("0::/a/b"), or null when it is gone. */
-export function cgroupOfPid(pid: number): string | null {
+/**
+ * The cgroup v2 path of a process as /proc shows it (the "0::" line of
+ * /proc/PID/cgroup, relative to its cgroup namespace), or null when the
+ * process is gone or in no cgroup2 hierarchy.
+ */
+export function cgroupOfPid(pid: number | 'self'): string | null {
   let text: string | null;
   try {
     text = readOptional(`/proc/${pid}/cgroup`);
-  } catch {
-    return null; // ESRCH and friends: the process is gone
+  } catch (err) {
+    if (isErrno(err, 'ESRCH')) return null; // exited between the open and the read
+    throw err;
   }
   if (text === null) return null;
   for (const line of text.split('\n')) if (line.startsWith('0::')) return line.slice(3);
   return null;
+}
+
+/** This process's own cgroup2 path (see cgroupOfPid). */
+export function ownCgroup(): string | null {
+  return cgroupOfPid('self');
+}
+
+/** Is pid listed in dir's cgroup.procs? false when the directory does not exist (yet). */
+export function procsContain(dir: string, pid: number): boolean {
+  return procsOf(dir).includes(pid);
 }
 
 /**

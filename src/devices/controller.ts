@@ -25,19 +25,16 @@
  * Calls are synchronous; callers serialise updates per directory (the agent's
  * per-job lock does).
  */
-import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { findCgroup2Mount } from '../cgroupfs/mount.js';
+import { findCgroup2Mount, getXattr, makeDir, ownCgroup, removeDir, removeXattr, setXattr } from '../cgroupfs/index.js';
 import { AgentError, isErrno } from '../errors.js';
 import { compile, parsePolicy, policyToRuleSet, type Compiled, type NormalPolicy } from './compiler.js';
 import {
-  BPF_F_ALLOW_MULTI,
-  BPF_F_REPLACE,
   addonError,
+  bpfFlags,
   closeFd,
-  getXattr,
   infoById,
   loadedProgIds,
   openDir,
@@ -47,8 +44,6 @@ import {
   progInfo,
   progLoad,
   progQuery,
-  removeXattr,
-  setXattr,
   type ProgInfo,
 } from './native.js';
 import type { RuleSet } from './rules.js';
@@ -156,7 +151,7 @@ export class DeviceController {
       return { supported: false, replace: false, reason: `cannot load a device program: ${(err as Error).message}` };
     }
     try {
-      fs.mkdirSync(scratch);
+      makeDir(scratch);
     } catch (err) {
       closeAll(fds);
       return { supported: false, replace: false, reason: `cannot create the probe cgroup ${scratch}: ${(err as Error).message}` };
@@ -165,7 +160,7 @@ export class DeviceController {
       const dirFd = openDir(scratch);
       fds.push(dirFd);
       try {
-        progAttach(dirFd, scratch, fds[0], BPF_F_ALLOW_MULTI);
+        progAttach(dirFd, scratch, fds[0], bpfFlags.ALLOW_MULTI);
       } catch (err) {
         return { supported: false, replace: false, reason: `cannot attach a device program with BPF_F_ALLOW_MULTI: ${(err as Error).message}` };
       }
@@ -173,7 +168,7 @@ export class DeviceController {
       const second = progLoad(ALLOW_ALL, this.progName, scratch);
       fds.push(second);
       try {
-        progAttach(dirFd, scratch, second, BPF_F_ALLOW_MULTI | BPF_F_REPLACE, fds[0]);
+        progAttach(dirFd, scratch, second, bpfFlags.ALLOW_MULTI | bpfFlags.REPLACE, fds[0]);
       } catch (err) {
         return { supported: true, replace: false, reason: `BPF_F_REPLACE refused (${(err as Error).message}); updates attach the new program, then detach the old` };
       }
@@ -199,9 +194,9 @@ export class DeviceController {
       }
       closeAll(fds);
       try {
-        fs.rmdirSync(scratch);
+        removeDir(scratch);
       } catch (err) {
-        this.log.warn({ dir: scratch, err: (err as Error).message }, 'could not remove the device probe cgroup');
+        this.log.warn({ dir: scratch, err }, 'could not remove the device probe cgroup');
       }
     }
   }
@@ -238,12 +233,12 @@ export class DeviceController {
       let replacedProgId: number | undefined;
       let rest = cur;
       if (cur.length > 0 && pr.replace) {
-        progAttach(dirFd, cgroupDir, fd, BPF_F_ALLOW_MULTI | BPF_F_REPLACE, cur[0].fd);
+        progAttach(dirFd, cgroupDir, fd, bpfFlags.ALLOW_MULTI | bpfFlags.REPLACE, cur[0].fd);
         replacedProgId = cur[0].id;
         rest = cur.slice(1);
         this.log.info({ progId, replacedProgId, dir: cgroupDir }, 'device program replaced');
       } else {
-        progAttach(dirFd, cgroupDir, fd, BPF_F_ALLOW_MULTI);
+        progAttach(dirFd, cgroupDir, fd, bpfFlags.ALLOW_MULTI);
         this.log.info({ progId, dir: cgroupDir }, 'device program attached');
       }
       const detachedProgIds = this.detachAll(dirFd, cgroupDir, rest);
@@ -391,9 +386,9 @@ function closeAll(fds: number[]): void {
 
 /** The agent's own cgroup2 directory (from /proc/self/cgroup). */
 function ownCgroupDir(): string {
-  const line = fs.readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => l.startsWith('0::'));
-  if (!line) throw new AgentError('ENOTSUP', 'this process is in no cgroup2 hierarchy');
-  return path.join(findCgroup2Mount().mountPoint, line.slice(3));
+  const own = ownCgroup();
+  if (own === null) throw new AgentError('ENOTSUP', 'this process is in no cgroup2 hierarchy');
+  return path.join(findCgroup2Mount().mountPoint, own);
 }
 
 /** Loaded programs (anywhere on the node) whose name starts with the prefix. */

@@ -6,10 +6,9 @@
  * adopting it after a restart, the infinity process in system/, and the
  * controllers enabled in the scope. Jobs and steps belong to src/steps.
  */
-import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { controllersOf, enableControllers, enableTopDown, enabledIn, exists, isPopulated, makeDir, moveProcess, procsOf, removeTree } from '../cgroupfs/index.js';
+import { controllersOf, enableControllers, enableTopDown, enabledIn, exists, isDir, isPopulated, makeDir, moveProcess, procsOf, removeTree } from '../cgroupfs/index.js';
 import { AgentError } from '../errors.js';
 import { SYSTEM_LEAF } from '../steps/names.js';
 import { isAlive, startInfinity } from './infinity.js';
@@ -198,11 +197,7 @@ function killQuietly(pid: number): void {
   }
 }
 
-/** True when the scope directory still exists and is on cgroup2 (used by health checks). */
+/** True when the scope directory still exists (used by health checks). */
 export function scopeHealthy(scopeDir: string): boolean {
-  try {
-    return fs.statSync(scopeDir).isDirectory();
-  } catch {
-    return false;
-  }
+  return isDir(scopeDir);
 }

@@ -17,12 +17,11 @@
  *  - unit active and its directory present: adopt it (abandon it if it is
  *    still "running", put the new infinity pid in it when it can take one).
  */
-import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import { isDir, waitForPidInCgroup, writeText } from '../cgroupfs/index.js';
 import { AgentError } from '../errors.js';
 import { DBUS_UNIT_EXISTS, SystemdCallError, connectSystemd, type SystemdManager, type UnitState } from '../systemd/manager.js';
-import { waitForPidInCgroup } from '../systemd/wait.js';
 import type { SystemdPort } from './index.js';
 
 /** Slurm's SystemdTimeout default. */
@@ -41,14 +40,6 @@ export interface DelegatedScopeOptions {
   /** SystemdTimeout: how long to wait for the directory and the pid (default 1000 ms). */
   timeoutMs: number;
   log: Logger;
-}
-
-function isDir(p: string): boolean {
-  try {
-    return fs.statSync(p).isDirectory();
-  } catch {
-    return false;
-  }
 }
 
 function describe(st: UnitState | null): string {
@@ -133,9 +124,9 @@ async function adopt(o: DelegatedScopeOptions, st: UnitState, dir: string, expec
   // one (no controllers enabled below it); otherwise the common start-up code
   // moves it into system/ as it does for every adopted scope.
   try {
-    fs.writeFileSync(path.join(dir, 'cgroup.procs'), String(o.infinityPid));
+    writeText(path.join(dir, 'cgroup.procs'), String(o.infinityPid));
   } catch (err) {
-    log.info({ unit: scopeName, pid: o.infinityPid, err: (err as Error).message }, 'adopted scope root cannot take the infinity pid; leaving it to the scope set-up');
+    log.info({ unit: scopeName, pid: o.infinityPid, err }, 'adopted scope root cannot take the infinity pid; leaving it to the scope set-up');
   }
   if (path.resolve(dir) !== path.resolve(expected)) log.warn({ unit: scopeName, expected, got: dir }, 'systemd placed the scope elsewhere than expected; using its directory');
   return dir;

@@ -14,54 +14,18 @@
  * itself to <unit cgroup>/agent first; the unit cgroup then has no processes
  * of its own and everything the agent does happens in the delegated subtree.
  *
- * Owns only the agent's own placement: it creates `agent/` and writes the
- * agent's pid (the whole thread group) to its cgroup.procs, then any other
+ * Owns only the decision to move the agent: it has cgroupfs create `agent/`
+ * and move the agent's pid (the whole thread group) there, then any other
  * process still in the unit's own cgroup (the service's own children). It
  * never touches the node scope (src/scope) nor anything outside the unit.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { AgentError, fromNodeError } from '../errors.js';
-import { lastErrno, libc } from './libc.js';
+import { getXattr, isWritable, makeDir, ownCgroup, procsOf, writeText } from '../cgroupfs/index.js';
+import { AgentError, isErrno } from '../errors.js';
 
 export const AGENT_SUBGROUP = 'agent';
-
-/** The process's cgroup2 path (the "0::" line of /proc/<pid>/cgroup), relative to its cgroup namespace. */
-export function ownCgroup(pid: number | 'self' = 'self'): string | null {
-  let text: string;
-  try {
-    text = fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8');
-  } catch {
-    return null;
-  }
-  const line = text.split('\n').find((l) => l.startsWith('0::'));
-  return line ? line.slice(3) : null;
-}
-
-/**
- * Read an extended attribute; null when the attribute is absent (ENODATA) or
- * the filesystem has no xattrs of that namespace (ENOTSUP/EOPNOTSUPP).
- */
-export function readXattr(file: string, name: string): string | null {
-  const c = libc();
-  const buf = Buffer.alloc(256);
-  const n = c.getxattr(file, name, buf, buf.length);
-  if (n < 0) {
-    const errno = lastErrno();
-    if (errno === 'ENODATA' || errno === 'ENOTSUP' || errno === 'EOPNOTSUPP') return null;
-    throw fromNodeError(`getxattr ${name}`, file, { code: errno });
-  }
-  return buf.subarray(0, n).toString('utf8');
-}
-
-function readPids(dir: string): number[] {
-  try {
-    return fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
-}
 
 function comm(pid: number): string {
   try {
@@ -84,19 +48,13 @@ export type DelegationEvidence = 'xattr' | 'invocation-id' | null;
  */
 export function delegationOf(dir: string, env: NodeJS.ProcessEnv = process.env): DelegationEvidence {
   for (const name of ['trusted.delegate', 'user.delegate']) {
-    if (readXattr(dir, name) === '1') return 'xattr';
+    if (getXattr(dir, name)?.toString('utf8') === '1') return 'xattr';
   }
   // systemd before 251 marks nothing. The fallback cannot tell such a systemd
   // from a newer one running us without Delegate=yes; the shipped unit sets
   // Delegate=yes, and a move into a subgroup of a non-delegated unit is harmless.
   if (!env.INVOCATION_ID) return null;
-  try {
-    fs.accessSync(path.join(dir, 'cgroup.procs'), fs.constants.W_OK);
-    fs.accessSync(path.join(dir, 'cgroup.subtree_control'), fs.constants.W_OK);
-    return 'invocation-id';
-  } catch {
-    return null;
-  }
+  return isWritable(path.join(dir, 'cgroup.procs')) && isWritable(path.join(dir, 'cgroup.subtree_control')) ? 'invocation-id' : null;
 }
 
 /**
@@ -123,28 +81,20 @@ export async function moveSelfIntoSubgroup(mountPoint: string, log: Logger): Pro
     return null;
   }
   const target = path.join(unitDir, AGENT_SUBGROUP);
-  try {
-    fs.mkdirSync(target);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw fromNodeError('mkdir', target, err);
-  }
-  try {
-    // cgroup.procs moves the whole thread group (every Node and libuv thread).
-    fs.writeFileSync(path.join(target, 'cgroup.procs'), String(process.pid));
-  } catch (err) {
-    throw fromNodeError('write cgroup.procs', target, err);
-  }
+  makeDir(target);
+  // cgroup.procs moves the whole thread group (every Node and libuv thread).
+  writeText(path.join(target, 'cgroup.procs'), String(process.pid));
   // Anything else still in the unit's own cgroup is the service's too (children
   // started before the move, ExecStartPre leftovers): they would keep the unit
   // cgroup an internal node with processes, so they follow the agent.
   const others: string[] = [];
-  for (const pid of readPids(unitDir)) {
+  for (const pid of procsOf(unitDir)) {
     try {
-      fs.writeFileSync(path.join(target, 'cgroup.procs'), String(pid));
+      writeText(path.join(target, 'cgroup.procs'), String(pid));
       others.push(`${pid} (${comm(pid)})`);
     } catch (err) {
       // Exited meanwhile (ESRCH): nothing to move.
-      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw fromNodeError('write cgroup.procs', target, err);
+      if (!isErrno(err, 'ESRCH')) throw err;
     }
   }
   if (others.length) log.info({ moved: others }, 'moved the service\'s other processes along with the agent');

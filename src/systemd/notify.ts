@@ -16,7 +16,7 @@
  * so the kernel attaches our pid and uid without an explicit SCM_CREDENTIALS.
  */
 import { AgentError } from '../errors.js';
-import { AF_UNIX, MSG_NOSIGNAL, SOCK_CLOEXEC, SOCK_DGRAM, lastErrno, libc, sockaddrUn } from './libc.js';
+import { AF_UNIX, MSG_NOSIGNAL, SOCK_CLOEXEC, SOCK_DGRAM, lastErrno, libc, sockaddrUn } from '../sys/libc.js';
 
 /**
  * Send `state` to $NOTIFY_SOCKET. Returns false when NOTIFY_SOCKET is unset

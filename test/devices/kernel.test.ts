@@ -24,6 +24,7 @@ import {
   type RuleSet,
 } from '../../src/devices/index.js';
 import * as native from '../../src/devices/native.js';
+import { getXattr, setXattr } from '../../src/cgroupfs/index.js';
 import { OP, decode, emit, normalize } from '../../src/devices/compiler.js';
 import { Cgroups, Prober, kernelSkipReason, memLogger, standardNodes, uniqueProgName, type DevNodes } from './helpers.js';
 import { GOLDEN_CASES, searchRuleArbs } from './cases.js';
@@ -242,7 +243,7 @@ ktest('restart: a new controller reads the stored policy, keeps the same program
   t.deepEqual(d.policy, compile(rs).policy);
   t.true(d.consistent);
   t.deepEqual(d.ours, [first.progId]);
-  t.is(native.getXattr(dir, 'trusted.cgstep.devices')!.toString(), serializePolicy(compile(rs).policy));
+  t.is(getXattr(dir, 'trusted.cgstep.devices')!.toString(), serializePolicy(compile(rs).policy));
   const same = again.apply(dir, rs);
   t.true(same.unchanged);
   t.is(same.progId, first.progId);
@@ -251,9 +252,9 @@ ktest('restart: a new controller reads the stored policy, keeps the same program
   t.is(next.replacedProgId, first.progId);
   t.deepEqual(ctl.query(dir).ours, [next.progId]);
   // A policy xattr that does not match the program is reported, not trusted.
-  native.setXattr(dir, 'trusted.cgstep.devices', Buffer.from(serializePolicy(compile(rs).policy)));
+  setXattr(dir, 'trusted.cgstep.devices', Buffer.from(serializePolicy(compile(rs).policy)));
   t.false(again.describe(dir).consistent);
-  native.setXattr(dir, 'trusted.cgstep.devices', Buffer.from('garbage'));
+  setXattr(dir, 'trusted.cgstep.devices', Buffer.from('garbage'));
   const bad = again.describe(dir);
   t.false(bad.consistent);
   t.is(bad.policy, null);
@@ -274,7 +275,7 @@ for (const replace of [true, false]) {
       for (const minor of [0, 1]) {
         const fd = native.progLoad(compile(rules('allow', `-c 195:${minor} rwm`)).insns, 'cgstep_dev_old', dir);
         fds.push(fd);
-        native.progAttach(dirFd, dir, fd, native.BPF_F_ALLOW_MULTI);
+        native.progAttach(dirFd, dir, fd, native.bpfFlags.ALLOW_MULTI);
       }
       t.is(c.query(dir).ours.length, 2);
       t.false(c.describe(dir).consistent);
@@ -306,7 +307,7 @@ ktest("other programs on the directory are never touched", async (t) => {
     native.closeFd(dirFd);
     native.closeFd(foreign);
   });
-  native.progAttach(dirFd, dir, foreign, native.BPF_F_ALLOW_MULTI);
+  native.progAttach(dirFd, dir, foreign, native.bpfFlags.ALLOW_MULTI);
   const foreignId = native.progInfo(foreign, dir).id;
   const a = ctl.apply(dir, rules('allow', '-c 195:0 rwm'));
   const b = ctl.apply(dir, rules('allow', '-c 195:1 rwm'));
@@ -373,7 +374,7 @@ ktest('the kernel accepts every golden program and keeps exactly our instruction
     const fd = native.progLoad(insns, 'cgstep_dev_gold', c.name);
     try {
       const info = native.progInfo(fd, c.name);
-      t.is(info.type, native.BPF_PROG_TYPE_CGROUP_DEVICE);
+      t.is(info.type, native.bpfFlags.PROG_TYPE_CGROUP_DEVICE);
       t.is(info.name, 'cgstep_dev_gold');
       t.true(info.xlated.equals(insns), `${c.name}: xlated differs`);
     } finally {

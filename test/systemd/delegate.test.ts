@@ -9,7 +9,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { moveSelfIntoSubgroup, ownCgroup } from '../../src/systemd/delegate.js';
+import { moveSelfIntoSubgroup } from '../../src/systemd/delegate.js';
+import { ownCgroup } from '../../src/cgroupfs/index.js';
 import { captureLog, readProcs, sandboxSuite, until } from './helpers.js';
 
 const FIXTURE = path.resolve('test/systemd/fixtures/agent-fixture.ts');

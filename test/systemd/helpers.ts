@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pino, type Logger } from 'pino';
-import { AF_UNIX, MSG_DONTWAIT, SOCK_CLOEXEC, SOCK_DGRAM, lastErrno, libc, sockaddrUn } from '../../src/systemd/libc.js';
+import { AF_UNIX, MSG_DONTWAIT, SOCK_CLOEXEC, SOCK_DGRAM, lastErrno, libc, sockaddrUn } from '../../src/sys/libc.js';
 import { sandboxSupport, startSandbox, type Sandbox } from '../harness/systemd-sandbox.js';
 import { gate, type GatedTest } from '../helpers/gate.js';
 

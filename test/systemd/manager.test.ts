@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { AgentError } from '../../src/errors.js';
 import { INFINITY_BIN } from '../../src/scope/infinity.js';
-import { readXattr } from '../../src/systemd/delegate.js';
+import { getXattr } from '../../src/cgroupfs/index.js';
 import { SystemdCallError, SystemdUnavailableError, connectSystemd, type SystemdManager } from '../../src/systemd/manager.js';
 import { readProcs, sandboxSuite, startBareBus } from './helpers.js';
 
@@ -93,7 +93,7 @@ sbTest('StartTransientUnit + AbandonScope: a delegated, abandoned scope holding 
   const dir = sb().hostPath(st!.controlGroup);
   t.deepEqual(readProcs(dir), [pid]);
   // systemd 252 sets trusted.delegate only as the system manager (no xattrs from user managers).
-  t.is(readXattr(dir, 'trusted.delegate'), null);
+  t.is(getXattr(dir, 'trusted.delegate'), null);
 
   const status = await sb().systemctl('status', unit);
   t.log(status.stdout);

@@ -1,6 +1,6 @@
 /**
  * src/scope/systemd (startDelegatedScope, connectSystemdPort) and
- * src/systemd/wait against a private systemd 252: first creation, the broken
+ * src/cgroupfs/wait against a private systemd 252: first creation, the broken
  * unit states Slurm dies on (failed; active with its directory gone), adoption,
  * and the bounded wait for the directory and the pid.
  */
@@ -9,7 +9,7 @@ import path from 'node:path';
 import { INFINITY_BIN } from '../../src/scope/infinity.js';
 import { connectSystemdPort, startDelegatedScope } from '../../src/scope/systemd.js';
 import { SystemdCallError, SystemdUnavailableError, connectSystemd, type SystemdManager } from '../../src/systemd/manager.js';
-import { waitForPidInCgroup } from '../../src/systemd/wait.js';
+import { waitForPidInCgroup } from '../../src/cgroupfs/index.js';
 import { captureLog, readProcs, sandboxSuite, until } from './helpers.js';
 
 let m: SystemdManager;

@@ -1,5 +1,6 @@
 /**
- * systemd/wait: wait, bounded, for a cgroup directory to exist and hold a pid.
+ * cgroupfs/wait: wait, bounded, for a cgroup directory to exist and hold a pid
+ * (a directory another manager, such as systemd, creates for us).
  *
  * Owns only the waiting: reads `cgroup.procs` and watches, never writes. On
  * cgroupfs, inotify is reliable for `cgroup.events` (the kernel's
@@ -14,6 +15,8 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { isDir } from './files.js';
+import { procsContain } from './ops.js';
 
 export interface CgroupWaitResult {
   ok: boolean;
@@ -22,23 +25,6 @@ export interface CgroupWaitResult {
   elapsedMs: number;
   /** What noticed the final state: already true, an inotify event, or a back-off re-check. */
   via: 'immediate' | 'watch' | 'poll' | 'timeout';
-}
-
-function procsContain(dir: string, pid: number): boolean {
-  try {
-    const want = String(pid);
-    return fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n').includes(want);
-  } catch {
-    return false;
-  }
-}
-
-function isDir(p: string): boolean {
-  try {
-    return fs.statSync(p).isDirectory();
-  } catch {
-    return false;
-  }
 }
 
 /** Resolve when `dir` exists and `pid` is in its cgroup.procs, or when timeoutMs has passed. */

@@ -1,11 +1,11 @@
 /**
- * systemd/libc: the few libc calls src/systemd needs that Node does not offer,
- * bound through koffi (the FFI the project ships; ffi-napi does not build on
- * Node 20). Owns only these bindings: AF_UNIX datagram sockets (socket, bind,
- * sendto, recv, close; Node's net/dgram modules have no datagram Unix sockets)
- * and getxattr (Node has no xattr API). Loaded lazily on first use, so a
- * process that never notifies nor checks xattrs never loads libc through FFI.
- * Nothing else in the project should grow libc bindings here.
+ * sys/libc: the libc calls Node does not offer, bound through koffi (the FFI
+ * the project ships; ffi-napi does not build on Node 20), in one place:
+ * AF_UNIX datagram sockets for sd_notify (socket, bind, sendto, recv, close;
+ * Node's net/dgram modules have no datagram Unix sockets) and getsockopt for
+ * a stream peer's credentials. Loaded lazily on first use, so a process that
+ * needs none of them never loads libc through FFI. Callers own the meaning;
+ * this module owns only the signatures and errno names.
  */
 import os from 'node:os';
 import koffi from 'koffi';
@@ -24,7 +24,7 @@ interface Libc {
   sendto: (fd: number, buf: Buffer, len: number, flags: number, addr: Buffer, addrlen: number) => number;
   recv: (fd: number, buf: Buffer, len: number, flags: number) => number;
   close: (fd: number) => number;
-  getxattr: (path: string, name: string, value: Buffer | null, size: number) => number;
+  getsockopt: (fd: number, level: number, opt: number, out: Buffer, len: number[]) => number;
 }
 
 let cached: Libc | undefined;
@@ -38,7 +38,7 @@ export function libc(): Libc {
     sendto: lib.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)'),
     recv: lib.func('intptr_t recv(int fd, _Out_ void *buf, size_t len, int flags)'),
     close: lib.func('int close(int fd)'),
-    getxattr: lib.func('intptr_t getxattr(const char *path, const char *name, _Out_ void *value, size_t size)'),
+    getsockopt: lib.func('int getsockopt(int fd, int level, int optname, _Out_ void *optval, _Inout_ uint32_t *optlen)'),
   } as Libc;
   return cached;
 }
