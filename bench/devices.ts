@@ -1,5 +1,5 @@
 /**
- * bench/devices: the device-control figures of issue 4.
+ * bench/devices: the device-control figures.
  *   node --import tsx bench/devices.ts        (root; BENCH_QUICK=1 for a smoke run)
  *   import { devicesSection } from './devices.js'   (the same figures as data)
  * Sizes 1, 16, 256 and 4096 rules. Rules: exact denies c 200+i/256:i%256,

@@ -10,7 +10,7 @@ import { resolveCgroupRoot } from './cgroupfs/index.js';
 import { scopeNameFor, type AgentOptions } from './config/options.js';
 import { AgentError } from './errors.js';
 import { PROTOCOL_VERSION, RpcServer, type Request } from './rpc/index.js';
-import { Registry } from './backends/index.js';
+import { Registry } from './backends/registry.js';
 import { noneDevices, type DeviceBackend } from './devices/none.js';
 import { ebpfDevices, type EbpfContext } from './devices/backend.js';
 import { DeviceController } from './devices/controller.js';
@@ -134,7 +134,7 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
       if (removed.length || extraInfinity.length) log.warn({ removed, extraInfinity }, 'orphans cleaned up');
       if (populated.length) log.warn({ populated }, 'orphan directories with processes (not killed; destroy them or move the processes)');
     } catch (err) {
-      log.error({ err: (err as Error).message }, 'orphan collection failed');
+      log.error({ err }, 'orphan collection failed');
     }
   };
   const sweeper = setInterval(() => void sweep(), o.orphanIntervalMs);
@@ -160,7 +160,7 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
         log.info({ scope: scope.path, infinityPid: scope.infinityPid }, 'scope re-created');
       }
     } catch (err) {
-      log.error({ err: (err as Error).message }, 'cannot restore the scope or its infinity process');
+      log.error({ err }, 'cannot restore the scope or its infinity process');
     } finally {
       guarding = false;
     }
@@ -271,7 +271,7 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
     (r) => {
       if (recovered.jobs) log.info({ ...recovered, ...r }, 'watching the adopted jobs, steps and tasks');
     },
-    (err) => log.error({ err: (err as Error).message }, 'could not watch the adopted jobs, steps and tasks'),
+    (err) => log.error({ err }, 'could not watch the adopted jobs, steps and tasks'),
   );
   void sweep();
 

@@ -84,7 +84,7 @@ try {
   try {
     await moveSelfIntoSubgroup(findCgroup2Mount().mountPoint, log);
   } catch (err) {
-    log.warn({ err: (err as Error).message }, 'could not move the agent into a subgroup of its service cgroup');
+    log.warn({ err }, 'could not move the agent into a subgroup of its service cgroup');
   }
   const agent = await startAgent(options, log, {
     // dbus-next (about 12 MiB of RSS) is loaded only when systemd is asked for something.
@@ -99,7 +99,7 @@ try {
         log.debug({ unit: scope.scopeName, state: st }, 'scope unit state');
         return st === null ? 'gone' : st.activeState;
       } catch (err) {
-        log.debug({ err: (err as Error).message }, 'cannot ask systemd for the scope unit state');
+        log.debug({ err }, 'cannot ask systemd for the scope unit state');
         return null;
       } finally {
         await m?.close();
@@ -125,7 +125,7 @@ try {
     agent.close().then(
       () => process.exit(0),
       (err) => {
-        log.error({ err: (err as Error).message }, 'error while stopping');
+        log.error({ err }, 'error while stopping');
         process.exit(1);
       },
     );

@@ -14,7 +14,7 @@
  */
 import os from 'node:os';
 import type { Logger } from 'pino';
-import type { Candidate } from '../backends/index.js';
+import type { Candidate } from '../backends/registry.js';
 import type { DeviceRequest } from '../rpc/protocol.js';
 import type { DeviceLevel } from '../steps/tree.js';
 import { formatEntry } from './compiler.js';

@@ -289,7 +289,7 @@ export class DeviceController {
       try {
         removeXattr(cgroupDir, this.xattr);
       } catch (err) {
-        this.log.warn({ dir: cgroupDir, err: (err as Error).message }, 'could not remove the device policy xattr');
+        this.log.warn({ dir: cgroupDir, err }, 'could not remove the device policy xattr');
       }
       return { detached };
     } finally {
@@ -317,7 +317,7 @@ export class DeviceController {
         policy = this.readPolicy(cgroupDir);
       } catch (err) {
         readable = false;
-        this.log.warn({ dir: cgroupDir, err: (err as Error).message }, 'unreadable device policy xattr');
+        this.log.warn({ dir: cgroupDir, err }, 'unreadable device policy xattr');
       }
       let consistent: boolean;
       if (!readable) consistent = false;
@@ -368,7 +368,7 @@ export class DeviceController {
       setXattr(dir, this.xattr, value);
       return true;
     } catch (err) {
-      this.log.warn({ dir, xattr: this.xattr, err: (err as Error).message }, 'device policy not stored; a restarted agent will not know it');
+      this.log.warn({ dir, xattr: this.xattr, err }, 'device policy not stored; a restarted agent will not know it');
       return false;
     }
   }

@@ -1,5 +1,5 @@
 /**
- * devices: eBPF device control for cgroup directories (issue 4).
+ * devices: eBPF device control for cgroup directories.
  *
  * The public face of src/devices: rule syntax and semantics (rules.ts), Slurm's
  * gres.conf (gres.ts), the policy a request asks for (policy.ts), the compiler

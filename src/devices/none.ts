@@ -5,7 +5,7 @@
  * device rules is accepted and its rules are not enforced; the reply says so
  * (devicesIgnored) and `cgstep status` lists the backend with its reason.
  */
-import type { Backend, Candidate } from '../backends/index.js';
+import type { Backend, Candidate } from '../backends/registry.js';
 import type { DevicePort } from '../steps/tree.js';
 
 export interface DeviceSupport {

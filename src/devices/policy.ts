@@ -86,7 +86,7 @@ export function buildRuleSet(req: DeviceRequest, opts: PolicyOptions = {}): Rule
         dev = stat(p);
       } catch (err) {
         // A gres file that does not exist cannot be opened either; say so, confine the rest.
-        opts.log?.warn({ path: p, gres: `${u.name}:${u.index}`, err: (err as Error).message }, 'gres device not found; not denied');
+        opts.log?.warn({ path: p, gres: `${u.name}:${u.index}`, err }, 'gres device not found; not denied');
         continue;
       }
       if (allocated.has(devKey(dev))) continue;

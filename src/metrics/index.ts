@@ -161,7 +161,7 @@ export class Metrics implements RequestObserver {
       this.render().then(
         (text) => res.writeHead(200, { 'Content-Type': this.registry.contentType }).end(text),
         (err) => {
-          this.o.log.error({ err: (err as Error).message }, 'metrics scrape failed');
+          this.o.log.error({ err }, 'metrics scrape failed');
           res.writeHead(500).end(`scrape failed: ${(err as Error).message}\n`);
         },
       );

@@ -90,7 +90,7 @@ export class RpcServer {
         return;
       }
     } catch (err) {
-      this.o.log.error({ err: (err as Error).message }, 'cannot identify peer');
+      this.o.log.error({ err }, 'cannot identify peer');
       s.destroy();
       return;
     }
@@ -179,7 +179,7 @@ export class RpcServer {
     } catch (err) {
       this.counters.errors++;
       reply = { id, ok: false, error: errorBody(err) };
-      if (!(err instanceof AgentError)) this.o.log.error({ err: (err as Error)?.stack ?? String(err) }, 'request failed unexpectedly');
+      if (!(err instanceof AgentError)) this.o.log.error({ err }, 'request failed unexpectedly');
     } finally {
       this.inflight--;
     }

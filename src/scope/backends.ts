@@ -3,7 +3,8 @@
  * registry candidates. The work is in scope/index.ts; this file says when
  * each is usable, why it was chosen, and whether a failure may fall through.
  */
-import type { Backend, Candidate } from '../backends/index.js';
+import type { Backend, Candidate } from '../backends/registry.js';
+import { AgentError } from '../errors.js';
 import { createScopeWithMkdir, createScopeWithSystemd, systemdBooted, type ScopeOptions, type ScopeState } from './index.js';
 
 export interface ScopeBackend extends Backend {
@@ -23,7 +24,7 @@ function backend(type: string, name: string, make: () => Promise<ScopeState>): S
     name,
     version: '1.0',
     get state() {
-      if (!state) throw new Error(`${type} not initialised`);
+      if (!state) throw new AgentError('EINTERNAL', `${type} not initialised`);
       return state;
     },
     async init() {

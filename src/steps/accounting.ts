@@ -3,7 +3,7 @@
  * usage read from its cgroup files (cpu.stat, memory.*, pids.current, io.stat)
  * at the moment it is asked for. Keeps nothing between reads.
  */
-import type { Backend, Candidate } from '../backends/index.js';
+import type { Backend, Candidate } from '../backends/registry.js';
 import { readStats, type CgroupStats } from '../cgroupfs/index.js';
 
 export interface AccountingBackend extends Backend {

@@ -5,7 +5,7 @@
  * mkdir mode (--ignore-systemd) for the file, on its own directory under the
  * cgroup2 mount, with a cgroup.conf whose memory formulas are not the identity
  * and a gres.conf of two fake GPUs. Each test title starts with the number of
- * the point of issue 7 it proves; the host reports them per point.
+ * the lane's point it proves; the host reports them per point.
  */
 import test from 'ava';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';

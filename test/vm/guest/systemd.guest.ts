@@ -3,7 +3,7 @@
  * the overlay root, cgstepd runs as the shipped systemd/cgstepd.service
  * (installed unchanged, Delegate=yes) on the real system bus, and this file
  * runs as the oneshot cgstep-vm-test.service (test/vm/vm.test.ts writes the
- * units). Point 6 of issue 7.
+ * units). Point 6 of the lane: systemd as PID 1.
  */
 import test from 'ava';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';

@@ -1,5 +1,5 @@
 /**
- * backends: replaceable parts of the agent, in Slurm's plugin style.
+ * backends/registry: replaceable parts of the agent, in Slurm's plugin style.
  *
  * Each backend has a type "<kind>/<name>" (scope/systemd, devices/ebpf,
  * accounting/cgroup...), a human name and a version, and init/fini called once,
@@ -8,9 +8,11 @@
  * initialised; if its init fails and the candidate allows it, the next one is
  * tried (IgnoreSystemdOnFailure is this), else start-up stops with its error.
  * Adding a backend: write one module implementing Backend for its kind and
- * register it in builtin.ts. This module owns the selection, nothing else.
+ * register it in builtinRegistry (src/agent.ts). This module owns the
+ * selection, nothing else.
  */
 import type { Logger } from 'pino';
+import { AgentError } from '../errors.js';
 
 export type Kind = 'scope' | 'devices' | 'accounting';
 export const KIND_ORDER: readonly Kind[] = ['scope', 'devices', 'accounting'];
@@ -33,7 +35,7 @@ export interface Candidate<C, B extends Backend = Backend> extends BackendIdenti
   /** Why it was chosen, in words for `cgstep status`. */
   reason(ctx: C): string;
   create(ctx: C): B;
-  /** May a failed init fall through to the next candidate? (returns the reason to log) */
+  /** May a failed init fall through to the next candidate? */
   fallback?(ctx: C, err: Error): boolean;
 }
 
@@ -44,7 +46,7 @@ export class Registry<C> {
   private started: { kind: Kind; backend: Backend; reason: string; fellBackFrom?: string }[] = [];
 
   register(kind: Kind, c: Candidate<C, any>): void {
-    if (!c.type.startsWith(`${kind}/`)) throw new Error(`backend type ${c.type} does not belong to kind ${kind}`);
+    if (!c.type.startsWith(`${kind}/`)) throw new AgentError('EINTERNAL', `backend type ${c.type} does not belong to kind ${kind}`);
     const list = this.candidates.get(kind) ?? [];
     list.push(c);
     this.candidates.set(kind, list);
@@ -70,7 +72,7 @@ export class Registry<C> {
           if (c.fallback?.(ctx, err as Error)) {
             note = ` (after ${c.type} failed: ${(err as Error).message})`;
             fellBackFrom = `${c.type}: ${(err as Error).message}`;
-            log.warn({ backend: c.type, err: (err as Error).message }, 'backend failed to start; trying the next one');
+            log.warn({ backend: c.type, err }, 'backend failed to start; trying the next one');
             continue;
           }
           await this.stop(log);
@@ -84,14 +86,14 @@ export class Registry<C> {
       }
       if (!chosen) {
         await this.stop(log);
-        throw new Error(`no usable ${kind} backend`);
+        throw new AgentError('ENOTSUP', `no usable ${kind} backend`);
       }
     }
   }
 
   get<B extends Backend>(kind: Kind): B {
     const s = this.started.find((x) => x.kind === kind);
-    if (!s) throw new Error(`no ${kind} backend started`);
+    if (!s) throw new AgentError('EINTERNAL', `no ${kind} backend started`);
     return s.backend as B;
   }
 
@@ -105,7 +107,7 @@ export class Registry<C> {
       try {
         await s.backend.fini();
       } catch (err) {
-        log.error({ backend: s.backend.type, err: (err as Error).message }, 'backend fini failed');
+        log.error({ backend: s.backend.type, err }, 'backend fini failed');
       }
     }
     this.started = [];
