@@ -1,8 +1,8 @@
 /**
  * bench/slurm: what the cgstep SPANK plugin costs a Slurm step. Runs a
- * one-machine Slurm (test/harness/slurm.ts) and a real cgstepd, then times `srun -n1 true` (allocation, step launch,
- * task, teardown, as a user sees it) with plugstack.conf empty and with the
- * plugin, interleaved so that drift hits both alike. Not a test: nothing is
+ * one-machine Slurm (test/harness/slurm.ts) and a real cgstepd, then times
+ * `srun -n1 true` and `srun -n8 -O true` (allocation, step launch, tasks,
+ * teardown, as a user sees it) with plugstack.conf empty and with the plugin, interleaved so that drift hits both alike. Not a test: nothing is
  * asserted.
  *
  *   node --import tsx bench/slurm.ts            (BENCH_SLURM_N=40 runs per mode)
@@ -59,28 +59,32 @@ try {
   const pluginArgs = status.devices.supported ? [] : ['devices=try'];
   const modes: Record<string, string[] | null> = { 'no plugin': null, [`plugin${pluginArgs.length ? ' (devices=try: ' + status.devices.reason + ')' : ''}`]: pluginArgs };
   const names = Object.keys(modes);
-  const times: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
   // Warm-up: the first steps after start-up are slower (caches, slurmd's first launch).
   for (const n of names) {
     cluster.setPluginArgs(modes[n]);
     for (let i = 0; i < 3; i++) await cluster.srun(['-n1', 'true']);
   }
-  for (let i = 0; i < N; i++) {
-    for (const n of i % 2 ? [...names].reverse() : names) {
-      cluster.setPluginArgs(modes[n]);
-      const r = await cluster.srun(['-n1', 'true']);
-      if (r.code !== 0) throw new Error(`srun -n1 true failed (${n}): ${r.stderr}`);
-      times[n].push(r.ms);
+  // One task, and eight on the node's four CPUs (-O: overcommit), so that the per-task cost shows.
+  for (const args of [['-n1'], ['-n8', '-O']]) {
+    const what = `srun ${args.join(' ')} true`;
+    const times: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
+    for (let i = 0; i < N; i++) {
+      for (const n of i % 2 ? [...names].reverse() : names) {
+        cluster.setPluginArgs(modes[n]);
+        const r = await cluster.srun([...args, 'true']);
+        if (r.code !== 0) throw new Error(`${what} failed (${n}): ${r.stderr}`);
+        times[n].push(r.ms);
+      }
     }
+    console.log(`${what}, ${N} runs per mode, interleaved — ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, Slurm 22.05 on loopback`);
+    const med: Record<string, number> = {};
+    for (const n of names) {
+      const s = summarize(times[n]);
+      med[n] = s.median;
+      console.log(`  ${n.padEnd(12)} median ${ms(s.median)}  p99 ${ms(s.p99)}  mean ${ms(s.mean)}`);
+    }
+    console.log(`  plugin - no plugin: ${ms(med[names[1]] - med[names[0]])} at the median`);
   }
-  console.log(`srun -n1 true, ${N} runs per mode, interleaved — ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, Slurm 22.05 on loopback`);
-  const med: Record<string, number> = {};
-  for (const n of names) {
-    const s = summarize(times[n]);
-    med[n] = s.median;
-    console.log(`  ${n.padEnd(12)} median ${ms(s.median)}  p99 ${ms(s.p99)}  mean ${ms(s.mean)}`);
-  }
-  console.log(`  plugin - no plugin: ${ms(med[names[1]] - med[names[0]])} at the median`);
   // Context: what one cgroup.procs write costs the kernel after the system was
   // quiet for a while (the plugin's task attach is one such write).
   const move = await coldMoves(root, 12);

@@ -5,7 +5,7 @@
  * asked and when.
  *
  * plugstack.conf:
- *   required /usr/lib/slurm/cgstep_spank.so [socket=PATH] [timeout_ms=N]
+ *   required /usr/lib/slurm/cgstep_spank.so [socket=PATH] [agent_uid=UID] [timeout_ms=N]
  *            [destroy_timeout_ms=N] [failure=closed|open] [devices=yes|try|no]
  *            [cpus=auto|yes|no]
  *
@@ -81,6 +81,7 @@ struct config {
 	int fail_open;
 	int devices; /* DEVICES_NO, DEVICES_YES (enforced or fail), DEVICES_TRY */
 	int cpus;    /* CPUS_NO, CPUS_YES, CPUS_AUTO */
+	uid_t agent_uid; /* besides root, the uid cgstepd may run as (0: root only) */
 };
 
 enum { DEVICES_NO = 0, DEVICES_YES = 1, DEVICES_TRY = 2 };
@@ -131,6 +132,14 @@ static int parse_config(int ac, char **av, struct config *c)
 				slurm_error("cgstep: destroy_timeout_ms= needs 1..3600000, got \"%s\"", a + 19);
 				return -1;
 			}
+		} else if (!strncmp(a, "agent_uid=", 10)) {
+			int uid;
+
+			if (parse_int(a + 10, 0, INT_MAX, &uid)) {
+				slurm_error("cgstep: agent_uid= needs a numeric uid, got \"%s\"", a + 10);
+				return -1;
+			}
+			c->agent_uid = (uid_t)uid;
 		} else if (!strcmp(a, "failure=closed")) {
 			c->fail_open = 0;
 		} else if (!strcmp(a, "failure=open")) {
@@ -148,7 +157,7 @@ static int parse_config(int ac, char **av, struct config *c)
 		} else if (!strcmp(a, "cpus=no")) {
 			c->cpus = CPUS_NO;
 		} else {
-			slurm_error("cgstep: unknown plugstack.conf option \"%s\" (known: socket=PATH timeout_ms=N destroy_timeout_ms=N failure=closed|open devices=yes|try|no cpus=auto|yes|no)", a);
+			slurm_error("cgstep: unknown plugstack.conf option \"%s\" (known: socket=PATH agent_uid=UID timeout_ms=N destroy_timeout_ms=N failure=closed|open devices=yes|try|no cpus=auto|yes|no)", a);
 			return -1;
 		}
 	}
@@ -478,7 +487,7 @@ static int place_step(spank_t sp, const struct config *c, struct client *cl, uin
 		*what = "reading the step's GPUs";
 		return -1;
 	}
-	if (client_open(cl, c->socket, c->timeout_ms)) {
+	if (client_open(cl, c->socket, c->timeout_ms, c->agent_uid)) {
 		snprintf(err, errlen, "%.1000s", cl->err);
 		return -1;
 	}
@@ -633,7 +642,7 @@ int slurm_spank_exit(spank_t sp, int ac, char **av)
 		return c.fail_open ? 0 : -1;
 	}
 
-	if (client_open(&cl, c.socket, c.timeout_ms)) {
+	if (client_open(&cl, c.socket, c.timeout_ms, c.agent_uid)) {
 		slurm_error("cgstep: removing job %" PRIu32 " step %s failed (cgstepd at %s: %s); its cgroups stay until cgstepd collects them",
 			    job, step, c.socket, cl.err);
 		return c.fail_open ? 0 : -1;
@@ -669,7 +678,7 @@ int slurm_spank_job_epilog(spank_t sp, int ac, char **av)
 		return 0;
 	if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS)
 		return 0;
-	if (client_open(&cl, c.socket, c.timeout_ms)) {
+	if (client_open(&cl, c.socket, c.timeout_ms, c.agent_uid)) {
 		slurm_error("cgstep: removing job %" PRIu32 " at its epilog failed (cgstepd at %s: %s)", job, c.socket, cl.err);
 		return 0;
 	}

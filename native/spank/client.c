@@ -47,7 +47,41 @@ static int wait_fd(int fd, short events, long long deadline)
 	}
 }
 
-int client_open(struct client *c, const char *path, int timeout_ms)
+/*
+ * The server is cgstepd only when it runs as root or as the configured agent
+ * uid: a socket path another user could have bound first (a stale or
+ * misconfigured path) must not receive the job's requests. SO_PEERCRED gives
+ * the credentials the server had when it called listen(), from the kernel.
+ */
+static int trusted_peer(struct client *c, int fd, uid_t agent_uid)
+{
+	struct ucred cr;
+	socklen_t len = sizeof(cr);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) || len != sizeof(cr)) {
+		snprintf(c->err, sizeof(c->err), "cannot read the server's credentials (SO_PEERCRED): %s", strerror(errno));
+		return -1;
+	}
+	if (cr.uid == 0 || cr.uid == agent_uid)
+		return 0;
+	snprintf(c->err, sizeof(c->err),
+		 "refusing the server: it runs as uid %u (pid %d), not as root%s; not cgstepd, or agent_uid= in plugstack.conf must name its uid",
+		 (unsigned)cr.uid, (int)cr.pid, agent_uid ? "" : " (agent_uid= unset)");
+	return -1;
+}
+
+/* A connected fd becomes c->fd when its server is trusted; else it is closed. */
+static int connected(struct client *c, int fd, uid_t agent_uid)
+{
+	if (trusted_peer(c, fd, agent_uid)) {
+		close(fd);
+		return -1;
+	}
+	c->fd = fd;
+	return 0;
+}
+
+int client_open(struct client *c, const char *path, int timeout_ms, uid_t agent_uid)
 {
 	struct sockaddr_un sa;
 	long long deadline = now_ms() + timeout_ms;
@@ -70,18 +104,14 @@ int client_open(struct client *c, const char *path, int timeout_ms)
 			snprintf(c->err, sizeof(c->err), "socket(): %s", strerror(errno));
 			return -1;
 		}
-		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-			c->fd = fd;
-			return 0;
-		}
+		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+			return connected(c, fd, agent_uid);
 		if (errno == EINPROGRESS) {
 			int soerr = 0;
 			socklen_t sl = sizeof(soerr);
 			if (wait_fd(fd, POLLOUT, deadline) == 0 &&
-			    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0) {
-				c->fd = fd;
-				return 0;
-			}
+			    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0)
+				return connected(c, fd, agent_uid);
 			if (soerr)
 				errno = soerr;
 		}

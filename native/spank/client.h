@@ -26,8 +26,11 @@ struct client {
 
 long long now_ms(void);
 
-/* Connect within timeout_ms. 0 with c->fd open, or -1 with c->err set. */
-int client_open(struct client *c, const char *path, int timeout_ms);
+/*
+ * Connect within timeout_ms to a server running as root or as agent_uid
+ * (0: root only). 0 with c->fd open, or -1 with c->err set.
+ */
+int client_open(struct client *c, const char *path, int timeout_ms, uid_t agent_uid);
 void client_close(struct client *c);
 
 /*

@@ -17,7 +17,7 @@ import { slurmSupport } from '../harness/slurm.js';
 import { startAgent, type RunningAgent } from '../helpers/agent.js';
 import { gate } from '../helpers/gate.js';
 import { MOUNT, makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
-import { lineServer, until } from './helpers.js';
+import { PYTHON, lineServer, until } from './helpers.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(here, '../..');
@@ -238,6 +238,60 @@ cTest('client: a stray line before the reply (an event) is not taken for it', as
       t.is(r.calls[0].err, 'malformed reply from cgstepd');
     },
   );
+});
+
+/**
+ * A line server that answers ok to everything, run as uid 65534 (another
+ * user who bound the path first); lines() is what it received.
+ */
+async function foreignServer(): Promise<{ sock: string; lines: () => string[]; stop: () => Promise<void> }> {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-foreign-'));
+  fs.chownSync(d, 65534, 65534);
+  const sock = path.join(d, 'agent.sock');
+  const code = [
+    'import json, os, socket, sys',
+    's = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)',
+    'print("up", flush=True)',
+    'while True:',
+    '    c, _ = s.accept(); f = c.makefile("rb")',
+    '    for line in f:',
+    '        print(line.decode().strip(), flush=True)',
+    '        c.sendall((json.dumps({"id": json.loads(line)["id"], "ok": True, "result": {}}) + "\\n").encode())',
+    '    c.close()',
+  ].join('\n');
+  const p = spawn('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', PYTHON, '-c', code, sock], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  p.stdout.on('data', (d) => (out += d));
+  await until(() => out.startsWith('up\n') || p.exitCode !== null, 10_000, 'the foreign server to listen');
+  if (p.exitCode !== null) throw new Error('the foreign server exited');
+  return {
+    sock,
+    lines: () => out.split('\n').slice(1).filter(Boolean),
+    stop: async () => {
+      if (p.exitCode === null) {
+        p.kill('SIGKILL');
+        await new Promise((r) => p.once('exit', r));
+      }
+      fs.rmSync(d, { recursive: true, force: true });
+    },
+  };
+}
+
+cTest('client: a server that is not root (nor agent_uid=) is refused before any request; the task fails closed saying so', async (t) => {
+  const f = await foreignServer();
+  t.teardown(f.stop);
+  const r = await call(f.sock, 2000, [HELLO]);
+  t.is(r.open, -1);
+  t.regex(r.err!, /^refusing the server: it runs as uid 65534 \(pid \d+\), not as root \(agent_uid= unset\); not cgstepd, or agent_uid= in plugstack.conf must name its uid$/);
+  const task = await callbackAsync('task', [`socket=${f.sock}`], {});
+  t.is(task.exited, 1);
+  t.regex(task.errors[0], new RegExp(`^cgstep: placing the task for job 1 step 0 failed \\(cgstepd at ${f.sock.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: refusing the server: it runs as uid 65534 .*\\); task not started \\(failure=closed\\)$`));
+  t.deepEqual(f.lines(), [], 'nothing was sent to it');
+  // Named as the agent's uid, it is accepted.
+  const ok = await callbackAsync('task', [`socket=${f.sock}`, 'agent_uid=65534', 'devices=no'], {});
+  t.deepEqual(ok, { rc: 0, errors: [] });
+  t.true(f.lines().length > 0);
+  t.regex(callback('task', ['agent_uid=x'], {}).errors[0], /agent_uid= needs a numeric uid, got "x"/);
 });
 
 // The callbacks against a real agent, run from a shell so that getppid() (the

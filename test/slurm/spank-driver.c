@@ -8,7 +8,8 @@
  *
  *   driver parse                  one reply line per stdin line -> one JSON line each
  *   driver call SOCKET MS BODY... each BODY ("\"op\":\"hello\"") on one connection,
- *                                 printing {"rc","err","us"} per call
+ *                                 printing {"rc","err","us"} per call (DRV_AGENT_UID:
+ *                                 the agent_uid= the client accepts besides root)
  *   driver task ARGS...           slurm_spank_task_init_privileged with plugstack
  *                                 options ARGS; items from DRV_JOB, DRV_STEP (hex or
  *                                 decimal), DRV_TASK, DRV_LTASK, DRV_JOB_MEM,
@@ -181,7 +182,7 @@ int main(int argc, char **argv)
 		struct client c;
 		int i, ms = atoi(argv[3]);
 
-		if (client_open(&c, argv[2], ms)) {
+		if (client_open(&c, argv[2], ms, (uid_t)atoi(env_or("DRV_AGENT_UID", "0")))) {
 			printf("{\"open\":-1,\"err\":");
 			print_str(c.err);
 			printf("}\n");
