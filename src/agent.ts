@@ -173,6 +173,9 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
   const server = new RpcServer({
     observe: (op, sec, code) => metrics?.observe(op, sec, code),
     socketPath: o.socket,
+    socketMode: o.socketMode,
+    socketGroup: o.socketGroup,
+    operatorUids: o.operatorUids,
     allowUids: o.allowUids,
     readOnlyGids: o.readOnlyGids,
     maxConnections: o.maxConnections,

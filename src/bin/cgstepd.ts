@@ -12,7 +12,7 @@ import { Command } from 'commander';
 import { pino } from 'pino';
 import { startAgent } from '../agent.js';
 import { defaultCgroupConf, loadCgroupConf } from '../config/cgroupconf.js';
-import { intArg, intList, opt } from '../config/cli.js';
+import { groupArg, intArg, intList, modeArg, opt } from '../config/cli.js';
 import type { AgentOptions } from '../config/options.js';
 import { DEFAULT_SOCKET } from '../rpc/client.js';
 import { findCgroup2Mount } from '../cgroupfs/mount.js';
@@ -22,6 +22,8 @@ import * as sd from '../systemd/notify.js';
 const program = new Command('cgstepd')
   .description('cgroup v2 agent: a delegated job/step/task tree with eBPF device control')
   .addOption(opt('--socket <path>', 'control socket').default(DEFAULT_SOCKET))
+  .addOption(opt('--socket-mode <octal>', 'socket file mode (default 0600; 0660 with --socket-group; 0666 with --allow-uid/--operator-uid/--read-only-gid and no group)').argParser(modeArg))
+  .addOption(opt('--socket-group <group>', 'socket file group (name or gid)').argParser(groupArg))
   .addOption(opt('--cgroup-root <dir>', 'directory that plays the node cgroup root (default: the cgroup2 mount)'))
   .addOption(opt('--node-name <name>', 'scope becomes <name>_slurmstepd.scope'))
   .addOption(opt('--slice <name>', 'slice for the scope').default('system.slice'))
@@ -32,7 +34,8 @@ const program = new Command('cgstepd')
   .addOption(opt('--gres <file>', "Slurm's gres.conf (device files of the node's gres)"))
   .addOption(opt('--device-policy <mode>', 'open (deny only what is denied) or closed (pseudo-devices plus allowed)').choices(['open', 'closed']).default('open'))
   .addOption(opt('--log-level <level>', 'trace, debug, info, warn, error').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'))
-  .addOption(opt('--allow-uid <uid>', 'uid allowed to act (repeatable; root always is)').argParser(intList('uid')))
+  .addOption(opt('--operator-uid <uid>', 'uid that may act on everything, as root (repeatable; e.g. SlurmUser)').argParser(intList('uid')))
+  .addOption(opt('--allow-uid <uid>', 'uid allowed to act on its own jobs (repeatable; root always may act)').argParser(intList('uid')))
   .addOption(opt('--read-only-gid <gid>', 'gid allowed status/list/stats/events only (repeatable)').argParser(intList('gid')))
   .addOption(opt('--ignore-missing-controllers', 'accept limits whose controller the node lacks (they are skipped and reported)'))
   .addOption(opt('--max-connections <n>', 'concurrent connections').argParser(intArg('max connections', 1, 100000)).default(1024))
@@ -58,6 +61,8 @@ try {
 
 const options: AgentOptions = {
   socket: f.socket,
+  socketMode: f.socketMode,
+  socketGroup: f.socketGroup,
   cgroupRoot: f.cgroupRoot,
   nodeName: f.nodeName,
   slice: f.slice,
@@ -67,6 +72,7 @@ const options: AgentOptions = {
   conf,
   confWarnings,
   logLevel: f.logLevel,
+  operatorUids: f.operatorUid ?? [],
   allowUids: f.allowUid ?? [],
   readOnlyGids: f.readOnlyGid ?? [],
   gresConf: f.gres,

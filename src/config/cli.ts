@@ -3,6 +3,7 @@
  * Every option can also come from CGSTEP_<NAME> (command line wins); commander
  * shows the variable in --help. Bad values name the option (or variable).
  */
+import { spawnSync } from 'node:child_process';
 import { InvalidArgumentError, Option } from 'commander';
 import { parseSize } from './size.js';
 
@@ -38,4 +39,19 @@ export function sizeArg(what: string) {
       throw new InvalidArgumentError((err as Error).message);
     }
   };
+}
+
+/** A file mode in octal (e.g. 0660 or 660); only permission bits. */
+export function modeArg(v: string): number {
+  if (!/^0?[0-7]{3}$/.test(v.trim())) throw new InvalidArgumentError('mode must be octal permission bits, e.g. 0660');
+  return parseInt(v, 8);
+}
+
+/** A group as a gid or a name (looked up through NSS with getent, so LDAP/sssd groups work). */
+export function groupArg(v: string): number {
+  if (/^\d+$/.test(v.trim())) return intArg('gid', 0, 0xfffffffe)(v);
+  const r = spawnSync('getent', ['group', v], { encoding: 'utf8' });
+  const gid = r.status === 0 ? Number(r.stdout.split(':')[2]) : NaN;
+  if (!Number.isInteger(gid)) throw new InvalidArgumentError(`no group named ${JSON.stringify(v)}`);
+  return gid;
 }

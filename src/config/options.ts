@@ -7,6 +7,10 @@ import type { CgroupConf } from './cgroupconf.js';
 
 export interface AgentOptions {
   socket: string;
+  /** The socket file's mode (default: see rpc's socketModeFor). */
+  socketMode?: number;
+  /** The socket file's group, as a gid. */
+  socketGroup?: number;
   cgroupRoot?: string;
   nodeName?: string;
   slice: string;
@@ -16,6 +20,8 @@ export interface AgentOptions {
   conf: CgroupConf;
   confWarnings: string[];
   logLevel: string;
+  /** uids that may act on everything, as root may (e.g. SlurmUser). */
+  operatorUids: number[];
   allowUids: number[];
   readOnlyGids: number[];
   gresConf?: string;

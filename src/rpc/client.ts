@@ -11,10 +11,19 @@
 import net from 'node:net';
 import type { z } from 'zod';
 import { AgentError, type ErrorCode } from '../errors.js';
+import { peerUcred } from './peercred.js';
 import type { AgentEvent, Op, requestSchema } from './protocol.js';
 import { PROTOCOL_VERSION } from './version.js';
 
 export const DEFAULT_SOCKET = '/run/cgstepd/cgstepd.sock';
+
+/** The uid the agent may run as besides root, from CGSTEP_AGENT_UID (0 when unset). */
+function agentUidFromEnv(): number {
+  const v = process.env.CGSTEP_AGENT_UID;
+  if (v === undefined || v === '') return 0;
+  if (!/^\d+$/.test(v) || Number(v) > 0xfffffffe) throw new AgentError('EINVAL', `CGSTEP_AGENT_UID must be a uid, got ${JSON.stringify(v)}`);
+  return Number(v);
+}
 
 type RequestInput = z.input<typeof requestSchema>;
 export type ArgsOf<O extends Op> = Omit<Extract<RequestInput, { op: O }>, 'op' | 'id' | 'v'>;
@@ -51,13 +60,13 @@ export class CgstepClient {
    * restarting) is retried the same way for up to waitMs (default 0: fail at
    * once, naming the path and what to check).
    */
-  static async connect(socketPath = DEFAULT_SOCKET, opts: { timeoutMs?: number; waitMs?: number; onGiveUp?: (err: Error) => void } = {}): Promise<CgstepClient> {
+  static async connect(socketPath = DEFAULT_SOCKET, opts: { timeoutMs?: number; waitMs?: number; onGiveUp?: (err: Error) => void; agentUid?: number } = {}): Promise<CgstepClient> {
     const timeoutMs = opts.timeoutMs ?? 30000;
     const deadline = Date.now() + timeoutMs;
     const waitUntil = Date.now() + (opts.waitMs ?? 0);
     for (let delay = 1; ; delay = Math.min(delay * 2, 250)) {
       try {
-        return await CgstepClient.connectOnce(socketPath, Math.max(1, deadline - Date.now()));
+        return await CgstepClient.connectOnce(socketPath, Math.max(1, deadline - Date.now()), opts.agentUid ?? agentUidFromEnv());
       } catch (err) {
         const errno = (err as { errno?: string }).errno;
         const retry = errno === 'EAGAIN' ? Date.now() + delay < deadline : (errno === 'ENOENT' || errno === 'ECONNREFUSED') && Date.now() + delay < waitUntil;
@@ -70,7 +79,7 @@ export class CgstepClient {
     }
   }
 
-  private static connectOnce(socketPath: string, timeoutMs: number): Promise<CgstepClient> {
+  private static connectOnce(socketPath: string, timeoutMs: number, agentUid: number): Promise<CgstepClient> {
     return new Promise((resolve, reject) => {
       const s = net.connect(socketPath);
       const t = setTimeout(() => {
@@ -79,6 +88,18 @@ export class CgstepClient {
       }, timeoutMs);
       s.once('connect', () => {
         clearTimeout(t);
+        // Whoever listens first on a path gets what we send: talk only to root's (or the named agent uid's) server.
+        let uid: number;
+        try {
+          uid = peerUcred(s).uid;
+        } catch (err) {
+          s.destroy();
+          return reject(err);
+        }
+        if (uid !== 0 && uid !== agentUid) {
+          s.destroy();
+          return reject(new AgentError('EPERM', `refusing to talk to ${socketPath}: it is served by uid ${uid}, not by root${agentUid !== 0 ? ` or uid ${agentUid}` : ''} (set CGSTEP_AGENT_UID if the agent runs as another user)`));
+        }
         resolve(new CgstepClient(s, timeoutMs));
       });
       s.once('error', (err: NodeJS.ErrnoException) => {

@@ -5,5 +5,5 @@
  */
 export * from './protocol.js';
 export * from './client.js';
-export { RpcServer, type Peer, type ServerOptions } from './server.js';
-export { peerCred, type PeerCred } from './peercred.js';
+export { RpcServer, type ServerOptions } from './server.js';
+export { peerCred, roleOf, type Peer, type PeerCred, type Role } from './peercred.js';

@@ -1,20 +1,43 @@
 /**
- * rpc/peercred: who is on the other end of a Unix socket (SO_PEERCRED).
+ * rpc/peercred: who is on the other end of a Unix socket, and the role that
+ * gives it.
  *
  * Node exposes no getsockopt, so this calls libc's through src/sys/libc
- * (koffi, about a microsecond a call) on the fd of the accepted socket. The
- * kernel fills the credentials at connect() time, so they cannot be forged by
- * the peer afterwards.
+ * (koffi, about a microsecond a call) on the fd of the connected socket:
+ * SO_PEERCRED (pid, uid, gid) and SO_PEERGROUPS (supplementary groups). The
+ * kernel records both at connect() time, so the peer cannot change them
+ * afterwards, and nothing is read from /proc (whose files a reused pid would
+ * swap underneath).
  */
 import type net from 'node:net';
 import os from 'node:os';
 import { KernelError } from '../errors.js';
-import { lastErrno, libc } from '../sys/libc.js';
+import { SOL_SOCKET, SO_PEERCRED, SO_PEERGROUPS, lastErrno, libc } from '../sys/libc.js';
 
-export interface PeerCred { pid: number; uid: number; gid: number }
+export interface Ucred { pid: number; uid: number; gid: number }
+export interface PeerCred extends Ucred { groups: number[] }
 
-const SOL_SOCKET = 1;
-const SO_PEERCRED = 17;
+/**
+ * admin: root or an operator uid (acts on everything); user: an allowed uid
+ * (acts on its own jobs); reader: a member of a read-only group (reads only).
+ */
+export type Role = 'admin' | 'user' | 'reader';
+
+export interface Peer extends PeerCred { role: Role }
+
+export interface RolePolicy {
+  operatorUids: readonly number[];
+  allowUids: readonly number[];
+  readOnlyGids: readonly number[];
+}
+
+/** The peer's role, or null when it may not use the agent at all. */
+export function roleOf(cred: PeerCred, p: RolePolicy): Role | null {
+  if (cred.uid === 0 || p.operatorUids.includes(cred.uid)) return 'admin';
+  if (p.allowUids.includes(cred.uid)) return 'user';
+  if (p.readOnlyGids.includes(cred.gid) || cred.groups.some((g) => p.readOnlyGids.includes(g))) return 'reader';
+  return null;
+}
 
 /** The fd under a connected net.Socket (Node keeps it on the handle). */
 export function socketFd(socket: net.Socket): number {
@@ -23,14 +46,36 @@ export function socketFd(socket: net.Socket): number {
   return fd;
 }
 
-export function peerCred(socket: net.Socket): PeerCred {
+const le = os.endianness() === 'LE';
+const u32 = (b: Buffer, at: number) => (le ? b.readUInt32LE(at) : b.readUInt32BE(at));
+
+/** SO_PEERCRED alone: what a client needs to know about its server. */
+export function peerUcred(socket: net.Socket): Ucred {
   const fd = socketFd(socket);
   const out = Buffer.alloc(12); // struct ucred { pid_t pid; uid_t uid; gid_t gid; }
   const len = [out.length];
   if (libc().getsockopt(fd, SOL_SOCKET, SO_PEERCRED, out, len) !== 0) {
     throw new KernelError('getsockopt(SO_PEERCRED)', `socket fd ${fd}`, lastErrno());
   }
-  const le = os.endianness() === 'LE';
-  const u32 = (at: number) => (le ? out.readUInt32LE(at) : out.readUInt32BE(at));
-  return { pid: le ? out.readInt32LE(0) : out.readInt32BE(0), uid: u32(4), gid: u32(8) };
+  return { pid: le ? out.readInt32LE(0) : out.readInt32BE(0), uid: u32(out, 4), gid: u32(out, 8) };
+}
+
+export function peerCred(socket: net.Socket): PeerCred {
+  return { ...peerUcred(socket), groups: peerGroups(socketFd(socket)) };
+}
+
+/** Supplementary groups (gid_t[]); on ERANGE the kernel says the size it needs, so the second call fits. */
+function peerGroups(fd: number): number[] {
+  const len = [64 * 4];
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const out = Buffer.alloc(len[0]);
+    if (libc().getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, out, len) === 0) {
+      const groups: number[] = [];
+      for (let at = 0; at + 4 <= len[0]; at += 4) groups.push(u32(out, at));
+      return groups;
+    }
+    const errno = lastErrno();
+    if (errno !== 'ERANGE') throw new KernelError('getsockopt(SO_PEERGROUPS)', `socket fd ${fd}`, errno);
+  }
+  throw new KernelError('getsockopt(SO_PEERGROUPS)', `socket fd ${fd}`, 'ERANGE', 'the group list kept growing');
 }

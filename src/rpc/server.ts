@@ -13,18 +13,25 @@ import net from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { AgentError, type ErrorCode } from '../errors.js';
-import { peerCred, type PeerCred } from './peercred.js';
+import { peerCred, roleOf, type Peer } from './peercred.js';
 import { MAX_LINE_BYTES, PROTOCOL_VERSION, READ_ONLY_OPS, majorOf, requestSchema, type AgentEvent, type Reply, type Request } from './protocol.js';
-
-export interface Peer extends PeerCred { readOnly: boolean }
 
 export interface ServerOptions {
   socketPath: string;
-  /** uids allowed to act (root always is). */
+  /** uids that act on everything, as root does. */
+  operatorUids: number[];
+  /** uids allowed to act on their own jobs. */
   allowUids: number[];
-  /** gids whose members may use read-only ops (status, list, stats, events). */
+  /** gids whose members (primary or supplementary) may use read-only ops (status, list, stats, events). */
   readOnlyGids: number[];
+  /** Connections at once; the last ADMIN_RESERVED of them only admin peers may take. */
   maxConnections: number;
+  /** The socket file's mode; default from socketModeFor. */
+  socketMode?: number;
+  /** The socket file's group (gid); default: the agent's. */
+  socketGroup?: number;
+  /** Connections at once per non-admin uid. */
+  maxUserConnections?: number;
   log: Logger;
   handle: (req: Request, peer: Peer) => Promise<unknown>;
   /** Called once per request with its op ('invalid' when unparsable), latency and error code. */
@@ -36,11 +43,25 @@ export interface ServerOptions {
 /** Output a client has not read, past which we stop reading from it, and past which we drop it. */
 const PAUSE_BYTES = 1 << 20;
 const DROP_BYTES = 8 << 20;
+/** Slots only admin peers may take, so that no number of other connections locks root out. */
+export const ADMIN_RESERVED = 64;
+const DEFAULT_USER_CONNECTIONS = 32;
+/** How long, and how many at once, refused connections wait for the peer to read why. */
+const REFUSED_GRACE_MS = 250;
+const REFUSED_LINGER = 256;
 
 export class RpcServer {
   private server: net.Server | null = null;
   private conns = new Set<net.Socket>();
+  /** Open connections per non-admin uid. */
+  private perUid = new Map<number, number>();
+  private lastRefusalLog = 0;
+  /** Refused connections still waiting for their peer to read the reason. */
+  private lingering = 0;
+  private refusedAtLastLog = 0;
   private inflight = 0;
+  /** The inode of the socket file this server made: only that file is removed at close. */
+  private socketIno = -1;
   readonly counters = { connections: 0, requests: 0, errors: 0, refused: 0 };
 
   constructor(private readonly o: ServerOptions) {}
@@ -48,14 +69,10 @@ export class RpcServer {
   async listen(): Promise<void> {
     const dir = path.dirname(this.o.socketPath);
     fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
-    checkSocketDir(dir, this.o.log);
+    checkSocketDir(dir);
     await removeStaleSocket(this.o.socketPath);
     const server = net.createServer({ allowHalfOpen: false }, (s) => this.accept(s));
-    server.maxConnections = this.o.maxConnections;
-    server.on('drop', () => {
-      this.counters.refused++;
-      this.o.log.warn({ max: this.o.maxConnections }, 'connection refused: too many connections');
-    });
+    server.on('error', (err) => this.o.log.error({ err }, 'listening socket error'));
     const old = process.umask(0o177); // the socket is created 0600, with no window of a wider mode
     try {
       await new Promise<void>((resolve, reject) => {
@@ -69,7 +86,12 @@ export class RpcServer {
     } finally {
       process.umask(old);
     }
-    fs.chmodSync(this.o.socketPath, 0o600);
+    // Group first, then mode: the socket never has a wider mode with the wrong group.
+    if (this.o.socketGroup !== undefined) fs.chownSync(this.o.socketPath, process.getuid?.() ?? 0, this.o.socketGroup);
+    const mode = socketModeFor(this.o);
+    fs.chmodSync(this.o.socketPath, mode);
+    this.socketIno = fs.lstatSync(this.o.socketPath).ino;
+    this.o.log.info({ socket: this.o.socketPath, mode: mode.toString(8), gid: this.o.socketGroup ?? process.getgid?.() }, 'socket access');
     this.server = server;
   }
 
@@ -78,17 +100,16 @@ export class RpcServer {
   }
 
   private accept(s: net.Socket): void {
+    // Before anything else: a peer that resets must never become an unhandled 'error'.
+    s.on('error', (err) => this.o.log.debug({ err }, 'connection error'));
     let peer: Peer;
     try {
       const cred = peerCred(s);
-      const actor = cred.uid === 0 || this.o.allowUids.includes(cred.uid);
-      peer = { ...cred, readOnly: !actor && this.o.readOnlyGids.includes(cred.gid) };
-      if (!actor && !peer.readOnly) {
-        this.o.log.warn({ peerPid: cred.pid, peerUid: cred.uid }, 'connection refused: uid not allowed');
-        this.counters.refused++;
-        s.end(line({ id: null, ok: false, error: { code: 'EPERM', message: `uid ${cred.uid} is not allowed to use cgstepd (see --allow-uid)` } }));
-        return;
-      }
+      const role = roleOf(cred, this.o);
+      if (!role) return this.refuse(s, cred.pid, cred.uid, 'EPERM', `uid ${cred.uid} is not allowed to use cgstepd (see --allow-uid, --operator-uid, --read-only-gid)`);
+      peer = { ...cred, role };
+      const full = this.full(peer);
+      if (full) return this.refuse(s, cred.pid, cred.uid, 'EMFILE', full);
     } catch (err) {
       this.o.log.error({ err }, 'cannot identify peer');
       s.destroy();
@@ -96,7 +117,8 @@ export class RpcServer {
     }
     this.counters.connections++;
     this.conns.add(s);
-    this.o.log.info({ peerPid: peer.pid, peerUid: peer.uid, readOnly: peer.readOnly }, 'connection accepted');
+    if (peer.role !== 'admin') this.perUid.set(peer.uid, (this.perUid.get(peer.uid) ?? 0) + 1);
+    this.o.log.info({ peerPid: peer.pid, peerUid: peer.uid, role: peer.role }, 'connection accepted');
     let buf: Buffer[] = [];
     let buffered = 0;
     let unsubscribe: (() => void) | null = null;
@@ -120,10 +142,55 @@ export class RpcServer {
       }
     });
     s.on('drain', () => s.resume());
-    s.on('error', () => undefined);
     s.on('close', () => {
       this.conns.delete(s);
+      if (peer.role !== 'admin') {
+        const n = (this.perUid.get(peer.uid) ?? 1) - 1;
+        if (n > 0) this.perUid.set(peer.uid, n);
+        else this.perUid.delete(peer.uid);
+      }
       unsubscribe?.();
+    });
+  }
+
+  /** Why this peer may not open one more connection now, or null when it may. */
+  private full(peer: Peer): string | null {
+    const max = this.o.maxConnections;
+    if (peer.role === 'admin') return this.conns.size >= max ? `too many connections (${max})` : null;
+    const perUid = this.o.maxUserConnections ?? DEFAULT_USER_CONNECTIONS;
+    if ((this.perUid.get(peer.uid) ?? 0) >= perUid) return `uid ${peer.uid} already has ${perUid} connections open`;
+    const shared = Math.max(0, max - ADMIN_RESERVED);
+    return this.conns.size >= shared ? `too many connections (${shared} for non-admin peers)` : null;
+  }
+
+  /**
+   * A refused peer is told why in one line and closed: it takes no slot. Its
+   * bytes are read and dropped and the socket half-closed, so that the peer
+   * reads the reason rather than EPIPE; it is destroyed when the peer closes or
+   * after REFUSED_GRACE_MS, and at once when REFUSED_LINGER others are already
+   * waiting, so a connect flood holds a bounded number of descriptors.
+   */
+  private refuse(s: net.Socket, pid: number, uid: number, code: ErrorCode, message: string): void {
+    this.counters.refused++;
+    // At most one line a second: a connect flood must not turn into a log flood.
+    const now = Date.now();
+    if (now - this.lastRefusalLog >= 1000) {
+      this.o.log.warn({ peerPid: pid, peerUid: uid, code, reason: message, refusedSinceLastLog: this.counters.refused - this.refusedAtLastLog }, 'connection refused');
+      this.lastRefusalLog = now;
+      this.refusedAtLastLog = this.counters.refused;
+    }
+    s.on('data', () => undefined);
+    s.end(line({ id: null, ok: false, error: { code, message } }));
+    if (this.lingering >= REFUSED_LINGER) {
+      s.destroy();
+      return;
+    }
+    this.lingering++;
+    const drop = setTimeout(() => s.destroy(), REFUSED_GRACE_MS);
+    drop.unref();
+    s.once('close', () => {
+      clearTimeout(drop);
+      this.lingering--;
     });
   }
 
@@ -167,7 +234,7 @@ export class RpcServer {
       if (!parsed.success) throw new AgentError('EINVAL', describeIssues(parsed.error.issues));
       const req = parsed.data;
       op = req.op;
-      if (peer.readOnly && !READ_ONLY_OPS.has(req.op)) throw new AgentError('EPERM', `uid ${peer.uid} may only use read-only requests; ${req.op} needs an allowed uid`);
+      if (peer.role === 'reader' && !READ_ONLY_OPS.has(req.op)) throw new AgentError('EPERM', `uid ${peer.uid} may only use read-only requests; ${req.op} needs an allowed uid`);
       if (req.op === 'events') {
         reply = { id, ok: true, result: { subscribed: true } };
         this.write(s, reply);
@@ -213,11 +280,7 @@ export class RpcServer {
     }
     for (const s of this.conns) s.end();
     for (const s of this.conns) s.destroy();
-    try {
-      fs.unlinkSync(this.o.socketPath);
-    } catch {
-      /* already gone */
-    }
+    removeOwnSocket(this.o.socketPath, this.socketIno);
   }
 }
 
@@ -240,16 +303,51 @@ function describeIssues(issues: readonly { path: PropertyKey[]; message: string;
 }
 
 /**
- * The socket's directory must not let others replace the socket: refuse one that
- * is group- or world-writable without the sticky bit, or owned by another user.
+ * The socket file's mode. An explicit mode wins. With a group, 0660: the
+ * group's members reach it. Without one, when non-root peers are configured,
+ * 0666: every local user reaches it and SO_PEERCRED decides (a refused peer is
+ * closed at once and holds nothing, so reaching the socket gains it nothing).
+ * Root alone: 0600.
  */
-export function checkSocketDir(dir: string, log: Logger): void {
-  const st = fs.statSync(dir);
-  const uid = process.getuid?.() ?? 0;
-  if (st.uid !== uid && st.uid !== 0) throw new AgentError('EPERM', `socket directory ${dir} is owned by uid ${st.uid}; it must belong to root or to the agent's user`);
-  const sticky = (st.mode & 0o1000) !== 0;
-  if ((st.mode & 0o022) !== 0 && !sticky) throw new AgentError('EPERM', `socket directory ${dir} is writable by others (mode ${(st.mode & 0o7777).toString(8)}); use a directory only root can write, e.g. /run/cgstepd`);
-  if ((st.mode & 0o002) !== 0) log.warn({ dir, mode: (st.mode & 0o7777).toString(8) }, 'socket directory is world-writable (sticky); prefer /run/cgstepd');
+export function socketModeFor(o: Pick<ServerOptions, 'socketMode' | 'socketGroup' | 'operatorUids' | 'allowUids' | 'readOnlyGids'>): number {
+  if (o.socketMode !== undefined) return o.socketMode;
+  if (o.socketGroup !== undefined) return 0o660;
+  const others = o.allowUids.length > 0 || o.readOnlyGids.length > 0 || o.operatorUids.some((u) => u !== 0);
+  return others ? 0o666 : 0o600;
+}
+
+/**
+ * Nobody but root (or the agent's own user) may be able to replace the socket
+ * or the directory it lives in: the directory itself must be a real directory
+ * (lstat: a symlink is refused), owned by root or the agent, and writable by
+ * no one else, sticky or not; every directory above it must be owned by root or
+ * the agent and, if others may write it, sticky (so they cannot rename what is
+ * below); a symlink above it must be root's or the agent's.
+ */
+export function checkSocketDir(dir: string): void {
+  const me = process.getuid?.() ?? 0;
+  const ours = (uid: number) => uid === 0 || uid === me;
+  const st = fs.lstatSync(dir);
+  if (st.isSymbolicLink()) throw new AgentError('EPERM', `socket directory ${dir} is a symbolic link; give the real directory (e.g. /run/cgstepd)`);
+  if (!st.isDirectory()) throw new AgentError('EPERM', `socket directory ${dir} is not a directory`);
+  if (!ours(st.uid)) throw new AgentError('EPERM', `socket directory ${dir} is owned by uid ${st.uid}; it must belong to root or to the agent's user`);
+  if ((st.mode & 0o022) !== 0) throw new AgentError('EPERM', `socket directory ${dir} is writable by others (mode ${(st.mode & 0o7777).toString(8)}); use a directory only root can write, e.g. /run/cgstepd`);
+  const abs = path.resolve(dir);
+  for (let up = path.dirname(abs), prev = abs; up !== prev; prev = up, up = path.dirname(up)) {
+    const a = fs.lstatSync(up);
+    if (!ours(a.uid)) throw new AgentError('EPERM', `${up}, above the socket directory ${dir}, is owned by uid ${a.uid}; every directory above the socket must belong to root`);
+    if (a.isDirectory() && (a.mode & 0o022) !== 0 && (a.mode & 0o1000) === 0) throw new AgentError('EPERM', `${up}, above the socket directory ${dir}, is writable by others and not sticky (mode ${(a.mode & 0o7777).toString(8)})`);
+  }
+}
+
+/** Remove the socket file only if it is still the one this server made (never a link or a stranger's file). */
+function removeOwnSocket(p: string, ino: number): void {
+  try {
+    const st = fs.lstatSync(p);
+    if (st.isSocket() && st.ino === ino) fs.unlinkSync(p);
+  } catch {
+    /* already gone */
+  }
 }
 
 /** A socket file left by a dead agent is removed; a live agent on it is an error. */

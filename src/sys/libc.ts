@@ -2,9 +2,10 @@
  * sys/libc: the libc calls Node does not offer, bound through koffi (the FFI
  * the project ships; ffi-napi does not build on Node 20), in one place:
  * AF_UNIX datagram sockets for sd_notify (socket, bind, sendto, recv, close;
- * Node's net/dgram modules have no datagram Unix sockets) and getsockopt for
- * a stream peer's credentials. Loaded lazily on first use, so a process that
- * needs none of them never loads libc through FFI. Callers own the meaning;
+ * Node's net/dgram modules have no datagram Unix sockets), getsockopt for
+ * a stream peer's credentials and groups, and flock (Node has no file
+ * locks). Loaded lazily on first use, so a process that needs none of them
+ * never loads libc through FFI. Callers own the meaning;
  * this module owns only the signatures and errno names.
  */
 import os from 'node:os';
@@ -15,6 +16,11 @@ export const SOCK_DGRAM = 2;
 export const SOCK_CLOEXEC = 0o2000000;
 export const MSG_DONTWAIT = 0x40;
 export const MSG_NOSIGNAL = 0x4000;
+export const SOL_SOCKET = 1;
+export const SO_PEERCRED = 17;
+export const SO_PEERGROUPS = 59;
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
 /** sizeof(struct sockaddr_un): sa_family_t (2 bytes) + sun_path[108]. */
 const SUN_PATH_MAX = 108;
 
@@ -25,6 +31,7 @@ interface Libc {
   recv: (fd: number, buf: Buffer, len: number, flags: number) => number;
   close: (fd: number) => number;
   getsockopt: (fd: number, level: number, opt: number, out: Buffer, len: number[]) => number;
+  flock: (fd: number, op: number) => number;
 }
 
 let cached: Libc | undefined;
@@ -39,6 +46,7 @@ export function libc(): Libc {
     recv: lib.func('intptr_t recv(int fd, _Out_ void *buf, size_t len, int flags)'),
     close: lib.func('int close(int fd)'),
     getsockopt: lib.func('int getsockopt(int fd, int level, int optname, _Out_ void *optval, _Inout_ uint32_t *optlen)'),
+    flock: lib.func('int flock(int fd, int op)'),
   } as Libc;
   return cached;
 }

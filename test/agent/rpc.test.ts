@@ -7,7 +7,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
-import { replyLines, startAgent, waitFor, type RunningAgent } from '../helpers/agent.js';
+import { replyLines, startAgent, type RunningAgent } from '../helpers/agent.js';
 
 const ctx: { root: string; agent: RunningAgent } = {} as any;
 
@@ -88,15 +88,11 @@ test('attach refuses PID 1, the agent, the infinity process and missing pids', a
   await c.request('destroy', { job: 9 });
 });
 
-test('a uid that is not allowed is refused (setpriv --reuid 65534)', async (t) => {
-  // The socket is 0600; let the unprivileged client reach it to prove the SO_PEERCRED check itself.
-  fs.chmodSync(ctx.agent.socket, 0o666);
+test('with root alone allowed, another uid cannot even connect (setpriv --reuid 65534)', async (t) => {
+  // The directory is the test's own temp dir: open it so that the socket's own mode is what stops the peer.
   fs.chmodSync(path.dirname(ctx.agent.socket), 0o755);
-  t.teardown(() => fs.chmodSync(ctx.agent.socket, 0o600));
   const r = spawnSync('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', process.execPath, 'dist/bin/cgstep.js', '--socket', ctx.agent.socket, 'status'], { encoding: 'utf8' });
   t.is(r.status, 1, r.stderr);
-  t.regex(r.stderr, /EPERM: uid 65534 is not allowed/);
-  await waitFor(() => /"peerUid":65534.*connection refused: uid not allowed/.test(ctx.agent.log()), 3000, 'the refusal in the log');
-  t.pass();
+  t.regex(r.stderr, /EPERM: cannot connect to cgstepd at .*EACCES/);
 });
 

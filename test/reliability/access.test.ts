@@ -1,6 +1,7 @@
 /**
- * Who may act: SO_PEERCRED with real other uids (setpriv), allowed uids, a
- * read-only group, and the socket directory check at start.
+ * Who may act: SO_PEERCRED with real other uids (setpriv), operator and allowed
+ * uids, a read-only group (primary or supplementary, via SO_PEERGROUPS), and
+ * the socket directory check at start.
  */
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
@@ -16,9 +17,7 @@ test.before(async () => {
   ctx.root = makeTestRoot('access');
   ctx.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-access-'));
   fs.chmodSync(ctx.dir, 0o755);
-  ctx.agent = await startAgent({ root: ctx.root, socket: path.join(ctx.dir, 's.sock'), args: ['--ignore-systemd', '--allow-uid', '4242', '--read-only-gid', '4343'] });
-  // Let unprivileged peers reach the socket so that the agent's own check is what is tested.
-  fs.chmodSync(ctx.agent.socket, 0o666);
+  ctx.agent = await startAgent({ root: ctx.root, socket: path.join(ctx.dir, 's.sock'), args: ['--ignore-systemd', '--allow-uid', '4242', '--read-only-gid', '4343', '--operator-uid', '4444'] });
 });
 test.after.always(async () => {
   await ctx.agent?.stop();
@@ -26,10 +25,26 @@ test.after.always(async () => {
   await removeTestRoot(ctx.root);
 });
 
-function as(uid: number, gid: number, args: string[]) {
-  const r = spawnSync('setpriv', ['--reuid', String(uid), '--regid', String(gid), '--clear-groups', process.execPath, CGSTEP, '--socket', ctx.agent.socket, ...args], { encoding: 'utf8' });
+function as(uid: number, gid: number, args: string[], groups: number[] = []) {
+  const g = groups.length ? ['--groups', groups.join(',')] : ['--clear-groups'];
+  const r = spawnSync('setpriv', ['--reuid', String(uid), '--regid', String(gid), ...g, process.execPath, CGSTEP, '--socket', ctx.agent.socket, ...args], { encoding: 'utf8' });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
+
+test.serial('with allowed uids and no socket group, the socket is 0666 and SO_PEERCRED decides', (t) => {
+  t.is(fs.statSync(ctx.agent.socket).mode & 0o777, 0o666);
+});
+
+test.serial('an operator uid acts as root does', (t) => {
+  t.is(as(4444, 4444, ['job', 'create', '76']).code, 0);
+  t.is(as(4444, 4444, ['destroy', '76']).code, 0);
+});
+
+test.serial('a supplementary member of the read-only group reads, and may not act', (t) => {
+  t.is(as(5002, 5002, ['list'], [4343]).code, 0);
+  t.regex(as(5002, 5002, ['job', 'create', '75'], [100, 4343]).stderr, /EPERM: uid 5002 may only use read-only requests/);
+  t.regex(as(5002, 5002, ['list'], [100]).stderr, /EPERM: uid 5002 is not allowed/);
+});
 
 test.serial('an allowed uid may act', (t) => {
   const r = as(4242, 4242, ['job', 'create', '77']);
@@ -67,4 +82,24 @@ test('the agent refuses a socket directory that others can write', async (t) => 
   const a = await startAgent({ root, socket: path.join(dir, 's.sock'), args: ['--ignore-systemd'], expectExit: true });
   t.is(a.proc.exitCode, 1);
   t.regex(a.log(), /socket directory .* is writable by others \(mode 777\)/);
+});
+
+test('the agent refuses a sticky world-writable socket directory and a symlinked one', async (t) => {
+  const root = makeTestRoot('access3');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-sticky-'));
+  t.teardown(async () => {
+    fs.rmSync(dir, { recursive: true, force: true });
+    await removeTestRoot(root);
+  });
+  fs.chmodSync(dir, 0o1777);
+  const a = await startAgent({ root, socket: path.join(dir, 's.sock'), args: ['--ignore-systemd'], expectExit: true });
+  t.is(a.proc.exitCode, 1);
+  t.regex(a.log(), /writable by others \(mode 1777\)/);
+  fs.chmodSync(dir, 0o755);
+  fs.mkdirSync(path.join(dir, 'real'), { mode: 0o755 });
+  fs.symlinkSync(path.join(dir, 'real'), path.join(dir, 'link'));
+  const b = await startAgent({ root, socket: path.join(dir, 'link', 's.sock'), args: ['--ignore-systemd'], expectExit: true });
+  t.is(b.proc.exitCode, 1);
+  t.regex(b.log(), /is a symbolic link/);
+  t.false(fs.existsSync(path.join(dir, 'real', 's.sock')));
 });
