@@ -1,5 +1,6 @@
 /*
- * cgstep_bpf: the thin N-API addon between src/devices/native.ts and the kernel.
+ * cgstep_bpf: the thin N-API addon between src/devices/native.ts and the kernel
+ * (and, through native/inotify.c, between src/cgroupfs/watch.ts and inotify).
  *
  * It owns the bpf() commands the device controller needs (PROG_LOAD, PROG_ATTACH,
  * PROG_DETACH, PROG_QUERY, PROG_GET_FD_BY_ID, PROG_GET_NEXT_ID,
@@ -26,6 +27,8 @@
 #include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <unistd.h>
+
+#include "addon.h"
 
 #define ATTR_SPARE 512
 #define LOG_MIN (64u * 1024u)
@@ -84,7 +87,7 @@ static const char *errno_name(int e)
 
 /* Throw Error("<syscall>: <ENAME> (<strerror>)") with errno/errnoNumber/syscall
  * and, when log is not NULL, verifierLog. Returns NULL for the caller to return. */
-static napi_value throw_errno(napi_env env, const char *sys, int e, const char *log)
+napi_value throw_errno(napi_env env, const char *sys, int e, const char *log)
 {
 	char numname[24];
 	const char *name = errno_name(e);
@@ -113,7 +116,7 @@ static napi_value throw_errno(napi_env env, const char *sys, int e, const char *
 	return NULL;
 }
 
-static napi_value throw_type(napi_env env, const char *msg)
+napi_value throw_type(napi_env env, const char *msg)
 {
 	napi_throw_type_error(env, NULL, msg);
 	return NULL;
@@ -121,13 +124,8 @@ static napi_value throw_type(napi_env env, const char *msg)
 
 /* ---- argument helpers --------------------------------------------------- */
 
-#define GET_ARGS(n)                                                              \
-	size_t argc = (n);                                                           \
-	napi_value argv[(n) > 0 ? (n) : 1];                                          \
-	if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok)         \
-		return NULL;
 
-static int arg_u32(napi_env env, napi_value v, uint32_t *out)
+int arg_u32(napi_env env, napi_value v, uint32_t *out)
 {
 	napi_valuetype t;
 	double d;
@@ -141,7 +139,7 @@ static int arg_u32(napi_env env, napi_value v, uint32_t *out)
 	return 0;
 }
 
-static int arg_fd(napi_env env, napi_value v, int *out)
+int arg_fd(napi_env env, napi_value v, int *out)
 {
 	uint32_t u;
 	if (arg_u32(env, v, &u) || u > INT32_MAX)
@@ -160,7 +158,7 @@ static int arg_bool(napi_env env, napi_value v, int *out)
 }
 
 /* A JS string copied into a malloc'ed NUL-terminated buffer (caller frees). */
-static char *arg_string(napi_env env, napi_value v, size_t max)
+char *arg_string(napi_env env, napi_value v, size_t max)
 {
 	size_t len;
 	if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok || len > max)
@@ -179,7 +177,7 @@ static char *arg_string(napi_env env, napi_value v, size_t max)
 	return s;
 }
 
-static int arg_buffer(napi_env env, napi_value v, void **data, size_t *len)
+int arg_buffer(napi_env env, napi_value v, void **data, size_t *len)
 {
 	bool is;
 	if (napi_is_buffer(env, v, &is) != napi_ok || !is)
@@ -187,14 +185,14 @@ static int arg_buffer(napi_env env, napi_value v, void **data, size_t *len)
 	return napi_get_buffer_info(env, v, data, len) == napi_ok ? 0 : -1;
 }
 
-static napi_value num(napi_env env, double d)
+napi_value num(napi_env env, double d)
 {
 	napi_value v;
 	napi_create_double(env, d, &v);
 	return v;
 }
 
-static napi_value undef(napi_env env)
+napi_value undef(napi_env env)
 {
 	napi_value v;
 	napi_get_undefined(env, &v);
@@ -612,7 +610,8 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "xattrSet", NULL, xattr_set, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "xattrRemove", NULL, xattr_remove, NULL, NULL, NULL, napi_enumerable, NULL },
 	};
-	if (napi_define_properties(env, exports, sizeof(fns) / sizeof(fns[0]), fns) != napi_ok)
+	if (napi_define_properties(env, exports, sizeof(fns) / sizeof(fns[0]), fns) != napi_ok ||
+	    inotify_define(env, exports) != napi_ok)
 		return NULL;
 	napi_value c;
 	napi_create_object(env, &c);

@@ -3,7 +3,7 @@
  *
  * Owns: finding the cgroup2 mount, mkdir/rmdir, the interface files
  * (cgroup.procs, cgroup.subtree_control, cgroup.kill, cgroup.freeze,
- * cgroup.events, controller files and stats). Must not know about jobs, steps,
+ * cgroup.events, controller files and stats), and watching those files. Must not know about jobs, steps,
  * systemd, devices or the socket: callers pass directories and values.
  */
 export * from './files.js';
@@ -12,3 +12,4 @@ export * from './ops.js';
 export * from './stats.js';
 export * from './xattr.js';
 export * from './wait.js';
+export * from './watch.js';

@@ -5,10 +5,10 @@
  * migration with verification, cgroup.kill, cgroup.freeze, cgroup.events, and
  * bottom-up removal. Knows the kernel's rules, nothing about jobs or steps.
  */
-import fs from 'node:fs';
 import path from 'node:path';
 import { AgentError, KernelError, isErrno } from '../errors.js';
 import { childDirs, exists, makeDir, parseFlatKeyed, readOptional, readText, removeDir, writeText } from './files.js';
+import { inotify } from './watch.js';
 
 export function controllersOf(dir: string): string[] {
   return splitWords(readText(path.join(dir, 'cgroup.controllers')));
@@ -162,12 +162,14 @@ export function signalAll(dir: string, signal: NodeJS.Signals | number): number 
 export function waitForFile(file: string, check: () => boolean, timeoutMs: number, what: string): Promise<void> {
   if (check()) return Promise.resolve();
   return new Promise((resolve, reject) => {
-    let watcher: fs.FSWatcher | null = null;
+    let wd: number | null = null;
     let timer: NodeJS.Timeout | null = null;
     let delay = 5;
     const deadline = Date.now() + timeoutMs;
+    const listener = { changed: () => poll() };
     const finish = (err?: Error) => {
-      watcher?.close();
+      if (wd !== null) inotify().remove(wd, listener);
+      wd = null;
       if (timer) clearTimeout(timer);
       if (err) reject(err);
       else resolve();
@@ -187,10 +189,9 @@ export function waitForFile(file: string, check: () => boolean, timeoutMs: numbe
       delay = Math.min(delay * 2, 200);
     };
     try {
-      watcher = fs.watch(file, { persistent: false }, () => poll());
-      watcher.on('error', () => undefined);
+      wd = inotify().add(file, listener);
     } catch {
-      watcher = null; // the file went away: the timer and check() decide
+      wd = null; // the file went away: the timer and check() decide
     }
     poll();
   });

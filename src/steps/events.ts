@@ -8,32 +8,49 @@
  * memory controller is on (oom_kill is hierarchical, so a task's OOM shows at
  * its step). Reads files and emits; never writes to the tree.
  *
- * One fs.watch (an inotify watch on libuv's shared inotify fd) per file. Not
- * chokidar: its unwatch() keeps every path ever unwatched in an ignore list
- * that each later add() scans, so a node that churns through steps slows down
- * with every destroyed step (measured: most of the agent's CPU after 1,500
- * cycles); chokidar 6 also misses kernfs changes altogether.
+ * All through cgroupfs's one inotify fd (a kernel mark and a few numbers per
+ * file, off the JS heap's handle lists), not an fs.watch handle per file
+ * (about 1.3 KB each, two per live step). Not chokidar: its unwatch() keeps
+ * every path ever unwatched in an ignore list that each later add() scans, and
+ * chokidar 6 misses kernfs changes altogether.
  */
 import { EventEmitter } from 'node:events';
-import fs from 'node:fs';
 import path from 'node:path';
-import { parseFlatKeyed, readOptional } from '../cgroupfs/index.js';
+import { inotify, parseFlatKeyed, readOptional, type WatchListener } from '../cgroupfs/index.js';
 import type { AgentEvent, EventKind } from '../rpc/protocol.js';
 
+/** cgroup: populated (and frozen for jobs); freeze: a step's user/ frozen; memory: oom_kill. */
+type Kind = 'cgroup' | 'freeze' | 'memory';
+
+/** One watched file, kept small: tens of thousands live at once. */
 interface Watched {
+  file: string;
+  wd: number;
   job: string;
-  step?: string;
-  task?: string;
-  /** cgroup: populated (and frozen for jobs); freeze: a step's user/ frozen; memory: oom_kill. */
-  kind: 'cgroup' | 'freeze' | 'memory';
-  last: Record<string, number>;
-  handle: fs.FSWatcher;
+  step: string | undefined;
+  task: string | undefined;
+  kind: Kind;
+  /** The file's last known populated, frozen and oom_kill values. */
+  populated: number;
+  frozen: number;
+  oomKill: number;
 }
 
 export class TreeWatcher extends EventEmitter {
   private files = new Map<string, Watched>();
+  private byWd = new Map<number, Watched>();
   /** job -> its watched files: unwatching a job or step looks at that job's files only, not the node's. */
-  private byJob = new Map<string, Set<string>>();
+  private byJob = new Map<string, Set<Watched>>();
+  private readonly listener: WatchListener = {
+    changed: (wd) => {
+      const w = this.byWd.get(wd);
+      if (w) this.onChange(w);
+    },
+    gone: (wd) => {
+      const w = this.byWd.get(wd);
+      if (w) this.forget(w);
+    },
+  };
 
   /**
    * Watch a job (step/task undefined), a step, or a task directory. `memory`
@@ -42,8 +59,8 @@ export class TreeWatcher extends EventEmitter {
    * files need no first read (populated 0, frozen 0, no OOM kill).
    */
   watchDir(dir: string, ids: { job: string; step?: string; task?: string }, memory = false, fresh = false): void {
-    this.add(path.join(dir, 'cgroup.events'), { ...ids, kind: 'cgroup' }, fresh ? { populated: 0, frozen: 0 } : undefined);
-    if (memory && ids.step !== undefined && ids.task === undefined) this.add(path.join(dir, 'memory.events'), { ...ids, kind: 'memory' }, fresh ? {} : undefined);
+    this.add(path.join(dir, 'cgroup.events'), ids, 'cgroup', fresh);
+    if (memory && ids.step !== undefined && ids.task === undefined) this.add(path.join(dir, 'memory.events'), ids, 'memory', fresh);
   }
 
   /**
@@ -52,77 +69,87 @@ export class TreeWatcher extends EventEmitter {
    * creation: most steps are never frozen.
    */
   watchFreeze(stepDir: string, ids: { job: string; step: string }): void {
-    this.add(path.join(stepDir, 'user', 'cgroup.events'), { ...ids, kind: 'freeze' });
+    this.add(path.join(stepDir, 'user', 'cgroup.events'), ids, 'freeze', false);
   }
 
-  private add(file: string, w: Omit<Watched, 'last' | 'handle'>, known?: Record<string, number>): void {
+  private add(file: string, ids: { job: string; step?: string; task?: string }, kind: Kind, fresh: boolean): void {
     if (this.files.has(file)) return;
-    let last = known;
-    if (!last) {
+    let last: Record<string, number> = {};
+    if (!fresh) {
       const text = readOptional(file);
       if (text === null) return;
       last = parseFlatKeyed(text);
     }
-    let handle: fs.FSWatcher;
+    let wd: number;
     try {
-      handle = fs.watch(file, { persistent: false }, () => this.onChange(file));
+      wd = inotify().add(file, this.listener);
     } catch {
       return; // removed between the read and the watch
     }
-    handle.on('error', () => this.drop(file));
-    this.files.set(file, { ...w, last, handle });
+    const w: Watched = { file, wd, job: ids.job, step: ids.step, task: ids.task, kind, populated: last.populated ?? 0, frozen: last.frozen ?? 0, oomKill: last.oom_kill ?? 0 };
+    this.files.set(file, w);
+    this.byWd.set(wd, w);
     let set = this.byJob.get(w.job);
     if (!set) this.byJob.set(w.job, (set = new Set()));
-    set.add(file);
+    set.add(w);
   }
 
-  private drop(file: string): void {
-    const w = this.files.get(file);
-    if (!w) return;
-    w.handle.close();
-    this.files.delete(file);
+  private forget(w: Watched): void {
+    if (this.files.get(w.file) !== w) return;
+    this.files.delete(w.file);
+    this.byWd.delete(w.wd);
     const set = this.byJob.get(w.job);
-    set?.delete(file);
+    set?.delete(w);
     if (set?.size === 0) this.byJob.delete(w.job);
+  }
+
+  private drop(w: Watched): void {
+    inotify().remove(w.wd, this.listener);
+    this.forget(w);
   }
 
   /**
    * Stop watching everything at or below dir. Each file is read one last time
    * first, so a change the kernel made just before (the kill of a destroy) is
-   * still published even if inotify's notice has not been handled yet.
+   * still published even if inotify's notice has not been handled yet (the
+   * kernel sends it up to 10 ms late). A step's or task's file last seen
+   * unpopulated needs no read: only populated 1 -> 0 makes its event.
    */
   unwatchDir(dir: string, job: string): void {
     const prefix = dir.endsWith('/') ? dir : dir + '/';
-    const gone: string[] = [];
-    for (const f of this.byJob.get(job) ?? []) if (f.startsWith(prefix)) gone.push(f);
-    // Frozen/thawed only change through our own freeze requests: no last read for them.
-    for (const f of gone) if (this.files.get(f)!.kind !== 'freeze') this.onChange(f);
-    for (const f of gone) this.drop(f);
+    const gone: Watched[] = [];
+    for (const w of this.byJob.get(job) ?? []) if (w.file.startsWith(prefix)) gone.push(w);
+    for (const w of gone) {
+      // Frozen/thawed only change through our own freeze requests: no last read for them.
+      if (w.kind === 'freeze' || (w.kind === 'cgroup' && w.step !== undefined && w.populated === 0)) continue;
+      this.onChange(w);
+    }
+    for (const w of gone) this.drop(w);
   }
 
   get watchedFiles(): number {
     return this.files.size;
   }
 
-  private onChange(file: string): void {
-    const w = this.files.get(file);
-    if (!w) return;
-    const text = readOptional(file);
+  private onChange(w: Watched): void {
+    const text = readOptional(w.file);
     if (text === null) return;
     const now = parseFlatKeyed(text);
-    const before = w.last;
-    w.last = now;
     if (w.kind === 'memory') {
-      if ((now.oom_kill ?? 0) > (before.oom_kill ?? 0)) this.emitEvent('oom', w, { oomKill: now.oom_kill });
+      const oomKill = now.oom_kill ?? 0;
+      const before = w.oomKill;
+      w.oomKill = oomKill;
+      if (oomKill > before) this.emitEvent('oom', w, { oomKill });
       return;
     }
-    if (w.kind === 'cgroup' && before.populated === 1 && now.populated === 0) {
+    const { populated, frozen } = w;
+    w.populated = now.populated ?? populated;
+    w.frozen = now.frozen ?? frozen;
+    if (w.kind === 'cgroup' && populated === 1 && w.populated === 0) {
       this.emitEvent(w.task !== undefined ? 'task.empty' : w.step !== undefined ? 'step.empty' : 'job.empty', w);
     }
     const freezeKind = w.step === undefined ? w.kind === 'cgroup' : w.kind === 'freeze';
-    if (freezeKind && w.task === undefined && before.frozen !== now.frozen && now.frozen !== undefined) {
-      this.emitEvent(now.frozen === 1 ? 'frozen' : 'thawed', w);
-    }
+    if (freezeKind && w.task === undefined && frozen !== w.frozen) this.emitEvent(w.frozen === 1 ? 'frozen' : 'thawed', w);
   }
 
   private emitEvent(event: EventKind, w: Watched, extra: Partial<AgentEvent> = {}): void {
@@ -133,6 +160,6 @@ export class TreeWatcher extends EventEmitter {
   }
 
   async close(): Promise<void> {
-    for (const f of [...this.files.keys()]) this.drop(f);
+    for (const w of [...this.files.values()]) this.drop(w);
   }
 }

@@ -1,9 +1,9 @@
 /**
- * sys/addon: loads the project's N-API addon (native/bpf.c, built to
+ * sys/addon: loads the project's N-API addon (native/bpf.c and inotify.c, built to
  * build/Release/cgstep_bpf.node) and turns its thrown errors into typed ones.
  *
  * The one place the addon is required: src/devices wraps its bpf() calls,
- * src/cgroupfs its xattr calls. A failed call throws a KernelError naming the
+ * src/cgroupfs its xattr and inotify calls. A failed call throws a KernelError naming the
  * syscall, the path it was made for and the errno name; a failed program load
  * a VerifierError carrying the verifier's log. Holds no policy.
  */
@@ -28,6 +28,12 @@ export interface Addon {
   xattrGet(path: string, name: string): Buffer;
   xattrSet(path: string, name: string, value: Buffer): void;
   xattrRemove(path: string, name: string): void;
+  /** native/inotify.c: one inotify fd, polled on the event loop; see cgroupfs/watch. */
+  inotifyOpen(onReadable: () => void): number;
+  inotifyAdd(fd: number, path: string, mask: number): number;
+  inotifyRemove(fd: number, wd: number): void;
+  inotifyRead(fd: number, buf: Buffer): number;
+  inotifyClose(fd: number): void;
   constants: Record<AddonConstant, number>;
 }
 

@@ -1,0 +1,124 @@
+/**
+ * cgroupfs/watch: change notices for cgroup files (cgroup.events,
+ * memory.events) from one inotify fd for the whole process, polled by one
+ * libuv handle in the addon (native/inotify.c).
+ *
+ * A watch is a kernel mark and a number here: Node's fs.watch costs a libuv
+ * handle and a JS object per file (about 1.3 KB each, two per live step).
+ * kernfs reports a change of these files as IN_MODIFY, late by up to 10 ms
+ * (the cgroup core rate-limits its notices), so a caller that must see the
+ * latest state reads the file itself. A watched file whose directory is
+ * removed gets IN_IGNORED: its listeners are told through `gone`.
+ */
+import { addonCall, loadAddon } from '../sys/addon.js';
+
+const IN_MODIFY = 0x2;
+const IN_Q_OVERFLOW = 0x4000;
+const IN_IGNORED = 0x8000;
+/** struct inotify_event: wd, mask, cookie, len, then len bytes of name (none for a file watch). */
+const EVENT_HEADER = 16;
+
+/** Told of a watched file: it changed (read it), or it is gone (its directory was removed). */
+export interface WatchListener {
+  changed(wd: number): void;
+  gone?(wd: number): void;
+}
+
+export class Inotify {
+  private readonly addon = loadAddon();
+  private fd: number | null = null;
+  private buf = Buffer.allocUnsafe(64 * 1024);
+  /** wd -> its listeners (one in nearly every case; an array when a file has several). */
+  private readonly listeners = new Map<number, WatchListener | WatchListener[]>();
+
+  private open(): number {
+    if (this.fd === null) this.fd = this.addon.inotifyOpen(() => this.drain());
+    return this.fd;
+  }
+
+  /** Watch a file; returns its watch descriptor. Throws a KernelError (ENOENT when it does not exist). */
+  add(file: string, listener: WatchListener): number {
+    const fd = this.open();
+    const wd = addonCall('inotify_add_watch', file, (a) => a.inotifyAdd(fd, file, IN_MODIFY));
+    const had = this.listeners.get(wd);
+    if (had === undefined) this.listeners.set(wd, listener);
+    else if (Array.isArray(had)) had.push(listener);
+    else this.listeners.set(wd, [had, listener]);
+    return wd;
+  }
+
+  /** Stop telling this listener about wd; the kernel's watch goes with its last listener. */
+  remove(wd: number, listener: WatchListener): void {
+    const had = this.listeners.get(wd);
+    if (had === undefined) return;
+    if (Array.isArray(had)) {
+      const i = had.indexOf(listener);
+      if (i >= 0) had.splice(i, 1);
+      if (had.length > 1) return;
+      if (had.length === 1) {
+        this.listeners.set(wd, had[0]);
+        return;
+      }
+    } else if (had !== listener) return;
+    this.listeners.delete(wd);
+    try {
+      this.addon.inotifyRemove(this.fd!, wd);
+    } catch {
+      /* EINVAL: the kernel dropped it already (its directory was removed) */
+    }
+  }
+
+  get size(): number {
+    return this.listeners.size;
+  }
+
+  /**
+   * Read every pending event and tell the listeners, each changed file once.
+   * Runs when the fd is readable; callers may also run it to see pending notices now.
+   */
+  drain(): void {
+    if (this.fd === null) return;
+    const changed = new Set<number>();
+    const gone: number[] = [];
+    let overflow = false;
+    for (;;) {
+      const n = this.addon.inotifyRead(this.fd, this.buf);
+      if (n <= 0) break;
+      for (let off = 0; off + EVENT_HEADER <= n; off += EVENT_HEADER + this.buf.readUInt32LE(off + 12)) {
+        const wd = this.buf.readInt32LE(off);
+        const mask = this.buf.readUInt32LE(off + 4);
+        if (mask & IN_Q_OVERFLOW) overflow = true;
+        if (mask & IN_IGNORED) gone.push(wd);
+        else if (mask & IN_MODIFY) changed.add(wd);
+      }
+      if (n < this.buf.length - 4096) break; // a short read took everything
+    }
+    // Lost notices: every watched file may have changed.
+    if (overflow) for (const wd of this.listeners.keys()) changed.add(wd);
+    for (const wd of changed) for (const l of this.listenersOf(wd)) l.changed(wd);
+    for (const wd of gone) {
+      const ls = this.listenersOf(wd);
+      this.listeners.delete(wd);
+      for (const l of ls) l.gone?.(wd);
+    }
+  }
+
+  private listenersOf(wd: number): WatchListener[] {
+    const had = this.listeners.get(wd);
+    return had === undefined ? [] : Array.isArray(had) ? [...had] : [had];
+  }
+
+  close(): void {
+    if (this.fd === null) return;
+    this.addon.inotifyClose(this.fd);
+    this.fd = null;
+    this.listeners.clear();
+  }
+}
+
+let shared: Inotify | null = null;
+
+/** The process's one inotify instance (opened on first use). */
+export function inotify(): Inotify {
+  return (shared ??= new Inotify());
+}
