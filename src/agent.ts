@@ -120,6 +120,7 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
     devices,
     accounting,
     scopeControllers: () => scope.controllers.enabled,
+    verifyMoves: o.verifyMoves,
   });
   const recovered = tree.recover();
   if (recovered.jobs) log.info(recovered, 'adopted jobs and steps from the tree');

@@ -43,6 +43,7 @@ const program = new Command('cgstepd')
   .addOption(opt('--orphan-interval <ms>', 'how often orphan cgroups are collected').argParser(intArg('orphan interval', 1000, 86400000)).default(60000))
   .addOption(opt('--metrics <[addr:]port>', 'serve Prometheus /metrics (loopback unless an address is given)'))
   .addOption(opt('--metrics-tasks', 'add per-task series to /metrics'))
+  .addOption(opt('--verify-moves', "read /proc/PID/cgroup back after each move (the kernel's cgroup.procs write already fails if a move fails)"))
   .showHelpAfterError();
 
 program.parse();
@@ -83,6 +84,7 @@ const options: AgentOptions = {
   orphanIntervalMs: f.orphanInterval,
   metrics: f.metrics,
   metricsTasks: !!f.metricsTasks,
+  verifyMoves: !!f.verifyMoves,
 };
 
 try {

@@ -36,6 +36,8 @@ export interface AgentOptions {
   metrics?: string;
   /** Per-task series (off by default: cardinality). */
   metricsTasks: boolean;
+  /** Read /proc/PID/cgroup back after every move. */
+  verifyMoves?: boolean;
 }
 
 export function scopeNameFor(nodeName?: string): string {

@@ -63,6 +63,8 @@ export interface TreeOptions {
   protectedPids: () => number[];
   /** How usage is read (the accounting backend); cgroupfs stats by default. */
   accounting?: { read(dir: string): CgroupStats };
+  /** Read /proc/PID/cgroup back after each move (the cgroup.procs write's own result is the check otherwise). */
+  verifyMoves?: boolean;
   /** The controllers enabled in the scope's subtree_control, if known (a fast path for new dirs). */
   scopeControllers?: () => string[];
 }
@@ -271,7 +273,7 @@ export class StepTree {
       if (made && leaf === 'special') this.watcher.watchDir(dir, { job, step, task: 'special' }, false, true);
       // Confine the leaf before the process enters it: it never runs under a looser policy.
       const c = devices ? this.constrain(dir, undefined, devices, 'task') : {};
-      moveProcess(dir, pid, this.opts.mountPoint);
+      moveProcess(dir, pid, this.opts.mountPoint, this.opts.verifyMoves);
       this.opts.log.info({ job, step, pid, leaf: path.basename(dir) }, 'process attached');
       return { job, step, pid, path: dir, ...c };
     });
