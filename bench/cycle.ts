@@ -20,7 +20,11 @@ export const CYCLE_DEVICES: DeviceRequest = {
   deny: ['c 195:2 rwm', 'c 195:3 rwm'],
 };
 
-export async function agentCycle(client: CgstepClient, scopeDir: string, park: string, pid: number, cycles: number, devices?: DeviceRequest, jobBase = 1): Promise<number[]> {
+/** three: step.create, attach, destroy (today's cycle). */
+export type CycleKind = 'three';
+
+export async function agentCycle(client: CgstepClient, scopeDir: string, park: string, pid: number, cycles: number, devices?: DeviceRequest, jobBase = 1, kind: CycleKind = 'three'): Promise<number[]> {
+  void kind;
   const out: number[] = [];
   for (let i = 0; i < cycles; i++) {
     const job = jobBase + i;

@@ -41,7 +41,7 @@ export async function removeRoot(dir: string): Promise<void> {
 }
 
 /** The node flags of cgstepd's #! line, so a benchmark runs the agent as installed. */
-const AGENT_NODE_FLAGS = (/^#!.*\bnode\b(.*)$/.exec(fs.readFileSync(path.join(REPO, 'dist/bin/cgstepd.js'), 'utf8').split('\n')[0])?.[1] ?? '').trim().split(/\s+/).filter(Boolean);
+export const AGENT_NODE_FLAGS = (/^#!.*\bnode\b(.*)$/.exec(fs.readFileSync(path.join(REPO, 'dist/bin/cgstepd.js'), 'utf8').split('\n')[0])?.[1] ?? '').trim().split(/\s+/).filter(Boolean);
 
 export interface BenchAgent { proc: ChildProcess; socket: string; stop: () => Promise<void> }
 
