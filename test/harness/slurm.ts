@@ -76,21 +76,30 @@ function computeSupport(): Support {
 }
 
 /** The munge key, created (owned by munge, 0400) if missing. */
-function ensureMungeKey(): void {
+export function ensureMungeKey(): void {
   if (fs.existsSync(MUNGE_KEY)) return;
   const r = spawnSync('sh', ['-c', `flock ${INSTALL_LOCK} sh -c '[ -e ${MUNGE_KEY} ] || { mkdir -p /etc/munge && mungekey --create --keyfile=${MUNGE_KEY} && chown munge:munge ${MUNGE_KEY} && chmod 0400 ${MUNGE_KEY}; }'`], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`cannot create ${MUNGE_KEY}: ${r.stderr}`);
 }
 
+const makePlugin = (outDir: string) => ['-s', '-C', PLUGIN_SRC_DIR, `OUT=${outDir}`];
+
 /** Build the plugin into dir (make -C native/spank OUT=dir); returns the .so path. */
 export function buildPlugin(outDir: string): string {
-  const r = spawnSync('make', ['-s', '-C', PLUGIN_SRC_DIR, `OUT=${outDir}`], { encoding: 'utf8' });
+  const r = spawnSync('make', makePlugin(outDir), { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`building the SPANK plugin failed:\n${r.stdout}${r.stderr}`);
   return path.join(outDir, 'cgstep_spank.so');
 }
 
-/** A TCP port free on 127.0.0.1 now (and count-1 more after it when count > 1). */
-async function freePorts(count = 1): Promise<number> {
+/** buildPlugin without blocking the event loop (the build overlaps other start-up work). */
+export async function buildPluginAsync(outDir: string): Promise<string> {
+  const r = await run('make', makePlugin(outDir), { timeoutMs: 120_000 });
+  if (r.code !== 0) throw new Error(`building the SPANK plugin failed:\n${r.stdout}${r.stderr}`);
+  return path.join(outDir, 'cgstep_spank.so');
+}
+
+/** A TCP port free on host now (and count-1 more after it when count > 1). */
+export async function freePorts(count = 1, host = '127.0.0.1'): Promise<number> {
   for (let attempt = 0; attempt < 50; attempt++) {
     const base = count === 1 ? 0 : 20000 + Math.floor(Math.random() * 40000);
     const servers: net.Server[] = [];
@@ -100,7 +109,7 @@ async function freePorts(count = 1): Promise<number> {
         const s = net.createServer();
         await new Promise<void>((resolve, reject) => {
           s.once('error', reject);
-          s.listen(base === 0 ? 0 : base + i, '127.0.0.1', () => resolve());
+          s.listen(base === 0 ? 0 : base + i, host, () => resolve());
         });
         servers.push(s);
         if (i === 0) first = (s.address() as net.AddressInfo).port;
@@ -112,7 +121,7 @@ async function freePorts(count = 1): Promise<number> {
       await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
     }
   }
-  throw new Error('no free ports on 127.0.0.1');
+  throw new Error(`no free ports on ${host}`);
 }
 
 export interface RunResult {
@@ -180,7 +189,7 @@ export interface SlurmCluster {
   stop(): Promise<void>;
 }
 
-interface Daemon {
+export interface Daemon {
   name: string;
   proc: ChildProcess;
   exited: Promise<void>;
@@ -198,7 +207,7 @@ process.on('exit', () => {
   }
 });
 
-function startDaemon(name: string, cmd: string, args: string[], env: NodeJS.ProcessEnv, logFile: string): Daemon {
+export function startDaemon(name: string, cmd: string, args: string[], env: NodeJS.ProcessEnv, logFile: string): Daemon {
   const fd = fs.openSync(logFile, 'a');
   const proc = spawn(cmd, args, { env, stdio: ['ignore', fd, fd] });
   fs.closeSync(fd);
@@ -213,7 +222,7 @@ function startDaemon(name: string, cmd: string, args: string[], env: NodeJS.Proc
   return d;
 }
 
-async function stopDaemon(d: Daemon, graceMs = 5000): Promise<void> {
+export async function stopDaemon(d: Daemon, graceMs = 5000): Promise<void> {
   if (d.proc.exitCode !== null || d.proc.signalCode !== null) return;
   try {
     process.kill(d.proc.pid!, 'SIGTERM');
@@ -249,7 +258,7 @@ export function pidsOfCluster(conf: string): number[] {
   return pids;
 }
 
-function killPids(pids: number[]): void {
+export function killPids(pids: number[]): void {
   for (const pid of pids) {
     try {
       process.kill(pid, 'SIGKILL');
@@ -257,6 +266,53 @@ function killPids(pids: number[]): void {
       /* gone */
     }
   }
+}
+
+/**
+ * End a cluster: cancel its jobs (slurmd then tears their steps down
+ * normally), stop its slurmd(s), slurmctld and munged by pid, then SIGKILL
+ * whatever is left of it (slurmstepd, job processes: found by its SLURM_CONF).
+ */
+export async function endCluster(conf: string, daemons: Daemon[]): Promise<void> {
+  const env = { ...process.env, SLURM_CONF: conf };
+  const ctld = daemons.find((d) => d.name === 'slurmctld');
+  if (ctld && ctld.proc.exitCode === null) {
+    const q = await run('squeue', ['-h', '-o', '%i'], { env, timeoutMs: 10_000 }).catch(() => null);
+    const jobs = (q?.stdout ?? '').split('\n').map((s) => s.trim()).filter(Boolean);
+    if (jobs.length) {
+      await run('scancel', jobs, { env, timeoutMs: 10_000 }).catch(() => null);
+      const deadline = Date.now() + 15_000;
+      while (Date.now() < deadline) {
+        const r = await run('squeue', ['-h', '-o', '%i'], { env, timeoutMs: 10_000 }).catch(() => null);
+        if (!r || r.stdout.trim() === '') break;
+        await sleep(200);
+      }
+    }
+  }
+  for (const name of ['slurmd', 'slurmctld', 'munged']) {
+    for (const d of daemons.filter((x) => x.name === name)) await stopDaemon(d);
+  }
+  for (let i = 0; i < 3; i++) {
+    const left = pidsOfCluster(conf);
+    if (!left.length) break;
+    killPids(left);
+    await sleep(100);
+  }
+}
+
+/** Environment for a cluster's daemons and clients: its SLURM_CONF, and no job environment from the caller. */
+export function clusterEnv(conf: string): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, SLURM_CONF: conf };
+  for (const k of Object.keys(env)) if (k.startsWith('SLURM_') && k !== 'SLURM_CONF') delete env[k];
+  return env;
+}
+
+/** slurmctld -D on conf, its output in dir/log/slurmctld.out; up resolves once `scontrol ping` says it is UP. */
+export function startSlurmctld(dir: string, conf: string, env: NodeJS.ProcessEnv): { daemon: Daemon; up: Promise<void>; log: () => string } {
+  const daemon = startDaemon('slurmctld', 'slurmctld', ['-D', '-i', '-f', conf], env, path.join(dir, 'log/slurmctld.out'));
+  const log = () => readLog(path.join(dir, 'log/slurmctld.out')) + readLog(path.join(dir, 'log/slurmctld.log'));
+  const up = waitUntil(async () => /is UP/.test((await run('scontrol', ['ping'], { env, timeoutMs: 10_000 })).stdout), 30_000, () => `slurmctld did not come up:\n${log()}`, daemon);
+  return { daemon, up, log };
 }
 
 export interface SlurmOptions {
@@ -274,6 +330,99 @@ export interface SlurmOptions {
   extraConf?: string[];
 }
 
+/** munged as the munge user on its own socket under dir/munge, key /etc/munge/munge.key; resolves once the socket exists. */
+export async function startMunged(dir: string): Promise<{ daemon: Daemon; socket: string; dir: string }> {
+  const mungeDir = path.join(dir, 'munge');
+  fs.mkdirSync(mungeDir, { mode: 0o755 }); // munged wants others to reach its socket
+  const mungeUid = Number(spawnSync('id', ['-u', 'munge'], { encoding: 'utf8' }).stdout.trim());
+  const mungeGid = Number(spawnSync('id', ['-g', 'munge'], { encoding: 'utf8' }).stdout.trim());
+  fs.chownSync(mungeDir, mungeUid, mungeGid);
+  fs.chmodSync(mungeDir, 0o755);
+  const socket = path.join(mungeDir, 'munge.socket');
+  const daemon = startDaemon(
+    'munged',
+    'setpriv',
+    [
+      `--reuid=${mungeUid}`,
+      `--regid=${mungeGid}`,
+      '--clear-groups',
+      '/usr/sbin/munged',
+      '--foreground',
+      `--socket=${socket}`,
+      `--key-file=${MUNGE_KEY}`,
+      `--pid-file=${path.join(mungeDir, 'munged.pid')}`,
+      `--log-file=${path.join(mungeDir, 'munged.log')}`,
+      `--seed-file=${path.join(mungeDir, 'munged.seed')}`,
+      '--num-threads=2',
+    ],
+    process.env,
+    path.join(dir, 'munged.out'),
+  );
+  try {
+    await waitUntil(() => fs.existsSync(socket), 10_000, () => `munged did not create ${socket}:\n${readLog(path.join(dir, 'munged.out'))}${readLog(path.join(mungeDir, 'munged.log'))}`, daemon);
+  } catch (err) {
+    await stopDaemon(daemon);
+    throw err;
+  }
+  return { daemon, socket, dir: mungeDir };
+}
+
+/**
+ * slurm.conf lines every test cluster shares (loopback only, root daemons,
+ * proctrack/pgid and task/none, state and logs under dir); the caller adds
+ * its nodes and partition.
+ */
+export function clusterConfLines(c: {
+  dir: string;
+  ctldPort: number;
+  slurmdPort: number;
+  srunBase: number;
+  mungeSocket: string;
+  plugstack: string;
+  slurmd: { spool: string; pidFile: string; logFile: string };
+}): string[] {
+  return [
+    'ClusterName=cgstep',
+    `SlurmctldHost=localhost(127.0.0.1)`,
+    `SlurmctldPort=${c.ctldPort}`,
+    `SlurmdPort=${c.slurmdPort}`,
+    `SrunPortRange=${c.srunBase}-${c.srunBase + 39}`,
+    'CommunicationParameters=NoCtldInAddrAny,NoInAddrAny',
+    'SlurmUser=root',
+    'SlurmdUser=root',
+    'AuthType=auth/munge',
+    'CredType=cred/munge',
+    `AuthInfo=socket=${c.mungeSocket}`,
+    `StateSaveLocation=${path.join(c.dir, 'state')}`,
+    `SlurmdSpoolDir=${c.slurmd.spool}`,
+    `SlurmctldPidFile=${path.join(c.dir, 'run/slurmctld.pid')}`,
+    `SlurmdPidFile=${c.slurmd.pidFile}`,
+    `SlurmctldLogFile=${path.join(c.dir, 'log/slurmctld.log')}`,
+    `SlurmdLogFile=${c.slurmd.logFile}`,
+    'SlurmctldDebug=info',
+    'SlurmdDebug=verbose',
+    'ProctrackType=proctrack/pgid',
+    'TaskPlugin=task/none',
+    'JobAcctGatherType=jobacct_gather/none',
+    'AccountingStorageType=accounting_storage/none',
+    'JobCompType=jobcomp/none',
+    'SelectType=select/cons_tres',
+    'SelectTypeParameters=CR_Core_Memory',
+    'DefMemPerCPU=100',
+    'GresTypes=gpu',
+    'MpiDefault=none',
+    'MailProg=/bin/true',
+    `PlugStackConfig=${c.plugstack}`,
+    'SlurmdParameters=config_overrides',
+    'ReturnToService=2',
+    'KillWait=5',
+    'MinJobAge=10',
+    'InactiveLimit=0',
+    'SchedulerType=sched/builtin',
+    'SchedulerParameters=batch_sched_delay=0,sched_interval=1',
+  ];
+}
+
 export async function startSlurm(o: SlurmOptions): Promise<SlurmCluster> {
   const support = slurmSupport();
   if (!support.ok) throw new Error(`Slurm unavailable: ${support.reason}`);
@@ -289,66 +438,13 @@ export async function startSlurm(o: SlurmOptions): Promise<SlurmCluster> {
   const stop = async () => {
     if (stopped) return;
     stopped = true;
-    const env = { ...process.env, SLURM_CONF: conf };
-    const ctld = daemons.find((d) => d.name === 'slurmctld');
-    if (ctld && ctld.proc.exitCode === null) {
-      // End this cluster's jobs first: slurmd then tears their steps down normally.
-      const q = await run('squeue', ['-h', '-o', '%i'], { env, timeoutMs: 10_000 }).catch(() => null);
-      const jobs = (q?.stdout ?? '').split('\n').map((s) => s.trim()).filter(Boolean);
-      if (jobs.length) {
-        await run('scancel', jobs, { env, timeoutMs: 10_000 }).catch(() => null);
-        const deadline = Date.now() + 15_000;
-        while (Date.now() < deadline) {
-          const r = await run('squeue', ['-h', '-o', '%i'], { env, timeoutMs: 10_000 }).catch(() => null);
-          if (!r || r.stdout.trim() === '') break;
-          await sleep(200);
-        }
-      }
-    }
-    for (const name of ['slurmd', 'slurmctld', 'munged']) {
-      const d = daemons.find((x) => x.name === name);
-      if (d) await stopDaemon(d);
-    }
-    // Whatever is left of this cluster (slurmstepd, job processes): by pid.
-    for (let i = 0; i < 3; i++) {
-      const left = pidsOfCluster(conf);
-      if (!left.length) break;
-      killPids(left);
-      await sleep(100);
-    }
+    await endCluster(conf, daemons);
     fs.rmSync(dir, { recursive: true, force: true });
   };
 
   try {
-    // munge: its own socket, key /etc/munge/munge.key, running as munge.
-    const mungeDir = path.join(dir, 'munge');
-    fs.mkdirSync(mungeDir, { mode: 0o755 }); // munged wants others to reach its socket
-    const mungeUid = Number(spawnSync('id', ['-u', 'munge'], { encoding: 'utf8' }).stdout.trim());
-    const mungeGid = Number(spawnSync('id', ['-g', 'munge'], { encoding: 'utf8' }).stdout.trim());
-    fs.chownSync(mungeDir, mungeUid, mungeGid);
-    fs.chmodSync(mungeDir, 0o755);
-    const mungeSocket = path.join(mungeDir, 'munge.socket');
-    const munged = startDaemon(
-      'munged',
-      'setpriv',
-      [
-        `--reuid=${mungeUid}`,
-        `--regid=${mungeGid}`,
-        '--clear-groups',
-        '/usr/sbin/munged',
-        '--foreground',
-        `--socket=${mungeSocket}`,
-        `--key-file=${MUNGE_KEY}`,
-        `--pid-file=${path.join(mungeDir, 'munged.pid')}`,
-        `--log-file=${path.join(mungeDir, 'munged.log')}`,
-        `--seed-file=${path.join(mungeDir, 'munged.seed')}`,
-        '--num-threads=2',
-      ],
-      process.env,
-      path.join(dir, 'munged.out'),
-    );
+    const { daemon: munged, socket: mungeSocket, dir: mungeDir } = await startMunged(dir);
     daemons.push(munged);
-    await waitUntil(() => fs.existsSync(mungeSocket), 10_000, () => `munged did not create ${mungeSocket}:\n${readLog(path.join(dir, 'munged.out'))}${readLog(path.join(mungeDir, 'munged.log'))}`, munged);
 
     // Fake GPUs: char 195:N, open() gives ENXIO (no driver) unless the cgroup denies it.
     const gpuDir = path.join(dir, 'gpu');
@@ -382,44 +478,15 @@ export async function startSlurm(o: SlurmOptions): Promise<SlurmCluster> {
       conf,
       [
         `# cgstep test cluster (${o.name}), written by test/harness/slurm.ts`,
-        'ClusterName=cgstep',
-        `SlurmctldHost=localhost(127.0.0.1)`,
-        `SlurmctldPort=${ctldPort}`,
-        `SlurmdPort=${slurmdPort}`,
-        `SrunPortRange=${srunBase}-${srunBase + 39}`,
-        'CommunicationParameters=NoCtldInAddrAny,NoInAddrAny',
-        'SlurmUser=root',
-        'SlurmdUser=root',
-        'AuthType=auth/munge',
-        'CredType=cred/munge',
-        `AuthInfo=socket=${mungeSocket}`,
-        `StateSaveLocation=${path.join(dir, 'state')}`,
-        `SlurmdSpoolDir=${path.join(dir, 'spool')}`,
-        `SlurmctldPidFile=${path.join(dir, 'run/slurmctld.pid')}`,
-        `SlurmdPidFile=${path.join(dir, 'run/slurmd.pid')}`,
-        `SlurmctldLogFile=${path.join(dir, 'log/slurmctld.log')}`,
-        `SlurmdLogFile=${path.join(dir, 'log/slurmd.log')}`,
-        'SlurmctldDebug=info',
-        'SlurmdDebug=verbose',
-        'ProctrackType=proctrack/pgid',
-        'TaskPlugin=task/none',
-        'JobAcctGatherType=jobacct_gather/none',
-        'AccountingStorageType=accounting_storage/none',
-        'JobCompType=jobcomp/none',
-        'SelectType=select/cons_tres',
-        'SelectTypeParameters=CR_Core_Memory',
-        'DefMemPerCPU=100',
-        'GresTypes=gpu',
-        'MpiDefault=none',
-        'MailProg=/bin/true',
-        `PlugStackConfig=${plugstack}`,
-        'SlurmdParameters=config_overrides',
-        'ReturnToService=2',
-        'KillWait=5',
-        'MinJobAge=10',
-        'InactiveLimit=0',
-        'SchedulerType=sched/builtin',
-        'SchedulerParameters=batch_sched_delay=0,sched_interval=1',
+        ...clusterConfLines({
+          dir,
+          ctldPort,
+          slurmdPort,
+          srunBase,
+          mungeSocket,
+          plugstack,
+          slurmd: { spool: path.join(dir, 'spool'), pidFile: path.join(dir, 'run/slurmd.pid'), logFile: path.join(dir, 'log/slurmd.log') },
+        }),
         `NodeName=${NODE} NodeHostname=localhost NodeAddr=127.0.0.1 CPUs=${cpus} Sockets=1 CoresPerSocket=${cpus} ThreadsPerCore=1 RealMemory=2000 Gres=gpu:${GPU_COUNT} State=UNKNOWN`,
         `PartitionName=debug Nodes=${NODE} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO`,
         ...(o.extraConf ?? []),
@@ -427,18 +494,10 @@ export async function startSlurm(o: SlurmOptions): Promise<SlurmCluster> {
       ].join('\n'),
     );
 
-    const env: NodeJS.ProcessEnv = { ...process.env, SLURM_CONF: conf };
-    // Clients must not pick up a job environment from the caller.
-    for (const k of Object.keys(env)) if (k.startsWith('SLURM_') && k !== 'SLURM_CONF') delete env[k];
-
-    const ctld = startDaemon('slurmctld', 'slurmctld', ['-D', '-i', '-f', conf], env, path.join(dir, 'log/slurmctld.out'));
-    daemons.push(ctld);
-    await waitUntil(
-      async () => /is UP/.test((await run('scontrol', ['ping'], { env, timeoutMs: 10_000 })).stdout),
-      30_000,
-      () => `slurmctld did not come up:\n${readLog(path.join(dir, 'log/slurmctld.out'))}${readLog(path.join(dir, 'log/slurmctld.log'))}`,
-      ctld,
-    );
+    const env = clusterEnv(conf);
+    const ctld = startSlurmctld(dir, conf, env);
+    daemons.push(ctld.daemon);
+    await ctld.up;
     const slurmd = startDaemon('slurmd', 'slurmd', ['-D', '-N', NODE, '-f', conf], env, path.join(dir, 'log/slurmd.out'));
     daemons.push(slurmd);
     await waitUntil(
@@ -504,7 +563,7 @@ export async function startSlurm(o: SlurmOptions): Promise<SlurmCluster> {
   }
 }
 
-function readLog(p: string): string {
+export function readLog(p: string): string {
   try {
     const s = fs.readFileSync(p, 'utf8');
     return s.length > 6000 ? `...${s.slice(-6000)}` : s;
@@ -513,7 +572,7 @@ function readLog(p: string): string {
   }
 }
 
-async function waitUntil(check: () => boolean | Promise<boolean>, ms: number, what: () => string, daemon?: Daemon): Promise<void> {
+export async function waitUntil(check: () => boolean | Promise<boolean>, ms: number, what: () => string, daemon?: Daemon): Promise<void> {
   const deadline = Date.now() + ms;
   for (;;) {
     if (await check()) return;

@@ -35,11 +35,28 @@ export function tmpSocket(name: string): string {
   return path.join(dir, 'cgstepd.sock');
 }
 
-export async function startAgent(opts: { root: string; socket?: string; args?: string[]; env?: Record<string, string>; expectExit?: boolean }): Promise<RunningAgent> {
+export interface AgentOptions {
+  root: string;
+  socket?: string;
+  args?: string[];
+  env?: Record<string, string>;
+  expectExit?: boolean;
+  /**
+   * A command that execs the agent in place (e.g. nsenter into a node's
+   * namespaces): the agent keeps its pid, and stop() still signals it.
+   */
+  launcher?: string[];
+  /** Where this process reaches the socket when the agent sees it elsewhere (another mount namespace). Default: socket. */
+  reachAt?: string;
+}
+
+export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const socket = opts.socket ?? tmpSocket('agent');
   const ownDir = opts.socket === undefined ? path.dirname(socket) : null;
+  const reach = opts.reachAt ?? socket;
   const args = [CGSTEPD, '--socket', socket, '--cgroup-root', opts.root, '--log-level', 'debug', ...(opts.args ?? [])];
-  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+  const [cmd, ...cmdArgs] = [...(opts.launcher ?? []), process.execPath, ...args];
+  const proc = spawn(cmd, cmdArgs, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
   let out = '';
   proc.stdout!.on('data', (d) => (out += d));
   proc.stderr!.on('data', (d) => (out += d));
@@ -50,8 +67,8 @@ export async function startAgent(opts: { root: string; socket?: string; args?: s
     proc,
     log: () => out,
     logLines: () => out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l)),
-    client: () => CgstepClient.connect(socket, { timeoutMs: 20000 }),
-    cli: (a, o = {}) => cli(socket, a, o),
+    client: () => CgstepClient.connect(reach, { timeoutMs: 20000 }),
+    cli: (a, o = {}) => cli(reach, a, o),
     stop: async (signal = 'SIGTERM') => {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
       const code = await exited;
@@ -68,7 +85,7 @@ export async function startAgent(opts: { root: string; socket?: string; args?: s
   const deadline = Date.now() + 15000;
   for (;;) {
     if (proc.exitCode !== null) throw new Error(`cgstepd exited with ${proc.exitCode}:\n${out}`);
-    if (fs.existsSync(socket) && (await answers(socket))) return agent;
+    if (fs.existsSync(reach) && (await answers(reach))) return agent;
     if (Date.now() > deadline) {
       proc.kill('SIGKILL');
       throw new Error(`cgstepd did not become ready:\n${out}`);
