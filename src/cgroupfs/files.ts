@@ -161,12 +161,3 @@ export function parseFlatKeyed(text: string): Record<string, number> {
   }
   return out;
 }
-
-export function readFlatKeyed(file: string): Record<string, number> | null {
-  const t = readOptional(file);
-  return t === null ? null : parseFlatKeyed(t);
-}
-
-export function join(...parts: string[]): string {
-  return path.join(...parts);
-}

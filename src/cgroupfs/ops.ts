@@ -211,10 +211,6 @@ export async function setFrozen(dir: string, frozen: boolean, timeoutMs: number)
   await waitForFile(path.join(dir, 'cgroup.events'), () => readEvents(dir).frozen === want, timeoutMs, `${dir} to be ${frozen ? 'frozen' : 'thawed'}`);
 }
 
-export function makeLeaf(dir: string): boolean {
-  return makeDir(dir);
-}
-
 /**
  * Remove dir and everything below it, deepest first. rmdir is tried before
  * readdir: a leaf (most of a step's tree) goes in one syscall, and only a

@@ -15,13 +15,13 @@
 import os from 'node:os';
 import type { Logger } from 'pino';
 import type { Candidate } from '../backends/registry.js';
-import type { DeviceRequest } from '../rpc/protocol.js';
+import type { DeviceRequest } from './request.js';
 import type { DeviceLevel } from '../steps/tree.js';
 import { formatEntry } from './compiler.js';
 import { DeviceController } from './controller.js';
 import { loadGresConf, type GresInventory } from './gres.js';
 import { buildRuleSet } from './policy.js';
-import type { DeviceBackend, DeviceContext } from './none.js';
+import type { DeviceBackend, DeviceContext } from './backend-types.js';
 
 /** What devices/ebpf needs beyond the common device context. */
 export interface EbpfContext extends DeviceContext {

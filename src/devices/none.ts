@@ -5,30 +5,8 @@
  * device rules is accepted and its rules are not enforced; the reply says so
  * (devicesIgnored) and `cgstep status` lists the backend with its reason.
  */
-import type { Backend, Candidate } from '../backends/registry.js';
-import type { DevicePort } from '../steps/tree.js';
-
-export interface DeviceSupport {
-  supported: boolean;
-  replace: boolean;
-  reason?: string;
-  /** The mode of a request that names none (devices/ebpf). */
-  defaultPolicy?: 'open' | 'closed';
-  /** The gres.conf inventory, one line per gres name (devices/ebpf). */
-  gres?: string[];
-}
-
-export interface DeviceBackend extends Backend, DevicePort {
-  readonly support: DeviceSupport;
-}
-
-export interface DeviceContext {
-  constrainDevices: boolean;
-  /** ConstrainDevices=yes was written in cgroup.conf: BPF is then required. */
-  devicesRequired: boolean;
-  /** Why BPF device control cannot be used, or null when it can. */
-  bpfUnavailable: () => string | null;
-}
+import type { Candidate } from '../backends/registry.js';
+import type { DeviceBackend, DeviceContext } from './backend-types.js';
 
 export const noneDevices: Candidate<DeviceContext, DeviceBackend> = {
   type: 'devices/none',

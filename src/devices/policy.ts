@@ -1,5 +1,5 @@
 /**
- * devices/policy: a DeviceRequest (rpc/protocol.ts) plus the node's gres
+ * devices/policy: a DeviceRequest (devices/request.ts) plus the node's gres
  * inventory -> the RuleSet for one cgroup directory. Owns Slurm's policy and
  * the closed mode; stats device paths; never touches the kernel's BPF side
  * (controller.ts) nor the instruction format (compiler.ts).
@@ -21,7 +21,7 @@
  */
 import type { Logger } from 'pino';
 import { AgentError } from '../errors.js';
-import type { DeviceRequest } from '../rpc/protocol.js';
+import type { DeviceRequest } from './request.js';
 import type { GresInventory, GresUnit } from './gres.js';
 import { parseRule, statDevice, type DeviceNode, type DeviceRule, type RuleSet } from './rules.js';
 

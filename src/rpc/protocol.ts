@@ -10,11 +10,11 @@
  * This module owns the schemas and nothing else: no sockets, no cgroups.
  */
 import { z } from 'zod';
+import type { DeviceRequest } from '../devices/request.js';
+import { MAX_JOB_ID, STEP_NAMES, type Limits } from '../steps/model.js';
 
 export { PROTOCOL_VERSION, MAX_LINE_BYTES } from './version.js';
 
-/** Slurm job ids are uint32; 0 and the NO_VAL range are not jobs. */
-const MAX_JOB_ID = 0xfffffff0;
 export const jobId = z
   .union([z.string(), z.number()])
   .transform((v, ctx) => {
@@ -26,7 +26,8 @@ export const jobId = z
     return s;
   });
 
-export const STEP_NAMES = ['batch', 'extern', 'interactive'] as const;
+export { STEP_NAMES };
+export type { DeviceRequest, Limits };
 /** A step is a number (step_<n>) or one of Slurm's named steps. */
 export const stepId = z
   .union([z.string(), z.number()])
@@ -58,8 +59,7 @@ export const limitsSchema = z.strictObject({
   cpuMax: z.string().regex(/^(max|\d{1,12})( \d{1,12})?$/).optional(),
   cpuWeight: z.number().int().min(1).max(10000).optional(),
   oomGroup: z.boolean().optional(),
-});
-export type Limits = z.infer<typeof limitsSchema>;
+}) satisfies z.ZodType<Limits>;
 
 /** Device rule text: "c 195:* rw", "a *:* rwm", or a path "/dev/nvidia0" with optional access. */
 const deviceRule = z.string().min(1).max(512);
@@ -74,8 +74,7 @@ export const devicesSchema = z.strictObject({
   gres: z.array(z.string().min(1).max(4096)).max(1024).optional(),
   /** "open" (default: everything not denied) or "closed" (pseudo-devices plus allow). */
   policy: z.enum(['open', 'closed']).optional(),
-});
-export type DeviceRequest = z.infer<typeof devicesSchema>;
+}) satisfies z.ZodType<DeviceRequest>;
 
 const base = { v: z.string().regex(/^\d+\.\d+$/).optional(), id: z.union([z.string().max(128), z.number().int()]) };
 
@@ -107,23 +106,13 @@ export const requestSchema = z.discriminatedUnion('op', [
 ]);
 export type Request = z.infer<typeof requestSchema>;
 export type Op = Request['op'];
-export type RequestOf<O extends Op> = Extract<Request, { op: O }>;
 
 export interface ErrorBody { code: string; message: string }
 export type Reply =
   | { id: string | number | null; ok: true; result: unknown }
   | { id: string | number | null; ok: false; error: ErrorBody };
 
-export type EventKind = 'task.empty' | 'step.empty' | 'job.empty' | 'oom' | 'frozen' | 'thawed';
-export interface AgentEvent {
-  event: EventKind;
-  job: string;
-  step?: string;
-  task?: string;
-  /** For "oom": the oom_kill counter after the change. */
-  oomKill?: number;
-  time: string;
-}
+export type { AgentEvent, EventKind } from '../steps/model.js';
 
 /** Ops that only read; a read-only peer may use these. */
 export const READ_ONLY_OPS: ReadonlySet<Op> = new Set(['hello', 'status', 'list', 'stats', 'events']);

@@ -1,11 +1,11 @@
 /**
  * scope/backends: the two scope backends, scope/systemd and scope/mkdir, as
- * registry candidates. The work is in scope/index.ts; this file says when
+ * registry candidates. The work is in scope/lifecycle.ts; this file says when
  * each is usable, why it was chosen, and whether a failure may fall through.
  */
 import type { Backend, Candidate } from '../backends/registry.js';
 import { AgentError } from '../errors.js';
-import { createScopeWithMkdir, createScopeWithSystemd, systemdBooted, type ScopeOptions, type ScopeState } from './index.js';
+import { createScopeWithMkdir, createScopeWithSystemd, systemdBooted, type ScopeOptions, type ScopeState } from './lifecycle.js';
 
 export interface ScopeBackend extends Backend {
   readonly state: ScopeState;

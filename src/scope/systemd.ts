@@ -6,7 +6,7 @@
  * systemd (through src/systemd/manager), waits for the directory and the pid
  * (bounded by SystemdTimeout), and repairs the unit states Slurm's plugin dies
  * on. It must not create `system/`, move pids inside the scope, or enable
- * controllers: src/scope/index.ts does that for both modes.
+ * controllers: src/scope/lifecycle.ts does that for both modes.
  *
  * Recoveries (each logged at warn with what was found and what is done):
  *  - unit failed (a previous scope ended badly; Slurm says "run reset-failed"):
@@ -22,7 +22,7 @@ import type { Logger } from 'pino';
 import { isDir, waitForPidInCgroup, writeText } from '../cgroupfs/index.js';
 import { AgentError } from '../errors.js';
 import { DBUS_UNIT_EXISTS, SystemdCallError, connectSystemd, type SystemdManager, type UnitState } from '../systemd/manager.js';
-import type { SystemdPort } from './index.js';
+import type { SystemdPort } from './lifecycle.js';
 
 /** Slurm's SystemdTimeout default. */
 export const DEFAULT_SYSTEMD_TIMEOUT_MS = 1000;
@@ -143,7 +143,7 @@ export interface SystemdPortOptions {
   log: Logger;
 }
 
-/** The SystemdPort src/scope/index.ts asks for: connect, and startScope = startDelegatedScope. */
+/** The SystemdPort src/scope/lifecycle.ts asks for: connect, and startScope = startDelegatedScope. */
 export async function connectSystemdPort(o: SystemdPortOptions): Promise<SystemdPort> {
   const timeoutMs = o.timeoutMs > 0 ? o.timeoutMs : DEFAULT_SYSTEMD_TIMEOUT_MS;
   const manager = await connectSystemd({ address: o.address, timeoutMs });

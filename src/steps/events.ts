@@ -17,7 +17,7 @@
 import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import { inotify, parseFlatKeyed, readOptional, type WatchListener } from '../cgroupfs/index.js';
-import type { AgentEvent, EventKind } from '../rpc/protocol.js';
+import type { AgentEvent, EventKind } from './model.js';
 
 /** cgroup: populated (and frozen for jobs); freeze: a step's user/ frozen; memory: oom_kill. */
 type Kind = 'cgroup' | 'freeze' | 'memory';

@@ -10,7 +10,7 @@ import path from 'node:path';
 import type { CgroupConf } from '../config/cgroupconf.js';
 import { memoryLimits } from '../config/memory.js';
 import { AgentError } from '../errors.js';
-import type { Limits } from '../rpc/protocol.js';
+import type { Limits } from './model.js';
 import { controllersOf, readOptional, writeText } from '../cgroupfs/index.js';
 
 export interface FileWrite { controller: string; file: string; value: string }

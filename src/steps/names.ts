@@ -7,9 +7,10 @@
  * directory is never mistaken for a job.
  */
 import path from 'node:path';
-import { STEP_NAMES } from '../rpc/protocol.js';
+import { STEP_NAMES } from './model.js';
 
-export const SYSTEM_LEAF = 'system';
+export { SYSTEM_LEAF } from '../scope/lifecycle.js';
+import { SYSTEM_LEAF } from '../scope/lifecycle.js';
 export const SLURM_LEAF = 'slurm';
 export const USER_DIR = 'user';
 export const SPECIAL_TASK = 'task_special';

@@ -32,7 +32,8 @@ import {
 } from '../cgroupfs/index.js';
 import type { CgroupConf } from '../config/cgroupconf.js';
 import { AgentError } from '../errors.js';
-import type { DeviceRequest, Limits } from '../rpc/protocol.js';
+import type { DeviceRequest } from '../devices/request.js';
+import type { Limits } from './model.js';
 import { TreeWatcher } from './events.js';
 import { applyLimits, readLimits } from './limits.js';
 import { KeyedLock } from './lock.js';
