@@ -9,7 +9,10 @@ import type { Logger } from 'pino';
 import { resolveCgroupRoot } from './cgroupfs/index.js';
 import { scopeNameFor, type AgentOptions } from './config/options.js';
 import { AgentError } from './errors.js';
-import { PROTOCOL_VERSION, RpcServer, type Request } from './rpc/index.js';
+// Not rpc/index.js: that loads the schema library, which rpc/validate loads only when needed.
+import { RpcServer } from './rpc/server.js';
+import { PROTOCOL_VERSION } from './rpc/version.js';
+import type { Request } from './rpc/protocol.js';
 import { Registry } from './backends/registry.js';
 import { noneDevices } from './devices/none.js';
 import type { DeviceBackend } from './devices/backend-types.js';

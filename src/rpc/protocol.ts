@@ -7,13 +7,15 @@
  *           | { "id": 7, "ok": false, "error": { "code": "EINVAL", "message": "..." } }
  *   event   : { "event": "oom", "job": "12", "step": "0", ... }   (after op "events")
  * `v` is optional on each request; when present its major must equal ours.
- * This module owns the schemas and nothing else: no sockets, no cgroups.
+ * This module owns the schemas and nothing else: no sockets, no cgroups. The
+ * agent checks requests with rpc/validate, which mirrors these schemas and
+ * loads this module only for requests it declines.
  */
 import { z } from 'zod';
 import type { DeviceRequest } from '../devices/request.js';
 import { MAX_JOB_ID, STEP_NAMES, type Limits } from '../steps/model.js';
 
-export { PROTOCOL_VERSION, MAX_LINE_BYTES } from './version.js';
+export { PROTOCOL_VERSION, MAX_LINE_BYTES, READ_ONLY_OPS, majorOf } from './version.js';
 
 export const jobId = z
   .union([z.string(), z.number()])
@@ -113,10 +115,3 @@ export type Reply =
   | { id: string | number | null; ok: false; error: ErrorBody };
 
 export type { AgentEvent, EventKind } from '../steps/model.js';
-
-/** Ops that only read; a read-only peer may use these. */
-export const READ_ONLY_OPS: ReadonlySet<Op> = new Set(['hello', 'status', 'list', 'stats', 'events']);
-
-export function majorOf(v: string): number {
-  return Number(v.split('.')[0]);
-}

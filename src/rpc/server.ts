@@ -14,7 +14,9 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { AgentError, type ErrorCode } from '../errors.js';
 import { peerCred, roleOf, type Peer } from './peercred.js';
-import { MAX_LINE_BYTES, PROTOCOL_VERSION, READ_ONLY_OPS, majorOf, requestSchema, type AgentEvent, type Reply, type Request } from './protocol.js';
+import type { AgentEvent, Reply, Request } from './protocol.js';
+import { parseRequest } from './validate.js';
+import { MAX_LINE_BYTES, PROTOCOL_VERSION, READ_ONLY_OPS, majorOf } from './version.js';
 
 export interface ServerOptions {
   socketPath: string;
@@ -230,9 +232,7 @@ export class RpcServer {
       if (typeof v === 'string' && /^\d+\.\d+$/.test(v) && majorOf(v) !== majorOf(PROTOCOL_VERSION)) {
         throw new AgentError('EPROTO', `client speaks protocol ${v}, this agent speaks ${PROTOCOL_VERSION}: upgrade the client or the agent`);
       }
-      const parsed = requestSchema.safeParse(raw);
-      if (!parsed.success) throw new AgentError('EINVAL', describeIssues(parsed.error.issues));
-      const req = parsed.data;
+      const req = parseRequest(raw);
       op = req.op;
       if (peer.role === 'reader' && !READ_ONLY_OPS.has(req.op)) throw new AgentError('EPERM', `uid ${peer.uid} may only use read-only requests; ${req.op} needs an allowed uid`);
       if (req.op === 'events') {
@@ -291,15 +291,6 @@ function line(msg: unknown): string {
 export function errorBody(err: unknown): { code: ErrorCode; message: string } {
   if (err instanceof AgentError) return { code: err.code, message: err.message };
   return { code: 'EINTERNAL', message: (err as Error)?.message ?? String(err) };
-}
-
-function describeIssues(issues: readonly { path: PropertyKey[]; message: string; code?: string; keys?: string[] }[]): string {
-  const first = issues.slice(0, 3).map((i) => {
-    const where = i.path.length ? i.path.map(String).join('.') : 'request';
-    if (i.code === 'unrecognized_keys' && i.keys) return `${where}: unknown field(s) ${i.keys.join(', ')}`;
-    return `${where}: ${i.message}`;
-  });
-  return `invalid request: ${first.join('; ')}${issues.length > 3 ? ` (+${issues.length - 3} more)` : ''}`;
 }
 
 /**

@@ -1,7 +1,17 @@
 /**
- * rpc/version: the protocol version and line limit, in a module with no
- * dependencies, so that clients (the cgstep CLI starts ~40 ms faster) do not
- * load the schema library to learn them.
+ * rpc/version: the protocol version, line limit and other constants of the
+ * protocol, in a module with no dependencies, so that clients (the cgstep CLI
+ * starts ~40 ms faster) and the agent's common path do not load the schema
+ * library to learn them.
  */
+import type { Op } from './protocol.js';
+
 export const PROTOCOL_VERSION = '1.0';
 export const MAX_LINE_BYTES = 64 * 1024;
+
+/** Ops that only read; a read-only peer may use these. */
+export const READ_ONLY_OPS: ReadonlySet<Op> = new Set(['hello', 'status', 'list', 'stats', 'events']);
+
+export function majorOf(v: string): number {
+  return Number(v.split('.')[0]);
+}
