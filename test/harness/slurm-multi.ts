@@ -25,13 +25,14 @@
  * of the cluster (all by pid), removes both cgroup roots, ends the namespace
  * holders (the namespaces and their tmpfs go with them) and the temp dir.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { startAgent, type RunningAgent } from '../helpers/agent.js';
 import { MOUNT, makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
+import { which } from '../helpers/which.js';
 import {
   buildPluginAsync,
   clusterConfLines,
@@ -48,7 +49,35 @@ import {
   waitUntil,
   type Daemon,
   type RunResult,
+  type Support,
 } from './slurm.js';
+
+const NODE_ADDRS = ['127.0.0.2', '127.0.0.3', '127.0.0.4', '127.0.0.5', '127.0.0.6', '127.0.0.7', '127.0.0.8', '127.0.0.9'];
+
+let supportCache: Support | null = null;
+
+/**
+ * Whether a cluster of several nodes can run here: Slurm (slurmSupport, which
+ * installs it when missing), unshare and nsenter, the right to make UTS and
+ * mount namespaces, and the node addresses on the loopback interface.
+ * Synchronous, for the test file's choice between test.serial and skip.
+ */
+export function multiNodeSupport(): Support {
+  supportCache ??= computeSupport();
+  return supportCache;
+}
+
+function computeSupport(): Support {
+  const slurm = slurmSupport();
+  if (!slurm.ok) return slurm;
+  for (const b of ['unshare', 'nsenter']) if (!which(b)) return { ok: false, reason: `${b} (util-linux) is missing` };
+  const ns = spawnSync('unshare', ['--uts', '--mount', '--propagation', 'private', 'true'], { encoding: 'utf8' });
+  if (ns.status !== 0) return { ok: false, reason: `cannot make UTS and mount namespaces: ${ns.stderr.trim() || ns.error}` };
+  const bind = `const s=require('net').createServer();s.on('error',e=>{console.error(e.message);process.exit(1)});s.listen(0,${JSON.stringify(NODE_ADDRS[1])},()=>s.close())`;
+  const lo = spawnSync(process.execPath, ['-e', bind], { encoding: 'utf8' });
+  if (lo.status !== 0) return { ok: false, reason: `cannot listen on ${NODE_ADDRS[1]} (loopback): ${lo.stderr.trim()}` };
+  return { ok: true };
+}
 
 /** The socket every node's plugin and cgstepd use, each inside its own mount namespace. */
 export const NODE_SOCKET = '/run/cgstepd/cgstepd.sock';
@@ -65,6 +94,8 @@ export interface SlurmNode {
   agent: RunningAgent;
   /** The node's cgroup root (its agent's --cgroup-root). */
   root: string;
+  /** The root as /proc/PID/cgroup shows it. */
+  rootRel: string;
   /** The agent's scope directory (absolute). */
   scope: string;
   /** The scope as /proc/PID/cgroup shows it. */
@@ -110,8 +141,10 @@ interface Holder {
 }
 
 const liveHolders = new Set<ChildProcess>();
+const liveAgents = new Set<RunningAgent>();
 process.on('exit', () => {
-  // Last resort (a crashed test): end the namespace holders still running, by pid.
+  // Last resort (a crashed test): the nodes' agents and namespace holders still running, by pid.
+  for (const a of liveAgents) a.proc.kill('SIGKILL');
   for (const p of liveHolders) p.kill('SIGKILL');
 });
 
@@ -163,10 +196,10 @@ async function endHolder(h: Holder): Promise<void> {
 const enterArgs = (holderPid: number): string[] => ['-t', String(holderPid), '-u', '-m', '--'];
 
 export async function startMultiSlurm(o: MultiOptions): Promise<MultiCluster> {
-  const support = slurmSupport();
-  if (!support.ok) throw new Error(`Slurm unavailable: ${support.reason}`);
+  const support = multiNodeSupport();
+  if (!support.ok) throw new Error(`a Slurm cluster of several nodes cannot run here: ${support.reason}`);
   const count = o.nodes ?? 2;
-  if (count < 1 || count > 8) throw new Error(`nodes: 1..8, got ${count}`);
+  if (count < 1 || count > NODE_ADDRS.length) throw new Error(`nodes: 1..${NODE_ADDRS.length}, got ${count}`);
   ensureMungeKey();
   const t0 = performance.now();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `cgstep-slurm-multi-${o.name}-`));
@@ -192,7 +225,7 @@ export async function startMultiSlurm(o: MultiOptions): Promise<MultiCluster> {
     const munge = await startMunged(dir);
     daemons.push(munge.daemon);
 
-    const specs = Array.from({ length: count }, (_, i) => ({ name: `${o.name}${i + 1}`, addr: `127.0.0.${i + 2}` }));
+    const specs = NODE_ADDRS.slice(0, count).map((addr, i) => ({ name: `${o.name}${i + 1}`, addr }));
     const hostsFile = path.join(dir, 'hosts');
     fs.writeFileSync(hostsFile, `${fs.readFileSync('/etc/hosts', 'utf8').trimEnd()}\n${specs.map((s) => `${s.addr} ${s.name}`).join('\n')}\n`);
     // One path in slurm.conf; each node's namespace binds its own directory over it.
@@ -305,6 +338,8 @@ async function startNode(
     args: ['--ignore-systemd', '--node-name', s.name, '--ignore-missing-controllers'],
   });
   made.agents.push(agent);
+  liveAgents.add(agent);
+  agent.proc.once('exit', () => liveAgents.delete(agent));
   const { scope } = await agentStatus(agent);
   return {
     ...s,
@@ -312,6 +347,7 @@ async function startNode(
     dir: nodeDir,
     agent,
     root,
+    rootRel: `/${path.relative(MOUNT, root)}`,
     scope,
     scopeRel: `/${path.relative(MOUNT, scope)}`,
     jobDir: (job) => path.join(scope, `job_${job}`),

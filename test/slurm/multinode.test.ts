@@ -11,11 +11,12 @@ import os from 'node:os';
 import path from 'node:path';
 import test from 'ava';
 import { REPO } from '../harness/slurm.js';
-import { startMultiSlurm, type MultiCluster, type SlurmNode } from '../harness/slurm-multi.js';
-import { alive, procsOf, slurmGate, until } from './helpers.js';
+import { multiNodeSupport, startMultiSlurm, type MultiCluster, type SlurmNode } from '../harness/slurm-multi.js';
+import { gate } from '../helpers/gate.js';
+import { alive, procsOf, until } from './helpers.js';
 
 const RESULT = path.join(REPO, 'bench/results-multinode.json');
-const { ok, test: slurmTest } = slurmGate(import.meta.url);
+const { ok, test: slurmTest } = gate('Slurm on two nodes', multiNodeSupport(), import.meta.url);
 
 let cluster: MultiCluster | undefined;
 const c = () => cluster as MultiCluster;
@@ -31,7 +32,7 @@ test.before(async (t) => {
     throw err;
   }
   detail.startupMs = cluster.startupMs;
-  detail.nodes = cluster.nodes.map((n) => ({ name: n.name, addr: n.addr, scope: n.scopeRel }));
+  detail.nodes = cluster.nodes.map((n) => ({ name: n.name, addr: n.addr, scope: path.relative(n.root, n.scope) }));
   detail.devices = cluster.devicesUnsupported ? `devices=try (${cluster.devicesUnsupported})` : 'enforced';
   t.log(`2 nodes up in ${cluster.startupMs} ms: ${cluster.nodes.map((n) => `${n.name}@${n.addr} ${n.scopeRel}`).join(', ')}`);
 });
@@ -64,7 +65,12 @@ slurmTest('srun -N2 -n4: two tasks on each node, each in its own node\'s tree (p
       return { host, task: Number(task), cgroup: cgroup?.slice(3) ?? '' };
     })
     .sort((a, b) => a.task - b.task);
-  detail.srun = { args: '-N2 -n4', ms: Math.round(r.ms), tasks };
+  // Recorded relative to each node's cgroup root (its random name left out).
+  const inRoot = (x: (typeof tasks)[number]) => {
+    const root = c().nodes.find((n) => n.name === x.host)?.rootRel;
+    return root && x.cgroup.startsWith(`${root}/`) ? x.cgroup.slice(root.length + 1) : x.cgroup;
+  };
+  detail.srun = { args: '-N2 -n4', ms: Math.round(r.ms), tasks: tasks.map((x) => ({ ...x, cgroup: inRoot(x) })) };
   t.deepEqual(
     tasks.map((x) => x.task),
     [0, 1, 2, 3],
@@ -100,10 +106,11 @@ slurmTest('scancel of a running two-node job: its tasks die and both nodes\' tre
       const jobs = c().nodes.map(jobsOn);
       if (jobs.some((j) => j.length !== 1) || jobs[0][0] !== jobs[1][0]) return false;
       job = jobs[0][0].slice(4);
-      return c().nodes.every((n) => taskDirs(n).filter((d) => procsOf(d).length > 0).length === 2);
+      // Each node's first local task also puts that node's step daemon in the step's slurm/ leaf.
+      return c().nodes.every((n) => taskDirs(n).filter((d) => procsOf(d).length > 0).length === 2 && procsOf(path.join(n.stepDir(job, '0'), 'slurm')).length > 0);
     },
     20_000,
-    () => `two running tasks on each node (${stderr})`,
+    () => `two running tasks and the step daemon on each node (${stderr})`,
   );
   const pids = c().nodes.flatMap((n) => taskDirs(n).flatMap(procsOf));
   t.is(pids.length, 4);
