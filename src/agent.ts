@@ -244,11 +244,10 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
         return tree.createJob(req.job, req.limits, req.devices);
       case 'step.create':
         return tree.createStep(req.job, req.step, req.limits, req.devices);
-      case 'attach': {
-        if (req.task !== undefined && req.leaf !== undefined) throw new AgentError('EINVAL', 'give either task or leaf, not both');
-        const leaf: Leaf = req.leaf ?? { task: req.task ?? 0 };
-        return tree.attach(req.job, req.step, req.pid, leaf, req.devices);
-      }
+      case 'attach':
+        return tree.attach(req.job, req.step, req.pid, leafOf(req), req.devices);
+      case 'task.place':
+        return tree.place({ ...req, leaf: leafOf(req) });
       case 'devices.set':
         return tree.setDevices(req.job, req.step, req.task, req.devices);
       case 'stats':
@@ -264,6 +263,11 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
       case 'events':
         throw new AgentError('EINVAL', 'events is handled by the server');
     }
+  }
+
+  function leafOf(req: { task?: number; leaf?: 'slurm' | 'special' }): Leaf {
+    if (req.task !== undefined && req.leaf !== undefined) throw new AgentError('EINVAL', 'give either task or leaf, not both');
+    return req.leaf ?? { task: req.task ?? 0 };
   }
 
   if (o.metrics) {

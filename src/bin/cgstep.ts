@@ -266,7 +266,6 @@ async function runCommand(job: string, step: string, cmd: string[], o: any): Pro
   const c = await connect();
   let code = 1;
   try {
-    await c.request('step.create', withArgs({ job, step }, { limits: limitsOf(o), devices: devicesOf(o) }));
     const child = spawn('/bin/sh', ['-c', 'IFS= read -r go <&3 || exit 127; exec 3<&-; exec "$@"', 'cgstep-run', ...cmd], {
       stdio: ['inherit', 'inherit', 'inherit', 'pipe'],
     });
@@ -276,7 +275,9 @@ async function runCommand(job: string, step: string, cmd: string[], o: any): Pro
     });
     const gate = child.stdio[3] as NodeJS.WritableStream;
     try {
-      await c.request('attach', { job, step, pid: child.pid!, task: o.task ?? 0 });
+      // One request: a job made here is allocated the gres named, the step gets the limits and devices.
+      const devices = devicesOf(o);
+      await c.request('task.place', withArgs({ job, step, pid: child.pid!, task: o.task ?? 0 }, { stepLimits: limitsOf(o), stepDevices: devices, jobDevices: devices?.gres ? { gres: devices.gres } : undefined }));
     } catch (err) {
       process.kill(child.pid!, 'SIGKILL');
       await exited;

@@ -16,11 +16,13 @@ import os from 'node:os';
 import type { Logger } from 'pino';
 import type { Candidate } from '../backends/registry.js';
 import type { DeviceRequest } from './request.js';
-import type { DeviceLevel } from '../steps/tree.js';
-import { formatEntry } from './compiler.js';
+import type { DeviceLevel, PreparedDevices } from '../steps/tree.js';
+import { AgentError } from '../errors.js';
+import { compile, decideNormal, formatEntry, type Compiled, type NormalPolicy } from './compiler.js';
 import { DeviceController } from './controller.js';
 import { loadGresConf, type GresInventory } from './gres.js';
-import { buildRuleSet } from './policy.js';
+import { buildPolicy, type Allocated } from './policy.js';
+import { ACC_READ, ACC_WRITE } from './rules.js';
 import type { DeviceBackend, DeviceContext } from './backend-types.js';
 
 /** What devices/ebpf needs beyond the common device context. */
@@ -51,6 +53,28 @@ function summarise(inv: GresInventory): string[] {
   });
 }
 
+/** A request checked and compiled: the program, and the gres devices it allocates. */
+interface Prepared extends PreparedDevices {
+  compiled: Compiled;
+  allocated: Allocated[];
+}
+
+/**
+ * EPERM unless every device p allocates is usable (read and write) under each
+ * ancestor's policy: a step can narrow its job's allocation, not widen it.
+ */
+function checkWithin(ctl: DeviceController, p: Prepared, ancestors: readonly (string | PreparedDevices)[]): void {
+  for (const a of ancestors) {
+    const policy: NormalPolicy | null = typeof a === 'string' ? ctl.readPolicy(a) : (a as Prepared).compiled.policy;
+    if (!policy) continue;
+    const outside = p.allocated.filter((x) => !decideNormal(policy, x.dev, ACC_READ | ACC_WRITE));
+    if (outside.length) {
+      const names = outside.map((x) => (x.gres === x.path ? x.path : `${x.gres} (${x.path})`)).join(', ');
+      throw new AgentError('EPERM', `gres ${names} not allocated to the job${typeof a === 'string' ? ` (${a})` : ''}; only root or an operator can widen the job's allocation (devices.set on the job)`);
+    }
+  }
+}
+
 const IDENTITY = { type: 'devices/ebpf', name: 'eBPF cgroup device programs', version: '1.0' } as const;
 
 export function ebpfDevices(ctl: DeviceController): Candidate<EbpfContext, DeviceBackend> {
@@ -68,12 +92,30 @@ export function ebpfDevices(ctl: DeviceController): Candidate<EbpfContext, Devic
           return { supported: probe.supported, replace: probe.replace, ...(probe.reason ? { reason: probe.reason } : {}), defaultPolicy: c.devicePolicy, gres };
         },
         enforcing: true,
-        apply(dir: string, req: DeviceRequest, level: DeviceLevel) {
-          const rules = buildRuleSet({ ...req, policy: req.policy ?? c.devicePolicy }, { inventory, log: c.log });
-          const r = ctl.apply(dir, rules);
+        prepare(req: DeviceRequest, level: DeviceLevel): Prepared {
+          const { rules, allocated } = buildPolicy({ ...req, policy: req.policy ?? c.devicePolicy }, { inventory, log: c.log });
+          return { level, compiled: compile(rules), allocated };
+        },
+        jobDefault(allocation) {
+          // Open with no gres on the node confines nothing: no program then.
+          if (!inventory?.all().length && c.devicePolicy === 'open') return null;
+          return { gres: [...(allocation ?? [])] };
+        },
+        checkWithin: (p, ancestors) => checkWithin(ctl, p as Prepared, ancestors),
+        apply(dir: string, prepared: PreparedDevices, restorable: boolean) {
+          const p = prepared as Prepared;
+          const held = restorable ? ctl.hold(dir) : null;
+          let r;
+          try {
+            r = ctl.apply(dir, p.compiled);
+          } catch (err) {
+            if (held) ctl.release(held);
+            throw err;
+          }
           // The controller logs the load, attach and replace (the audit trail); this adds the level.
-          if (!r.unchanged) c.log.debug({ dir, level, progId: r.progId, entries: r.policy.entries.length, default: r.policy.default }, 'device policy in force');
-          return { progId: r.progId };
+          if (!r.unchanged) c.log.debug({ dir, level: p.level, progId: r.progId, entries: r.policy.entries.length, default: r.policy.default }, 'device policy in force');
+          if (!held) return { progId: r.progId };
+          return { progId: r.progId, undo: () => ctl.restore(dir, held), done: () => ctl.release(held) };
         },
         describe(dir: string): DeviceView {
           const d = ctl.describe(dir);

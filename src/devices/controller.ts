@@ -105,6 +105,12 @@ const ALLOW_ALL = Buffer.from('b700000001000000' + '9500000000000000', 'hex');
 
 interface Ours { id: number; fd: number; info: ProgInfo }
 
+/** What hold() kept of a directory's device policy. */
+export interface Held {
+  progs: { id: number; fd: number }[];
+  policy: Buffer | null;
+}
+
 export class DeviceController {
   private probed: ProbeResult | null = null;
   readonly progName: string;
@@ -206,8 +212,8 @@ export class DeviceController {
    * other of ours, store the policy xattr. Throws ENOTSUP when the probe found
    * no device control, KernelError/VerifierError for the kernel's refusals.
    */
-  apply(cgroupDir: string, rules: RuleSet | NormalPolicy): ApplyResult {
-    const c: Compiled = 'entries' in rules ? compile(policyToRuleSet(rules)) : compile(rules);
+  apply(cgroupDir: string, rules: RuleSet | NormalPolicy | Compiled): ApplyResult {
+    const c: Compiled = 'insns' in rules ? rules : 'entries' in rules ? compile(policyToRuleSet(rules)) : compile(rules);
     const stored = Buffer.from(c.key);
     if (stored.length > XATTR_MAX) throw new AgentError('E2BIG', `device policy for ${cgroupDir} is ${stored.length} bytes stored (at most ${XATTR_MAX}); ${c.policy.entries.length} entries`);
     const pr = this.probe();
@@ -247,6 +253,55 @@ export class DeviceController {
     } finally {
       closeAll(fds);
     }
+  }
+
+  /**
+   * Keep what apply() would replace on the directory (our programs, held open
+   * by fd so they stay loaded, and the stored policy) so that restore() can put
+   * exactly those back. release() when they are no longer needed.
+   */
+  hold(cgroupDir: string): Held {
+    const fds: number[] = [];
+    try {
+      const dirFd = openDir(cgroupDir);
+      fds.push(dirFd);
+      const progs = this.ours(dirFd, cgroupDir, fds).map((o) => ({ id: o.id, fd: progGetFdById(o.id) }));
+      return { progs, policy: getXattr(cgroupDir, this.xattr) };
+    } finally {
+      closeAll(fds);
+    }
+  }
+
+  /** Put held programs and policy back in place of ours (BPF_F_REPLACE where it works), then release them. */
+  restore(cgroupDir: string, held: Held): void {
+    const fds: number[] = [];
+    try {
+      const dirFd = openDir(cgroupDir);
+      fds.push(dirFd);
+      const ours = this.ours(dirFd, cgroupDir, fds);
+      let cur = ours.filter((o) => !held.progs.some((h) => h.id === o.id));
+      for (const h of held.progs) {
+        if (ours.some((o) => o.id === h.id)) continue; // never replaced
+        if (cur.length > 0 && this.probe().replace) {
+          progAttach(dirFd, cgroupDir, h.fd, bpfFlags.ALLOW_MULTI | bpfFlags.REPLACE, cur[0].fd);
+          cur = cur.slice(1);
+        } else {
+          progAttach(dirFd, cgroupDir, h.fd, bpfFlags.ALLOW_MULTI);
+        }
+        this.log.info({ progId: h.id, dir: cgroupDir }, 'device program restored');
+      }
+      this.detachAll(dirFd, cgroupDir, cur);
+      if (held.policy) setXattr(cgroupDir, this.xattr, held.policy);
+      else removeXattr(cgroupDir, this.xattr);
+    } finally {
+      closeAll(fds);
+      this.release(held);
+    }
+  }
+
+  release(held: Held): void {
+    closeAll(held.progs.map((h) => h.fd));
+    held.progs = [];
   }
 
   /** The device programs on the directory itself, and which are ours. */

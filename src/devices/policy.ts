@@ -48,22 +48,37 @@ export interface PolicyOptions {
 const sameDev = (a: DeviceNode, b: DeviceNode) => a.type === b.type && a.major === b.major && a.minor === b.minor;
 const devKey = (d: DeviceNode) => `${d.type} ${d.major}:${d.minor}`;
 
+/** A device a request allocates, and the gres.conf entry or path it came from. */
+export interface Allocated {
+  dev: DeviceNode;
+  path: string;
+  /** "gpu:1" for a gres.conf unit, else the path as named. */
+  gres: string;
+}
+
 /** The rule set a request asks for (see the header). Throws EINVAL / KernelError naming the bad input. */
 export function buildRuleSet(req: DeviceRequest, opts: PolicyOptions = {}): RuleSet {
+  return buildPolicy(req, opts).rules;
+}
+
+/** buildRuleSet, plus the devices the request allocates (to check them against the job's). */
+export function buildPolicy(req: DeviceRequest, opts: PolicyOptions = {}): { rules: RuleSet; allocated: Allocated[] } {
   const stat = opts.stat ?? statDevice;
   const inv = opts.inventory ?? null;
   const mode = req.policy ?? 'open';
   const rules: DeviceRule[] = [];
 
   // Allocated gres: their files' devices.
-  const allocated = new Map<string, { dev: DeviceNode; path: string }>();
+  const allocated = new Map<string, Allocated>();
   const allocatedUnits = new Set<GresUnit>();
   for (const entry of req.gres ?? []) {
     let paths: string[];
+    let name = entry;
     if (inv) {
       const u = inv.resolve(entry);
       allocatedUnits.add(u);
       paths = u.files;
+      name = `${u.name}:${u.index}`;
     } else if (entry.startsWith('/')) {
       paths = [entry];
     } else {
@@ -71,7 +86,7 @@ export function buildRuleSet(req: DeviceRequest, opts: PolicyOptions = {}): Rule
     }
     for (const p of paths) {
       const dev = stat(p); // an allocated device we cannot resolve is an error: the job would lack it
-      allocated.set(devKey(dev), { dev, path: p });
+      allocated.set(devKey(dev), { dev, path: p, gres: name });
     }
   }
   for (const { dev } of allocated.values()) rules.push({ ...dev, access: 'rwm', allow: true });
@@ -113,6 +128,6 @@ export function buildRuleSet(req: DeviceRequest, opts: PolicyOptions = {}): Rule
   }
   for (const text of req.deny ?? []) rules.push(parseRule(text, false, { stat }));
 
-  return { default: mode === 'closed' ? 'deny' : 'allow', rules };
+  return { rules: { default: mode === 'closed' ? 'deny' : 'allow', rules }, allocated: [...allocated.values()] };
 }
 

@@ -4,6 +4,7 @@
  *
  *   const c = await CgstepClient.connect('/run/cgstepd/cgstepd.sock');
  *   await c.request('step.create', { job: 12, step: 0, limits: { memory: 2**30 } });
+ *   await c.request('task.place', { job: 12, step: 0, pid, task: 0, stepLimits: { memory: 2**30 } });
  *   c.close();
  * Errors come back as AgentError with the agent's code. Owns nothing but its
  * own connection.

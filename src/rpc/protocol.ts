@@ -97,6 +97,25 @@ export const requestSchema = z.discriminatedUnion('op', [
     leaf: z.enum(['slurm', 'special']).optional(),
     devices: devicesSchema.optional(),
   }),
+  z.strictObject({
+    ...base,
+    op: z.literal('task.place'),
+    job: jobId,
+    step: stepId,
+    pid,
+    task: taskId.optional(),
+    leaf: z.enum(['slurm', 'special']).optional(),
+    /** The job's owner when this request makes the job (as job.create's owner). */
+    owner: z.number().int().min(0).max(0xfffffffe).optional(),
+    /** Used only when this request makes the job; jobDevices.gres is then the job's allocation. */
+    jobLimits: limitsSchema.optional(),
+    jobDevices: devicesSchema.optional(),
+    /** Used only when this request makes the step (its user/). */
+    stepLimits: limitsSchema.optional(),
+    stepDevices: devicesSchema.optional(),
+    /** The leaf's own policy, as attach's devices. */
+    devices: devicesSchema.optional(),
+  }),
   z.strictObject({ ...base, op: z.literal('devices.set'), job: jobId, step: stepId.optional(), task: taskId.optional(), devices: devicesSchema }),
   z.strictObject({ ...base, op: z.literal('stats'), job: jobId, step: stepId.optional() }),
   z.strictObject({ ...base, op: z.literal('signal'), job: jobId, step: stepId.optional(), signal: z.union([z.string().max(16), z.number().int().min(1).max(64)]) }),

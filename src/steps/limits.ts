@@ -11,7 +11,8 @@ import type { CgroupConf } from '../config/cgroupconf.js';
 import { memoryLimits } from '../config/memory.js';
 import { AgentError } from '../errors.js';
 import type { Limits } from './model.js';
-import { controllersOf, readOptional, writeText } from '../cgroupfs/index.js';
+import { readOptional, writeText } from '../cgroupfs/index.js';
+import type { Undo } from './undo.js';
 
 export interface FileWrite { controller: string; file: string; value: string }
 export interface LimitPlan { writes: FileWrite[]; skipped: string[] }
@@ -56,11 +57,18 @@ export function planLimits(limits: Limits, available: ReadonlySet<string>, conf:
   return { writes, skipped };
 }
 
-/** Apply a plan to dir. memory.high is written after memory.max only when lowering would conflict: order as planned. */
-export function applyLimits(dir: string, limits: Limits, conf: CgroupConf, totalRam: number, ignoreMissing: boolean): LimitPlan {
-  const plan = planLimits(limits, new Set(controllersOf(dir)), conf, totalRam, ignoreMissing);
-  for (const w of plan.writes) writeText(path.join(dir, w.file), w.value);
-  return plan;
+/**
+ * Write a plan's files in order. With `undo`, each file's value before the
+ * write is kept so a refused request can put it back (a directory made by the
+ * request itself needs none: it is removed).
+ */
+export function writeLimits(dir: string, plan: LimitPlan, undo: Undo | null): void {
+  for (const w of plan.writes) {
+    const file = path.join(dir, w.file);
+    const old = undo ? readOptional(file) : null;
+    writeText(file, w.value);
+    if (old !== null) undo!.add(`${file} back to ${old.trim()}`, () => writeText(file, old.trim()));
+  }
 }
 
 /** Read back the limits that are set on dir (for list/stats after a restart). */

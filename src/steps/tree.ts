@@ -15,6 +15,7 @@ import {
   childDirsAsync,
   controllersOf,
   enableControllers,
+  enabledIn,
   exists,
   isPopulated,
   killAll,
@@ -23,7 +24,9 @@ import {
   procsOf,
   procsRecursive,
   readStats,
+  removeDir,
   removeTree,
+  requireMovable,
   setFrozen,
   signalAll,
   waitUnpopulated,
@@ -35,19 +38,61 @@ import { AgentError } from '../errors.js';
 import type { DeviceRequest } from '../devices/request.js';
 import type { Limits } from './model.js';
 import { TreeWatcher } from './events.js';
-import { applyLimits, readLimits } from './limits.js';
+import { planLimits, readLimits, writeLimits, type LimitPlan } from './limits.js';
 import { KeyedLock } from './lock.js';
 import { type Leaf, SLURM_LEAF, TreePaths, USER_DIR, parseJobName, parseStepName, parseTaskName } from './names.js';
 import { resolveSignal } from './signals.js';
+import { Undo } from './undo.js';
 
 export type DeviceLevel = 'job' | 'step' | 'task';
+
+/** A device request checked and compiled for one level, on no directory yet (opaque to the tree). */
+export interface PreparedDevices {
+  readonly level: DeviceLevel;
+}
 
 /** How the tree asks for a device policy on a directory (implemented by src/devices). */
 export interface DevicePort {
   /** false for a backend that accepts rules without enforcing them (devices/none). */
   readonly enforcing: boolean;
-  apply(dir: string, req: DeviceRequest, level: DeviceLevel): { progId: number } | null;
+  /** Everything about a request that can be checked without the kernel (rules, gres, the program). */
+  prepare(req: DeviceRequest, level: DeviceLevel): PreparedDevices;
+  /**
+   * The job-level policy a new job gets when its request names none: the node's
+   * default with `gres` (the allocation its first request names) allowed; null
+   * when the default confines nothing.
+   */
+  jobDefault(gres: readonly string[] | undefined): DeviceRequest | null;
+  /** EPERM unless every gres device `p` allocates is allowed by each ancestor (a directory's policy, or one about to be put on it). */
+  checkWithin(p: PreparedDevices, ancestors: readonly (string | PreparedDevices)[]): void;
+  /**
+   * Put the policy on dir. With `restorable` (dir existed before this request)
+   * the reply carries how to put the previous policy back (undo) and how to
+   * let it go once the request has succeeded (done).
+   */
+  apply(dir: string, p: PreparedDevices, restorable: boolean): { progId: number; undo?: () => void; done?: () => void } | null;
   describe(dir: string): { progIds: number[]; policy?: unknown } | null;
+}
+
+/** A level (job, step user/, task leaf) as a request will leave it, checked before anything is made. */
+interface LevelPlan {
+  dir: string;
+  level: DeviceLevel;
+  limits: LimitPlan | null;
+  devices: PreparedDevices | null;
+}
+
+/** task.place: a leaf and what to make on the way to it (job*, step* only when this request makes that level). */
+export interface Placement {
+  job: string;
+  step: string;
+  pid: number;
+  leaf: Leaf;
+  jobLimits?: Limits;
+  jobDevices?: DeviceRequest;
+  stepLimits?: Limits;
+  stepDevices?: DeviceRequest;
+  devices?: DeviceRequest;
 }
 
 export interface TreeOptions {
@@ -174,10 +219,17 @@ export class StepTree {
    * down to them. Also done for an existing directory: an agent killed between
    * mkdir and the subtree_control write leaves it half made, and a retry repairs it.
    */
-  private makeInner(dir: string): boolean {
-    const made = makeDir(dir);
+  private makeInner(u: Undo, dir: string): boolean {
+    const made = this.makeDir(u, dir);
     if (made && this.fastEnable(dir)) return true;
     enableControllers(dir, controllersOf(dir));
+    return made;
+  }
+
+  /** mkdir, taken back (rmdir) if the request fails later. */
+  private makeDir(u: Undo, dir: string): boolean {
+    const made = makeDir(dir);
+    if (made) u.add(`rmdir ${dir}`, () => removeDir(dir));
     return made;
   }
 
@@ -200,13 +252,100 @@ export class StepTree {
     }
   }
 
-  private ensureJob(job: string): boolean {
-    const made = this.makeInner(this.paths.job(job));
-    if (made || !this.index.has(job)) {
-      this.index.set(job, this.index.get(job) ?? new Set());
-      this.watcher.watchDir(this.paths.job(job), { job }, false, made);
+  /**
+   * The controllers dir has, or will have once made: every directory this tree
+   * makes passes all of its controllers down, so a new one gets what its
+   * nearest existing ancestor enabled.
+   */
+  private controllersFor(dir: string): Set<string> {
+    let d = dir;
+    while (!exists(d) && d !== this.opts.scopeDir && path.dirname(d) !== d) d = path.dirname(d);
+    return new Set(d === dir ? controllersOf(dir) : enabledIn(d));
+  }
+
+  /** Check one level's limits and devices; touches nothing. */
+  private planLevel(dir: string, level: DeviceLevel, limits: Limits | undefined, devices: DeviceRequest | undefined): LevelPlan {
+    const lp = limits ? planLimits(limits, this.controllersFor(dir), this.opts.conf, this.opts.totalRam, this.opts.ignoreMissingControllers) : null;
+    let dp: PreparedDevices | null = null;
+    if (devices) {
+      if (!this.opts.devices) throw new AgentError('ENOTSUP', 'device control is not available on this agent (see `cgstep status`)');
+      dp = this.opts.devices.prepare(devices, level);
     }
-    return made;
+    return { dir, level, limits: lp, devices: dp };
+  }
+
+  /**
+   * The job level of a request. A job this request makes gets `limits` and
+   * `devices`, or when it names no devices the node's default with
+   * `allocation` (the gres its first request names); an existing job keeps
+   * what it has unless `update`.
+   */
+  private planJob(job: string, limits: Limits | undefined, devices: DeviceRequest | undefined, allocation: readonly string[] | undefined, update: boolean): LevelPlan {
+    const dir = this.paths.job(job);
+    if (exists(dir)) return this.planLevel(dir, 'job', update ? limits : undefined, update ? devices : undefined);
+    return this.planLevel(dir, 'job', limits, devices ?? this.opts.devices?.jobDefault(allocation) ?? undefined);
+  }
+
+  /** A step's user/ level: limits and devices (only where the step is new unless `update`). */
+  private planStep(job: string, step: string, limits: Limits | undefined, devices: DeviceRequest | undefined, jobPlan: LevelPlan, update: boolean): LevelPlan {
+    const dir = this.paths.user(job, step);
+    const p = exists(dir) && !update ? this.planLevel(dir, 'step', undefined, undefined) : this.planLevel(dir, 'step', limits, devices);
+    // A step may narrow its job's allocation, never widen it.
+    const parent = exists(jobPlan.dir) ? jobPlan.dir : jobPlan.devices;
+    if (p.devices && parent) this.opts.devices!.checkWithin(p.devices, [parent]);
+    return p;
+  }
+
+  /** Put a planned level in force: limits, then the device policy. `fresh`: made by this request. */
+  private applyLevel(u: Undo, p: LevelPlan, fresh: boolean) {
+    if (p.limits) writeLimits(p.dir, p.limits, fresh ? null : u);
+    let progId: number | undefined;
+    if (p.devices) {
+      const r = this.opts.devices!.apply(p.dir, p.devices, !fresh);
+      if (r?.undo) u.add(`device policy of ${p.dir} back`, r.undo);
+      if (r?.done) u.onCommit(r.done);
+      progId = r?.progId;
+    }
+    return {
+      written: p.limits?.writes.map((w) => w.file) ?? [],
+      skipped: p.limits?.skipped ?? [],
+      ...(progId !== undefined ? { deviceProgram: progId } : {}),
+      ...(p.devices && !this.opts.devices!.enforcing ? { devicesIgnored: 'device rules are not enforced: the devices/none backend is active (see cgstep status)' } : {}),
+    };
+  }
+
+  /** Make (or repair) the job directory and put its planned level in force. */
+  private makeJob(u: Undo, job: string, p: LevelPlan) {
+    const made = this.makeInner(u, p.dir);
+    if (made || !this.index.has(job)) {
+      u.onCommit(() => {
+        this.index.set(job, this.index.get(job) ?? new Set());
+        this.watcher.watchDir(p.dir, { job }, false, made);
+      });
+    }
+    return { created: made, ...this.applyLevel(u, p, made) };
+  }
+
+  /** Make (or repair) step_<n>/{slurm,user}/ and put the planned user/ level in force. */
+  private makeStep(u: Undo, job: string, step: string, p: LevelPlan) {
+    const dir = this.paths.step(job, step);
+    const created = this.makeInner(u, dir);
+    this.makeDir(u, path.join(dir, SLURM_LEAF));
+    const userMade = this.makeInner(u, p.dir);
+    u.onCommit(() => {
+      this.index.get(job)?.add(step);
+      if (created) this.watcher.watchDir(dir, { job, step }, this.memory, true);
+    });
+    return { created, ...this.applyLevel(u, p, userMade) };
+  }
+
+  /** Make the leaf if missing, confine it, then move the pid in (it never runs under a looser policy). */
+  private placeIn(u: Undo, job: string, step: string, leaf: Leaf, p: LevelPlan, pid: number) {
+    const made = this.makeDir(u, p.dir);
+    if (made && leaf !== 'slurm') u.onCommit(() => this.watcher.watchDir(p.dir, { job, step, task: typeof leaf === 'object' ? String(leaf.task) : 'special' }, false, true));
+    const c = p.devices ? this.applyLevel(u, p, made) : {};
+    moveProcess(p.dir, pid, this.opts.mountPoint, this.opts.verifyMoves);
+    return c;
   }
 
   private requireJob(job: string): string {
@@ -222,43 +361,29 @@ export class StepTree {
     return dir;
   }
 
-  private constrain(dir: string, limits: Limits | undefined, devices: DeviceRequest | undefined, level: DeviceLevel) {
-    const plan = limits ? applyLimits(dir, limits, this.opts.conf, this.opts.totalRam, this.opts.ignoreMissingControllers) : { writes: [], skipped: [] };
-    let progId: number | undefined;
-    let ignored = false;
-    if (devices) {
-      if (!this.opts.devices) throw new AgentError('ENOTSUP', 'device control is not available on this agent (see `cgstep status`)');
-      progId = this.opts.devices.apply(dir, devices, level)?.progId;
-      ignored = !this.opts.devices.enforcing;
-    }
-    return {
-      written: plan.writes.map((w) => w.file),
-      skipped: plan.skipped,
-      ...(progId !== undefined ? { deviceProgram: progId } : {}),
-      ...(ignored ? { devicesIgnored: 'device rules are not enforced: the devices/none backend is active (see cgstep status)' } : {}),
-    };
+  /** Every request that changes the tree runs here: one job at a time, all or nothing. */
+  private change<T>(job: string, fn: (u: Undo) => T): Promise<T> {
+    return this.lock.run(job, () => Undo.run(this.opts.log, fn));
   }
 
   createJob(job: string, limits?: Limits, devices?: DeviceRequest) {
-    return this.lock.run(job, () => {
-      const created = this.ensureJob(job);
-      const c = this.constrain(this.paths.job(job), limits, devices, 'job');
+    return this.change(job, (u) => {
+      const jp = this.planJob(job, limits, devices, undefined, true);
+      const { created, ...c } = this.makeJob(u, job, jp);
       this.opts.log.info({ job, created, ...c }, created ? 'job created' : 'job updated');
-      return { job, path: this.paths.job(job), created, ...c };
+      return { job, path: jp.dir, created, ...c };
     });
   }
 
   createStep(job: string, step: string, limits?: Limits, devices?: DeviceRequest) {
-    return this.lock.run(job, () => {
-      const jobCreated = this.ensureJob(job);
-      const dir = this.paths.step(job, step);
-      const created = this.makeInner(dir);
-      makeDir(path.join(dir, SLURM_LEAF));
-      this.makeInner(this.paths.user(job, step));
-      this.index.get(job)!.add(step);
-      if (created) this.watcher.watchDir(dir, { job, step }, this.memory, true);
+    return this.change(job, (u) => {
+      // A job made here is allocated the gres this step names.
+      const jp = this.planJob(job, undefined, undefined, devices?.gres, false);
       // Step limits and devices go on user/: the step daemon in slurm/ is not confined by them.
-      const c = this.constrain(this.paths.user(job, step), limits, devices, 'step');
+      const sp = this.planStep(job, step, limits, devices, jp, true);
+      const jobCreated = this.makeJob(u, job, jp).created;
+      const { created, ...c } = this.makeStep(u, job, step, sp);
+      const dir = this.paths.step(job, step);
       this.opts.log.info({ job, step, created, jobCreated, ...c }, created ? 'step created' : 'step updated');
       return { job, step, path: dir, created, jobCreated, ...c };
     });
@@ -266,41 +391,61 @@ export class StepTree {
 
   attach(job: string, step: string, pid: number, leaf: Leaf, devices?: DeviceRequest) {
     this.checkPid(pid);
-    return this.lock.run(job, () => {
+    return this.change(job, (u) => {
       if (!exists(this.paths.user(job, step))) this.requireStep(job, step); // names what is missing
-      const dir = this.paths.leaf(job, step, leaf);
-      const made = makeDir(dir);
-      if (made && typeof leaf === 'object') this.watcher.watchDir(dir, { job, step, task: String(leaf.task) }, false, true);
-      if (made && leaf === 'special') this.watcher.watchDir(dir, { job, step, task: 'special' }, false, true);
-      // Confine the leaf before the process enters it: it never runs under a looser policy.
-      const c = devices ? this.constrain(dir, undefined, devices, 'task') : {};
-      moveProcess(dir, pid, this.opts.mountPoint, this.opts.verifyMoves);
-      this.opts.log.info({ job, step, pid, leaf: path.basename(dir) }, 'process attached');
-      return { job, step, pid, path: dir, ...c };
+      const tp = this.planLevel(this.paths.leaf(job, step, leaf), 'task', undefined, devices);
+      requireMovable(pid);
+      const c = this.placeIn(u, job, step, leaf, tp, pid);
+      this.opts.log.info({ job, step, pid, leaf: path.basename(tp.dir) }, 'process attached');
+      return { job, step, pid, path: tp.dir, ...c };
+    });
+  }
+
+  /**
+   * task.place: make what is missing of job, step and leaf and move the pid
+   * in, all or nothing. An existing job or step is used as it is (its limits
+   * and devices are not rewritten), so the same placement twice is harmless.
+   */
+  place(r: Placement) {
+    this.checkPid(r.pid);
+    return this.change(r.job, (u) => {
+      const jp = this.planJob(r.job, r.jobLimits, r.jobDevices, undefined, false);
+      const sp = this.planStep(r.job, r.step, r.stepLimits, r.stepDevices, jp, false);
+      const tp = this.planLevel(this.paths.leaf(r.job, r.step, r.leaf), 'task', undefined, r.devices);
+      requireMovable(r.pid);
+      const job = this.makeJob(u, r.job, jp);
+      const step = this.makeStep(u, r.job, r.step, sp);
+      const c = this.placeIn(u, r.job, r.step, r.leaf, tp, r.pid);
+      this.opts.log.info({ job: r.job, step: r.step, pid: r.pid, leaf: path.basename(tp.dir), jobCreated: job.created, stepCreated: step.created }, 'process placed');
+      return {
+        job: { job: r.job, path: jp.dir, ...job },
+        step: { step: r.step, path: this.paths.step(r.job, r.step), ...step },
+        leaf: tp.dir,
+        pid: r.pid,
+        ...c,
+      };
     });
   }
 
   setDevices(job: string, step: string | undefined, task: number | undefined, devices: DeviceRequest) {
-    return this.lock.run(job, () => {
-      let dir: string;
-      let level: DeviceLevel;
+    return this.change(job, (u) => {
+      let p: LevelPlan;
       if (step === undefined) {
         if (task !== undefined) throw new AgentError('EINVAL', 'a task needs a step');
-        dir = this.requireJob(job);
-        level = 'job';
+        p = this.planLevel(this.requireJob(job), 'job', undefined, devices);
       } else if (task === undefined) {
-        dir = path.join(this.requireStep(job, step), USER_DIR);
-        level = 'step';
+        this.requireStep(job, step);
+        p = this.planStep(job, step, undefined, devices, this.planLevel(this.paths.job(job), 'job', undefined, undefined), true);
       } else {
-        dir = this.paths.leaf(job, step, { task });
+        const dir = this.paths.leaf(job, step, { task });
         if (!exists(dir)) throw new AgentError('ENOENT', `no task ${task} in job ${job} step ${step}`);
-        level = 'task';
+        p = this.planLevel(dir, 'task', undefined, devices);
       }
-      return { path: dir, ...this.constrain(dir, undefined, devices, level) };
+      return { path: p.dir, ...this.applyLevel(u, p, false) };
     });
   }
 
-  /** A missing pid is reported by the move itself (ESRCH -> ENOENT "no process"). */
+  /** Pids no request may move (a missing or exited pid is found by requireMovable). */
   private checkPid(pid: number): void {
     if (this.opts.protectedPids().includes(pid)) throw new AgentError('EPERM', `pid ${pid} is the agent, PID 1 or the infinity process and cannot be moved`);
   }

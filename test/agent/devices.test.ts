@@ -173,6 +173,10 @@ kt('a killed and restarted agent keeps the programs, reports them, and replaces 
   const after = (await ctx.c.request('stats', { job: '105', step: '0' })).steps[0].devices;
   t.deepEqual(after, before, 'same program, same policy, consistent');
   t.true(after.consistent);
+  // The job was made with the step's gpu:2: a step asking for gpu:3 needs the job widened first.
+  const refused = await t.throwsAsync(ctx.c.request('devices.set', { job: '105', step: '0', devices: { gres: ['gpu:3'] } }));
+  t.is((refused as any).code, 'EPERM');
+  await ctx.c.request('devices.set', { job: '105', devices: { gres: ['gpu:2', 'gpu:3'] } });
   const r = await ctx.c.request('devices.set', { job: '105', step: '0', devices: { gres: ['gpu:3'] } });
   t.deepEqual(await gpus(p), [D, D, D, A]);
   t.deepEqual((await ctx.c.request('stats', { job: '105', step: '0' })).steps[0].devices.progIds, [r.deviceProgram]);
