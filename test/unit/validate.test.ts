@@ -10,7 +10,7 @@ import { requestSchema } from '../../src/rpc/protocol.js';
 import { parseFast, parseRequest } from '../../src/rpc/validate.js';
 import { AgentError } from '../../src/errors.js';
 
-const OPS = ['hello', 'status', 'list', 'events', 'job.create', 'step.create', 'attach', 'devices.set', 'stats', 'signal', 'freeze', 'thaw', 'destroy'];
+const OPS = ['hello', 'status', 'list', 'events', 'job.create', 'step.create', 'attach', 'task.place', 'devices.set', 'stats', 'signal', 'freeze', 'thaw', 'destroy'];
 
 /** Numbers near every bound the schema has, and things that are not numbers. */
 const edgeInt = fc.oneof(
@@ -66,6 +66,11 @@ const request = fc.record(
     reapJob: maybe(fc.boolean()),
     limits,
     devices,
+    owner: edgeInt,
+    jobLimits: limits,
+    jobDevices: devices,
+    stepLimits: limits,
+    stepDevices: devices,
     bogus: anyValue,
   },
   { requiredKeys: ['op'] },
@@ -96,6 +101,7 @@ test('property: the same for requests that are valid more often (each op with it
   const valid = fc.oneof(
     fc.record({ op: fc.constant('step.create'), id: fc.nat(), job: fc.integer({ min: 1, max: 99999 }), step: fc.oneof(fc.nat({ max: 9 }), fc.constant('batch')), limits: fc.option(limits, { nil: undefined }), devices: fc.option(devices, { nil: undefined }) }, { requiredKeys: ['op', 'id', 'job', 'step'] }),
     fc.record({ op: fc.constant('attach'), id: fc.string({ maxLength: 4 }), job: fc.integer({ min: 1, max: 99999 }), step: fc.nat({ max: 9 }), pid: fc.integer({ min: 1, max: 99999 }), task: fc.nat({ max: 9 }), leaf: fc.constantFrom('slurm', 'special'), devices }, { requiredKeys: ['op', 'id', 'job', 'step', 'pid'] }),
+    fc.record({ op: fc.constant('task.place'), id: fc.nat(), job: fc.integer({ min: 1, max: 99999 }), step: fc.nat({ max: 9 }), pid: fc.integer({ min: 1, max: 99999 }), task: fc.nat({ max: 9 }), leaf: fc.constantFrom('slurm', 'special'), owner: fc.nat({ max: 70000 }), jobLimits: limits, jobDevices: devices, stepLimits: limits, stepDevices: devices, devices }, { requiredKeys: ['op', 'id', 'job', 'step', 'pid'] }),
     fc.record({ op: fc.constant('destroy'), id: fc.nat(), job: fc.integer({ min: 1, max: 99999 }), step: fc.nat({ max: 9 }), force: fc.boolean(), reapJob: fc.boolean() }, { requiredKeys: ['op', 'id', 'job'] }),
     fc.record({ op: fc.constantFrom('stats', 'freeze', 'thaw', 'signal', 'devices.set', 'job.create'), id: fc.nat(), job: fc.integer({ min: 1, max: 99999 }), step: fc.nat({ max: 9 }), signal: fc.constantFrom(9, 'TERM'), devices, limits }, { requiredKeys: ['op', 'id', 'job'] }),
   );
