@@ -211,6 +211,7 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
     requests: server.counters,
     ...(scope.fallbackReason ? { fallbackReason: scope.fallbackReason } : {}),
     orphans: { removed: lastOrphans.removed.length, populated: lastOrphans.populated.map((p) => p.path), at: lastOrphans.at },
+    layout: { checkedAt: tree.layout.report.at, levels: tree.layout.report.levels, repaired: tree.layout.report.repaired.length, failed: tree.layout.report.failed.length },
     degraded: degraded(),
   });
 
@@ -229,6 +230,8 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
     }
     if (o.conf.constrainDevices && !devices.support.supported) out.push(`device control unavailable (devices/none): ${devices.support.reason}`);
     if (lastOrphans.populated.length) out.push(`${lastOrphans.populated.length} orphan cgroup(s) still hold processes`);
+    const layout = tree.layoutProblems();
+    if (layout.length) out.push(...layout.slice(0, 20), ...(layout.length > 20 ? [`(+${layout.length - 20} more directories not repaired)`] : []));
     return out;
   }
 
@@ -278,10 +281,10 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
   }
   await server.listen();
   log.info({ socket: o.socket, startupMs: Math.round(performance.now() - t0) }, 'cgstepd ready');
-  // After the first answer: the watches and the orphan sweep walk the whole tree.
+  // After the first answer: the watches, the layout check and the orphan sweep walk the whole tree.
   const watched = tree.watchAdopted().then(
     (r) => {
-      if (recovered.jobs) log.info({ ...recovered, ...r }, 'watching the adopted jobs, steps and tasks');
+      if (recovered.jobs) log.info({ ...recovered, tasks: r.tasks, levelsChecked: r.layout.levels }, 'watching the adopted jobs, steps and tasks');
     },
     (err) => log.error({ err }, 'could not watch the adopted jobs, steps and tasks'),
   );
@@ -297,8 +300,9 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
       clearInterval(sweeper);
       await server.close();
       await metrics?.close();
+      const closed = tree.close();
       await watched;
-      await tree.close();
+      await closed;
       await registry.stop(log);
     },
   };

@@ -44,6 +44,19 @@ export function readText(file: string): string {
   }
 }
 
+/**
+ * readOptional off the event loop (libuv's thread pool): for checks of the
+ * whole tree that run beside requests (the layout check after a restart).
+ */
+export async function readOptionalAsync(file: string): Promise<string | null> {
+  try {
+    return await fs.promises.readFile(file, 'utf8');
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return null;
+    throw fromNodeError('read', file, err);
+  }
+}
+
 /** Read a file, or null when it does not exist (its controller is not enabled). */
 export function readOptional(file: string): string | null {
   try {

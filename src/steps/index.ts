@@ -9,3 +9,4 @@ export * from './tree.js';
 export * from './signals.js';
 export { TreeWatcher } from './events.js';
 export * from './orphans.js';
+export type { LayoutIssue, LayoutReport } from './adopt.js';

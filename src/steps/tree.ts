@@ -12,7 +12,6 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import {
   childDirs,
-  childDirsAsync,
   controllersOf,
   enableControllers,
   enabledIn,
@@ -37,6 +36,7 @@ import type { CgroupConf } from '../config/cgroupconf.js';
 import { AgentError } from '../errors.js';
 import type { DeviceRequest } from '../devices/request.js';
 import type { Limits } from './model.js';
+import { LayoutCheck, type LayoutReport } from './adopt.js';
 import { TreeWatcher } from './events.js';
 import { planLimits, readLimits, writeLimits, type LimitPlan } from './limits.js';
 import { KeyedLock } from './lock.js';
@@ -122,6 +122,9 @@ export class StepTree {
   readonly paths: TreePaths;
   readonly watcher = new TreeWatcher();
   private readonly lock = new KeyedLock();
+  private closed = false;
+  /** The check of adopted directories after a restart, and what it found. */
+  readonly layout: LayoutCheck;
   /** job -> set of steps; a cache of the directories, rebuilt by recover(). */
   private readonly index = new Map<string, Set<string>>();
 
@@ -134,6 +137,7 @@ export class StepTree {
 
   constructor(private readonly opts: TreeOptions) {
     this.paths = new TreePaths(opts.scopeDir);
+    this.layout = new LayoutCheck({ wanted: () => opts.scopeControllers?.(), locked: (job, fn) => this.lock.run(job, fn), log: opts.log });
     this.readStats = opts.accounting ? (d) => opts.accounting!.read(d) : readStats;
   }
 
@@ -177,37 +181,43 @@ export class StepTree {
   }
 
   /**
-   * Watch every adopted job, step and task leaf (after recover), yielding to
-   * requests as it goes and listing each user/ off the event loop. No freeze
-   * watch: freeze and thaw requests add it. A directory that empties before it
-   * is watched gives no *.empty event, as one that emptied while the agent was
+   * Watch every adopted job, step and task leaf (after recover) and check
+   * that each job, step and user/ is whole (steps/adopt), yielding to
+   * requests as it goes and reading off the event loop. No freeze watch:
+   * freeze and thaw requests add it. A directory that empties before it is
+   * watched gives no *.empty event, as one that emptied while the agent was
    * down.
    */
-  async watchAdopted(): Promise<{ tasks: number }> {
+  async watchAdopted(): Promise<{ tasks: number; layout: LayoutReport }> {
     let tasks = 0;
-    let n = 0;
-    const breathe = async () => {
-      if (++n % 64 === 0) await new Promise((r) => setImmediate(r));
-    };
+    this.layout.start();
     for (const [job, steps] of [...this.index]) {
+      if (this.closed) break;
       this.watcher.watchDir(this.paths.job(job), { job });
+      await this.layout.checkInner(job, this.paths.job(job));
       for (const step of [...steps]) {
-        this.watcher.watchDir(this.paths.step(job, step), { job, step }, this.memory);
+        if (this.closed) break;
+        const dir = this.paths.step(job, step);
+        this.watcher.watchDir(dir, { job, step }, this.memory);
         const user = this.paths.user(job, step);
-        for (const tn of await childDirsAsync(user)) {
+        for (const tn of await this.layout.checkStep(job, dir)) {
           const task = parseTaskName(tn);
           if (task === null) continue;
           tasks++;
           this.watcher.watchDir(path.join(user, tn), { job, step, task: String(task) });
         }
-        await breathe();
       }
     }
-    return { tasks };
+    return { tasks, layout: this.layout.finish() };
+  }
+
+  /** Adopted directories the layout check could not repair, in words (for status's degraded). */
+  layoutProblems(): string[] {
+    return this.layout.problems((job) => this.index.has(job));
   }
 
   /** Forget everything and read the tree again (after the scope was re-created). */
-  async rescan(): Promise<ReturnType<StepTree['recover']> & { tasks: number }> {
+  async rescan(): Promise<ReturnType<StepTree['recover']> & Awaited<ReturnType<StepTree['watchAdopted']>>> {
     await this.watcher.close();
     this.index.clear();
     const r = this.recover();
@@ -602,7 +612,9 @@ export class StepTree {
     return jobs.sort((a, b) => Number(a.job) - Number(b.job));
   }
 
+  /** Stop watching; an adoption still walking the tree stops at its next step. */
   close(): Promise<void> {
+    this.closed = true;
     return this.watcher.close();
   }
 }
