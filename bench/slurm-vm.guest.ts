@@ -1,0 +1,512 @@
+/**
+ * bench/slurm-vm.guest: the guest side of `npm run bench:slurm` (bench/slurm-vm.ts
+ * boots the VM lane's busybox guest and runs this inside it, as root, on a pure
+ * cgroup v2 hierarchy with every controller).
+ *
+ * One Slurm 22.05 node (the host's Debian packages, seen through the guest's
+ * overlay), run in blocks of two modes over the same workload:
+ *   native  proctrack/cgroup + task/cgroup, cgroup.conf CgroupPlugin=cgroup/v2,
+ *           IgnoreSystemd=yes: Slurm's own plugin places and limits every task;
+ *   cgstep  proctrack/pgid + task/none + the cgstep SPANK plugin, with cgstepd
+ *           reading the same cgroup.conf and gres.conf.
+ * slurmctld and slurmd (and cgstepd) are restarted with fresh state between
+ * blocks. The first block of each mode proves the enforcement (memory.max and
+ * cpuset against the formulas, a memory-cgroup OOM kill, GPU device access);
+ * every block times `srun -n1 true`, `srun -n N -O true` and a burst of
+ * `sbatch --wrap=true` jobs. Results go to $OUT/slurm-vm.json after every block
+ * (a run cut short still leaves what it measured); progress lines go to the
+ * console. Every process it starts is stopped by pid.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { pidsOfCluster, run, type RunResult } from '../test/harness/slurm.js';
+import { MOUNT, startAgent, type BenchAgent } from './lib.js';
+
+type Mode = 'native' | 'cgstep';
+
+export interface GuestConfig {
+  order: Mode[];
+  /** srun -n1 runs per mode (split over that mode's blocks). */
+  n1: number;
+  /** srun -n tasks runs per mode. */
+  many: number;
+  tasks: number;
+  /** sbatch jobs per mode. */
+  sbatch: number;
+  plugin: string;
+  cpus: number;
+  realMemoryMb: number;
+  /** false: skip the enforcement checks (quick timing experiments; enforced.* then read false). */
+  checks: boolean;
+}
+
+export interface CheckResult { ok: boolean; detail: string[] }
+
+export interface BlockResult {
+  mode: Mode;
+  index: number;
+  startMs: number;
+  n1: number[];
+  many: number[];
+  sbatch: { jobs: number; seconds: number } | null;
+  /** cgstep blocks: the agent's request latency histogram (sum s, count) by op. */
+  agentOps?: Record<string, { count: number; sumS: number }>;
+  error?: string;
+}
+
+export interface GuestResult {
+  config: GuestConfig;
+  kernel: string;
+  slurm: string;
+  nproc: number;
+  memTotalKiB: number;
+  controllers: string;
+  blocks: BlockResult[];
+  checks: Partial<Record<Mode, Record<'memory' | 'cpuset' | 'devices' | 'oom', CheckResult>>>;
+  /** What exists above the scope before and after the daemon of each mode starts. */
+  above: Partial<Record<Mode, { before: string; after: string }>>;
+  wallS: number;
+  done: boolean;
+  error?: string;
+}
+
+const OUT = process.env.CGSTEP_VM_OUT ?? '/cgstep-vm';
+const W = '/tmp/slurm-bench';
+const NODE = 'node1';
+const GPUS = ['/dev/nvidia0', '/dev/nvidia1'];
+const MiB = 1024 * 1024;
+/** cgroup.conf for both modes: the limits are what both must enforce alike. */
+const ALLOWED_RAM = 90;
+const MIN_RAM_MB = 30;
+const CGROUP_CONF = [
+  'CgroupPlugin=cgroup/v2',
+  'IgnoreSystemd=yes',
+  'ConstrainCores=yes',
+  'ConstrainRAMSpace=yes',
+  `AllowedRAMSpace=${ALLOWED_RAM}`,
+  `MinRAMSpace=${MIN_RAM_MB}`,
+  'ConstrainDevices=yes',
+  '',
+].join('\n');
+const GRES_CONF = `NodeName=${NODE} Name=gpu File=/dev/nvidia[0-${GPUS.length - 1}]\n`;
+const METRICS_PORT = 9477;
+
+const cfg = JSON.parse(fs.readFileSync(path.join(OUT, 'config.json'), 'utf8')) as GuestConfig;
+const t0 = performance.now();
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function say(msg: string): void {
+  process.stdout.write(`vmbench: [${((performance.now() - t0) / 1000).toFixed(0)} s] ${msg}\n`);
+}
+
+function sh(cmd: string): string {
+  const r = spawnSync('sh', ['-c', cmd], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${cmd}: exit ${r.status}: ${r.stderr}`);
+  return r.stdout;
+}
+
+interface Daemon { name: string; proc: ChildProcess; exited: Promise<void> }
+
+function startDaemon(name: string, cmd: string, args: string[], env: NodeJS.ProcessEnv, log: string): Daemon {
+  const fd = fs.openSync(log, 'a');
+  const proc = spawn(cmd, args, { env, stdio: ['ignore', fd, fd] });
+  fs.closeSync(fd);
+  const exited = new Promise<void>((resolve) => {
+    proc.once('exit', () => resolve());
+    proc.once('error', () => resolve());
+  });
+  return { name, proc, exited };
+}
+
+async function stopDaemon(d: Daemon | null): Promise<void> {
+  if (!d || d.proc.exitCode !== null || d.proc.signalCode !== null) return;
+  d.proc.kill('SIGTERM');
+  if (await Promise.race([d.exited.then(() => false), sleep(15000).then(() => true)])) {
+    d.proc.kill('SIGKILL');
+    await d.exited;
+  }
+}
+
+async function waitUntil(what: string, check: () => Promise<boolean> | boolean, ms: number, d?: Daemon, log?: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    if (await check()) return;
+    const tail = () => (log && fs.existsSync(log) ? fs.readFileSync(log, 'utf8').slice(-3000) : '');
+    if (d && (d.proc.exitCode !== null || d.proc.signalCode !== null)) throw new Error(`${d.name} exited (${d.proc.exitCode ?? d.proc.signalCode}) before ${what}:\n${tail()}`);
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}:\n${tail()}`);
+    await sleep(250);
+  }
+}
+
+/** Loopback that glibc accepts for IPv4 (it ignores 127.0.0.1 alone), fake GPUs, munged. */
+async function nodeSetup(): Promise<Daemon> {
+  fs.mkdirSync(W, { recursive: true, mode: 0o755 });
+  sh('ip link set lo up; ip addr add 127.0.0.2/8 dev lo 2>/dev/null || true');
+  GPUS.forEach((g, i) => {
+    if (!fs.existsSync(g)) sh(`mknod -m 0666 ${g} c 195 ${i}`);
+  });
+  fs.writeFileSync(path.join(W, 'cgroup.conf'), CGROUP_CONF);
+  fs.writeFileSync(path.join(W, 'gres.conf'), GRES_CONF);
+  const m = path.join(W, 'munge');
+  fs.mkdirSync(m, { recursive: true });
+  const key = path.join(m, 'munge.key');
+  sh(`mungekey --create --keyfile=${key} && chown -R munge:munge ${m} && chmod 0400 ${key} && chmod 0755 ${m}`);
+  const uid = sh('id -u munge').trim();
+  const gid = sh('id -g munge').trim();
+  const sock = path.join(m, 'munge.socket');
+  const d = startDaemon('munged', 'setpriv', [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', '/usr/sbin/munged', '--foreground', '--force', `--socket=${sock}`, `--key-file=${key}`, `--pid-file=${m}/munged.pid`, `--log-file=${m}/munged.log`, `--seed-file=${m}/munged.seed`, '--num-threads=2'], process.env, path.join(W, 'munged.out'));
+  await waitUntil('munged socket', () => fs.existsSync(sock), 30000, d, path.join(W, 'munged.out'));
+  return d;
+}
+
+function slurmConf(mode: Mode, dir: string): string {
+  const native = mode === 'native';
+  return [
+    `# vmbench ${mode} block, written by bench/slurm-vm.guest.ts`,
+    'ClusterName=vmbench',
+    'SlurmctldHost=localhost(127.0.0.1)',
+    'SlurmctldPort=6817',
+    'SlurmdPort=6818',
+    'SrunPortRange=60001-60200',
+    'SlurmUser=root',
+    'SlurmdUser=root',
+    'AuthType=auth/munge',
+    'CredType=cred/munge',
+    `AuthInfo=socket=${W}/munge/munge.socket`,
+    `StateSaveLocation=${dir}/state`,
+    `SlurmdSpoolDir=${dir}/spool`,
+    `SlurmctldPidFile=${dir}/slurmctld.pid`,
+    `SlurmdPidFile=${dir}/slurmd.pid`,
+    `SlurmctldLogFile=${dir}/slurmctld.log`,
+    `SlurmdLogFile=${dir}/slurmd.log`,
+    'SlurmctldDebug=info',
+    'SlurmdDebug=info',
+    `ProctrackType=${native ? 'proctrack/cgroup' : 'proctrack/pgid'}`,
+    `TaskPlugin=${native ? 'task/cgroup' : 'task/none'}`,
+    'JobAcctGatherType=jobacct_gather/none',
+    'AccountingStorageType=accounting_storage/none',
+    'JobCompType=jobcomp/none',
+    'SelectType=select/cons_tres',
+    'SelectTypeParameters=CR_Core_Memory',
+    'DefMemPerCPU=100',
+    'GresTypes=gpu',
+    'MpiDefault=none',
+    'MailProg=/bin/true',
+    `PlugStackConfig=${dir}/plugstack.conf`,
+    'ReturnToService=2',
+    'KillWait=5',
+    'MinJobAge=2',
+    'InactiveLimit=0',
+    'SchedulerType=sched/builtin',
+    'SchedulerParameters=batch_sched_delay=0,sched_interval=1',
+    `NodeName=${NODE} NodeHostname=localhost NodeAddr=127.0.0.1 CPUs=${cfg.cpus} Sockets=1 CoresPerSocket=${cfg.cpus} ThreadsPerCore=1 RealMemory=${cfg.realMemoryMb} Gres=gpu:${GPUS.length} State=UNKNOWN`,
+    `PartitionName=debug Nodes=${NODE} Default=YES MaxTime=INFINITE State=UP`,
+    '',
+  ].join('\n');
+}
+
+const CG = MOUNT;
+const readCg = (rel: string): string => {
+  try {
+    return fs.readFileSync(path.join(CG, rel), 'utf8').trim();
+  } catch (err) {
+    return `(${(err as NodeJS.ErrnoException).code})`;
+  }
+};
+const aboveScope = (): string => `root subtree_control [${readCg('cgroup.subtree_control')}]; system.slice ${fs.existsSync(path.join(CG, 'system.slice')) ? `subtree_control [${readCg('system.slice/cgroup.subtree_control')}], children [${fs.readdirSync(path.join(CG, 'system.slice'), { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name).join(' ')}]` : 'absent'}`;
+
+/** Remove a cgroup directory bottom-up after killing what is left in it. */
+async function removeTree(dir: string): Promise<void> {
+  if (!fs.existsSync(dir)) return;
+  try {
+    fs.writeFileSync(path.join(dir, 'cgroup.kill'), '1');
+  } catch { /* the root has no cgroup.kill */ }
+  for (let i = 0; i < 200 && /populated 1/.test(readCg(path.relative(CG, path.join(dir, 'cgroup.events')))); i++) await sleep(50);
+  const rm = (d: string) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) rm(path.join(d, e.name));
+    fs.rmdirSync(d);
+  };
+  rm(dir);
+}
+
+/**
+ * Before a block: nothing of the previous mode is left above the node's scope.
+ * Slurm 22.05 with IgnoreSystemd neither creates system.slice nor enables the
+ * controllers above its scope, so the native mode gets them made by hand (as an
+ * admin would); the cgstep mode starts from a bare root and the agent makes them.
+ */
+async function prepareAbove(mode: Mode): Promise<void> {
+  await removeTree(path.join(CG, 'system.slice'));
+  const enabled = readCg('cgroup.subtree_control').split(/\s+/).filter(Boolean);
+  if (enabled.length) fs.writeFileSync(path.join(CG, 'cgroup.subtree_control'), enabled.map((c) => `-${c}`).join(' '));
+  if (mode === 'native') {
+    fs.mkdirSync(path.join(CG, 'system.slice'));
+    fs.writeFileSync(path.join(CG, 'cgroup.subtree_control'), '+cpuset +cpu +memory +pids');
+    fs.writeFileSync(path.join(CG, 'system.slice/cgroup.subtree_control'), '+cpuset +cpu +memory +pids');
+  }
+}
+
+interface Cluster { mode: Mode; dir: string; env: NodeJS.ProcessEnv; ctld: Daemon; slurmd: Daemon; agent: BenchAgent | null }
+
+async function startCluster(mode: Mode, index: number, res: GuestResult): Promise<Cluster> {
+  const dir = path.join(W, `block${index}-${mode}`);
+  for (const d of ['state', 'spool']) fs.mkdirSync(path.join(dir, d), { recursive: true });
+  await prepareAbove(mode);
+  const before = aboveScope();
+  let agent: BenchAgent | null = null;
+  if (mode === 'cgstep') {
+    const a0 = performance.now();
+    agent = await startAgent(CG, ['--node-name', NODE, '--config', path.join(W, 'cgroup.conf'), '--gres', path.join(W, 'gres.conf'), '--metrics', `127.0.0.1:${METRICS_PORT}`], fs.mkdtempSync(path.join(W, 'sock-')));
+    say(`block ${index} (cgstep): cgstepd ready in ${((performance.now() - a0) / 1000).toFixed(1)} s`);
+  }
+  fs.writeFileSync(path.join(dir, 'plugstack.conf'), mode === 'cgstep' ? `required ${cfg.plugin} socket=${agent!.socket}\n` : '');
+  // Slurm reads cgroup.conf next to slurm.conf, in both modes (as on a real node).
+  fs.copyFileSync(path.join(W, 'cgroup.conf'), path.join(dir, 'cgroup.conf'));
+  fs.copyFileSync(path.join(W, 'gres.conf'), path.join(dir, 'gres.conf'));
+  const conf = path.join(dir, 'slurm.conf');
+  fs.writeFileSync(conf, slurmConf(mode, dir));
+  const env: NodeJS.ProcessEnv = { ...process.env, SLURM_CONF: conf };
+  for (const k of Object.keys(env)) if (k.startsWith('SLURM_') && k !== 'SLURM_CONF') delete env[k];
+  const ctldLog = path.join(dir, 'slurmctld.out');
+  const ctld = startDaemon('slurmctld', 'slurmctld', ['-D', '-i', '-f', conf], env, ctldLog);
+  await waitUntil('slurmctld', async () => /is UP/.test((await run('scontrol', ['ping'], { env, timeoutMs: 30000 })).stdout), 120000, ctld, ctldLog);
+  const slurmdLog = path.join(dir, 'slurmd.out');
+  const slurmd = startDaemon('slurmd', 'slurmd', ['-D', '-N', NODE, '-f', conf], env, slurmdLog);
+  await waitUntil('slurmd idle', async () => /^idle/m.test((await run('sinfo', ['-h', '-n', NODE, '-o', '%T'], { env, timeoutMs: 30000 })).stdout), 120000, slurmd, path.join(dir, 'slurmd.log'));
+  res.above[mode] ??= { before, after: aboveScope() };
+  return { mode, dir, env, ctld, slurmd, agent };
+}
+
+async function stopCluster(c: Cluster): Promise<void> {
+  const q = await run('squeue', ['-h', '-o', '%i'], { env: c.env, timeoutMs: 30000 }).catch(() => null);
+  const jobs = (q?.stdout ?? '').split('\n').map((s) => s.trim()).filter(Boolean);
+  if (jobs.length) await run('scancel', jobs, { env: c.env, timeoutMs: 30000 }).catch(() => null);
+  await stopDaemon(c.slurmd);
+  await stopDaemon(c.ctld);
+  for (let i = 0; i < 5; i++) {
+    const left = pidsOfCluster(c.env.SLURM_CONF!);
+    if (!left.length) break;
+    for (const pid of left) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    await sleep(200);
+  }
+  await c.agent?.stop();
+}
+
+async function srun(c: Cluster, args: string[], timeoutMs = 120000): Promise<RunResult> {
+  return run('srun', args, { env: c.env, timeoutMs, cwd: c.dir });
+}
+
+/** The lines a task prints about itself: its cgroup, CPUs, each ancestor's memory.max, Slurm's record of its allocation. */
+const SELF = [
+  'cg=$(sed -n "s/^0:://p" /proc/self/cgroup)',
+  'echo "cgroup $cg"',
+  'grep Cpus_allowed_list /proc/self/status',
+  'd=/sys/fs/cgroup$cg',
+  'echo "cpuset.cpus.effective $(cat $d/cpuset.cpus.effective)"',
+  'while [ "$d" != /sys/fs/cgroup ]; do echo "memory.max ${d#/sys/fs/cgroup} $(cat $d/memory.max)"; d=${d%/*}; done',
+  'scontrol show job -d $SLURM_JOB_ID | grep -o "CPU_IDs=[^ ]*\\|GRES=[^ ]*"',
+].join('; ');
+
+/** Slurm's memory formula, written out independently: alloc * AllowedRAMSpace %, at least MinRAMSpace, down to a page. */
+function expectedMax(allocMb: number): number {
+  const v = Math.max(Math.floor((allocMb * MiB * ALLOWED_RAM) / 100), MIN_RAM_MB * MiB);
+  return v - (v % 4096);
+}
+
+/** The smallest memory.max on the task's path (the limit the task lives under). */
+function effectiveMax(out: string): { max: number | null; at: string } {
+  let best: { max: number | null; at: string } = { max: null, at: '' };
+  for (const m of out.matchAll(/^memory\.max (\S+) (\d+)$/gm)) if (best.max === null || Number(m[2]) < best.max) best = { max: Number(m[2]), at: m[1] };
+  return best;
+}
+
+/** Expand "0-1,3" into [0,1,3]. */
+function cpuList(s: string): number[] {
+  const out: number[] = [];
+  for (const part of s.split(',').filter(Boolean)) {
+    const [a, b] = part.split('-').map(Number);
+    for (let i = a; i <= (b ?? a); i++) out.push(i);
+  }
+  return out;
+}
+
+async function checkMemoryCpuset(c: Cluster): Promise<{ memory: CheckResult; cpuset: CheckResult }> {
+  const memory: CheckResult = { ok: true, detail: [] };
+  const cpuset: CheckResult = { ok: true, detail: [] };
+  for (const [mem, cpus] of [[100, 2], [20, 1]]) {
+    const r = await srun(c, ['-n1', `-c${cpus}`, `--mem=${mem}`, 'sh', '-c', SELF]);
+    const o = r.stdout;
+    if (r.code !== 0) {
+      memory.ok = cpuset.ok = false;
+      memory.detail.push(`--mem=${mem} -c${cpus}: srun exit ${r.code}: ${r.stderr.trim().slice(-400)}`);
+      continue;
+    }
+    const eff = effectiveMax(o);
+    const want = expectedMax(mem);
+    const memOk = eff.max === want;
+    memory.ok &&= memOk;
+    memory.detail.push(`--mem=${mem}: memory.max ${eff.max} at ${eff.at} (formula ${want}) ${memOk ? 'ok' : 'WRONG'}; task cgroup ${/^cgroup (\S+)/m.exec(o)?.[1]}`);
+    const ids = /CPU_IDs=(\S+)/.exec(o)?.[1] ?? '';
+    const allowed = /Cpus_allowed_list:\s*(\S+)/.exec(o)?.[1] ?? '';
+    const eff2 = /^cpuset\.cpus\.effective (\S+)/m.exec(o)?.[1] ?? '';
+    const same = (a: string, b: string) => a !== '' && cpuList(a).join(',') === cpuList(b).join(',');
+    const cpuOk = same(ids, allowed) && same(ids, eff2) && cpuList(ids).length === cpus;
+    cpuset.ok &&= cpuOk;
+    cpuset.detail.push(`-c${cpus}: Slurm CPU_IDs=${ids}, Cpus_allowed_list ${allowed}, cpuset.cpus.effective ${eff2} ${cpuOk ? 'ok' : 'WRONG'}`);
+  }
+  return { memory, cpuset };
+}
+
+/** A task that reads 200 MB at once under --mem=50: the kernel's memory-cgroup OOM killer ends it inside the job's cgroup. */
+async function checkOom(c: Cluster): Promise<CheckResult> {
+  const before = sh('dmesg').split('\n').length;
+  const r = await srun(c, ['-n1', '--mem=50', 'sh', '-c', 'echo JOB=$SLURM_JOB_ID; exec dd if=/dev/zero of=/dev/null bs=200M count=1']);
+  const job = /JOB=(\d+)/.exec(r.stdout)?.[1];
+  await sleep(500);
+  const fresh = sh('dmesg').split('\n').slice(before - 1);
+  const kill = fresh.find((l) => /oom-kill:constraint=CONSTRAINT_MEMCG/.test(l) && job !== undefined && l.includes(`/job_${job}/`) && /task=dd\b/.test(l));
+  const ok = r.code !== 0 && kill !== undefined;
+  return { ok, detail: [`srun --mem=50 dd bs=200M: exit ${r.code}, job ${job}; ${kill ? kill.replace(/^\[[^\]]*\]\s*/, '') : 'no memory-cgroup oom-kill line for it in dmesg'}`, r.stderr.trim().split('\n').slice(-2).join(' | ')] };
+}
+
+const OPEN_GPUS = `perl -e 'for (@ARGV) { if (open(my $f, "<", $_)) { print "$_ opened\\n" } else { print "$_ $!\\n" } }' ${GPUS.join(' ')}`;
+
+/** Without --gres both fake GPUs are denied (EPERM); with --gres=gpu:1 exactly the allocated one reaches the (absent) driver (ENXIO). */
+async function checkDevices(c: Cluster): Promise<CheckResult> {
+  const detail: string[] = [];
+  const none = await srun(c, ['-n1', 'sh', '-c', OPEN_GPUS]);
+  let ok = none.code === 0 && GPUS.every((g) => new RegExp(`^${g} Operation not permitted$`, 'm').test(none.stdout));
+  detail.push(`no --gres: ${none.stdout.trim().replace(/\n/g, '; ')} ${ok ? 'ok' : 'WRONG'} ${none.code !== 0 ? none.stderr.slice(-300) : ''}`.trim());
+  const one = await srun(c, ['-n1', '--gres=gpu:1', 'sh', '-c', `scontrol show job -d $SLURM_JOB_ID | grep -o "GRES=[^ ]*"; ${OPEN_GPUS}`]);
+  const idx = /IDX:(\d+)\)/.exec(one.stdout)?.[1];
+  const oneOk = one.code === 0 && idx !== undefined && GPUS.every((g, i) => new RegExp(`^${g} ${String(i) === idx ? 'No such device or address' : 'Operation not permitted'}$`, 'm').test(one.stdout));
+  detail.push(`--gres=gpu:1 (Slurm IDX ${idx}): ${one.stdout.trim().replace(/\n/g, '; ')} ${oneOk ? 'ok' : 'WRONG'} ${one.code !== 0 ? one.stderr.slice(-300) : ''}`.trim());
+  ok &&= oneOk;
+  return { ok, detail };
+}
+
+async function timeSruns(c: Cluster, args: string[], n: number): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const r = await srun(c, args);
+    if (r.code !== 0) throw new Error(`srun ${args.join(' ')} failed (${r.code}): ${r.stderr.slice(-600)}`);
+    out.push(r.ms);
+  }
+  return out;
+}
+
+/** Submit jobs `sbatch --wrap=true` (four submitters at once), wait until the queue is empty: seconds from the first submission. */
+async function sbatchBurst(c: Cluster, jobs: number): Promise<number> {
+  const s = performance.now();
+  let next = 0;
+  const submitter = async () => {
+    while (next < jobs) {
+      next++;
+      const r = await run('sbatch', ['-Q', '-o', '/dev/null', '-e', '/dev/null', '--wrap=true'], { env: c.env, timeoutMs: 60000, cwd: c.dir });
+      if (r.code !== 0) throw new Error(`sbatch failed (${r.code}): ${r.stderr.slice(-400)}`);
+    }
+  };
+  await Promise.all([submitter(), submitter(), submitter(), submitter()]);
+  await waitUntil('the sbatch jobs to finish', async () => (await run('squeue', ['-h', '-o', '%i'], { env: c.env, timeoutMs: 30000 })).stdout.trim() === '', 600000);
+  return (performance.now() - s) / 1000;
+}
+
+async function scrapeAgent(): Promise<Record<string, { count: number; sumS: number }>> {
+  const text = await (await fetch(`http://127.0.0.1:${METRICS_PORT}/metrics`)).text();
+  const ops: Record<string, { count: number; sumS: number }> = {};
+  for (const m of text.matchAll(/^cgstep_request_duration_seconds_(sum|count)\{([^}]*)\} (\S+)$/gm)) {
+    const op = /op="([^"]+)"/.exec(m[2])?.[1];
+    if (!op) continue;
+    ops[op] ??= { count: 0, sumS: 0 };
+    if (m[1] === 'sum') ops[op].sumS = Number(m[3]);
+    else ops[op].count = Number(m[3]);
+  }
+  return ops;
+}
+
+function share(total: number, blocks: number, nth: number): number {
+  return Math.floor(total / blocks) + (nth < total % blocks ? 1 : 0);
+}
+
+async function runBlock(mode: Mode, index: number, res: GuestResult): Promise<void> {
+  const perMode = cfg.order.filter((m) => m === mode).length;
+  const nth = cfg.order.slice(0, index).filter((m) => m === mode).length;
+  const b: BlockResult = { mode, index, startMs: Math.round(performance.now() - t0), n1: [], many: [], sbatch: null };
+  res.blocks.push(b);
+  say(`block ${index} (${mode}): starting ${mode === 'cgstep' ? 'cgstepd, ' : ''}slurmctld, slurmd`);
+  const c = await startCluster(mode, index, res);
+  try {
+    say(`block ${index} (${mode}): node idle after ${((performance.now() - t0) / 1000 - b.startMs / 1000).toFixed(1)} s`);
+    if (cfg.checks && !res.checks[mode]) {
+      const { memory, cpuset } = await checkMemoryCpuset(c);
+      const oom = await checkOom(c);
+      const devices = await checkDevices(c);
+      res.checks[mode] = { memory, cpuset, oom, devices };
+      for (const [k, v] of Object.entries(res.checks[mode]!)) say(`  ${mode} ${k}: ${v.ok ? 'PASS' : 'FAIL'} — ${v.detail.join(' / ')}`);
+      save(res);
+    }
+    await timeSruns(c, ['-n1', 'true'], 2); // warm-up: the first launches after a start are slower
+    b.n1 = await timeSruns(c, ['-n1', 'true'], share(cfg.n1, perMode, nth));
+    say(`block ${index} (${mode}): srun -n1 true x${b.n1.length}, median ${median(b.n1).toFixed(0)} ms`);
+    save(res);
+    b.many = await timeSruns(c, [`-n${cfg.tasks}`, '-O', 'true'], share(cfg.many, perMode, nth));
+    say(`block ${index} (${mode}): srun -n${cfg.tasks} -O true x${b.many.length}, median ${median(b.many).toFixed(0)} ms`);
+    save(res);
+    const jobs = share(cfg.sbatch, perMode, nth);
+    if (jobs > 0) {
+      b.sbatch = { jobs, seconds: await sbatchBurst(c, jobs) };
+      say(`block ${index} (${mode}): ${jobs} sbatch jobs in ${b.sbatch.seconds.toFixed(1)} s`);
+    }
+    if (c.agent) b.agentOps = await scrapeAgent().catch(() => undefined);
+  } catch (err) {
+    b.error = String((err as Error).stack ?? err);
+    say(`block ${index} (${mode}) FAILED: ${b.error}`);
+    say(`slurmd log tail: ${fs.existsSync(path.join(c.dir, 'slurmd.log')) ? fs.readFileSync(path.join(c.dir, 'slurmd.log'), 'utf8').slice(-2000) : ''}`);
+  } finally {
+    await stopCluster(c);
+  }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.floor(s.length / 2)] : NaN;
+}
+
+function save(res: GuestResult): void {
+  res.wallS = Math.round((performance.now() - t0) / 100) / 10;
+  fs.writeFileSync(path.join(OUT, 'slurm-vm.json.tmp'), JSON.stringify(res, null, 1));
+  fs.renameSync(path.join(OUT, 'slurm-vm.json.tmp'), path.join(OUT, 'slurm-vm.json'));
+}
+
+const res: GuestResult = {
+  config: cfg,
+  kernel: sh('uname -r').trim(),
+  slurm: sh('slurmd -V').trim(),
+  nproc: Number(sh('nproc').trim()),
+  memTotalKiB: Number(/MemTotal:\s+(\d+)/.exec(fs.readFileSync('/proc/meminfo', 'utf8'))![1]),
+  controllers: readCg('cgroup.controllers'),
+  blocks: [],
+  checks: {},
+  above: {},
+  wallS: 0,
+  done: false,
+};
+let munged: Daemon | null = null;
+try {
+  say(`${res.slurm}, kernel ${res.kernel}, ${res.nproc} CPUs, controllers [${res.controllers}]; blocks ${cfg.order.join(' ')}`);
+  munged = await nodeSetup();
+  for (let i = 0; i < cfg.order.length; i++) {
+    await runBlock(cfg.order[i], i, res);
+    save(res);
+  }
+  res.done = true;
+} catch (err) {
+  res.error = String((err as Error).stack ?? err);
+  say(`FAILED: ${res.error}`);
+} finally {
+  await stopDaemon(munged);
+  await removeTree(path.join(CG, 'system.slice')).catch(() => undefined);
+  save(res);
+  say('done');
+}
