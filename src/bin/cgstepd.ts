@@ -115,7 +115,7 @@ try {
     },
   });
   const summary = () => {
-    const s = agent.status() as { mode: string; jobs: number; steps: number; degraded: string[] };
+    const s = agent.status();
     return `${s.mode} mode, ${s.jobs} job(s), ${s.steps} step(s)${s.degraded.length ? `, degraded: ${s.degraded.join('; ')}` : ''}`;
   };
   sd.ready(summary());

@@ -10,6 +10,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import type { Logger } from 'pino';
 import { childDirsAsync, isPopulated, procsOf, removeTree } from '../cgroupfs/index.js';
 import { SLURM_LEAF, SYSTEM_LEAF, USER_DIR, parseJobName, parseStepName, parseTaskName } from './names.js';
 
@@ -76,5 +77,46 @@ function isOurInfinity(pid: number): boolean {
     return comm === 'cgstep-infinity';
   } catch {
     return false;
+  }
+}
+
+/**
+ * Collects orphans on a timer (and once right after start), keeping the last
+ * report for `status`. Never kills anything but extra infinity processes.
+ */
+export class OrphanSweeper {
+  private timer: NodeJS.Timeout | null = null;
+  private last: OrphanReport & { at?: string } = { removed: [], populated: [], extraInfinity: [] };
+
+  constructor(
+    private readonly scope: () => { path: string; infinityPid: number },
+    private readonly timeoutMs: number,
+    private readonly log: Logger,
+  ) {}
+
+  get lastReport(): Readonly<OrphanReport & { at?: string }> {
+    return this.last;
+  }
+
+  start(intervalMs: number): void {
+    this.timer = setInterval(() => void this.sweep(), intervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  async sweep(): Promise<void> {
+    const { path: scopeDir, infinityPid } = this.scope();
+    try {
+      this.last = { ...(await collectOrphans(scopeDir, infinityPid, this.timeoutMs)), at: new Date().toISOString() };
+      const { removed, populated, extraInfinity } = this.last;
+      if (removed.length || extraInfinity.length) this.log.warn({ removed, extraInfinity }, 'orphans cleaned up');
+      if (populated.length) this.log.warn({ populated }, 'orphan directories with processes (not killed; destroy them or move the processes)');
+    } catch (err) {
+      this.log.error({ err }, 'orphan collection failed');
+    }
   }
 }

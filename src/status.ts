@@ -1,0 +1,106 @@
+/**
+ * status: what `cgstep status` and sd_notify's STATUS= say about the agent,
+ * built by a pure function from facts the agent gathers (statusOf), and the
+ * list of what does not work as configured (degradedOf), in words an admin
+ * can act on. No I/O here.
+ */
+import type { Active } from './backends/registry.js';
+import type { DeviceSupport } from './devices/backend-types.js';
+import type { ScopeState } from './scope/lifecycle.js';
+import type { OrphanReport } from './steps/orphans.js';
+import type { LayoutReport } from './steps/adopt.js';
+
+export interface StatusFacts {
+  version: string;
+  protocol: string;
+  pid: number;
+  startedAt: number;
+  now: number;
+  socket: string;
+  scope: ScopeState;
+  /** Whether the scope directory exists right now. */
+  scopeExists: boolean;
+  /** The scope's cgroup.controllers right now, or why it could not be read. */
+  scopeControllersNow: string[] | Error;
+  /** ConstrainDevices as configured. */
+  constrainDevices: boolean;
+  devices: DeviceSupport;
+  backends: Active[];
+  jobs: number;
+  steps: number;
+  connections: number;
+  requests: Record<string, number>;
+  orphans: Readonly<OrphanReport & { at?: string }>;
+  /** The last check of the adopted tree's layout. */
+  layout: LayoutReport;
+  /** Adopted directories whose layout could not be repaired, in words. */
+  layoutProblems: string[];
+}
+
+export interface AgentStatus {
+  version: string;
+  protocol: string;
+  pid: number;
+  uptimeSec: number;
+  socket: string;
+  scope: string;
+  mode: ScopeState['mode'];
+  adopted: boolean;
+  infinityPid: number;
+  controllers: ScopeState['controllers'];
+  devices: DeviceSupport;
+  backends: Active[];
+  jobs: number;
+  steps: number;
+  connections: number;
+  requests: Record<string, number>;
+  fallbackReason?: string;
+  orphans: { removed: number; populated: string[]; at?: string };
+  layout: { checkedAt: string | null; levels: number; repaired: number; failed: number };
+  degraded: string[];
+}
+
+export function statusOf(f: StatusFacts): AgentStatus {
+  const s = f.scope;
+  return {
+    version: f.version,
+    protocol: f.protocol,
+    pid: f.pid,
+    uptimeSec: Math.round((f.now - f.startedAt) / 1000),
+    socket: f.socket,
+    scope: s.path,
+    mode: s.mode,
+    adopted: s.adopted,
+    infinityPid: s.infinityPid,
+    controllers: s.controllers,
+    devices: f.devices,
+    backends: f.backends,
+    jobs: f.jobs,
+    steps: f.steps,
+    connections: f.connections,
+    requests: f.requests,
+    ...(s.fallbackReason ? { fallbackReason: s.fallbackReason } : {}),
+    orphans: { removed: f.orphans.removed.length, populated: f.orphans.populated.map((p) => p.path), at: f.orphans.at },
+    layout: { checkedAt: f.layout.at, levels: f.layout.levels, repaired: f.layout.repaired.length, failed: f.layout.failed.length },
+    degraded: degradedOf(f),
+  };
+}
+
+export function degradedOf(f: StatusFacts): string[] {
+  const s = f.scope;
+  const out: string[] = [];
+  if (!f.scopeExists) out.push(`scope directory ${s.path} is gone`);
+  if (s.fallbackReason) out.push(`systemd unavailable, running in mkdir mode: ${s.fallbackReason}`);
+  if (s.unitLost) out.push(s.unitLost);
+  if (f.scopeControllersNow instanceof Error) out.push(`cannot read the scope's controllers: ${f.scopeControllersNow.message}`);
+  else {
+    const now = f.scopeControllersNow;
+    const lost = s.controllers.enabled.filter((c) => !now.includes(c));
+    if (lost.length) out.push(`controllers disappeared from the scope: ${lost.join(' ')}`);
+  }
+  if (f.constrainDevices && !f.devices.supported) out.push(`device control unavailable (devices/none): ${f.devices.reason}`);
+  if (f.orphans.populated.length) out.push(`${f.orphans.populated.length} orphan cgroup(s) still hold processes`);
+  const lp = f.layoutProblems;
+  if (lp.length) out.push(...lp.slice(0, 20), ...(lp.length > 20 ? [`(+${lp.length - 20} more directories not repaired)`] : []));
+  return out;
+}
