@@ -82,11 +82,11 @@ export function ensureMungeKey(): void {
   if (r.status !== 0) throw new Error(`cannot create ${MUNGE_KEY}: ${r.stderr}`);
 }
 
-const makePlugin = (outDir: string) => ['-s', '-C', PLUGIN_SRC_DIR, `OUT=${outDir}`];
+const makePlugin = (outDir: string, src = PLUGIN_SRC_DIR) => ['-s', '-C', src, `OUT=${outDir}`];
 
-/** Build the plugin into dir (make -C native/spank OUT=dir); returns the .so path. */
-export function buildPlugin(outDir: string): string {
-  const r = spawnSync('make', makePlugin(outDir), { encoding: 'utf8' });
+/** Build the plugin into dir (make -C native/spank OUT=dir, or from another source dir); returns the .so path. */
+export function buildPlugin(outDir: string, src = PLUGIN_SRC_DIR): string {
+  const r = spawnSync('make', makePlugin(outDir, src), { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`building the SPANK plugin failed:\n${r.stdout}${r.stderr}`);
   return path.join(outDir, 'cgstep_spank.so');
 }
@@ -328,6 +328,8 @@ export interface SlurmOptions {
   cpus?: number;
   /** Extra slurm.conf lines (PrologFlags=contain, LaunchParameters=...). */
   extraConf?: string[];
+  /** Build the plugin from this source dir instead of native/spank (a benchmark's baseline). */
+  pluginSrc?: string;
 }
 
 /** munged as the munge user on its own socket under dir/munge, key /etc/munge/munge.key; resolves once the socket exists. */
@@ -460,7 +462,7 @@ export async function startSlurm(o: SlurmOptions): Promise<SlurmCluster> {
     fs.writeFileSync(gresConf, gpus.map((g) => `NodeName=${NODE} Name=gpu File=${g}\n`).join(''));
 
     const plugstack = path.join(dir, 'plugstack.conf');
-    const plugin = buildPlugin(path.join(dir, 'plugin'));
+    const plugin = buildPlugin(path.join(dir, 'plugin'), o.pluginSrc);
     const setPluginArgs = (args: string[] | null) => {
       const text = args === null ? '# no plugins (baseline)\n' : `required ${plugin} ${[`socket=${o.socket}`, ...args].join(' ')}\n`;
       fs.writeFileSync(`${plugstack}.tmp`, text);
