@@ -122,6 +122,8 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
     allowUids: o.allowUids,
     readOnlyGids: o.readOnlyGids,
     maxConnections: o.maxConnections,
+    maxUserConnections: o.maxUserConnections,
+    idleTimeoutMs: o.idleTimeoutMs,
     log,
     handle: dispatch,
     subscribe: (send) => {

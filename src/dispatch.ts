@@ -6,6 +6,7 @@
 import { AgentError } from './errors.js';
 import type { Peer } from './rpc/peercred.js';
 import type { Request } from './rpc/protocol.js';
+import { Streamed } from './rpc/stream.js';
 import { PROTOCOL_VERSION } from './rpc/version.js';
 import type { AgentStatus } from './status.js';
 import type { Leaf, StepTree } from './steps/index.js';
@@ -27,7 +28,7 @@ export function makeDispatch(d: DispatchDeps): Dispatch {
       case 'status':
         return d.status();
       case 'list':
-        return { jobs: tree.list() };
+        return new Streamed('jobs', tree.listJobs());
       case 'job.create':
         return tree.createJob(req.job, req.limits, req.devices);
       case 'step.create':

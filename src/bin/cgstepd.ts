@@ -38,7 +38,9 @@ const program = new Command('cgstepd')
   .addOption(opt('--allow-uid <uid>', 'uid allowed to act on its own jobs (repeatable; root always may act)').argParser(intList('uid')))
   .addOption(opt('--read-only-gid <gid>', 'gid allowed status/list/stats/events only (repeatable)').argParser(intList('gid')))
   .addOption(opt('--ignore-missing-controllers', 'accept limits whose controller the node lacks (they are skipped and reported)'))
-  .addOption(opt('--max-connections <n>', 'concurrent connections').argParser(intArg('max connections', 1, 100000)).default(1024))
+  .addOption(opt('--max-connections <n>', 'concurrent connections (the last 64 only for root and operators)').argParser(intArg('max connections', 65, 100000)).default(1024))
+  .addOption(opt('--max-user-connections <n>', 'concurrent connections per non-root, non-operator uid').argParser(intArg('max user connections', 1, 100000)).default(32))
+  .addOption(opt('--idle-timeout <ms>', 'close non-root, non-operator connections idle this long (a request line must end within min(this, 10 s))').argParser(intArg('idle timeout', 100, 86400000)).default(60000))
   .addOption(opt('--wait-timeout <ms>', 'how long destroy/freeze wait for the kernel').argParser(intArg('wait timeout', 1, 3600000)).default(10000))
   .addOption(opt('--orphan-interval <ms>', 'how often orphan cgroups are collected').argParser(intArg('orphan interval', 1000, 86400000)).default(60000))
   .addOption(opt('--metrics <[addr:]port>', 'serve Prometheus /metrics (loopback unless an address is given)'))
@@ -80,6 +82,8 @@ const options: AgentOptions = {
   devicePolicy: f.devicePolicy,
   ignoreMissingControllers: !!f.ignoreMissingControllers,
   maxConnections: f.maxConnections,
+  maxUserConnections: f.maxUserConnections,
+  idleTimeoutMs: f.idleTimeout,
   waitTimeoutMs: f.waitTimeout,
   orphanIntervalMs: f.orphanInterval,
   metrics: f.metrics,

@@ -28,6 +28,10 @@ export interface AgentOptions {
   devicePolicy: 'open' | 'closed';
   ignoreMissingControllers: boolean;
   maxConnections: number;
+  /** Connections at once per uid that is neither root nor an operator. */
+  maxUserConnections: number;
+  /** Non-admin connections idle this long are closed, ms. */
+  idleTimeoutMs: number;
   /** How long destroy and freeze wait for the kernel, ms. */
   waitTimeoutMs: number;
   /** How often orphans are collected, ms. */

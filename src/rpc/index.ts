@@ -6,4 +6,5 @@
 export * from './protocol.js';
 export * from './client.js';
 export { RpcServer, type ServerOptions } from './server.js';
+export { Streamed } from './stream.js';
 export { peerCred, roleOf, type Peer, type PeerCred, type Role } from './peercred.js';

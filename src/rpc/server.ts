@@ -17,6 +17,8 @@ import { peerCred, roleOf, type Peer } from './peercred.js';
 import type { AgentEvent, Reply, Request } from './protocol.js';
 import { parseRequest } from './validate.js';
 import { MAX_LINE_BYTES, PROTOCOL_VERSION, READ_ONLY_OPS, majorOf } from './version.js';
+import { RateLimiter, Slots, DEFAULT_RATE, type RateOptions } from './limits.js';
+import { Streamed } from './stream.js';
 
 export interface ServerOptions {
   socketPath: string;
@@ -34,6 +36,10 @@ export interface ServerOptions {
   socketGroup?: number;
   /** Connections at once per non-admin uid. */
   maxUserConnections?: number;
+  /** A non-admin connection with nothing running and nothing sent for this long is closed, ms. */
+  idleTimeoutMs?: number;
+  /** The rate of list/stats per non-admin uid. */
+  rate?: RateOptions;
   log: Logger;
   handle: (req: Request, peer: Peer) => Promise<unknown>;
   /** Called once per request with its op ('invalid' when unparsable), latency and error code. */
@@ -51,6 +57,36 @@ const DEFAULT_USER_CONNECTIONS = 32;
 /** How long, and how many at once, refused connections wait for the peer to read why. */
 const REFUSED_GRACE_MS = 250;
 const REFUSED_LINGER = 256;
+const DEFAULT_IDLE_MS = 60_000;
+/** A request line must be complete this long after its first byte (non-admin peers). */
+const LINE_TIMEOUT_MS = 10_000;
+/** Requests of one non-admin connection that run at once, and that may wait before its reading pauses. */
+const USER_INFLIGHT = 4;
+const USER_QUEUE = 16;
+/** list/stats requests of all non-admin peers together that run at once. */
+const EXPENSIVE_AT_ONCE = 4;
+
+/** One accepted connection. */
+interface Conn {
+  s: net.Socket;
+  peer: Peer;
+  inflight: number;
+  queue: string[];
+  /** Reading paused because too many lines wait. */
+  backlogged: boolean;
+  unsubscribe: (() => void) | null;
+  lineTimer: NodeJS.Timeout | null;
+  /** Streamed replies of this connection, one after another. */
+  streams: Promise<void>;
+  /** While one is being written: the lines that wait for it to end. */
+  held: string[] | null;
+}
+
+/** Lines (events, other replies) that may wait behind one streamed reply. */
+const HELD_MAX = 10_000;
+
+/** What finish returns for a reply it has already written in pieces. */
+const STREAMED = Symbol('streamed');
 
 export class RpcServer {
   private server: net.Server | null = null;
@@ -65,8 +101,12 @@ export class RpcServer {
   /** The inode of the socket file this server made: only that file is removed at close. */
   private socketIno = -1;
   readonly counters = { connections: 0, requests: 0, errors: 0, refused: 0 };
+  private readonly rate: RateLimiter;
+  private readonly expensive = new Slots(EXPENSIVE_AT_ONCE);
 
-  constructor(private readonly o: ServerOptions) {}
+  constructor(private readonly o: ServerOptions) {
+    this.rate = new RateLimiter(o.rate ?? DEFAULT_RATE);
+  }
 
   async listen(): Promise<void> {
     const dir = path.dirname(this.o.socketPath);
@@ -121,9 +161,9 @@ export class RpcServer {
     this.conns.add(s);
     if (peer.role !== 'admin') this.perUid.set(peer.uid, (this.perUid.get(peer.uid) ?? 0) + 1);
     this.o.log.info({ peerPid: peer.pid, peerUid: peer.uid, role: peer.role }, 'connection accepted');
+    const c: Conn = { s, peer, inflight: 0, queue: [], backlogged: false, unsubscribe: null, lineTimer: null, streams: Promise.resolve(), held: null };
     let buf: Buffer[] = [];
     let buffered = 0;
-    let unsubscribe: (() => void) | null = null;
     s.on('data', (chunk: Buffer) => {
       let start = 0;
       for (let nl = chunk.indexOf(10); nl >= 0; nl = chunk.indexOf(10, start)) {
@@ -133,8 +173,7 @@ export class RpcServer {
         const text = buf.length ? Buffer.concat([...buf, piece]).toString('utf8') : piece.toString('utf8');
         buf = [];
         buffered = 0;
-        if (text.trim() === '') continue;
-        void this.onLine(s, text, peer, (u) => (unsubscribe = u));
+        if (text.trim() !== '') c.queue.push(text);
       }
       if (start < chunk.length) {
         const rest = chunk.subarray(start);
@@ -142,17 +181,70 @@ export class RpcServer {
         if (buffered > MAX_LINE_BYTES) return this.tooLong(s);
         buf.push(Buffer.from(rest));
       }
+      this.watchPartialLine(c, buffered > 0);
+      this.pump(c);
     });
-    s.on('drain', () => s.resume());
+    s.on('drain', () => {
+      if (!c.backlogged) s.resume();
+    });
+    if (peer.role !== 'admin') {
+      // Idle non-admin connections are closed; a request still running or an events subscription is not idle.
+      s.setTimeout(this.o.idleTimeoutMs ?? DEFAULT_IDLE_MS);
+      s.on('timeout', () => {
+        if (c.inflight > 0 || c.unsubscribe) return;
+        this.o.log.debug({ peerUid: peer.uid }, 'closing an idle connection');
+        s.destroy();
+      });
+    }
     s.on('close', () => {
       this.conns.delete(s);
+      if (c.lineTimer) clearTimeout(c.lineTimer);
       if (peer.role !== 'admin') {
         const n = (this.perUid.get(peer.uid) ?? 1) - 1;
         if (n > 0) this.perUid.set(peer.uid, n);
         else this.perUid.delete(peer.uid);
       }
-      unsubscribe?.();
+      c.unsubscribe?.();
     });
+  }
+
+  /**
+   * Run queued lines: all at once for admin peers, USER_INFLIGHT at a time for
+   * the others, whose reading pauses while USER_QUEUE lines wait (so one
+   * connection cannot pipeline thousands of requests into the agent).
+   */
+  private pump(c: Conn): void {
+    const max = c.peer.role === 'admin' ? Infinity : USER_INFLIGHT;
+    while (c.queue.length > 0 && c.inflight < max) {
+      const text = c.queue.shift()!;
+      c.inflight++;
+      void this.onLine(c, text).finally(() => {
+        c.inflight--;
+        this.pump(c);
+      });
+    }
+    const backlogged = c.queue.length >= USER_QUEUE;
+    if (backlogged && !c.backlogged) c.s.pause();
+    else if (!backlogged && c.backlogged && c.s.writableLength <= PAUSE_BYTES) c.s.resume();
+    c.backlogged = backlogged;
+  }
+
+  /** A non-admin peer's line must be complete within the line timeout of its first byte (no slowloris). */
+  private watchPartialLine(c: Conn, partial: boolean): void {
+    if (c.peer.role === 'admin') return;
+    if (!partial) {
+      if (c.lineTimer) clearTimeout(c.lineTimer);
+      c.lineTimer = null;
+      return;
+    }
+    if (c.lineTimer) return;
+    c.lineTimer = setTimeout(() => {
+      this.o.log.debug({ peerUid: c.peer.uid }, 'closing a connection whose request line never ended');
+      this.counters.errors++;
+      c.s.end(line({ id: null, ok: false, error: { code: 'ETIMEDOUT', message: 'request line not finished in time; closing the connection' } }));
+      c.s.destroy();
+    }, Math.min(this.o.idleTimeoutMs ?? DEFAULT_IDLE_MS, LINE_TIMEOUT_MS));
+    c.lineTimer.unref();
   }
 
   /** Why this peer may not open one more connection now, or null when it may. */
@@ -210,7 +302,8 @@ export class RpcServer {
     s.end(line({ id: null, ok: false, error: { code: 'E2BIG', message: `request line longer than ${MAX_LINE_BYTES} bytes; closing the connection` } }));
   }
 
-  private async onLine(s: net.Socket, text: string, peer: Peer, setUnsub: (u: () => void) => void): Promise<void> {
+  private async onLine(c: Conn, text: string): Promise<void> {
+    const { s, peer } = c;
     this.counters.requests++;
     let id: string | number | null = null;
     let op = 'invalid';
@@ -237,11 +330,19 @@ export class RpcServer {
       if (peer.role === 'reader' && !READ_ONLY_OPS.has(req.op)) throw new AgentError('EPERM', `uid ${peer.uid} may only use read-only requests; ${req.op} needs an allowed uid`);
       if (req.op === 'events') {
         reply = { id, ok: true, result: { subscribed: true } };
-        this.write(s, reply);
-        setUnsub(this.o.subscribe((e) => this.write(s, e)));
+        this.write(c, reply);
+        c.unsubscribe ??= this.o.subscribe((e) => this.write(c, e));
         return;
       }
-      const result = await this.o.handle(req, peer);
+      let result: unknown;
+      if (peer.role !== 'admin' && RateLimiter.limited(req.op)) {
+        this.rate.take(peer.uid, req.op);
+        result = await this.expensive.run(async () => this.finish(c, id, await this.o.handle(req, peer)));
+      } else result = await this.finish(c, id, await this.o.handle(req, peer));
+      if (result === STREAMED) {
+        this.o.observe?.(op, (performance.now() - t0) / 1e3);
+        return;
+      }
       reply = { id, ok: true, result };
     } catch (err) {
       this.counters.errors++;
@@ -251,11 +352,66 @@ export class RpcServer {
       this.inflight--;
     }
     this.o.observe?.(op, (performance.now() - t0) / 1e3, reply.ok ? undefined : reply.error.code);
-    this.write(s, reply);
+    this.write(c, reply);
   }
 
-  private write(s: net.Socket, msg: unknown): void {
+  /**
+   * A plain result is returned for onLine to send; a Streamed one is written
+   * here, item by item, waiting for the client to read when it falls behind,
+   * so a reply of megabytes never blocks the loop nor sits whole in memory.
+   */
+  private async finish(c: Conn, id: string | number | null, result: unknown): Promise<unknown> {
+    if (!(result instanceof Streamed)) return result;
+    const prev = c.streams;
+    const mine = prev.then(() => this.stream(c, id, result));
+    c.streams = mine;
+    await mine;
+    return STREAMED;
+  }
+
+  private async stream(c: Conn, id: string | number | null, result: Streamed): Promise<void> {
+    const { s } = c;
+    c.held = [];
+    try {
+      await this.streamItems(s, id, result);
+    } catch (err) {
+      // Half a line is on the wire: the connection cannot carry anything after it.
+      this.o.log.error({ err }, 'streamed reply failed; closing the connection');
+      s.destroy();
+    } finally {
+      const held = c.held;
+      c.held = null;
+      for (const l of held) if (!s.destroyed) s.write(l);
+    }
+  }
+
+  private async streamItems(s: net.Socket, id: string | number | null, result: Streamed): Promise<void> {
+    const head = JSON.stringify({ id, ok: true, result: { ...result.extra, [result.field]: [] } });
+    // Everything up to the empty array's closing bracket, then the items, then the rest.
+    const at = head.lastIndexOf('[]') + 1;
+    let first = true;
+    s.write(head.slice(0, at));
+    for await (const item of result.items) {
+      if (s.destroyed) return;
+      s.write((first ? '' : ',') + JSON.stringify(item));
+      first = false;
+      if (s.writableLength > PAUSE_BYTES) await drained(s);
+    }
+    if (!s.destroyed) s.write(head.slice(at) + '\n');
+  }
+
+  private write(c: Conn, msg: unknown): void {
+    const { s } = c;
     if (s.destroyed || !s.writable) return;
+    // A streamed reply is one line written in pieces: nothing may land inside it.
+    if (c.held) {
+      c.held.push(line(msg));
+      if (c.held.length > HELD_MAX) {
+        this.o.log.warn({ held: c.held.length }, 'client does not read its replies; dropping the connection');
+        s.destroy();
+      }
+      return;
+    }
     s.write(line(msg));
     if (s.writableLength > DROP_BYTES) {
       this.o.log.warn({ pending: s.writableLength }, 'client does not read its replies; dropping the connection');
@@ -282,6 +438,19 @@ export class RpcServer {
     for (const s of this.conns) s.destroy();
     removeOwnSocket(this.o.socketPath, this.socketIno);
   }
+}
+
+/** Resolves when s can take more, or is gone. */
+function drained(s: net.Socket): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      s.off('drain', done);
+      s.off('close', done);
+      resolve();
+    };
+    s.once('drain', done);
+    s.once('close', done);
+  });
 }
 
 function line(msg: unknown): string {

@@ -116,6 +116,28 @@ export interface TreeOptions {
 }
 
 export interface StepInfo { step: string; path: string; populated: boolean; tasks: string[] }
+
+/** How long list and stats read before letting other work run, ms. */
+const SLICE_MS = 2;
+
+/** A function to await between pieces of work: it gives the event loop back once SLICE_MS have passed. */
+function slicer(): () => Promise<void> {
+  let since = performance.now();
+  return async () => {
+    if (performance.now() - since < SLICE_MS) return;
+    await new Promise((r) => setImmediate(r));
+    since = performance.now();
+  };
+}
+
+/** Numbered steps in order, then the named ones (batch, extern, interactive). */
+function compareSteps(a: string, b: string): number {
+  const na = /^\d+$/.test(a);
+  const nb = /^\d+$/.test(b);
+  if (na && nb) return Number(a) - Number(b);
+  if (na !== nb) return na ? -1 : 1;
+  return a < b ? -1 : a > b ? 1 : 0;
+}
 export interface JobInfo { job: string; path: string; populated: boolean; steps: StepInfo[] }
 
 export class StepTree {
@@ -493,15 +515,19 @@ export class StepTree {
     });
   }
 
-  stats(job: string, step?: string) {
+  /** Read in slices (see listJobs): a job may have many steps and tasks. */
+  async stats(job: string, step?: string) {
     const jobDir = this.requireJob(job);
     const steps = step !== undefined ? [step] : childDirs(jobDir).map(parseStepName).filter((s): s is string => s !== null);
     if (step !== undefined) this.requireStep(job, step);
-    return {
-      job,
-      ...(step === undefined ? { total: this.readStats(jobDir), limits: readLimits(jobDir), devices: this.devicesOf(jobDir) } : {}),
-      steps: steps.map((s) => this.stepStats(job, s)),
-    };
+    const head = step === undefined ? { total: this.readStats(jobDir), limits: readLimits(jobDir), devices: this.devicesOf(jobDir) } : {};
+    const pause = slicer();
+    const out: ReturnType<StepTree['stepStats']>[] = [];
+    for (const s of steps) {
+      await pause();
+      out.push(this.stepStats(job, s));
+    }
+    return { job, ...head, steps: out };
   }
 
   private stepStats(job: string, step: string) {
@@ -594,22 +620,36 @@ export class StepTree {
   }
 
   list(): JobInfo[] {
-    const jobs: JobInfo[] = [];
-    for (const jn of childDirs(this.opts.scopeDir)) {
-      const job = parseJobName(jn);
-      if (job === null) continue;
-      const jdir = this.paths.job(job);
-      const steps: StepInfo[] = [];
-      for (const sn of childDirs(jdir)) {
-        const step = parseStepName(sn);
-        if (step === null) continue;
-        const sdir = this.paths.step(job, step);
-        const tasks = childDirs(path.join(sdir, USER_DIR)).filter((n) => parseTaskName(n) !== null);
-        steps.push({ step, path: sdir, populated: isPopulated(sdir), tasks });
-      }
-      jobs.push({ job, path: jdir, populated: isPopulated(jdir), steps });
+    return this.knownJobsSorted().map((job) => this.jobInfo(job));
+  }
+
+  /**
+   * The same jobs as list(), one at a time, giving the event loop back every
+   * SLICE_MS of reading: at 20,000 steps a whole list is seconds of file reads,
+   * and nobody's request may wait behind it. `want` skips jobs unread.
+   */
+  async *listJobs(want: (job: string) => boolean = () => true): AsyncGenerator<JobInfo> {
+    const pause = slicer();
+    for (const job of this.knownJobsSorted()) {
+      if (!want(job)) continue;
+      yield this.jobInfo(job);
+      await pause();
     }
-    return jobs.sort((a, b) => Number(a.job) - Number(b.job));
+  }
+
+  private knownJobsSorted(): string[] {
+    return [...this.index.keys()].sort((a, b) => Number(a) - Number(b));
+  }
+
+  /** One job as list() shows it (a step removed meanwhile reads as empty: the cgroupfs reads take ENOENT as that). */
+  private jobInfo(job: string): JobInfo {
+    const steps: StepInfo[] = [];
+    for (const step of [...(this.index.get(job) ?? [])].sort(compareSteps)) {
+      const sdir = this.paths.step(job, step);
+      const tasks = childDirs(path.join(sdir, USER_DIR)).filter((n) => parseTaskName(n) !== null);
+      steps.push({ step, path: sdir, populated: isPopulated(sdir), tasks });
+    }
+    return { job, path: this.paths.job(job), populated: isPopulated(this.paths.job(job)), steps };
   }
 
   /** Stop watching; an adoption still walking the tree stops at its next step. */

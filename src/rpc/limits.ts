@@ -1,0 +1,75 @@
+/**
+ * rpc/limits: what one non-admin peer may cost the agent. Per-uid token
+ * buckets for the reads whose cost grows with the tree (list, stats), and a
+ * few slots that let only a few such reads run at once for all non-admin
+ * peers together, so root's requests always find the event loop nearly free.
+ * Admin peers (root, operators) are never limited here. Pure bookkeeping: no
+ * sockets, no cgroups.
+ */
+import { AgentError } from '../errors.js';
+import type { Op } from './protocol.js';
+
+/** Tokens each op costs; ops not listed cost nothing. */
+const COST: Partial<Record<Op, number>> = { list: 10, stats: 1 };
+
+export interface RateOptions {
+  /** Tokens a uid may spend in a burst. */
+  burst: number;
+  /** Tokens a uid gets back per second. */
+  perSecond: number;
+}
+
+/**
+ * 40 tokens, 20 a second: a live view that lists every 2 s and reads the stats
+ * of 30 jobs each time stays inside it; a loop of list requests gets 2 a second.
+ */
+export const DEFAULT_RATE: RateOptions = { burst: 40, perSecond: 20 };
+
+export class RateLimiter {
+  private buckets = new Map<number, { tokens: number; at: number }>();
+
+  constructor(private readonly o: RateOptions = DEFAULT_RATE) {}
+
+  /** Spend what op costs for uid, or throw EBUSY saying when to retry. */
+  take(uid: number, op: Op, now = Date.now()): void {
+    const cost = COST[op] ?? 0;
+    if (cost === 0) return;
+    const b = this.buckets.get(uid) ?? { tokens: this.o.burst, at: now };
+    b.tokens = Math.min(this.o.burst, b.tokens + ((now - b.at) / 1000) * this.o.perSecond);
+    b.at = now;
+    if (b.tokens < cost) {
+      this.buckets.set(uid, b);
+      const wait = Math.ceil(((cost - b.tokens) / this.o.perSecond) * 1000);
+      throw new AgentError('EBUSY', `uid ${uid} is reading too fast (${op}: ${this.o.perSecond} tokens a second, ${op} costs ${cost}); retry in ${wait} ms`);
+    }
+    b.tokens -= cost;
+    this.buckets.set(uid, b);
+    // Full buckets carry no information: forget them so the map stays small.
+    if (this.buckets.size > 4096) for (const [u, x] of this.buckets) if (x.tokens + ((now - x.at) / 1000) * this.o.perSecond >= this.o.burst) this.buckets.delete(u);
+  }
+
+  /** Whether op is one of the limited reads. */
+  static limited(op: Op): boolean {
+    return (COST[op] ?? 0) > 0;
+  }
+}
+
+/** At most n holders at once; the others wait in arrival order. */
+export class Slots {
+  private holders = 0;
+  private waiting: (() => void)[] = [];
+
+  constructor(private readonly n: number) {}
+
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.holders >= this.n) await new Promise<void>((r) => this.waiting.push(r));
+    else this.holders++;
+    try {
+      return await fn();
+    } finally {
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.holders--;
+    }
+  }
+}
