@@ -26,12 +26,12 @@ import {
 import * as native from '../../src/devices/native.js';
 import { getXattr, setXattr } from '../../src/cgroupfs/index.js';
 import { OP, decode, emit, normalize } from '../../src/devices/compiler.js';
+import { gate } from '../helpers/gate.js';
 import { Cgroups, Prober, kernelSkipReason, memLogger, standardNodes, uniqueProgName, type DevNodes } from './helpers.js';
 import { GOLDEN_CASES, searchRuleArbs } from './cases.js';
 
 const skip = kernelSkipReason();
-const ktest = skip ? test.serial.skip : test.serial;
-if (skip) test('kernel device tests', (t) => t.log(`skipped: ${skip}`));
+const { test: ktest } = gate('BPF device programs', { ok: !skip, reason: skip }, import.meta.url);
 
 const parseRulesOf = (...texts: string[]) => texts.map((s) => (s.startsWith('-') ? parseRule(s.slice(1), false) : parseRule(s, true)));
 const rules = (dflt: 'allow' | 'deny', ...texts: string[]): RuleSet => ({

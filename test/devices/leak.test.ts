@@ -7,11 +7,11 @@
 import test from 'ava';
 import fs from 'node:fs';
 import { DeviceController, loadedPrograms, parseRule, type RuleSet } from '../../src/devices/index.js';
+import { gate } from '../helpers/gate.js';
 import { Cgroups, kernelSkipReason, memLogger, sleep, uniqueProgName } from './helpers.js';
 
 const skip = kernelSkipReason();
-const ktest = skip ? test.serial.skip : test.serial;
-if (skip) test('kernel leak tests', (t) => t.log(`skipped: ${skip}`));
+const { test: ktest } = gate('BPF device programs', { ok: !skip, reason: skip }, import.meta.url);
 
 let cg: Cgroups;
 test.before(() => {
