@@ -14,16 +14,16 @@ import type { DeviceBackend } from './devices/backend-types.js';
 import { ebpfDevices, type EbpfContext } from './devices/backend.js';
 import { DeviceController } from './devices/controller.js';
 import { noneDevices } from './devices/none.js';
-import { makeDispatch } from './dispatch.js';
+import { makeDispatch, type Dispatch } from './dispatch.js';
 import { AgentError } from './errors.js';
 import type { Metrics } from './metrics/index.js';
 // Not rpc/index.js: that loads the schema library, which rpc/validate loads only when needed.
-import { RpcServer } from './rpc/server.js';
+import { RpcServer, type ServerOptions } from './rpc/server.js';
 import { PROTOCOL_VERSION } from './rpc/version.js';
 import { mkdirScope, systemdScope, type ScopeBackend, type ScopeContext } from './scope/backends.js';
 import { ScopeGuard } from './scope/guard.js';
 import type { ScopeOptions, SystemdPort } from './scope/lifecycle.js';
-import { statusOf, type AgentStatus } from './status.js';
+import { statusOf, type AgentStatus, type StatusFacts } from './status.js';
 import { cgroupAccounting, type AccountingBackend } from './steps/accounting.js';
 import { OrphanSweeper, StepTree } from './steps/index.js';
 
@@ -73,20 +73,7 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
   const s0 = guard.state;
   log.info({ scope: s0.path, mode: s0.mode, infinityPid: s0.infinityPid, controllers: s0.controllers.enabled, adopted: s0.adopted }, 'scope ready');
 
-  const tree = new StepTree({
-    scopeDir: s0.path,
-    mountPoint: root.mountPoint,
-    conf: o.conf,
-    totalRam: os.totalmem(),
-    ignoreMissingControllers: o.ignoreMissingControllers,
-    waitTimeoutMs: o.waitTimeoutMs,
-    log,
-    protectedPids: () => [1, process.pid, guard.state.infinityPid],
-    devices,
-    accounting: registry.get<AccountingBackend>('accounting'),
-    scopeControllers: () => guard.state.controllers.enabled,
-    verifyMoves: o.verifyMoves,
-  });
+  const tree = makeTree(o, root.mountPoint, guard, registry, log);
   const recovered = tree.recover();
   if (recovered.jobs) log.info(recovered, 'adopted jobs and steps from the tree');
   guard.on('recreated', (s) => void tree.rescan().then(() => log.info({ scope: s.path, infinityPid: s.infinityPid }, 'scope re-created')));
@@ -96,41 +83,8 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
 
   const started = Date.now();
   let metrics: Metrics | null = null;
-  const status = (): AgentStatus => {
-    const scope = guard.state;
-    let now: string[] | Error;
-    try {
-      now = controllersOf(scope.path);
-    } catch (err) {
-      now = err as Error;
-    }
-    return statusOf({
-      version: AGENT_VERSION, protocol: PROTOCOL_VERSION, pid: process.pid, startedAt: started, now: Date.now(), socket: o.socket,
-      scope, scopeExists: isDir(scope.path), scopeControllersNow: now, constrainDevices: o.conf.constrainDevices,
-      devices: devices.support, backends: registry.active(), jobs: tree.jobCount, steps: tree.stepCount,
-      connections: server.connectionCount, requests: server.counters, orphans: sweeper.lastReport,
-      layout: tree.layout.report, layoutProblems: tree.layoutProblems(),
-    });
-  };
-  const dispatch = makeDispatch({ version: AGENT_VERSION, tree, status });
-  const server = new RpcServer({
-    observe: (op, sec, code) => metrics?.observe(op, sec, code),
-    socketPath: o.socket,
-    socketMode: o.socketMode,
-    socketGroup: o.socketGroup,
-    operatorUids: o.operatorUids,
-    allowUids: o.allowUids,
-    readOnlyGids: o.readOnlyGids,
-    maxConnections: o.maxConnections,
-    maxUserConnections: o.maxUserConnections,
-    idleTimeoutMs: o.idleTimeoutMs,
-    log,
-    handle: dispatch,
-    subscribe: (send) => {
-      tree.watcher.on('event', send);
-      return () => tree.watcher.off('event', send);
-    },
-  });
+  const status = (): AgentStatus => statusOf(statusFacts({ o, started, guard, registry, devices, tree, server, sweeper }));
+  const server = makeServer(o, log, tree, makeDispatch({ version: AGENT_VERSION, tree, status }), (op, sec, code) => metrics?.observe(op, sec, code));
 
   if (o.metrics) {
     // Loaded only when asked for: prom-client costs about 12 MiB of RSS.
@@ -163,6 +117,73 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
       await closed;
       await registry.stop(log);
     },
+  };
+}
+
+function makeTree(o: AgentOptions, mountPoint: string, guard: ScopeGuard, registry: Registry<Context>, log: Logger): StepTree {
+  return new StepTree({
+    scopeDir: guard.state.path,
+    mountPoint,
+    conf: o.conf,
+    totalRam: os.totalmem(),
+    ignoreMissingControllers: o.ignoreMissingControllers,
+    waitTimeoutMs: o.waitTimeoutMs,
+    log,
+    protectedPids: () => [1, process.pid, guard.state.infinityPid],
+    devices: registry.get<DeviceBackend>('devices'),
+    accounting: registry.get<AccountingBackend>('accounting'),
+    scopeControllers: () => guard.state.controllers.enabled,
+    verifyMoves: o.verifyMoves,
+  });
+}
+
+function makeServer(o: AgentOptions, log: Logger, tree: StepTree, handle: Dispatch, observe: ServerOptions['observe']): RpcServer {
+  return new RpcServer({
+    observe,
+    socketPath: o.socket,
+    socketMode: o.socketMode,
+    socketGroup: o.socketGroup,
+    operatorUids: o.operatorUids,
+    allowUids: o.allowUids,
+    readOnlyGids: o.readOnlyGids,
+    maxConnections: o.maxConnections,
+    maxUserConnections: o.maxUserConnections,
+    idleTimeoutMs: o.idleTimeoutMs,
+    log,
+    handle,
+    subscribe: (send) => {
+      tree.watcher.on('event', send);
+      return () => tree.watcher.off('event', send);
+    },
+  });
+}
+
+interface StatusSources {
+  o: AgentOptions;
+  started: number;
+  guard: ScopeGuard;
+  registry: Registry<Context>;
+  devices: DeviceBackend;
+  tree: StepTree;
+  server: RpcServer;
+  sweeper: OrphanSweeper;
+}
+
+/** What statusOf needs, read now (the only I/O: the scope's directory and controllers). */
+function statusFacts(x: StatusSources): StatusFacts {
+  const scope = x.guard.state;
+  let now: string[] | Error;
+  try {
+    now = controllersOf(scope.path);
+  } catch (err) {
+    now = err as Error;
+  }
+  return {
+    version: AGENT_VERSION, protocol: PROTOCOL_VERSION, pid: process.pid, startedAt: x.started, now: Date.now(), socket: x.o.socket,
+    scope, scopeExists: isDir(scope.path), scopeControllersNow: now, constrainDevices: x.o.conf.constrainDevices,
+    devices: x.devices.support, backends: x.registry.active(), jobs: x.tree.jobCount, steps: x.tree.stepCount,
+    connections: x.server.connectionCount, requests: x.server.counters, orphans: x.sweeper.lastReport,
+    layout: x.tree.layout.report, layoutProblems: x.tree.layoutProblems(),
   };
 }
 
