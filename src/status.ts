@@ -10,13 +10,23 @@ import type { ScopeState } from './scope/lifecycle.js';
 import type { OrphanReport } from './steps/orphans.js';
 import type { LayoutReport } from './steps/adopt.js';
 
-export interface StatusFacts {
+/** What status reports as it is read. */
+interface Passed {
   version: string;
   protocol: string;
   pid: number;
+  socket: string;
+  devices: DeviceSupport;
+  backends: Active[];
+  jobs: number;
+  steps: number;
+  connections: number;
+  requests: Record<string, number>;
+}
+
+export interface StatusFacts extends Passed {
   startedAt: number;
   now: number;
-  socket: string;
   scope: ScopeState;
   /** Whether the scope directory exists right now. */
   scopeExists: boolean;
@@ -24,12 +34,6 @@ export interface StatusFacts {
   scopeControllersNow: string[] | Error;
   /** ConstrainDevices as configured. */
   constrainDevices: boolean;
-  devices: DeviceSupport;
-  backends: Active[];
-  jobs: number;
-  steps: number;
-  connections: number;
-  requests: Record<string, number>;
   orphans: Readonly<OrphanReport & { at?: string }>;
   /** The last check of the adopted tree's layout. */
   layout: LayoutReport;
@@ -37,23 +41,13 @@ export interface StatusFacts {
   layoutProblems: string[];
 }
 
-export interface AgentStatus {
-  version: string;
-  protocol: string;
-  pid: number;
+export interface AgentStatus extends Passed {
   uptimeSec: number;
-  socket: string;
   scope: string;
   mode: ScopeState['mode'];
   adopted: boolean;
   infinityPid: number;
   controllers: ScopeState['controllers'];
-  devices: DeviceSupport;
-  backends: Active[];
-  jobs: number;
-  steps: number;
-  connections: number;
-  requests: Record<string, number>;
   fallbackReason?: string;
   orphans: { removed: number; populated: string[]; at?: string };
   layout: { checkedAt: string | null; levels: number; repaired: number; failed: number };
