@@ -1,0 +1,10 @@
+/**
+ * sys: the native boundary, one module per kind. addon.ts loads the project's
+ * N-API addon (bpf(), xattrs, inotify) and types its errors; libc.ts binds the
+ * few libc calls Node lacks through koffi (datagram sockets for sd_notify,
+ * getsockopt for peer credentials, flock). Owns signatures and errno names,
+ * never policy: callers in src/cgroupfs, src/devices, src/rpc and src/systemd
+ * decide what the calls mean.
+ */
+export * from './addon.js';
+export * from './libc.js';
