@@ -2,7 +2,7 @@
  * A corpus of malformed requests for the hostile-input tests: each entry is a
  * raw line (without its newline) that must get a typed error, never a crash.
  */
-const ops = ['status', 'list', 'job.create', 'step.create', 'attach', 'stats', 'signal', 'freeze', 'thaw', 'destroy', 'devices.set', 'events', 'hello'];
+const ops = ['status', 'list', 'job.create', 'step.create', 'attach', 'task.place', 'stats', 'signal', 'freeze', 'thaw', 'destroy', 'devices.set', 'events', 'hello'];
 const badIds: unknown[] = ['', '0', '-1', '../1', '1/2', '/etc', '1\u0000', 'job_1', '１', '1e3', '0x10', ' 7', '7 ', 4294967295, 1e308, -0.5, NaN, null, true, [], {}, '99999999999999999999'];
 const badSteps: unknown[] = ['..', 'batch/..', 'BATCH', 'x', '-3', 1.5, '', '00', null, [1], { a: 1 }];
 const badPids: unknown[] = [0, -1, 1.5, '12', 2 ** 40, null, 'self', []];
@@ -20,8 +20,11 @@ export function corpus(): string[] {
     lines.push(j({ id: 1, op, unknown: 1 }));
     for (const job of badIds) lines.push(j({ id: 1, op, job, step: 0, pid: 100, signal: 'TERM', devices: {} }));
   }
-  for (const step of badSteps) for (const op of ['step.create', 'attach', 'destroy', 'freeze']) lines.push(j({ id: 1, op, job: 1, step, pid: 100 }));
-  for (const pid of badPids) lines.push(j({ id: 1, op: 'attach', job: 1, step: 0, pid }));
+  for (const step of badSteps) for (const op of ['step.create', 'attach', 'task.place', 'destroy', 'freeze']) lines.push(j({ id: 1, op, job: 1, step, pid: 100 }));
+  for (const pid of badPids) lines.push(j({ id: 1, op: 'attach', job: 1, step: 0, pid }), j({ id: 1, op: 'task.place', job: 1, step: 0, pid }));
+  for (const limits of badLimits) lines.push(j({ id: 1, op: 'task.place', job: 1, step: 0, pid: 100, jobLimits: limits }), j({ id: 1, op: 'task.place', job: 1, step: 0, pid: 100, stepLimits: limits }));
+  for (const devices of badDevices) lines.push(j({ id: 1, op: 'task.place', job: 1, step: 0, pid: 100, jobDevices: devices }), j({ id: 1, op: 'task.place', job: 1, step: 0, pid: 100, devices }));
+  for (const owner of [-1, 1.5, '0', 2 ** 32, null]) lines.push(j({ id: 1, op: 'task.place', job: 1, step: 0, pid: 100, owner }));
   for (const limits of badLimits) lines.push(j({ id: 1, op: 'job.create', job: 1, limits }), j({ id: 1, op: 'step.create', job: 1, step: 0, limits }));
   for (const devices of badDevices) lines.push(j({ id: 1, op: 'job.create', job: 1, devices }));
   for (const signal of ['', 'NOPE', 0, 65, -9, 'SIG', 1.5, null]) lines.push(j({ id: 1, op: 'signal', job: 1, step: 0, signal }));
