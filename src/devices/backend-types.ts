@@ -13,6 +13,14 @@ export interface DeviceSupport {
   defaultPolicy?: 'open' | 'closed';
   /** The gres.conf inventory, one line per gres name (devices/ebpf). */
   gres?: string[];
+  /** Device control is on (cgroup.conf ConstrainDevices, yes unless written no). */
+  constrainDevices?: boolean;
+  /**
+   * Every job gets a job-level program from the moment it exists (the default
+   * policy with the node's gres denied except its allocation): true with a gres
+   * inventory or in closed mode.
+   */
+  everyJob?: boolean;
 }
 
 export interface DeviceBackend extends Backend, DevicePort {

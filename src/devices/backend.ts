@@ -89,7 +89,7 @@ export function ebpfDevices(ctl: DeviceController): Candidate<EbpfContext, Devic
       const backend: DeviceBackend = {
         ...IDENTITY,
         get support() {
-          return { supported: probe.supported, replace: probe.replace, ...(probe.reason ? { reason: probe.reason } : {}), defaultPolicy: c.devicePolicy, gres };
+          return { supported: probe.supported, replace: probe.replace, ...(probe.reason ? { reason: probe.reason } : {}), defaultPolicy: c.devicePolicy, gres, constrainDevices: true, everyJob: backend.jobDefault(undefined) !== null };
         },
         enforcing: true,
         prepare(req: DeviceRequest, level: DeviceLevel): Prepared {

@@ -18,7 +18,7 @@ export const noneDevices: Candidate<DeviceContext, DeviceBackend> = {
     type: 'devices/none',
     name: 'no device control',
     version: '1.0',
-    support: { supported: false, replace: false, reason: c.constrainDevices ? (c.bpfUnavailable() ?? 'not selected') : 'ConstrainDevices=no' },
+    support: { supported: false, replace: false, reason: c.constrainDevices ? (c.bpfUnavailable() ?? 'not selected') : 'ConstrainDevices=no', constrainDevices: c.constrainDevices, everyJob: false },
     enforcing: false,
     prepare: (_req, level) => ({ level }),
     jobDefault: () => null,

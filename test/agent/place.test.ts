@@ -116,7 +116,9 @@ kt('task.place makes job, step and leaf in one request and moves the pid; the sa
 });
 
 kt('every job gets the gres policy: none allocated, every GPU denied, whether or not the request names devices', async (t) => {
-  // The issue's reproduction: a job made by `cgstep run` with no device options.
+  const st = (await ctx.c.request('status', {})).devices;
+  t.like(st, { supported: true, constrainDevices: true, everyJob: true, defaultPolicy: 'open' });
+  // A job made by `cgstep run` with no device options cannot open a GPU.
   const run = ctx.agent.cli(['run', '40', '5', '--', 'head', '-c1', gpu(0)]);
   t.not(run.code, 0);
   t.regex(run.stderr, /Operation not permitted/);
