@@ -3,19 +3,20 @@
  * instructions. Pure: no I/O, no kernel.
  *
  * Normal form (order-independent, like runc's devices emulator): a list of
- * entries {pattern, mask}, where mask is the exact set of access bits the
- * pattern's devices get, sorted most specific first, plus a default verdict.
- * Its meaning is first match: the first entry matching the device decides
- * (allowed iff mask ≠ 0 and requested ⊆ mask); no entry matches: the default.
- * How it is built from a RuleSet (rules.ts gives the per-bit semantics):
+ * entries {pattern, masks}, where masks are the largest sets of access bits the
+ * pattern's devices may ask for at once (none: no access; `r,w`: r or w, not
+ * both), sorted most specific first, plus a default verdict. Its meaning is
+ * first match: the first entry matching the device decides (allowed iff the
+ * requested bits are a subset of one of its masks); no entry matches: the
+ * default. How it is built from a RuleSet (rules.ts gives the semantics):
  *   1. the rules' patterns, closed under intersection (`c 1:*` and `c *:3` add
  *      `c 1:3`), so that the most specific entry matching a device is matched
  *      by every rule that matches the device, whatever their overlap;
- *   2. each entry's mask resolved per bit from the rules whose patterns contain
- *      it (most specific naming the bit wins, deny beats allow, else default);
- *   3. `a *:*` folded into the default when its mask is all or nothing;
+ *   2. each entry's masks decided from the rules whose patterns contain it
+ *      (every request rules.ts allows there, kept as its largest sets);
+ *   3. `a *:*` folded into the default when it allows all or nothing;
  *   4. an entry dropped when the entry a device would fall through to (the most
- *      specific surviving superset, or the default) gives the same mask.
+ *      specific surviving superset, or the default) gives the same masks.
  * Program layout (systemd's bpf-devices.c / runc's devicefilter.go shape):
  *   prologue  r2 = type (low 16 bits of access_type), r3 = access bits (its high
  *             16), r4 = major, r5 = minor   (6 insns)
@@ -29,15 +30,15 @@
  *             if r4 != MAJ goto miss), then on that major's minors, down to
  *             leaves of up to TREE_LEAF keys: `if r5 == MIN goto <hit>` for all
  *             but the last, `if r5 != MIN goto miss; <access>` for the last. A
- *             hit goes to allow or deny for masks 7 and 0, else to a shared
- *             `if r3 & ~mask goto deny; goto allow` block per mask (after the
- *             search). A key that is the only value left by the tests above it
+ *             hit goes to allow or deny for masks 7 and none, else to a shared
+ *             access block per set of masks (after the search). A key that is the only value left by the tests above it
  *             (the verifier's bounds) is not tested. miss: reload r4 and r5 (so
  *             the verifier sees one state there, not one per leaf), then the
  *             remaining entries as below; with none, miss is the default block.
  *   per entry [if r2 != T goto next] [if r4 != MAJ goto next] [if r5 != MIN goto next]
- *             access: mask 7: goto allow | mask 0: goto deny |
- *                     if r3 & ~mask goto deny; goto allow   (requested ⊆ mask)
+ *             access: mask 7: goto allow | no mask: goto deny |
+ *                     per mask: if r3 & ~mask goto <next mask, or deny>; goto allow
+ *                     (requested ⊆ one mask)
  *   exits     the default's block first (the last entry falls into it), then the
  *             other one, each `r0 = 0|1; exit`; a jump to the very next insn
  *             and a block nobody jumps to are not emitted.
@@ -68,8 +69,11 @@ export interface PolicyEntry {
   type: DeviceType;
   major: Wild;
   minor: Wild;
-  /** ACC_* bits this pattern's devices are allowed (0: none). */
-  mask: number;
+  /**
+   * The largest sets of ACC_* bits one request for this pattern's devices may
+   * ask for (none of them contains another; highest first). [] is no access.
+   */
+  masks: number[];
 }
 
 export interface NormalPolicy {
@@ -175,67 +179,94 @@ const entryOrder = (a: PolicyEntry, b: PolicyEntry): number => {
   return (a.minor === '*' ? -1 : (a.minor as number)) - (b.minor === '*' ? -1 : (b.minor as number));
 };
 
-/** The order-independent normal form of a rule set (see the header). */
-export function normalize(rs: RuleSet): NormalPolicy {
-  if (rs.default !== 'allow' && rs.default !== 'deny') throw new AgentError('EINVAL', `device policy default must be allow or deny, got ${JSON.stringify(rs.default)}`);
-  const base = rs.default === 'allow' ? ACC_ALL : 0;
-  // Pattern -> the bits allow rules and deny rules name there.
-  const named = new Map<string, { allow: number; deny: number }>();
+/** Allow masks (never merged) and denied bits of the rules on one pattern. */
+interface Named { allows: number[]; deny: number }
+
+/** The rules of a rule set by pattern (validated), and the patterns. */
+function byPattern(rs: RuleSet): { named: Map<string, Named>; patterns: Map<string, Pattern> } {
+  const named = new Map<string, Named>();
   const patterns = new Map<string, Pattern>();
   for (const raw of rs.rules) {
     const r = validateRule(raw);
     const k = keyOf(r);
     const bits = accessMask(r.access);
-    const n = named.get(k) ?? { allow: 0, deny: 0 };
-    if (r.allow) n.allow |= bits;
-    else n.deny |= bits;
+    const n = named.get(k) ?? { allows: [], deny: 0 };
+    if (!r.allow) n.deny |= bits;
+    else if (!n.allows.includes(bits)) n.allows.push(bits);
     named.set(k, n);
     patterns.set(k, { type: r.type, major: r.major, minor: r.minor });
   }
-  const cells = closeUnderIntersection(patterns);
+  return { named, patterns };
+}
 
-  // Step 2: resolve each cell's mask from its generalizations.
-  const resolve = (p: Pattern): number => {
-    let mask = 0;
-    let decided = 0;
-    for (const g of generalizations(p)) {
-      const n = named.get(keyOf(g));
-      if (!n) continue;
-      const fresh = (n.allow | n.deny) & ~decided;
-      mask |= fresh & n.allow & ~n.deny;
-      decided |= fresh;
-      if (decided === ACC_ALL) break;
-    }
-    return mask | (base & ~decided);
-  };
+/** The largest sets among `allowed` (a downward-closed family of requests), highest first. */
+function maximal(allowed: number[]): number[] {
+  return allowed.filter((a) => !allowed.some((b) => b !== a && (a & b) === a)).sort((x, y) => y - x);
+}
+
+/**
+ * Step 2: the masks of a cell, from the rules on its generalizations, by
+ * rules.ts's semantics: a deny naming a requested bit wins unless a more
+ * specific allow names all of them; else one allow must name them all (or
+ * the default allows).
+ */
+function resolveMasks(p: Pattern, named: Map<string, Named>, dfltAllow: boolean): number[] {
+  const allows: { bits: number; spec: number }[] = [];
+  const denies: { bits: number; spec: number }[] = [];
+  for (const g of generalizations(p)) {
+    const n = named.get(keyOf(g));
+    if (!n) continue;
+    const spec = shapeOf(g);
+    for (const bits of n.allows) allows.push({ bits, spec });
+    if (n.deny) denies.push({ bits: n.deny, spec });
+  }
+  const ok: number[] = [];
+  for (let req = 1; req <= ACC_ALL; req++) {
+    const covered = (spec: number) => allows.some((a) => a.spec > spec && (a.bits & req) === req);
+    if (denies.some((d) => (d.bits & req) !== 0 && !covered(d.spec))) continue;
+    if (dfltAllow || covered(-1)) ok.push(req);
+  }
+  return maximal(ok);
+}
+
+const sameMasks = (a: number[], b: number[]): boolean => a.length === b.length && a.every((m, i) => m === b[i]);
+const ALL: number[] = [ACC_ALL];
+const NONE: number[] = [];
+
+/** The order-independent normal form of a rule set (see the header). */
+export function normalize(rs: RuleSet): NormalPolicy {
+  if (rs.default !== 'allow' && rs.default !== 'deny') throw new AgentError('EINVAL', `device policy default must be allow or deny, got ${JSON.stringify(rs.default)}`);
+  const { named, patterns } = byPattern(rs);
+  const cells = closeUnderIntersection(patterns);
+  const resolve = (p: Pattern) => resolveMasks(p, named, rs.default === 'allow');
 
   // Step 3: the all-devices pattern is the base every device falls back to.
   const allKey = keyOf({ type: 'a', major: '*', minor: '*' });
-  const allMask = resolve({ type: 'a', major: '*', minor: '*' });
+  const allMasks = resolve({ type: 'a', major: '*', minor: '*' });
   let dflt: Verdict;
   const survivors = new Map<string, PolicyEntry>();
-  if (allMask === ACC_ALL || allMask === 0) {
-    dflt = allMask === ACC_ALL ? 'allow' : 'deny';
+  if (sameMasks(allMasks, ALL) || allMasks.length === 0) {
+    dflt = allMasks.length ? 'allow' : 'deny';
   } else {
     // Partial: an entry matching everything; the fall-through after it is the allow block.
     dflt = 'allow';
-    survivors.set(allKey, { type: 'a', major: '*', minor: '*', mask: allMask });
+    survivors.set(allKey, { type: 'a', major: '*', minor: '*', masks: allMasks });
   }
-  const baseMask = (): number => survivors.get(allKey)?.mask ?? (dflt === 'allow' ? ACC_ALL : 0);
+  const baseMasks = (): number[] => survivors.get(allKey)?.masks ?? (dflt === 'allow' ? ALL : NONE);
 
   // Step 4: least specific first, so a cell's supersets are settled before it.
-  const ordered = [...cells.values()].filter((c) => keyOf(c) !== allKey).map((c) => ({ ...c, mask: resolve(c) }));
+  const ordered = [...cells.values()].filter((c) => keyOf(c) !== allKey).map((c) => ({ ...c, masks: resolve(c) }));
   ordered.sort((a, b) => -entryOrder(a, b));
   for (const c of ordered) {
-    let fallback = baseMask();
+    let fallback = baseMasks();
     for (const g of generalizations(c).slice(1)) {
       const s = survivors.get(keyOf(g));
       if (s) {
-        fallback = s.mask;
+        fallback = s.masks;
         break;
       }
     }
-    if (c.mask !== fallback) survivors.set(keyOf(c), c);
+    if (!sameMasks(c.masks, fallback)) survivors.set(keyOf(c), c);
   }
   const entries = [...survivors.values()].sort(entryOrder);
   return { default: dflt, entries };
@@ -244,21 +275,9 @@ export function normalize(rs: RuleSet): NormalPolicy {
 /** First-match meaning of a normal form (what the emitted program computes). */
 export function decideNormal(p: NormalPolicy, d: DeviceNode, access: number): boolean {
   for (const e of p.entries) {
-    if (matches(e, d)) return e.mask !== 0 && (access & ~e.mask) === 0;
+    if (matches(e, d)) return e.masks.some((m) => (access & ~m) === 0);
   }
   return p.default === 'allow';
-}
-
-/** A rule set with the same meaning as a normal form (mask bits allowed, the rest denied). */
-export function policyToRuleSet(p: NormalPolicy): RuleSet {
-  const rules: DeviceRule[] = [];
-  for (const e of p.entries) {
-    const allowBits = e.mask & ACC_ALL;
-    const denyBits = ~e.mask & ACC_ALL;
-    if (allowBits) rules.push({ type: e.type, major: e.major, minor: e.minor, access: maskToAccess(allowBits), allow: true });
-    if (denyBits) rules.push({ type: e.type, major: e.major, minor: e.minor, access: maskToAccess(denyBits), allow: false });
-  }
-  return { default: p.default, rules };
 }
 
 // ---- serialised form (the xattr beside a program) -------------------------
@@ -271,6 +290,7 @@ const HEADER = 'cgstep-devices 1';
  *   default allow
  *   c 195:0 -        (no access)
  *   c 195:* rw
+ *   c 42:1 r,w       (r or w, not both at once)
  */
 export function serializePolicy(p: NormalPolicy): string {
   const lines = [HEADER, `default ${p.default}`];
@@ -278,9 +298,9 @@ export function serializePolicy(p: NormalPolicy): string {
   return lines.join('\n') + '\n';
 }
 
-/** One entry as serializePolicy writes it: "c 195:* rw", "c 195:0 -" (no access). */
+/** One entry as serializePolicy writes it: "c 195:* rw", "c 42:1 r,w", "c 195:0 -" (no access). */
 export function formatEntry(e: PolicyEntry): string {
-  return `${e.type} ${e.major}:${e.minor} ${maskToAccess(e.mask) || '-'}`;
+  return `${e.type} ${e.major}:${e.minor} ${e.masks.map(maskToAccess).join(',') || '-'}`;
 }
 
 /** Parse serializePolicy's text; EINVAL naming the bad line. The result is re-sorted canonically. */
@@ -293,21 +313,24 @@ export function parsePolicy(text: string): NormalPolicy {
   const entries: PolicyEntry[] = [];
   const seen = new Set<string>();
   for (let i = 2; i < lines.length; i++) {
-    const m = /^([abc]) (\*|\d+):(\*|\d+) (-|[rwm]+)$/.exec(lines[i]);
-    if (!m) throw bad(i, 'expected "<a|b|c> <major>:<minor> <rwm|->"');
+    const m = /^([abc]) (\*|\d+):(\*|\d+) (-|[rwm]+(?:,[rwm]+)*)$/.exec(lines[i]);
+    if (!m) throw bad(i, 'expected "<a|b|c> <major>:<minor> <rwm[,rwm...]|->"');
     let r: DeviceRule;
+    let masks: number[];
     try {
       r = validateRule({
         type: m[1] as DeviceType,
         major: m[2] === '*' ? '*' : Number(m[2]),
         minor: m[3] === '*' ? '*' : Number(m[3]),
-        access: m[4] === '-' ? 'r' : m[4],
+        access: 'r',
         allow: true,
       });
+      masks = m[4] === '-' ? [] : m[4].split(',').map((a) => accessMask(a));
     } catch (err) {
       throw bad(i, (err as Error).message);
     }
-    const e: PolicyEntry = { type: r.type, major: r.major, minor: r.minor, mask: m[4] === '-' ? 0 : accessMask(r.access) };
+    if (!sameMasks(masks, maximal(masks))) throw bad(i, 'access sets must be distinct, none inside another, highest first');
+    const e: PolicyEntry = { type: r.type, major: r.major, minor: r.minor, masks };
     const k = keyOf(e);
     if (seen.has(k)) throw bad(i, 'duplicate pattern');
     seen.add(k);
@@ -391,195 +414,245 @@ export interface EmitOptions {
 }
 
 const isExact = (e: PolicyEntry): boolean => e.type !== 'a' && e.major !== '*' && e.minor !== '*';
-const entryText = (e: PolicyEntry): string => {
-  const access = maskToAccess(e.mask);
-  return `${e.type} ${e.major}:${e.minor} ${access ? `allow ${access}` : 'deny'}`;
-};
+const accessText = (masks: number[]): string => masks.map(maskToAccess).join(' or ');
+const entryText = (e: PolicyEntry): string => `${e.type} ${e.major}:${e.minor} ${e.masks.length ? `allow ${accessText(e.masks)}` : 'deny'}`;
+
+/** Where a jump goes: the start of entry i (chain), an exit, or a mark placed later. */
+type Target = { kind: 'next'; entry: number } | { kind: 'exit'; allow: boolean } | { kind: 'mark'; id: number };
+type Sym = Insn & { target?: Target };
+const ALLOW: Target = { kind: 'exit', allow: true };
+const DENY: Target = { kind: 'exit', allow: false };
+
+/**
+ * The program being emitted: symbolic instructions whose jumps name a target,
+ * resolved to offsets once every size is known (finish).
+ */
+class Emitter {
+  readonly body: Sym[] = [];
+  readonly labels = new Map<number, string>();
+  /** Where entry i's code starts (chain entries only; entries.length: the default block). */
+  readonly entryStart: number[];
+  private readonly marks: number[] = [];
+
+  constructor(private readonly p: NormalPolicy) {
+    this.entryStart = new Array(p.entries.length + 1).fill(-1);
+  }
+
+  label(text: string, at = this.body.length): void {
+    this.labels.set(at, this.labels.has(at) ? `${this.labels.get(at)}; ${text}` : text);
+  }
+  newMark(): number {
+    return this.marks.push(-1) - 1;
+  }
+  place(id: number): void {
+    this.marks[id] = this.body.length;
+  }
+  ins(code: number, dst: number, src: number, off: number, imm: number): void {
+    // One object shape for all (thousands of them for a big rule set).
+    this.body.push({ code, dst, src, off, imm, target: undefined });
+  }
+  jump(code: number, dst: number, imm: number, target: Target): void {
+    this.body.push({ code, dst, src: 0, off: 0, imm, target });
+  }
+
+  /** Requested ⊆ one of masks: goto allow, else goto deny (one JA, or a JSET and JA per mask). */
+  access(masks: number[]): void {
+    if (masks.length === 0) return this.jump(OP.JA, 0, 0, DENY);
+    if ((masks[0] & ACC_ALL) === ACC_ALL) return this.jump(OP.JA, 0, 0, ALLOW);
+    masks.forEach((mask, i) => {
+      const last = i === masks.length - 1;
+      const next = last ? -1 : this.newMark();
+      this.jump(OP.JSETK, R_ACCESS, ~mask & ACC_ALL, last ? DENY : { kind: 'mark', id: next });
+      this.jump(OP.JA, 0, 0, ALLOW);
+      if (!last) this.place(next);
+    });
+  }
+
+  prologue(): void {
+    this.label('prologue: r2 = type, r3 = access, r4 = major, r5 = minor');
+    this.ins(OP.LDXW, R_TYPE, 1, 0, 0);
+    this.ins(OP.AND32K, R_TYPE, 0, 0, 0xffff);
+    this.ins(OP.LDXW, R_ACCESS, 1, 0, 0);
+    this.ins(OP.RSH32K, R_ACCESS, 0, 0, 16);
+    this.ins(OP.LDXW, R_MAJOR, 1, 4, 0);
+    this.ins(OP.LDXW, R_MINOR, 1, 8, 0);
+  }
+
+  /** Entries from `from` on, one after another: type, major, minor tests, then the access check. */
+  chain(from: number): void {
+    for (let i = from; i < this.p.entries.length; i++) {
+      const e = this.p.entries[i];
+      this.entryStart[i] = this.body.length;
+      this.label(entryText(e));
+      const next: Target = { kind: 'next', entry: i + 1 };
+      if (e.type !== 'a') this.jump(OP.JNEK, R_TYPE, e.type === 'b' ? DEV_BLOCK : DEV_CHAR, next);
+      if (e.major !== '*') this.jump(OP.JNEK, R_MAJOR, e.major, next);
+      if (e.minor !== '*') this.jump(OP.JNEK, R_MINOR, e.minor, next);
+      this.access(e.masks);
+    }
+  }
+
+  /**
+   * The exits, then every jump resolved. A JA to the very next instruction
+   * (only possible at the end: the last entry's, or the search's last, jump to
+   * the default block) is dropped; a mark left pointing past the end now names
+   * the default block, where the dropped JA went.
+   */
+  finish(): Program {
+    const { body } = this;
+    const dfltAllow = this.p.default === 'allow';
+    const last = body[body.length - 1];
+    if (last && last.code === OP.JA && last.target?.kind === 'exit' && last.target.allow === dfltAllow) body.pop();
+    const defaultAt = body.length;
+    for (let i = 0; i < this.marks.length; i++) this.marks[i] = Math.min(this.marks[i], defaultAt);
+    this.entryStart[this.p.entries.length] = defaultAt;
+    const otherUsed = body.some((x) => x.target?.kind === 'exit' && x.target.allow !== dfltAllow);
+    const exitAt = new Map<boolean, number>([[dfltAllow, defaultAt], [!dfltAllow, defaultAt + 2]]);
+    this.label(`${dfltAllow ? 'allow' : 'deny'} (default)`);
+    this.ins(OP.MOV64K, 0, 0, 0, dfltAllow ? 1 : 0);
+    this.ins(OP.EXIT, 0, 0, 0, 0);
+    if (otherUsed) {
+      this.label(dfltAllow ? 'deny' : 'allow');
+      this.ins(OP.MOV64K, 0, 0, 0, dfltAllow ? 0 : 1);
+      this.ins(OP.EXIT, 0, 0, 0, 0);
+    }
+    if (body.length > MAX_INSNS) throw tooBig(`${body.length} instructions (at most ${MAX_INSNS}); ${this.p.entries.length} entries after normalising`);
+    const out: Insn[] = body.map((x, pc) => {
+      if (!x.target) return { code: x.code, dst: x.dst, src: x.src, off: x.off, imm: x.imm };
+      const t = x.target;
+      const to = t.kind === 'next' ? this.entryStart[t.entry] : t.kind === 'mark' ? this.marks[t.id] : exitAt.get(t.allow)!;
+      const off = to - pc - 1;
+      if (to < 0 || off < 0 || off > 0x7fff) throw new AgentError('EINTERNAL', `device compiler: jump at ${pc} to ${to} out of range`);
+      return { code: x.code, dst: x.dst, src: x.src, off, imm: x.imm };
+    });
+    return { insns: encode(out), labels: this.labels };
+  }
+}
+
+type Group = { major: number; list: PolicyEntry[] };
+
+/**
+ * The binary search of the exact entries (layout in the header). Every test
+ * in it has both outcomes possible for the verifier, which knows a register's
+ * bounds [lo, hi] from the tests before it (JGT; since 6.8 also a JNE/JEQ
+ * whose constant is a bound): a key that is the only value left is not
+ * tested, it is known to match. (Its `goto miss` would be a branch never
+ * taken; the kernel keeps that one, as miss is reached from elsewhere, but it
+ * is an instruction run for nothing.)
+ */
+class Search {
+  private readonly missMark: number;
+  private readonly miss: Target;
+  /** Access blocks shared by the hits: masks -> mark. */
+  private readonly checks = new Map<string, { masks: number[]; id: number }>();
+
+  constructor(private readonly em: Emitter, private readonly exact: PolicyEntry[]) {
+    this.missMark = em.newMark();
+    this.miss = { kind: 'mark', id: this.missMark };
+  }
+
+  private hit(masks: number[]): Target {
+    if (masks.length === 0) return DENY;
+    if ((masks[0] & ACC_ALL) === ACC_ALL) return ALLOW;
+    const k = masks.join(',');
+    if (!this.checks.has(k)) this.checks.set(k, { masks, id: this.em.newMark() });
+    return { kind: 'mark', id: this.checks.get(k)!.id };
+  }
+
+  /** Above `leafMax` items, `if reg > k` (k the last key of the left half) jumps to the right half. */
+  private bisect<T>(items: T[], key: (x: T) => number, reg: number, leafMax: number, lo: number, hi: number, leaf: (items: T[], lo: number, hi: number) => void): void {
+    if (items.length <= leafMax) return leaf(items, lo, hi);
+    const mid = Math.ceil(items.length / 2);
+    const k = key(items[mid - 1]);
+    const right = this.em.newMark();
+    this.em.jump(OP.JGTK, reg, k, { kind: 'mark', id: right });
+    this.bisect(items.slice(0, mid), key, reg, leafMax, lo, Math.min(hi, k), leaf);
+    this.em.place(right);
+    this.bisect(items.slice(mid), key, reg, leafMax, Math.max(lo, k + 1), hi, leaf);
+  }
+
+  private minorLeaf(list: PolicyEntry[], lo: number, hi: number): void {
+    list.forEach((e, i) => {
+      const k = e.minor as number;
+      this.em.label(entryText(e));
+      if (i < list.length - 1) {
+        this.em.jump(OP.JEQK, R_MINOR, k, this.hit(e.masks));
+        if (lo === k) lo++;
+        if (hi === k) hi--;
+      } else {
+        if (lo !== hi) this.em.jump(OP.JNEK, R_MINOR, k, this.miss);
+        this.em.access(e.masks);
+      }
+    });
+  }
+
+  private majorLeaf([g]: Group[], lo: number, hi: number): void {
+    this.em.label(`${g.list[0].type} major ${g.major}: ${g.list.length} exact`);
+    if (lo !== hi) this.em.jump(OP.JNEK, R_MAJOR, g.major, this.miss);
+    this.bisect(g.list, (e) => e.minor as number, R_MINOR, TREE_LEAF, 0, U32_MAX, (l, a, b) => this.minorLeaf(l, a, b));
+  }
+
+  private groupsOf(t: 'b' | 'c'): Group[] {
+    const out: Group[] = [];
+    for (const e of this.exact) {
+      if (e.type !== t) continue;
+      const last = out[out.length - 1];
+      if (last && last.major === e.major) last.list.push(e);
+      else out.push({ major: e.major as number, list: [e] });
+    }
+    return out; // entryOrder sorted them by major, then minor
+  }
+
+  /** if r2 != 2 goto <b search or miss>; <c search>; [if r2 != 1 goto miss; <b search>]; shared checks; miss. */
+  emit(haveRest: boolean): void {
+    const em = this.em;
+    const majors = (groups: Group[]) => this.bisect(groups, (g) => g.major, R_MAJOR, 1, 0, U32_MAX, (l, a, b) => this.majorLeaf(l, a, b));
+    const count = (gs: Group[]) => gs.reduce((n, g) => n + g.list.length, 0);
+    const cs = this.groupsOf('c');
+    const bs = this.groupsOf('b');
+    em.label(`binary search of the ${this.exact.length} exact entries: type, major, minor`);
+    if (cs.length > 0) {
+      em.label(`char devices: ${count(cs)} exact`);
+      const toBlock = bs.length > 0 ? em.newMark() : -1;
+      em.jump(OP.JNEK, R_TYPE, DEV_CHAR, toBlock >= 0 ? { kind: 'mark', id: toBlock } : this.miss);
+      majors(cs);
+      if (toBlock >= 0) em.place(toBlock);
+    }
+    if (bs.length > 0) {
+      em.label(`block devices: ${count(bs)} exact`);
+      em.jump(OP.JNEK, R_TYPE, DEV_BLOCK, this.miss);
+      majors(bs);
+    }
+    for (const [k, { masks, id }] of [...this.checks].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) {
+      em.place(id);
+      em.label(`exact entries allowing ${k.split(',').map((m) => maskToAccess(Number(m))).join(' or ')}: requested ⊆ allowed`);
+      em.access(masks);
+    }
+    em.place(this.missMark);
+    if (haveRest) {
+      // Forget the bounds the search left on r4 and r5, so that every miss reaches
+      // the other entries in one state: the verifier walks them once, not once
+      // per leaf, and none of their tests looks decided.
+      em.label('not an exact entry: reload r4 = major, r5 = minor');
+      em.ins(OP.LDXW, R_MAJOR, 1, 4, 0);
+      em.ins(OP.LDXW, R_MINOR, 1, 8, 0);
+    }
+  }
+}
 
 /** Emit the program for a normal form (layout in the header). */
 export function emit(p: NormalPolicy, opts: EmitOptions = {}): Program {
-  const labels = new Map<number, string>();
-  const label = (at: number, text: string) => labels.set(at, labels.has(at) ? `${labels.get(at)}; ${text}` : text);
-  // Symbolic instructions: jumps name a target, resolved once sizes are known.
-  type Target = { kind: 'next'; entry: number } | { kind: 'exit'; allow: boolean } | { kind: 'mark'; id: number };
-  type Sym = Insn & { target?: Target };
-  const body: Sym[] = [];
-  // Where entry i's code starts (linear entries only; entries.length: the default block).
-  const entryStart: number[] = new Array(p.entries.length + 1).fill(-1);
-  const marks: number[] = [];
-  const newMark = (): number => marks.push(-1) - 1;
-  const place = (id: number) => void (marks[id] = body.length);
-  // One object shape for all (thousands of them for a big rule set).
-  const ins = (code: number, dst: number, src: number, off: number, imm: number): Sym => ({ code, dst, src, off, imm, target: undefined });
-  const jump = (code: number, dst: number, imm: number, target: Target): Sym => ({ code, dst, src: 0, off: 0, imm, target });
-  const ALLOW: Target = { kind: 'exit', allow: true };
-  const DENY: Target = { kind: 'exit', allow: false };
-  /** requested ⊆ mask: goto allow, else goto deny (1 or 2 instructions). */
-  const access = (mask: number) => {
-    mask &= ACC_ALL;
-    if (mask === ACC_ALL) body.push(jump(OP.JA, 0, 0, ALLOW));
-    else if (mask === 0) body.push(jump(OP.JA, 0, 0, DENY));
-    else {
-      body.push(jump(OP.JSETK, R_ACCESS, ~mask & ACC_ALL, DENY));
-      body.push(jump(OP.JA, 0, 0, ALLOW));
-    }
-  };
-
-  if (p.entries.length > 0) {
-    label(0, 'prologue: r2 = type, r3 = access, r4 = major, r5 = minor');
-    body.push(ins(OP.LDXW, R_TYPE, 1, 0, 0));
-    body.push(ins(OP.AND32K, R_TYPE, 0, 0, 0xffff));
-    body.push(ins(OP.LDXW, R_ACCESS, 1, 0, 0));
-    body.push(ins(OP.RSH32K, R_ACCESS, 0, 0, 16));
-    body.push(ins(OP.LDXW, R_MAJOR, 1, 4, 0));
-    body.push(ins(OP.LDXW, R_MINOR, 1, 8, 0));
-  }
-
+  const em = new Emitter(p);
+  if (p.entries.length > 0) em.prologue();
   // The exact entries are the most specific, so they come first, and their keys
   // are distinct: a device matches at most one, and when it does that one is the
   // first match. Searching for it instead of walking them keeps the meaning.
   let nExact = 0;
   while (nExact < p.entries.length && isExact(p.entries[nExact])) nExact++;
   const useTree = nExact > 0 && nExact >= (opts.treeMin ?? TREE_MIN);
-  if (useTree) {
-    const exact = p.entries.slice(0, nExact);
-    const haveRest = nExact < p.entries.length;
-    // A miss goes on to the other entries, or to the default when there are none.
-    const missMark = newMark();
-    const miss: Target = { kind: 'mark', id: missMark };
-    const checks = new Map<number, number>(); // partial mask -> mark of its shared check
-    const hit = (mask: number): Target => {
-      mask &= ACC_ALL;
-      if (mask === ACC_ALL) return ALLOW;
-      if (mask === 0) return DENY;
-      if (!checks.has(mask)) checks.set(mask, newMark());
-      return { kind: 'mark', id: checks.get(mask)! };
-    };
-    // Every test below has both outcomes possible for the verifier, which knows a
-    // register's bounds [lo, hi] from the tests before it (JGT; since 6.8 also a
-    // JNE/JEQ whose constant is a bound): a key that is the only value left is
-    // not tested, it is known to match. (Its `goto miss` would be a branch never
-    // taken; the kernel keeps that one, as miss is reached from elsewhere, but
-    // it is an instruction run for nothing.)
-    /**
-     * A balanced search on one register: above `leafMax` items, `if reg > k`
-     * (k the last key of the left half) jumps to the right half; each half
-     * knows the narrowed range [lo, hi] of the register's value.
-     */
-    const bisect = <T>(items: T[], keyOf: (x: T) => number, reg: number, leafMax: number, lo: number, hi: number, leaf: (items: T[], lo: number, hi: number) => void): void => {
-      if (items.length <= leafMax) return leaf(items, lo, hi);
-      const mid = Math.ceil(items.length / 2);
-      const k = keyOf(items[mid - 1]);
-      const right = newMark();
-      body.push(jump(OP.JGTK, reg, k, { kind: 'mark', id: right }));
-      bisect(items.slice(0, mid), keyOf, reg, leafMax, lo, Math.min(hi, k), leaf);
-      place(right);
-      bisect(items.slice(mid), keyOf, reg, leafMax, Math.max(lo, k + 1), hi, leaf);
-    };
-    const minorLeaf = (list: PolicyEntry[], lo: number, hi: number): void => {
-      list.forEach((e, i) => {
-        const k = e.minor as number;
-        label(body.length, entryText(e));
-        if (i < list.length - 1) {
-          body.push(jump(OP.JEQK, R_MINOR, k, hit(e.mask)));
-          if (lo === k) lo++;
-          if (hi === k) hi--;
-        } else {
-          if (lo !== hi) body.push(jump(OP.JNEK, R_MINOR, k, miss));
-          access(e.mask);
-        }
-      });
-    };
-    type Group = { major: number; list: PolicyEntry[] };
-    const majorLeaf = ([g]: Group[], lo: number, hi: number): void => {
-      const t = g.list[0].type;
-      label(body.length, `${t} major ${g.major}: ${g.list.length} exact`);
-      if (lo !== hi) body.push(jump(OP.JNEK, R_MAJOR, g.major, miss));
-      bisect(g.list, (e) => e.minor as number, R_MINOR, TREE_LEAF, 0, U32_MAX, minorLeaf);
-    };
-    const majors = (groups: Group[], lo: number, hi: number): void => bisect(groups, (g) => g.major, R_MAJOR, 1, lo, hi, majorLeaf);
-    const groupsOf = (t: 'b' | 'c'): Group[] => {
-      const out: Group[] = [];
-      for (const e of exact) {
-        if (e.type !== t) continue;
-        const last = out[out.length - 1];
-        if (last && last.major === e.major) last.list.push(e);
-        else out.push({ major: e.major as number, list: [e] });
-      }
-      return out; // entryOrder sorted them by major, then minor
-    };
-    const cs = groupsOf('c');
-    const bs = groupsOf('b');
-    label(body.length, `binary search of the ${nExact} exact entries: type, major, minor`);
-    const count = (gs: Group[]) => gs.reduce((n, g) => n + g.list.length, 0);
-    if (cs.length > 0) {
-      label(body.length, `char devices: ${count(cs)} exact`);
-      const toBlock = bs.length > 0 ? newMark() : -1;
-      body.push(jump(OP.JNEK, R_TYPE, DEV_CHAR, toBlock >= 0 ? { kind: 'mark', id: toBlock } : miss));
-      majors(cs, 0, U32_MAX);
-      if (toBlock >= 0) place(toBlock);
-    }
-    if (bs.length > 0) {
-      label(body.length, `block devices: ${count(bs)} exact`);
-      body.push(jump(OP.JNEK, R_TYPE, DEV_BLOCK, miss));
-      majors(bs, 0, U32_MAX);
-    }
-    for (const [mask, id] of [...checks].sort((a, b) => a[0] - b[0])) {
-      place(id);
-      label(body.length, `exact entries allowing ${maskToAccess(mask)}: requested ⊆ allowed`);
-      access(mask);
-    }
-    place(missMark);
-    if (haveRest) {
-      // Forget the bounds the search left on r4 and r5, so that every miss reaches
-      // the other entries in one state: the verifier walks them once, not once
-      // per leaf, and none of their tests looks decided.
-      label(body.length, 'not an exact entry: reload r4 = major, r5 = minor');
-      body.push(ins(OP.LDXW, R_MAJOR, 1, 4, 0));
-      body.push(ins(OP.LDXW, R_MINOR, 1, 8, 0));
-    }
-  }
-
-  for (let i = useTree ? nExact : 0; i < p.entries.length; i++) {
-    const e = p.entries[i];
-    entryStart[i] = body.length;
-    label(body.length, entryText(e));
-    const next: Target = { kind: 'next', entry: i + 1 };
-    if (e.type !== 'a') body.push(jump(OP.JNEK, R_TYPE, e.type === 'b' ? DEV_BLOCK : DEV_CHAR, next));
-    if (e.major !== '*') body.push(jump(OP.JNEK, R_MAJOR, e.major, next));
-    if (e.minor !== '*') body.push(jump(OP.JNEK, R_MINOR, e.minor, next));
-    access(e.mask);
-  }
-
-  const dfltAllow = p.default === 'allow';
-  // Drop a JA whose target is the very next instruction (only possible at the end:
-  // the last entry's, or the search's last, jump to the default block), then lay
-  // out the exits. A mark left pointing past the end now names the default block,
-  // where the dropped JA went.
-  const last = body[body.length - 1];
-  if (last && last.code === OP.JA && last.target?.kind === 'exit' && last.target.allow === dfltAllow) body.pop();
-  const defaultAt = body.length;
-  for (let i = 0; i < marks.length; i++) marks[i] = Math.min(marks[i], defaultAt);
-  entryStart[p.entries.length] = defaultAt;
-  const otherUsed = body.some((x) => x.target?.kind === 'exit' && x.target.allow !== dfltAllow);
-  const exitAt = new Map<boolean, number>([[dfltAllow, defaultAt], [!dfltAllow, defaultAt + 2]]);
-  label(defaultAt, `${dfltAllow ? 'allow' : 'deny'} (default)`);
-  body.push(ins(OP.MOV64K, 0, 0, 0, dfltAllow ? 1 : 0), ins(OP.EXIT, 0, 0, 0, 0));
-  if (otherUsed) {
-    label(defaultAt + 2, dfltAllow ? 'deny' : 'allow');
-    body.push(ins(OP.MOV64K, 0, 0, 0, dfltAllow ? 0 : 1), ins(OP.EXIT, 0, 0, 0, 0));
-  }
-  if (body.length > MAX_INSNS) throw tooBig(`${body.length} instructions (at most ${MAX_INSNS}); ${p.entries.length} entries after normalising`);
-
-  const out: Insn[] = body.map((x, pc) => {
-    if (!x.target) return { code: x.code, dst: x.dst, src: x.src, off: x.off, imm: x.imm };
-    const t = x.target;
-    const to = t.kind === 'next' ? entryStart[t.entry] : t.kind === 'mark' ? marks[t.id] : exitAt.get(t.allow)!;
-    const off = to - pc - 1;
-    if (to < 0 || off < 0 || off > 0x7fff) throw new AgentError('EINTERNAL', `device compiler: jump at ${pc} to ${to} out of range`);
-    return { code: x.code, dst: x.dst, src: x.src, off, imm: x.imm };
-  });
-  return { insns: encode(out), labels };
+  if (useTree) new Search(em, p.entries.slice(0, nExact)).emit(nExact < p.entries.length);
+  em.chain(useTree ? nExact : 0);
+  return em.finish();
 }
 
 // ---- compile with a small cache -------------------------------------------
@@ -617,6 +690,12 @@ export function compile(rs: RuleSet): Compiled {
   cache.set(ik, hit);
   while (cache.size > CACHE_SIZE) cache.delete(cache.keys().next().value as string);
   return { policy: hit.policy, insns: Buffer.from(hit.program.insns), labels: hit.program.labels, key: hit.key };
+}
+
+/** The program of a normal form as it stands (a stored policy put back, or checked against its program). */
+export function compileNormal(policy: NormalPolicy): Compiled {
+  const program = emit(policy);
+  return { policy, insns: program.insns, labels: program.labels, key: serializePolicy(policy) };
 }
 
 /** Entries in the compile cache (tests). */

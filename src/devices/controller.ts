@@ -30,7 +30,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { findCgroup2Mount, getXattr, makeDir, ownCgroup, removeDir, removeXattr, setXattr } from '../cgroupfs/index.js';
 import { AgentError, isErrno } from '../errors.js';
-import { compile, parsePolicy, policyToRuleSet, type Compiled, type NormalPolicy } from './compiler.js';
+import { compile, compileNormal, parsePolicy, type Compiled, type NormalPolicy } from './compiler.js';
 import {
   addonError,
   bpfFlags,
@@ -213,7 +213,7 @@ export class DeviceController {
    * no device control, KernelError/VerifierError for the kernel's refusals.
    */
   apply(cgroupDir: string, rules: RuleSet | NormalPolicy | Compiled): ApplyResult {
-    const c: Compiled = 'insns' in rules ? rules : 'entries' in rules ? compile(policyToRuleSet(rules)) : compile(rules);
+    const c: Compiled = 'insns' in rules ? rules : 'entries' in rules ? compileNormal(rules) : compile(rules);
     const stored = Buffer.from(c.key);
     if (stored.length > XATTR_MAX) throw new AgentError('E2BIG', `device policy for ${cgroupDir} is ${stored.length} bytes stored (at most ${XATTR_MAX}); ${c.policy.entries.length} entries`);
     const pr = this.probe();
@@ -377,7 +377,7 @@ export class DeviceController {
       let consistent: boolean;
       if (!readable) consistent = false;
       else if (policy === null) consistent = ours.length === 0;
-      else consistent = ours.length === 1 && ours[0].info.xlated.equals(compile(policyToRuleSet(policy)).insns);
+      else consistent = ours.length === 1 && ours[0].info.xlated.equals(compileNormal(policy).insns);
       return { progIds, ours: ours.map((o) => o.id), policy, consistent };
     } finally {
       closeAll(fds);

@@ -40,7 +40,7 @@ export {
   emit,
   normalize,
   parsePolicy,
-  policyToRuleSet,
+  compileNormal,
   serializePolicy,
   type Compiled,
   type NormalPolicy,

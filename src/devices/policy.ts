@@ -7,8 +7,8 @@
  *  open (default): everything allowed, except the node's gres devices not
  *      allocated here (denied rwm); allocated ones are allowed rwm. This is
  *      Slurm's ConstrainDevices policy.
- *  closed: only the standard pseudo-devices (PSEUDO_DEVICES) and the allocated
- *      gres devices, plus explicit allows.
+ *  closed: only systemd's DevicePolicy=closed set (PSEUDO_DEVICES) and the
+ *      allocated gres devices, plus explicit allows.
  *  Both: `allow` and `deny` rules are merged in, with the semantics of rules.ts
  *      (most specific wins, deny beats allow at equal specificity). Unallocated
  *      gres devices are denied with exact rules, so a broad allow such as
@@ -25,7 +25,13 @@ import type { DeviceRequest } from './request.js';
 import type { GresInventory, GresUnit } from './gres.js';
 import { parseRule, statDevice, type DeviceNode, type DeviceRule, type RuleSet } from './rules.js';
 
-/** What `closed` allows without being asked: systemd's DevicePolicy=closed list. */
+/**
+ * What `closed` allows without being asked: systemd's DevicePolicy=closed list
+ * (its bpf-devices.c allow_list_static): the pseudo-devices rwm, pts rw, and
+ * its inaccessible nodes /run/systemd/inaccessible/{chr,blk}, which are the
+ * device numbers 0:0 (as overlayfs whiteouts are; the kernel does not ask
+ * the program about opening one, nor about mknod of a char 0:0).
+ */
 export const PSEUDO_DEVICES: readonly { path: string; rule: DeviceRule }[] = [
   { path: '/dev/null', rule: { type: 'c', major: 1, minor: 3, access: 'rwm', allow: true } },
   { path: '/dev/zero', rule: { type: 'c', major: 1, minor: 5, access: 'rwm', allow: true } },
@@ -35,6 +41,8 @@ export const PSEUDO_DEVICES: readonly { path: string; rule: DeviceRule }[] = [
   { path: '/dev/tty', rule: { type: 'c', major: 5, minor: 0, access: 'rwm', allow: true } },
   { path: '/dev/ptmx', rule: { type: 'c', major: 5, minor: 2, access: 'rwm', allow: true } },
   { path: '/dev/pts/*', rule: { type: 'c', major: 136, minor: '*', access: 'rw', allow: true } },
+  { path: '/run/systemd/inaccessible/chr', rule: { type: 'c', major: 0, minor: 0, access: 'rwm', allow: true } },
+  { path: '/run/systemd/inaccessible/blk', rule: { type: 'b', major: 0, minor: 0, access: 'rwm', allow: true } },
 ];
 
 export interface PolicyOptions {

@@ -20,6 +20,7 @@ import {
   decide,
   parseGresConf,
   parseRule,
+  runProgram,
   serializePolicy,
   type RuleSet,
 } from '../../src/devices/index.js';
@@ -106,6 +107,38 @@ ktest('exact rules: allowed opens reach the driver, others EPERM; read-only refu
   const logs = mem.lines().filter((l) => l.dir === dir);
   t.truthy(logs.find((l) => l.msg === 'device program loaded' && l.progId === r.progId));
   t.truthy(logs.find((l) => l.msg === 'device program attached' && l.progId === r.progId));
+});
+
+ktest('one allow rule must cover the whole request, on real opens as in decide() and the interpreter (cgroup v1, crun, systemd)', async (t) => {
+  const mode = { r: ACC_READ, w: ACC_WRITE, rw: ACC_READ | ACC_WRITE } as const;
+  const sets: [string[], [string, keyof typeof mode, boolean][]][] = [
+    [['c 195:0 r', 'c 195:* w'], [['nvidia0', 'rw', false], ['nvidia0', 'w', true], ['nvidia0', 'r', true]]],
+    [['c 195:0 r', 'c 195:0 w'], [['nvidia0', 'rw', false], ['nvidia0', 'r', true]]],
+    [['c 195:* rw', '-c 195:0 w'], [['nvidia0', 'r', true], ['nvidia0', 'rw', false], ['nvidia1', 'rw', true]]],
+  ];
+  const { dir, p } = await confined();
+  for (const [texts, cases] of sets) {
+    const rs = rules('deny', ...texts);
+    const { insns } = compile(rs);
+    ctl.apply(dir, rs);
+    for (const [node, m, want] of cases) {
+      const d = { type: 'c' as const, major: 195, minor: Number(node.slice(-1)) };
+      const what = `${texts.join(', ')}: ${node} ${m}`;
+      t.is(decide(rs, d, mode[m]), want, `decide: ${what}`);
+      t.is(runProgram(insns, d, mode[m]), want, `interpreter: ${what}`);
+      t.is(await p.open(P[node], m), want ? 'ENXIO' : 'EPERM', `kernel: ${what}`);
+    }
+  }
+});
+
+ktest('closed mode allows what systemd DevicePolicy=closed allows, b 0:0 and c 0:0 included (its inaccessible nodes)', async (t) => {
+  const { dir, p } = await confined();
+  ctl.apply(dir, buildRuleSet({ policy: 'closed' }));
+  t.is(await p.mknod(path.join(nodes.dir, 'inacc-blk'), 'b', 0, 0), 'OK');
+  t.is(await p.mknod(path.join(nodes.dir, 'inacc-chr'), 'c', 0, 0), 'OK');
+  t.is(await p.mknod(path.join(nodes.dir, 'closed-loop'), 'b', 7, 0), 'EPERM');
+  t.is(await p.open(P.null, 'rw'), 'OK');
+  t.is(await p.open(P.nvidia0, 'r'), 'EPERM');
 });
 
 ktest('mknod is refused without m, allowed with it', async (t) => {

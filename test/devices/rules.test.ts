@@ -77,7 +77,7 @@ const R = ACC_READ;
 const W = ACC_WRITE;
 const M = ACC_MKNOD;
 
-test('decide: most specific wins per bit; deny wins a tie; default otherwise', (t) => {
+test('decide: a deny naming a requested bit wins unless a more specific allow covers the request; deny wins a tie; default otherwise', (t) => {
   const p = rs('allow', '-c 195:* rwm', 'c 195:2 rw');
   t.false(decide(p, c(195, 0), R));
   t.true(decide(p, c(195, 2), R | W));
@@ -89,13 +89,16 @@ test('decide: most specific wins per bit; deny wins a tie; default otherwise', (
   t.false(decide(tie, c(1, 3), R | W));
 });
 
-test('decide: requested ⊆ allowed; bits may come from different rules', (t) => {
+test('decide: requested ⊆ one allow rule; bits never come from two rules', (t) => {
   const p = rs('deny', 'c 195:0 r');
   t.true(decide(p, c(195, 0), R));
   t.false(decide(p, c(195, 0), R | W), 'an allow for r must not allow rw');
   const split = rs('deny', 'c 1:3 r', 'c 1:* w');
-  t.true(decide(split, c(1, 3), R | W));
-  t.false(decide(split, c(1, 4), R | W));
+  t.false(decide(split, c(1, 3), R | W), 'r from one allow and w from another is not rw');
+  t.true(decide(split, c(1, 3), R));
+  t.true(decide(split, c(1, 3), W));
+  t.false(decide(rs('deny', 'c 1:3 r', 'c 1:3 w'), c(1, 3), R | W), 'two allows on one device are not merged');
+  t.true(decide(rs('deny', 'c 1:3 r', 'c 1:3 rw'), c(1, 3), R | W));
 });
 
 test('decide: access(F_OK) (no bits) is allowed when some bit is', (t) => {
