@@ -8,7 +8,7 @@
 import os from 'node:os';
 import type { Logger } from 'pino';
 import { Registry } from './backends/registry.js';
-import { controllersOf, isDir, resolveCgroupRoot } from './cgroupfs/index.js';
+import { controllersOf, isDir, lockCgroupRoot, resolveCgroupRoot } from './cgroupfs/index.js';
 import { scopeNameFor, type AgentOptions } from './config/options.js';
 import type { DeviceBackend } from './devices/backend-types.js';
 import { ebpfDevices, type EbpfContext } from './devices/backend.js';
@@ -56,10 +56,27 @@ export function builtinRegistry(ctl: DeviceController): Registry<Context> {
   return r;
 }
 
+/**
+ * Start the agent holding the lock on its cgroup root, taken before anything
+ * under the root is touched; the lock ends with close() or the process.
+ */
 export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks = {}): Promise<Agent> {
-  const t0 = performance.now();
   for (const w of o.confWarnings) log.warn(w);
   const root = resolveCgroupRoot(o.cgroupRoot ?? o.conf.cgroupMountPoint);
+  const lock = lockCgroupRoot(root.root, o.lockDir);
+  try {
+    const agent = await startLocked(o, root, log, hooks);
+    const close = agent.close;
+    agent.close = () => close().finally(() => lock.release());
+    return agent;
+  } catch (err) {
+    lock.release();
+    throw err;
+  }
+}
+
+async function startLocked(o: AgentOptions, root: ReturnType<typeof resolveCgroupRoot>, log: Logger, hooks: AgentHooks): Promise<Agent> {
+  const t0 = performance.now();
   if (root.readOnly) throw new AgentError('EPERM', `the cgroup2 filesystem at ${root.mountPoint} is mounted read-only`);
   const scopeOpts = scopeOptionsOf(o, root, log, hooks);
   const ctl = new DeviceController(log);

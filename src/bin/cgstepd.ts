@@ -24,6 +24,7 @@ const program = new Command('cgstepd')
   .addOption(opt('--socket <path>', 'control socket').default(DEFAULT_SOCKET))
   .addOption(opt('--socket-mode <octal>', 'socket file mode (default 0600; 0660 with --socket-group; 0666 with --allow-uid/--operator-uid/--read-only-gid and no group)').argParser(modeArg))
   .addOption(opt('--socket-group <group>', 'socket file group (name or gid)').argParser(groupArg))
+  .addOption(opt('--lock-dir <dir>', 'root-only directory for the lock that keeps one agent per cgroup root').default('/run/cgstepd'))
   .addOption(opt('--cgroup-root <dir>', 'directory that plays the node cgroup root (default: the cgroup2 mount)'))
   .addOption(opt('--node-name <name>', 'scope becomes <name>_slurmstepd.scope'))
   .addOption(opt('--slice <name>', 'slice for the scope').default('system.slice'))
@@ -67,6 +68,7 @@ const options: AgentOptions = {
   socketMode: f.socketMode,
   socketGroup: f.socketGroup,
   cgroupRoot: f.cgroupRoot,
+  lockDir: f.lockDir,
   nodeName: f.nodeName,
   slice: f.slice,
   ignoreSystemd: !!f.ignoreSystemd,

@@ -12,6 +12,8 @@ export interface AgentOptions {
   /** The socket file's group, as a gid. */
   socketGroup?: number;
   cgroupRoot?: string;
+  /** Where the one-agent-per-cgroup-root lock files live (default /run/cgstepd). */
+  lockDir?: string;
   nodeName?: string;
   slice: string;
   ignoreSystemd: boolean;

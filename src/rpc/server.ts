@@ -13,6 +13,7 @@ import net from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { AgentError, type ErrorCode } from '../errors.js';
+import { checkPrivateDir } from '../sys/privdir.js';
 import { peerCred, roleOf, type Peer } from './peercred.js';
 import type { AgentEvent, Reply, Request } from './protocol.js';
 import { parseRequest } from './validate.js';
@@ -111,7 +112,7 @@ export class RpcServer {
   async listen(): Promise<void> {
     const dir = path.dirname(this.o.socketPath);
     fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
-    checkSocketDir(dir);
+    checkPrivateDir(dir, 'socket directory');
     await removeStaleSocket(this.o.socketPath);
     const server = net.createServer({ allowHalfOpen: false }, (s) => this.accept(s));
     server.on('error', (err) => this.o.log.error({ err }, 'listening socket error'));
@@ -474,30 +475,6 @@ export function socketModeFor(o: Pick<ServerOptions, 'socketMode' | 'socketGroup
   if (o.socketGroup !== undefined) return 0o660;
   const others = o.allowUids.length > 0 || o.readOnlyGids.length > 0 || o.operatorUids.some((u) => u !== 0);
   return others ? 0o666 : 0o600;
-}
-
-/**
- * Nobody but root (or the agent's own user) may be able to replace the socket
- * or the directory it lives in: the directory itself must be a real directory
- * (lstat: a symlink is refused), owned by root or the agent, and writable by
- * no one else, sticky or not; every directory above it must be owned by root or
- * the agent and, if others may write it, sticky (so they cannot rename what is
- * below); a symlink above it must be root's or the agent's.
- */
-export function checkSocketDir(dir: string): void {
-  const me = process.getuid?.() ?? 0;
-  const ours = (uid: number) => uid === 0 || uid === me;
-  const st = fs.lstatSync(dir);
-  if (st.isSymbolicLink()) throw new AgentError('EPERM', `socket directory ${dir} is a symbolic link; give the real directory (e.g. /run/cgstepd)`);
-  if (!st.isDirectory()) throw new AgentError('EPERM', `socket directory ${dir} is not a directory`);
-  if (!ours(st.uid)) throw new AgentError('EPERM', `socket directory ${dir} is owned by uid ${st.uid}; it must belong to root or to the agent's user`);
-  if ((st.mode & 0o022) !== 0) throw new AgentError('EPERM', `socket directory ${dir} is writable by others (mode ${(st.mode & 0o7777).toString(8)}); use a directory only root can write, e.g. /run/cgstepd`);
-  const abs = path.resolve(dir);
-  for (let up = path.dirname(abs), prev = abs; up !== prev; prev = up, up = path.dirname(up)) {
-    const a = fs.lstatSync(up);
-    if (!ours(a.uid)) throw new AgentError('EPERM', `${up}, above the socket directory ${dir}, is owned by uid ${a.uid}; every directory above the socket must belong to root`);
-    if (a.isDirectory() && (a.mode & 0o022) !== 0 && (a.mode & 0o1000) === 0) throw new AgentError('EPERM', `${up}, above the socket directory ${dir}, is writable by others and not sticky (mode ${(a.mode & 0o7777).toString(8)})`);
-  }
 }
 
 /** Remove the socket file only if it is still the one this server made (never a link or a stranger's file). */

@@ -1,0 +1,48 @@
+/**
+ * sys/privdir: directories only root may change, and exclusive file locks in
+ * them. The agent keeps its socket and its per-cgroup-root lock in such a
+ * directory: if another user could write it (or anything above it), that
+ * user could replace the socket or the lock file under a running agent.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { AgentError, KernelError } from '../errors.js';
+import { LOCK_EX, LOCK_NB, lastErrno, libc } from './libc.js';
+
+/**
+ * The directory must be a real directory (lstat: a symlink is refused), owned
+ * by root or the agent's user, and writable by no one else, sticky or not;
+ * every directory above it must be root's or the agent's and, if others may
+ * write it, sticky (so they cannot rename what is below). `what` names the
+ * directory in the error ("socket directory").
+ */
+export function checkPrivateDir(dir: string, what: string): void {
+  const me = process.getuid?.() ?? 0;
+  const ours = (uid: number) => uid === 0 || uid === me;
+  const st = fs.lstatSync(dir);
+  if (st.isSymbolicLink()) throw new AgentError('EPERM', `${what} ${dir} is a symbolic link; give the real directory (e.g. /run/cgstepd)`);
+  if (!st.isDirectory()) throw new AgentError('EPERM', `${what} ${dir} is not a directory`);
+  if (!ours(st.uid)) throw new AgentError('EPERM', `${what} ${dir} is owned by uid ${st.uid}; it must belong to root or to the agent's user`);
+  if ((st.mode & 0o022) !== 0) throw new AgentError('EPERM', `${what} ${dir} is writable by others (mode ${(st.mode & 0o7777).toString(8)}); use a directory only root can write, e.g. /run/cgstepd`);
+  const abs = path.resolve(dir);
+  for (let up = path.dirname(abs), prev = abs; up !== prev; prev = up, up = path.dirname(up)) {
+    const a = fs.lstatSync(up);
+    if (!ours(a.uid)) throw new AgentError('EPERM', `${up}, above the ${what} ${dir}, is owned by uid ${a.uid}; every directory above it must belong to root`);
+    if (a.isDirectory() && (a.mode & 0o022) !== 0 && (a.mode & 0o1000) === 0) throw new AgentError('EPERM', `${up}, above the ${what} ${dir}, is writable by others and not sticky (mode ${(a.mode & 0o7777).toString(8)})`);
+  }
+}
+
+/**
+ * Open file (created 0644, never through a symlink) and take flock(LOCK_EX)
+ * on it without waiting. Returns the open fd (the lock lasts while it is
+ * open, and ends with the process however it dies), or null when another
+ * open file holds the lock.
+ */
+export function tryLockFile(file: string): number | null {
+  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o644);
+  if (libc().flock(fd, LOCK_EX | LOCK_NB) === 0) return fd;
+  const errno = lastErrno();
+  fs.closeSync(fd);
+  if (errno === 'EWOULDBLOCK' || errno === 'EAGAIN') return null;
+  throw new KernelError('flock', file, errno);
+}
