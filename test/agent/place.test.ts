@@ -6,12 +6,12 @@
  * leave the tree exactly as before (directories, processes, limit files,
  * device programs by id and their policy xattrs), including requests the
  * kernel refuses part-way (cgroup.max.depth, cgroup.max.descendants, a leaf
- * that has become an inner cgroup).
+ * that has become an inner cgroup). The hostile-input corpus gets the same
+ * check in test/reliability/refused.test.ts.
  */
 import test from 'ava';
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import readline from 'node:readline';
 import { makeTestRoot, removeTestRoot, MOUNT } from '../helpers/cgroup.js';
@@ -20,7 +20,6 @@ import { gate } from '../helpers/gate.js';
 import { snapshotTree } from '../helpers/snapshot.js';
 import { DevNodes, Prober, kernelSkipReason } from '../devices/helpers.js';
 import type { CgstepClient } from '../../src/rpc/client.js';
-import { corpus } from '../reliability/corpus.js';
 
 const skip = kernelSkipReason();
 const kt = gate('BPF device control', { ok: !skip, reason: skip }, import.meta.url).test;
@@ -77,11 +76,13 @@ async function refused(t: any, op: string, args: object, code: string | RegExp):
 
 /** A pid that has exited and is not reaped (its parent, a sleep, never waits). */
 async function zombie(): Promise<number> {
-  const parent = spawn('sh', ['-c', 'true & echo $!; exec sleep 600'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  // The child outlives the shell's own reaping: it exits after the shell became sleep, which never waits.
+  const parent = spawn('sh', ['-c', 'sleep 0.2 & echo $!; exec sleep 600'], { stdio: ['ignore', 'pipe', 'ignore'] });
   ctx.kids.push(parent);
   const line: string = await new Promise((resolve) => readline.createInterface({ input: parent.stdout! }).once('line', resolve));
   const pid = Number(line);
-  for (let i = 0; i < 200 && !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8')); i++) await new Promise((r) => setTimeout(r, 10));
+  for (let i = 0; i < 500 && !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8')); i++) await new Promise((r) => setTimeout(r, 10));
+  if (!/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'))) throw new Error(`pid ${pid} did not become a zombie`);
   return pid;
 }
 
@@ -206,38 +207,6 @@ kt('a request the kernel refuses part-way is taken back: directories made, progr
   await refused(t, 'attach', { job: '92', step: '0', pid: q.pid, task: 0, devices: { gres: ['gpu:1'] } }, 'EBUSY');
   fs.rmdirSync(path.join(task0, 'x'));
   await ctx.c.request('destroy', { job: '92', force: true });
-});
-
-kt('every refused line of the hostile-input corpus leaves the tree exactly as before', async (t) => {
-  const p = await prober();
-  await ctx.c.request('task.place', { job: '1', step: '0', pid: p.pid, task: 0, jobDevices: { gres: ['gpu:0'] } });
-  const s = net.connect(ctx.agent.socket);
-  const rl = readline.createInterface({ input: s });
-  const replies: string[] = [];
-  const waiting: ((l: string) => void)[] = [];
-  rl.on('line', (l) => (waiting.length ? waiting.shift()!(l) : replies.push(l)));
-  const next = () => new Promise<string>((resolve) => (replies.length ? resolve(replies.shift()!) : waiting.push(resolve)));
-  await new Promise((r) => s.once('connect', r));
-  const lines = corpus();
-  let n = 0;
-  // Each line is checked against the tree as it was before it: while nothing
-  // changes, that is the tree before the first line.
-  let before = snapshotTree(ctx.scope);
-  for (const line of lines) {
-    s.write(line + '\n');
-    const reply = JSON.parse(await next());
-    if (reply.ok) {
-      before = snapshotTree(ctx.scope); // a line the agent accepted is not a refusal
-      continue;
-    }
-    t.deepEqual(snapshotTree(ctx.scope), before, line);
-    n++;
-  }
-  s.destroy();
-  ctx.checked += n;
-  t.log(`${n} of ${lines.length} corpus lines refused, each leaving the tree unchanged`);
-  t.is(n, lines.length, 'every corpus line is refused');
-  await ctx.c.request('destroy', { job: '1', force: true });
 });
 
 test.after(() => {
