@@ -2,9 +2,11 @@
  * bench/cycle: the step cycle a controller sees over the socket, and the same
  * cycle as raw syscalls (bench/floor.c), measured in the same run.
  *
- * Cycle: step.create (job made on the way, optional device program on user/),
- * attach an already running process to task 0, move it out to a parking
- * cgroup, destroy. Process creation is left out of both sides.
+ * Cycle: make job, step and task 0 (optional device program on the step's
+ * user/) and put an already running process in task 0, move it out to a
+ * parking cgroup, destroy; over the socket as one task.place and a destroy,
+ * and as the older three requests (step.create, attach, destroy). Process
+ * creation is left out of both sides.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -20,17 +22,25 @@ export const CYCLE_DEVICES: DeviceRequest = {
   deny: ['c 195:2 rwm', 'c 195:3 rwm'],
 };
 
-/** three: step.create, attach, destroy (today's cycle). */
-export type CycleKind = 'three';
+/**
+ * place: one task.place (job, step and task 0 made, the pid moved in, the
+ * device program on user/), the move out, destroy: two requests, the cycle a
+ * controller such as the SPANK plugin performs. three: step.create, attach,
+ * move out, destroy, the cycle of the agent before task.place.
+ */
+export type CycleKind = 'place' | 'three';
 
-export async function agentCycle(client: CgstepClient, scopeDir: string, park: string, pid: number, cycles: number, devices?: DeviceRequest, jobBase = 1, kind: CycleKind = 'three'): Promise<number[]> {
-  void kind;
+export async function agentCycle(client: CgstepClient, scopeDir: string, park: string, pid: number, cycles: number, devices?: DeviceRequest, jobBase = 1, kind: CycleKind = 'place'): Promise<number[]> {
   const out: number[] = [];
   for (let i = 0; i < cycles; i++) {
     const job = jobBase + i;
     const t0 = performance.now();
-    await client.request('step.create', devices ? { job, step: 0, devices } : { job, step: 0 });
-    await client.request('attach', { job, step: 0, pid, task: 0 });
+    if (kind === 'place') {
+      await client.request('task.place', devices ? { job, step: 0, pid, task: 0, stepDevices: devices } : { job, step: 0, pid, task: 0 });
+    } else {
+      await client.request('step.create', devices ? { job, step: 0, devices } : { job, step: 0 });
+      await client.request('attach', { job, step: 0, pid, task: 0 });
+    }
     fs.writeFileSync(path.join(park, 'cgroup.procs'), String(pid));
     await client.request('destroy', { job });
     out.push(performance.now() - t0);
@@ -50,7 +60,15 @@ export function floorCycle(bin: string, scopeDir: string, park: string, pid: num
   return r.stdout.trim().split('\n').map((ns) => Number(ns) / 1e6);
 }
 
-export interface CycleResult { agent: Summary; floor: Summary; ratio: number; devices: boolean }
+export interface CycleResult {
+  /** The cycle with task.place. */
+  agent: Summary;
+  floor: Summary;
+  ratio: number;
+  devices: boolean;
+  /** The same cycle as three requests (step.create, attach, destroy). */
+  three: { agent: Summary; ratio: number };
+}
 
 export async function cycleSection(cycles: number, programFile?: string, devices?: DeviceRequest): Promise<CycleResult> {
   const root = benchRoot('cycle');
@@ -64,8 +82,16 @@ export async function cycleSection(cycles: number, programFile?: string, devices
     fs.mkdirSync(park);
     fs.writeFileSync(path.join(park, 'cgroup.procs'), String(p.pid));
     const c = await CgstepClient.connect(agent.socket);
-    await agentCycle(c, scope, park, p.pid!, 50, devices, 500000); // warm up
-    const a = await agentCycle(c, scope, park, p.pid!, cycles, devices);
+    await agentCycle(c, scope, park, p.pid!, 50, devices, 500000, 'place'); // warm up
+    await agentCycle(c, scope, park, p.pid!, 50, devices, 600000, 'three');
+    // The two kinds in alternating blocks, so a burst of load elsewhere on the machine weighs on both.
+    const a: number[] = [];
+    const t: number[] = [];
+    for (let done = 0; done < cycles; done += 100) {
+      const n = Math.min(100, cycles - done);
+      a.push(...(await agentCycle(c, scope, park, p.pid!, n, devices, 1 + done, 'place')));
+      t.push(...(await agentCycle(c, scope, park, p.pid!, n, devices, 1_000_000 + done, 'three')));
+    }
     c.close();
     const ctl = fs.readFileSync(path.join(scope, 'cgroup.subtree_control'), 'utf8').trim().split(/\s+/).filter(Boolean).map((x) => `+${x}`).join(' ');
     floorCycle(floorBin, scope, park, p.pid!, 50, ctl, programFile);
@@ -73,8 +99,9 @@ export async function cycleSection(cycles: number, programFile?: string, devices
     await agent.stop();
     agent = null;
     const as = summarize(a);
+    const ts = summarize(t);
     const fs_ = summarize(f);
-    return { agent: as, floor: fs_, ratio: as.median / fs_.median, devices: !!programFile };
+    return { agent: as, floor: fs_, ratio: as.median / fs_.median, devices: !!programFile, three: { agent: ts, ratio: ts.median / fs_.median } };
   } finally {
     await agent?.stop();
     p.kill('SIGKILL');

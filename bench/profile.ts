@@ -6,7 +6,8 @@
  *
  *   node --import tsx bench/profile.ts [cycles]            # CPU profile
  *   PROFILE=strace node --import tsx bench/profile.ts 1000 # syscalls per cycle
- *   CYCLE=place ...                                        # the one-request cycle
+ *   CYCLE=three ...                                        # the three-request cycle
+ *   AGENT_FLAGS='--single-threaded-gc' ...                 # node flags added to the #! line's
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -18,16 +19,17 @@ import { REPO, AGENT_NODE_FLAGS, benchRoot, removeRoot, sleeper, waitReady } fro
 
 const cycles = Number(process.argv[2] ?? 2000);
 const mode = process.env.PROFILE === 'strace' ? 'strace' : 'cpu';
-const kind = (process.env.CYCLE ?? 'three') as CycleKind;
+const kind = (process.env.CYCLE ?? 'place') as CycleKind;
 const root = benchRoot('profile');
 const out = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-profile-'));
 const socket = path.join(out, 's.sock');
 const p = sleeper();
+const nodeFlags = [...AGENT_NODE_FLAGS, ...(process.env.AGENT_FLAGS ?? '').split(' ').filter(Boolean)];
 const agentArgs = [path.join(REPO, 'dist/bin/cgstepd.js'), '--ignore-systemd', '--cgroup-root', root, '--socket', socket, '--node-name', 'prof'];
 const proc =
   mode === 'cpu'
-    ? spawn(process.execPath, [...AGENT_NODE_FLAGS, '--cpu-prof', '--cpu-prof-dir', out, ...agentArgs], { stdio: 'ignore' })
-    : spawn(process.execPath, [...AGENT_NODE_FLAGS, ...agentArgs], { stdio: 'ignore' });
+    ? spawn(process.execPath, [...nodeFlags, '--cpu-prof', '--cpu-prof-dir', out, ...agentArgs], { stdio: 'ignore' })
+    : spawn(process.execPath, [...nodeFlags, ...agentArgs], { stdio: 'ignore' });
 try {
   await waitReady(socket, proc);
   const park = path.join(root, 'park');
