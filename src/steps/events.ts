@@ -18,13 +18,17 @@ import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import { inotify, parseFlatKeyed, readOptional, type WatchListener } from '../cgroupfs/index.js';
 import type { AgentEvent, EventKind } from './model.js';
+import type { TreePaths } from './names.js';
 
 /** cgroup: populated (and frozen for jobs); freeze: a step's user/ frozen; memory: oom_kill. */
 type Kind = 'cgroup' | 'freeze' | 'memory';
 
-/** One watched file, kept small: tens of thousands live at once. */
+/**
+ * One watched file, kept small: tens of thousands live at once. Its path is
+ * not kept (two per live step cost about 2.5 MB at 10,000 steps) but made
+ * from the ids when it is read.
+ */
 interface Watched {
-  file: string;
   wd: number;
   job: string;
   step: string | undefined;
@@ -37,10 +41,13 @@ interface Watched {
 }
 
 export class TreeWatcher extends EventEmitter {
-  private files = new Map<string, Watched>();
   private byWd = new Map<number, Watched>();
-  /** job -> its watched files: unwatching a job or step looks at that job's files only, not the node's. */
-  private byJob = new Map<string, Set<Watched>>();
+  /**
+   * job -> its watched files (an array: a job has a few, and a Set costs
+   * about 300 bytes); unwatching a job or step looks at that job's files
+   * only, not the node's.
+   */
+  private byJob = new Map<string, Watched[]>();
   private readonly listener: WatchListener = {
     changed: (wd) => {
       const w = this.byWd.get(wd);
@@ -51,6 +58,20 @@ export class TreeWatcher extends EventEmitter {
       if (w) this.forget(w);
     },
   };
+
+  constructor(private readonly paths: TreePaths) {
+    super();
+  }
+
+  /** The file a watch is on, from its ids. */
+  private fileOf(w: Watched): string {
+    const { job, step, task } = w;
+    if (step === undefined) return path.join(this.paths.job(job), 'cgroup.events');
+    if (w.kind === 'freeze') return path.join(this.paths.user(job, step), 'cgroup.events');
+    if (w.kind === 'memory') return path.join(this.paths.step(job, step), 'memory.events');
+    if (task === undefined) return path.join(this.paths.step(job, step), 'cgroup.events');
+    return path.join(this.paths.leaf(job, step, task === 'special' ? 'special' : { task: Number(task) }), 'cgroup.events');
+  }
 
   /**
    * Watch a job (step/task undefined), a step, or a task directory. `memory`
@@ -73,7 +94,8 @@ export class TreeWatcher extends EventEmitter {
   }
 
   private add(file: string, ids: { job: string; step?: string; task?: string }, kind: Kind, fresh: boolean): void {
-    if (this.files.has(file)) return;
+    const mine = this.byJob.get(ids.job);
+    if (mine?.some((w) => w.kind === kind && w.step === ids.step && w.task === ids.task)) return;
     let last: Record<string, number> = {};
     if (!fresh) {
       const text = readOptional(file);
@@ -86,21 +108,20 @@ export class TreeWatcher extends EventEmitter {
     } catch {
       return; // removed between the read and the watch
     }
-    const w: Watched = { file, wd, job: ids.job, step: ids.step, task: ids.task, kind, populated: last.populated ?? 0, frozen: last.frozen ?? 0, oomKill: last.oom_kill ?? 0 };
-    this.files.set(file, w);
+    const w: Watched = { wd, job: ids.job, step: ids.step, task: ids.task, kind, populated: last.populated ?? 0, frozen: last.frozen ?? 0, oomKill: last.oom_kill ?? 0 };
     this.byWd.set(wd, w);
-    let set = this.byJob.get(w.job);
-    if (!set) this.byJob.set(w.job, (set = new Set()));
-    set.add(w);
+    if (mine) mine.push(w);
+    else this.byJob.set(w.job, [w]);
   }
 
   private forget(w: Watched): void {
-    if (this.files.get(w.file) !== w) return;
-    this.files.delete(w.file);
+    if (this.byWd.get(w.wd) !== w) return;
     this.byWd.delete(w.wd);
-    const set = this.byJob.get(w.job);
-    set?.delete(w);
-    if (set?.size === 0) this.byJob.delete(w.job);
+    const mine = this.byJob.get(w.job);
+    if (!mine) return;
+    const i = mine.indexOf(w);
+    if (i >= 0) mine.splice(i, 1);
+    if (mine.length === 0) this.byJob.delete(w.job);
   }
 
   private drop(w: Watched): void {
@@ -118,7 +139,7 @@ export class TreeWatcher extends EventEmitter {
   unwatchDir(dir: string, job: string): void {
     const prefix = dir.endsWith('/') ? dir : dir + '/';
     const gone: Watched[] = [];
-    for (const w of this.byJob.get(job) ?? []) if (w.file.startsWith(prefix)) gone.push(w);
+    for (const w of this.byJob.get(job) ?? []) if (this.fileOf(w).startsWith(prefix)) gone.push(w);
     for (const w of gone) {
       // Frozen/thawed only change through our own freeze requests: no last read for them.
       if (w.kind === 'freeze' || (w.kind === 'cgroup' && w.step !== undefined && w.populated === 0)) continue;
@@ -128,11 +149,11 @@ export class TreeWatcher extends EventEmitter {
   }
 
   get watchedFiles(): number {
-    return this.files.size;
+    return this.byWd.size;
   }
 
   private onChange(w: Watched): void {
-    const text = readOptional(w.file);
+    const text = readOptional(this.fileOf(w));
     if (text === null) return;
     const now = parseFlatKeyed(text);
     if (w.kind === 'memory') {
@@ -160,6 +181,6 @@ export class TreeWatcher extends EventEmitter {
   }
 
   async close(): Promise<void> {
-    for (const w of [...this.files.values()]) this.drop(w);
+    for (const w of [...this.byWd.values()]) this.drop(w);
   }
 }

@@ -142,13 +142,16 @@ export interface JobInfo { job: string; path: string; populated: boolean; steps:
 
 export class StepTree {
   readonly paths: TreePaths;
-  readonly watcher = new TreeWatcher();
+  readonly watcher: TreeWatcher;
   private readonly lock = new KeyedLock();
   private closed = false;
   /** The check of adopted directories after a restart, and what it found. */
   readonly layout: LayoutCheck;
-  /** job -> set of steps; a cache of the directories, rebuilt by recover(). */
-  private readonly index = new Map<string, Set<string>>();
+  /**
+   * job -> its steps; a cache of the directories, rebuilt by recover(). Arrays:
+   * a job has few live steps, and a Set costs about 300 bytes (3 MB at 10,000 jobs).
+   */
+  private readonly index = new Map<string, string[]>();
 
   private readonly readStats: (dir: string) => CgroupStats;
 
@@ -159,6 +162,7 @@ export class StepTree {
 
   constructor(private readonly opts: TreeOptions) {
     this.paths = new TreePaths(opts.scopeDir);
+    this.watcher = new TreeWatcher(this.paths);
     this.layout = new LayoutCheck({ wanted: () => opts.scopeControllers?.(), locked: (job, fn) => this.lock.run(job, fn), log: opts.log });
     this.readStats = opts.accounting ? (d) => opts.accounting!.read(d) : readStats;
   }
@@ -174,7 +178,7 @@ export class StepTree {
 
   get stepCount(): number {
     let n = 0;
-    for (const s of this.index.values()) n += s.size;
+    for (const s of this.index.values()) n += s.length;
     return n;
   }
 
@@ -190,12 +194,12 @@ export class StepTree {
     for (const jn of childDirs(this.opts.scopeDir)) {
       const job = parseJobName(jn);
       if (job === null) continue;
-      const set = new Set<string>();
-      this.index.set(job, set);
+      const list: string[] = [];
+      this.index.set(job, list);
       for (const sn of childDirs(this.paths.job(job))) {
         const step = parseStepName(sn);
         if (step === null) continue;
-        set.add(step);
+        list.push(step);
         steps++;
       }
     }
@@ -351,7 +355,7 @@ export class StepTree {
     const made = this.makeInner(u, p.dir);
     if (made || !this.index.has(job)) {
       u.onCommit(() => {
-        this.index.set(job, this.index.get(job) ?? new Set());
+        this.index.set(job, this.index.get(job) ?? []);
         this.watcher.watchDir(p.dir, { job }, false, made);
       });
     }
@@ -365,7 +369,8 @@ export class StepTree {
     this.makeDir(u, path.join(dir, SLURM_LEAF));
     const userMade = this.makeInner(u, p.dir);
     u.onCommit(() => {
-      this.index.get(job)?.add(step);
+      const steps = this.index.get(job);
+      if (steps && !steps.includes(step)) steps.push(step);
       if (created) this.watcher.watchDir(dir, { job, step }, this.memory, true);
     });
     return { created, ...this.applyLevel(u, p, userMade) };
@@ -565,7 +570,7 @@ export class StepTree {
       if (!exists(target)) {
         // Idempotent: a controller retrying after a crash or a lost reply gets success.
         if (step === undefined) this.index.delete(job);
-        else this.index.get(job)?.delete(step);
+        else dropStep(this.index.get(job), step);
         // A retried step destroy still reaps its job (the first try may have died before it).
         const jobRemoved = step === undefined || !exists(this.paths.job(job)) || (reapJob && (await this.reapIfStepless(job)));
         return { job, step, killed: 0, jobRemoved, existed: false };
@@ -583,7 +588,7 @@ export class StepTree {
       else await this.removeStep(target);
       let jobRemoved = step === undefined;
       if (step !== undefined) {
-        this.index.get(job)?.delete(step);
+        dropStep(this.index.get(job), step);
         if (reapJob) jobRemoved = await this.reapIfStepless(job);
       }
       if (jobRemoved) this.index.delete(job);
@@ -659,3 +664,8 @@ export class StepTree {
   }
 }
 
+/** Take a step out of a job's list in the index. */
+function dropStep(steps: string[] | undefined, step: string): void {
+  const i = steps ? steps.indexOf(step) : -1;
+  if (i >= 0) steps!.splice(i, 1);
+}

@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Inotify, inotify } from '../../src/cgroupfs/watch.js';
 import { TreeWatcher } from '../../src/steps/events.js';
+import { TreePaths } from '../../src/steps/names.js';
 import type { AgentEvent } from '../../src/rpc/protocol.js';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
 import { killPid, spawnSleeper, waitFor, sleep } from '../helpers/agent.js';
@@ -75,12 +76,14 @@ test.serial('watching a file that does not exist is a typed ENOENT', (t) => {
 });
 
 test.serial('the tree watcher publishes task.empty, step.empty and job.empty, and a final read at unwatch catches a late change', async (t) => {
+  const paths = new TreePaths(ctx.root);
   const job = cgroup('job_7');
-  const step = path.join(job, 'step_0');
-  const task = path.join(step, 'task_0');
+  const step = paths.step('7', '0');
+  const task = paths.leaf('7', '0', { task: 0 });
   fs.mkdirSync(step);
+  fs.mkdirSync(path.dirname(task));
   fs.mkdirSync(task);
-  const w = new TreeWatcher();
+  const w = new TreeWatcher(paths);
   t.teardown(() => w.close());
   const events: AgentEvent[] = [];
   w.on('event', (e: AgentEvent) => events.push(e));
@@ -109,5 +112,5 @@ test.serial('the tree watcher publishes task.empty, step.empty and job.empty, an
   w.unwatchDir(job, '7');
   t.deepEqual(events.map((e) => e.event), ['job.empty']);
   t.is(w.watchedFiles, 0);
-  for (const d of [task, step, job]) fs.rmdirSync(d);
+  for (const d of [task, path.dirname(task), step, job]) fs.rmdirSync(d);
 });
