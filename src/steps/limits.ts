@@ -67,7 +67,8 @@ export function writeLimits(dir: string, plan: LimitPlan, undo: Undo | null): vo
     const file = path.join(dir, w.file);
     const old = undo ? readOptional(file) : null;
     writeText(file, w.value);
-    if (old !== null) undo!.add(`${file} back to ${old.trim()}`, () => writeText(file, old.trim()));
+    // An empty value (cpuset: inherit) is written back as a newline: a write of nothing never reaches the kernel.
+    if (old !== null) undo!.add(`${file} back to ${old.trim() || '(empty)'}`, () => writeText(file, old.trim() || '\n'));
   }
 }
 
