@@ -1,9 +1,12 @@
 /**
  * devices/backend: the devices/ebpf backend, the agent's face of src/devices.
  *
- * Turns a request's DeviceRequest into a rule set (policy.ts, with the node's
- * gres.conf inventory and the agent's default mode) and puts its program on
- * the directory through one DeviceController. Owns the choice of backend (the
+ * Turns a request's DeviceRequest into a rule set and its program (policy.ts,
+ * with the node's gres.conf inventory and the agent's default mode) before
+ * anything is made, and puts it on the directory through one DeviceController,
+ * keeping what it replaced until the request is through. Decides the policy of
+ * a job whose request names none (the default with its allocation) and refuses
+ * a step whose gres its job's policy does not allow. Owns the choice of backend (the
  * probe) and the gres inventory's lifetime; never the tree's layout (src/steps
  * decides which directory gets a policy) nor BPF itself (controller.ts).
  *

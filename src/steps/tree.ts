@@ -4,7 +4,10 @@
  *
  * The tree on disk is the only state: every answer is read from it, and a
  * restarted agent rebuilds its watchers and counters by walking it. Operations
- * on one job are serialised (KeyedLock); different jobs run in parallel.
+ * on one job are serialised (KeyedLock); different jobs run in parallel. Each
+ * request that changes the tree is all or nothing: it plans every level
+ * (limits, device programs, the pid) before the first mkdir, and what it made
+ * or replaced is taken back if the kernel still refuses part-way (undo.ts).
  * Must not talk to systemd or the socket, and reaches the kernel only through
  * cgroupfs and the DevicePort it is given.
  */
