@@ -153,7 +153,12 @@ export class TreeWatcher extends EventEmitter {
   }
 
   private onChange(w: Watched): void {
-    const text = readOptional(this.fileOf(w));
+    let text: string | null;
+    try {
+      text = readOptional(this.fileOf(w));
+    } catch {
+      return; // a directory removed behind the agent reads ENODEV: nothing to publish
+    }
     if (text === null) return;
     const now = parseFlatKeyed(text);
     if (w.kind === 'memory') {
