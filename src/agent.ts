@@ -27,7 +27,9 @@ import { statusOf, type AgentStatus, type StatusFacts } from './status.js';
 import { cgroupAccounting, type AccountingBackend } from './steps/accounting.js';
 import { OrphanSweeper, StepTree } from './steps/index.js';
 
-export const AGENT_VERSION = '0.1.0';
+import { AGENT_VERSION } from './rpc/version.js';
+
+export { AGENT_VERSION };
 
 export interface Agent {
   tree: StepTree;

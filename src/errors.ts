@@ -81,3 +81,15 @@ export function isErrno(err: unknown, ...codes: string[]): boolean {
   const c = (err as { code?: unknown })?.code;
   return typeof c === 'string' && codes.includes(c);
 }
+
+/**
+ * A mistake in the agent's configuration (an option, cgroup.conf, gres.conf):
+ * the agent refuses to start with exit status 2 and one line saying what is
+ * wrong (file:line where there is one) and, in `hint`, how to fix it.
+ */
+export class ConfigError extends AgentError {
+  constructor(message: string, readonly hint?: string) {
+    super('EINVAL', message);
+    this.name = 'ConfigError';
+  }
+}

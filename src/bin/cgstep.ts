@@ -7,29 +7,32 @@
  */
 import { spawn } from 'node:child_process';
 import os from 'node:os';
-import { Command, type Command as Cmd } from 'commander';
-import { intArg, opt, sizeArg, strList } from '../config/cli.js';
+import type { Command as Cmd } from 'commander';
+import { EnvCommand, USAGE_EXIT, UsageError, intArg, opt, sizeArg, strList, usageLine } from '../config/cli.js';
+import { AGENT_VERSION } from '../rpc/version.js';
 import { formatSize } from '../config/size.js';
 import { AgentError } from '../errors.js';
 import { CgstepClient, DEFAULT_SOCKET } from '../rpc/client.js';
 import type { DeviceRequest, Limits } from '../rpc/protocol.js';
 
-const program = new Command('cgstep')
+const program = new EnvCommand('cgstep')
+  .version(AGENT_VERSION, '-V, --version', 'print the version and exit')
   .description('client of cgstepd, the cgroup v2 job/step/task agent')
   .addOption(opt('--socket <path>', 'agent socket').default(DEFAULT_SOCKET))
   .addOption(opt('--json', 'machine-readable output'))
   .addOption(opt('--timeout <ms>', 'request timeout').argParser(intArg('timeout', 1, 3600000)).default(30000))
-  .addOption(opt('--wait <ms>', 'wait up to this long for the agent socket to appear (back-off 1 ms doubling to 250 ms)').argParser(intArg('wait', 0, 3600000)).default(0))
-  .showHelpAfterError();
+  .addOption(opt('--wait <ms>', 'wait up to this long for the agent socket to appear (back-off 1 ms doubling to 250 ms)').argParser(intArg('wait', 0, 3600000)).default(0));
 
 const g = () => program.opts<{ socket: string; json?: boolean; timeout: number; wait: number }>();
 
-function connect(): Promise<CgstepClient> {
-  return CgstepClient.connect(g().socket, {
-    timeoutMs: g().timeout,
-    waitMs: g().wait,
-    onGiveUp: (err) => process.stderr.write(`cgstep: gave up waiting ${g().wait} ms for the agent socket: ${err.message}\n`),
-  });
+async function connect(): Promise<CgstepClient> {
+  try {
+    return await CgstepClient.connect(g().socket, { timeoutMs: g().timeout, waitMs: g().wait });
+  } catch (err) {
+    const e = err as AgentError;
+    if (g().wait > 0 && (e as { errno?: string }).errno !== 'EAGAIN') throw new AgentError(e.code ?? 'EIO', `gave up waiting ${g().wait} ms for the agent socket: ${e.message}`);
+    throw err;
+  }
 }
 
 async function withClient<T>(fn: (c: CgstepClient) => Promise<T>): Promise<T> {
@@ -49,8 +52,8 @@ function addLimitOptions(cmd: Cmd): Cmd {
   return cmd
     .option('--cpus <list>', 'cpuset.cpus, e.g. 0-3,8')
     .option('--mems <list>', 'cpuset.mems')
-    .option('--memory <size>', 'allocated RAM (memory.max/high from cgroup.conf formulas), e.g. 4G', sizeArg('--memory'))
-    .option('--swap <size>', 'memory.swap.max', sizeArg('--swap'))
+    .option('--memory <size>', 'allocated RAM (memory.max/high from cgroup.conf formulas): a bare number is MiB (as Slurm\'s --mem), or K/M/G/T, e.g. 4G', sizeArg('--memory'))
+    .option('--swap <size>', 'memory.swap.max: a bare number is MiB, or K/M/G/T', sizeArg('--swap'))
     .option('--pids <n>', 'pids.max', intArg('--pids', 1, 0x3fffffff))
     .option('--cpu-max <quota period>', 'cpu.max, e.g. "50000 100000" or max')
     .option('--cpu-weight <n>', 'cpu.weight 1-10000', intArg('--cpu-weight', 1, 10000))
@@ -80,7 +83,7 @@ function devicesOf(o: any): DeviceRequest | undefined {
   if (o.deviceDeny?.length) d.deny = o.deviceDeny;
   if (o.gres?.length) d.gres = o.gres;
   if (o.devicePolicy) {
-    if (o.devicePolicy !== 'open' && o.devicePolicy !== 'closed') throw new AgentError('EINVAL', '--device-policy must be open or closed');
+    if (o.devicePolicy !== 'open' && o.devicePolicy !== 'closed') throw new UsageError(`--device-policy must be open or closed, not ${JSON.stringify(o.devicePolicy)}`, 'cgstep');
     d.policy = o.devicePolicy;
   }
   return Object.keys(d).length ? d : undefined;
@@ -145,7 +148,7 @@ program
   .action((j, s, pid, o) =>
     withClient(async (c) => {
       const n = [o.task !== undefined, !!o.special, !!o.slurm].filter(Boolean).length;
-      if (n > 1) throw new AgentError('EINVAL', 'give one of --task, --special, --slurm');
+      if (n > 1) throw new UsageError('give only one of --task, --special, --slurm', 'cgstep attach');
       const args = withArgs({ job: j, step: s, pid: intArg('pid', 1, 0x3fffffff)(pid) }, { task: o.task, leaf: o.special ? 'special' : o.slurm ? 'slurm' : undefined });
       print(await c.request('attach', args), (r) => `pid ${r.pid} -> ${r.path}`);
     }),
@@ -215,7 +218,12 @@ program
   .description('remove a job or step; --force kills what still runs there')
   .option('--force', 'kill remaining processes (cgroup.kill) first')
   .action((j, s, o) =>
-    withClient(async (c) => print(await c.request('destroy', withArgs({ job: j }, { step: s, force: o.force ? true : undefined })), (r) => `destroyed job ${r.job}${r.step !== undefined ? ` step ${r.step}` : ''}${r.killed ? ` (killed ${r.killed})` : ''}`)),
+    withClient(async (c) =>
+      print(await c.request('destroy', withArgs({ job: j }, { step: s, force: o.force ? true : undefined })), (r) => {
+        const what = `job ${r.job}${r.step !== undefined ? ` step ${r.step}` : ''}`;
+        return r.existed === false ? `${what} did not exist: nothing to destroy` : `destroyed ${what}${r.killed ? ` (killed ${r.killed} process(es))` : ''}`;
+      }),
+    ),
   );
 
 program.command('events').description('print events as they happen (task/step/job empty, oom, frozen, thawed)').action(async () => {
@@ -224,6 +232,8 @@ program.command('events').description('print events as they happen (task/step/jo
     process.stdout.write(g().json ? JSON.stringify(e) + '\n' : `${e.time} ${e.event} job ${e.job}${e.step !== undefined ? ` step ${e.step}` : ''}${e.task !== undefined ? ` task ${e.task}` : ''}${e.oomKill !== undefined ? ` oom_kill ${e.oomKill}` : ''}\n`);
   });
   await c.closed();
+  // Only the agent ends an event stream (a user ends it with ^C): say so, and fail.
+  throw new AgentError('EIO', 'cgstepd closed the event stream (the agent stopped or restarted); no more events');
 });
 
 addLimitOptions(
@@ -249,10 +259,12 @@ export function splitRunArgs(argv: string[], operands: string[], task: number | 
   const cmdLen = dd >= 0 ? argv.length - dd - 1 : 0;
   const cmd = operands.slice(operands.length - cmdLen);
   const ids = operands.slice(0, operands.length - cmdLen);
-  if (cmd.length === 0) throw new AgentError('EINVAL', 'no command: use cgstep run [JOB STEP] -- CMD [ARGS...]');
+  const usage = (m: string) => new UsageError(m, 'cgstep run');
+  if (dd < 0) throw usage(operands.length ? `put -- before the command: cgstep run ${operands.length > 2 ? `${operands.slice(0, 2).join(' ')} -- ${operands.slice(2).join(' ')}` : 'JOB STEP -- CMD [ARGS...]'}` : 'missing the command: cgstep run [JOB STEP] -- CMD [ARGS...]');
+  if (cmd.length === 0) throw usage('missing the command after --: cgstep run [JOB STEP] -- CMD [ARGS...]');
   if (ids.length === 2) return { job: ids[0], step: ids[1], task: task ?? 0, cmd, source: 'command line' };
-  if (ids.length !== 0) throw new AgentError('EINVAL', `expected JOB STEP before --, got ${ids.length} argument(s): ${ids.join(' ')}`);
-  if (!env.SLURM_JOB_ID) throw new AgentError('EINVAL', 'no JOB STEP given and not inside a Slurm allocation (SLURM_JOB_ID is unset)');
+  if (ids.length !== 0) throw usage(`expected JOB STEP before --, got ${ids.length} argument(s): ${ids.join(' ')}`);
+  if (!env.SLURM_JOB_ID) throw usage('no JOB STEP given and not inside a Slurm allocation (SLURM_JOB_ID is unset)');
   const step = env.SLURM_STEP_ID ?? 'interactive';
   const slurmTask = env.SLURM_PROCID !== undefined && /^\d+$/.test(env.SLURM_PROCID) ? Number(env.SLURM_PROCID) : undefined;
   return { job: env.SLURM_JOB_ID, step, task: task ?? slurmTask ?? 0, cmd, source: `SLURM_JOB_ID=${env.SLURM_JOB_ID}, SLURM_STEP_ID=${env.SLURM_STEP_ID ?? '(unset: interactive)'}, SLURM_PROCID=${env.SLURM_PROCID ?? '(unset)'}` };
@@ -293,9 +305,20 @@ async function runCommand(job: string, step: string, cmd: string[], o: any): Pro
   process.exitCode = code;
 }
 
+/**
+ * Exit status: 2 for a usage error found here (one line naming the --help to
+ * read), 1 for anything the agent refused or that failed on the way, whatever
+ * its code (`cgstep: CODE: message`), else 0 (or CMD's status for run).
+ */
 program.parseAsync().catch((err: unknown) => {
+  if (err instanceof UsageError) {
+    process.stderr.write(usageLine(err.command, err.message) + '\n');
+    process.exitCode = USAGE_EXIT;
+    return;
+  }
   const e = err as AgentError;
-  if (g().json) process.stderr.write(JSON.stringify({ ok: false, error: { code: e.code ?? 'EINTERNAL', message: e.message } }) + '\n');
-  else process.stderr.write(`cgstep: ${e.code ? `${e.code}: ` : ''}${e.message}\n`);
-  process.exitCode = e.code === 'EINVAL' ? 2 : 1;
+  const code = e.code ?? 'EINTERNAL';
+  if (g().json) process.stderr.write(JSON.stringify({ ok: false, error: { code, message: e.message } }) + '\n');
+  else process.stderr.write(`cgstep: ${code}: ${e.message}\n`);
+  process.exitCode = 1;
 });

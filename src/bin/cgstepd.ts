@@ -11,18 +11,25 @@
  * (--heap-growing-percent=100; V8 picks up to 4x for a small heap): at 10,000
  * live steps about 8 MiB of RSS less, for more frequent full collections.
  */
-import { Command } from 'commander';
+import os from 'node:os';
 import { pino } from 'pino';
-import { startAgent } from '../agent.js';
+import { AGENT_VERSION, startAgent } from '../agent.js';
 import { defaultCgroupConf, loadCgroupConf } from '../config/cgroupconf.js';
-import { groupArg, intArg, intList, modeArg, opt } from '../config/cli.js';
+import { EnvCommand, USAGE_EXIT, groupArg, intArg, intList, modeArg, opt } from '../config/cli.js';
+import { ConfigError } from '../errors.js';
+import { loadGresConf } from '../devices/gres.js';
+import { parseListen } from '../metrics/listen.js';
 import type { AgentOptions } from '../config/options.js';
 import { DEFAULT_SOCKET } from '../rpc/client.js';
 import { findCgroup2Mount } from '../cgroupfs/mount.js';
 import { moveSelfIntoSubgroup } from '../systemd/delegate.js';
 import * as sd from '../systemd/notify.js';
 
-const program = new Command('cgstepd')
+/** How long a stop may take before the agent exits anyway (the unit's TimeoutStopSec is longer). */
+const STOP_LIMIT_MS = 8000;
+
+const program = new EnvCommand('cgstepd')
+  .version(AGENT_VERSION, '-V, --version', 'print the version and exit')
   .description('cgroup v2 agent: a delegated job/step/task tree with eBPF device control')
   .addOption(opt('--socket <path>', 'control socket').default(DEFAULT_SOCKET))
   .addOption(opt('--socket-mode <octal>', 'socket file mode (default 0600; 0660 with --socket-group; 0666 with --allow-uid/--operator-uid/--read-only-gid and no group)').argParser(modeArg))
@@ -49,21 +56,46 @@ const program = new Command('cgstepd')
   .addOption(opt('--orphan-interval <ms>', 'how often orphan cgroups are collected').argParser(intArg('orphan interval', 1000, 86400000)).default(60000))
   .addOption(opt('--metrics <[addr:]port>', 'serve Prometheus /metrics (loopback unless an address is given)'))
   .addOption(opt('--metrics-tasks', 'add per-task series to /metrics'))
-  .addOption(opt('--verify-moves', "read /proc/PID/cgroup back after each move (the kernel's cgroup.procs write already fails if a move fails)"))
-  .showHelpAfterError();
+  .addOption(opt('--verify-moves', "read /proc/PID/cgroup back after each move (the kernel's cgroup.procs write already fails if a move fails)"));
 
 program.parse();
 const f = program.opts();
 
 const log = pino({ level: f.logLevel, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime });
 
+/**
+ * A fatal start-up error: the JSON log line, and one plain line on stderr for the
+ * admin at a terminal or in `journalctl` (what is wrong; for a configuration
+ * error, file:line and how to fix it). Exit 2 for configuration errors, else 1.
+ */
+function fatal(err: unknown): never {
+  const e = err as Error & { code?: string };
+  const hint = err instanceof ConfigError && err.hint ? `; ${err.hint}` : '';
+  log.fatal({ err, code: e.code }, e.message);
+  process.stderr.write(`cgstepd: ${e.message}${hint}\n`);
+  process.exit(err instanceof ConfigError ? USAGE_EXIT : 1);
+}
+
+// Every configuration file and option is checked before anything is touched,
+// so a mistake costs no scope, no infinity process and no half-made state.
 let conf = defaultCgroupConf();
 let confWarnings: string[] = [];
 try {
   if (f.config) ({ conf, warnings: confWarnings } = loadCgroupConf(f.config));
+  if (f.gres) checkGresConf(f.gres);
+  if (f.metrics) parseListen(f.metrics);
 } catch (err) {
-  log.fatal((err as Error).message);
-  process.exit(2);
+  fatal(err);
+}
+
+/** Parse gres.conf once up front (the devices backend reads it again for use). */
+function checkGresConf(file: string): void {
+  try {
+    loadGresConf(file, f.nodeName ?? os.hostname().split('.')[0]);
+  } catch (err) {
+    if (err instanceof ConfigError) throw err;
+    throw new ConfigError((err as Error).message, "correct gres.conf (syntax as in Slurm's gres.conf(5)) or the path given to --gres (CGSTEP_GRES)");
+  }
 }
 
 const options: AgentOptions = {
@@ -79,6 +111,7 @@ const options: AgentOptions = {
   dbusAddress: f.dbusAddress,
   conf,
   confWarnings,
+  configFile: f.config,
   logLevel: f.logLevel,
   operatorUids: f.operatorUid ?? [],
   allowUids: f.allowUid ?? [],
@@ -138,9 +171,19 @@ try {
     sd.stopping();
     clearInterval(statusTimer);
     stopWatchdog();
+    const t0 = performance.now();
     log.info({ signal: sig }, 'stopping: finishing in-flight requests; steps keep running in the scope');
+    // A stop never waits on a stuck request for longer than the unit's patience.
+    const limit = setTimeout(() => {
+      log.error({ signal: sig, ms: STOP_LIMIT_MS }, 'stopped without finishing: in-flight requests did not end in time');
+      process.exit(1);
+    }, STOP_LIMIT_MS);
     agent.close().then(
-      () => process.exit(0),
+      () => {
+        clearTimeout(limit);
+        log.info({ signal: sig, stopMs: Math.round(performance.now() - t0) }, 'stopped; steps keep running in the scope');
+        process.exit(0);
+      },
       (err) => {
         log.error({ err }, 'error while stopping');
         process.exit(1);
@@ -150,6 +193,5 @@ try {
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
 } catch (err) {
-  log.fatal({ code: (err as { code?: string }).code }, (err as Error).message);
-  process.exit(1);
+  fatal(err);
 }

@@ -7,7 +7,9 @@
  * Pure: parses text, reads no files but the one it is asked to load.
  */
 import fs from 'node:fs';
-import { AgentError } from '../errors.js';
+import { ConfigError } from '../errors.js';
+
+const HINT = "correct that line (keys and values as in Slurm's cgroup.conf(5))";
 
 export interface CgroupConf {
   cgroupMountPoint?: string;
@@ -90,7 +92,7 @@ export function parseCgroupConf(text: string, source = 'cgroup.conf'): ParseResu
     if (!line) continue;
     const where = `${source}:${i + 1}`;
     const eq = line.indexOf('=');
-    if (eq <= 0) throw new AgentError('EINVAL', `${where}: expected Key=Value, got ${JSON.stringify(line)}`);
+    if (eq <= 0) throw new ConfigError(`${where}: expected Key=Value, got ${JSON.stringify(line)}`, HINT);
     const key = line.slice(0, eq).trim().toLowerCase();
     const raw = line.slice(eq + 1).trim();
     const spec = KEYS[key];
@@ -107,7 +109,7 @@ export function parseCgroupConf(text: string, source = 'cgroup.conf'): ParseResu
 }
 
 function parseValue(kind: Kind, raw: string, where: string, key: string): boolean | number | string {
-  const bad = (what: string) => new AgentError('EINVAL', `${where}: ${key}=${raw}: expected ${what}`);
+  const bad = (what: string) => new ConfigError(`${where}: ${key}=${raw}: expected ${what}`, HINT);
   switch (kind) {
     case 'bool': {
       const v = raw.toLowerCase();
@@ -135,7 +137,7 @@ export function loadCgroupConf(file: string): ParseResult {
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (err) {
-    throw new AgentError('EINVAL', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+    throw new ConfigError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`, 'check the path given to --config (CGSTEP_CONFIG)');
   }
   return parseCgroupConf(text, file);
 }

@@ -21,6 +21,8 @@ export interface AgentOptions {
   dbusAddress?: string;
   conf: CgroupConf;
   confWarnings: string[];
+  /** The cgroup.conf read (`--config`), for status and the log; absent: defaults only. */
+  configFile?: string;
   logLevel: string;
   /** uids that may act on everything, as root may (e.g. SlurmUser). */
   operatorUids: number[];

@@ -29,13 +29,9 @@ export interface RequestObserver {
   observe(op: string, seconds: number, errorCode?: string): void;
 }
 
-/** "9100" -> 127.0.0.1:9100; "0.0.0.0:9100"; "[::1]:9100". */
-export function parseListen(spec: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:]+)\]|([^:[\]]+))?:?(\d{1,5})$/.exec(spec.trim());
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port < 0 || port > 65535) throw new AgentError('EINVAL', `--metrics: expected [ADDR:]PORT, got ${JSON.stringify(spec)}`);
-  return { host: m[1] ?? m[2] ?? '127.0.0.1', port };
-}
+import { parseListen } from './listen.js';
+
+export { parseListen };
 
 /** The controllers a directory enables for its children; undefined (read every file) when it is gone or unreadable. */
 function subtreeControllers(dir: string): string[] | undefined {
@@ -152,7 +148,9 @@ export class Metrics implements RequestObserver {
   }
 
   async listen(): Promise<{ host: string; port: number }> {
-    const { host, port } = parseListen(this.o.listen);
+    const where = parseListen(this.o.listen);
+    if ('path' in where) throw new AgentError('ENOTSUP', '--metrics unix: is not supported yet');
+    const { host, port } = where;
     const server = http.createServer((req, res) => {
       if (req.method !== 'GET' || (req.url !== '/metrics' && req.url !== '/')) {
         res.writeHead(404).end('not found; try /metrics\n');

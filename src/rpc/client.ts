@@ -106,8 +106,9 @@ export class CgstepClient {
       s.once('error', (err: NodeJS.ErrnoException) => {
         clearTimeout(t);
         if (err.code === 'EAGAIN') return reject(Object.assign(new AgentError('EBUSY', `cgstepd at ${socketPath} is not accepting connections fast enough (EAGAIN)`), { errno: 'EAGAIN' }));
-        const why = err.code === 'ENOENT' || err.code === 'ECONNREFUSED' ? 'is cgstepd running? (see --socket / CGSTEP_SOCKET, --wait)' : err.message;
-        reject(Object.assign(new AgentError(err.code === 'EACCES' ? 'EPERM' : 'EIO', `cannot connect to cgstepd at ${socketPath}: ${err.code ?? ''} ${why}`.replace(/  +/g, ' ')), { errno: err.code }));
+        const why = err.code === 'ENOENT' ? 'no such socket' : err.code === 'ECONNREFUSED' ? 'nothing listening' : err.message;
+        const hint = err.code === 'ENOENT' || err.code === 'ECONNREFUSED' ? '. Is cgstepd running? See --socket (CGSTEP_SOCKET) and --wait.' : '';
+        reject(Object.assign(new AgentError(err.code === 'EACCES' ? 'EPERM' : 'EIO', `cannot connect to cgstepd at ${socketPath}: ${err.code ? `${err.code}: ${why}` : why}${hint}`), { errno: err.code }));
       });
     });
   }

@@ -15,3 +15,6 @@ export const READ_ONLY_OPS: ReadonlySet<Op> = new Set(['hello', 'status', 'list'
 export function majorOf(v: string): number {
   return Number(v.split('.')[0]);
 }
+
+/** The cgstep release (package.json's version), for `--version` of both programs and `status`. */
+export const AGENT_VERSION = '0.1.0';

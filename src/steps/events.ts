@@ -140,6 +140,8 @@ export class TreeWatcher extends EventEmitter {
     const prefix = dir.endsWith('/') ? dir : dir + '/';
     const gone: Watched[] = [];
     for (const w of this.byJob.get(job) ?? []) if (this.fileOf(w).startsWith(prefix)) gone.push(w);
+    // Deepest first, so one job's events always come task -> step -> job.
+    gone.sort((a, b) => level(b) - level(a));
     for (const w of gone) {
       // Frozen/thawed only change through our own freeze requests: no last read for them.
       if (w.kind === 'freeze' || (w.kind === 'cgroup' && w.step !== undefined && w.populated === 0)) continue;
@@ -172,10 +174,20 @@ export class TreeWatcher extends EventEmitter {
     w.populated = now.populated ?? populated;
     w.frozen = now.frozen ?? frozen;
     if (w.kind === 'cgroup' && populated === 1 && w.populated === 0) {
+      // The kernel empties a task before its step and job, but their inotify
+      // notices may be handled in any order: read what lies below first.
+      if (w.task === undefined) this.settleBelow(w);
       this.emitEvent(w.task !== undefined ? 'task.empty' : w.step !== undefined ? 'step.empty' : 'job.empty', w);
     }
     const freezeKind = w.step === undefined ? w.kind === 'cgroup' : w.kind === 'freeze';
     if (freezeKind && w.task === undefined && frozen !== w.frozen) this.emitEvent(w.frozen === 1 ? 'frozen' : 'thawed', w);
+  }
+
+  /** Read the watched cgroup.events files below w's directory, deepest first, publishing their changes. */
+  private settleBelow(w: Watched): void {
+    const below = (this.byJob.get(w.job) ?? []).filter((o) => o !== w && o.kind === 'cgroup' && level(o) > level(w) && (w.step === undefined || o.step === w.step));
+    below.sort((a, b) => level(b) - level(a));
+    for (const o of below) this.onChange(o);
   }
 
   private emitEvent(event: EventKind, w: Watched, extra: Partial<AgentEvent> = {}): void {
@@ -188,4 +200,9 @@ export class TreeWatcher extends EventEmitter {
   async close(): Promise<void> {
     for (const w of [...this.byWd.values()]) this.drop(w);
   }
+}
+
+/** 0 for a job, 1 for a step, 2 for a task: deeper levels empty first. */
+function level(w: Watched): number {
+  return w.step === undefined ? 0 : w.task === undefined ? 1 : 2;
 }

@@ -581,7 +581,7 @@ export class StepTree {
       const pids = isPopulated(target) ? procsRecursive(target) : [];
       if (pids.length > 0) {
         if (!force) {
-          throw new AgentError('EBUSY', `${step === undefined ? `job ${job}` : `job ${job} step ${step}`} still has ${pids.length} process(es) (${pids.slice(0, 8).join(' ')}${pids.length > 8 ? ' ...' : ''}); use force to kill them`);
+          throw new AgentError('EBUSY', `${step === undefined ? `job ${job}` : `job ${job} step ${step}`} still has ${pids.length} process(es) (${pids.slice(0, 8).join(' ')}${pids.length > 8 ? ' ...' : ''}); destroy with force (cgstep destroy --force) to kill them`);
         }
         killAll(target);
         await waitUnpopulated(target, this.opts.waitTimeoutMs);

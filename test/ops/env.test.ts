@@ -39,7 +39,7 @@ test('cgstep: CGSTEP_SOCKET, --socket wins; run takes JOB/STEP/task from SLURM_*
   const wins = run(['--socket', a.socket, 'status'], { CGSTEP_SOCKET: '/nonexistent/sock' });
   t.is(wins.status, 0, wins.stderr);
   const missing = run(['status'], { CGSTEP_SOCKET: '/nonexistent/sock' });
-  t.regex(missing.stderr, /cannot connect to cgstepd at \/nonexistent\/sock.*is cgstepd running/);
+  t.regex(missing.stderr, /cannot connect to cgstepd at \/nonexistent\/sock.*Is cgstepd running/);
   const slurm = { CGSTEP_SOCKET: a.socket, SLURM_JOB_ID: '44', SLURM_STEP_ID: '2', SLURM_PROCID: '1' };
   const r = run(['run', '--verbose', '--', 'cat', '/proc/self/cgroup'], slurm);
   t.is(r.status, 0, r.stderr);
