@@ -108,7 +108,18 @@ async function startLocked(o: AgentOptions, root: ReturnType<typeof resolveCgrou
   if (o.metrics) {
     // Loaded only when asked for: prom-client costs about 12 MiB of RSS.
     const { Metrics } = await import('./metrics/index.js');
-    metrics = new Metrics({ listen: o.metrics, node: o.nodeName ?? os.hostname(), perTask: o.metricsTasks, tree, log, agentGauges: () => ({ connections: server.connectionCount }) });
+    metrics = new Metrics({
+      listen: o.metrics,
+      node: o.nodeName ?? os.hostname(),
+      perTask: o.metricsTasks,
+      tree,
+      log,
+      agentGauges: () => ({ connections: server.connectionCount }),
+      maxAgeSec: o.metricsMaxAgeSec ?? 10,
+      maxConnections: o.metricsMaxConnections ?? 16,
+      token: o.metricsToken,
+      socketGroup: o.socketGroup,
+    });
     await metrics.listen();
   }
   await server.listen();

@@ -11,6 +11,7 @@
  * (--heap-growing-percent=100; V8 picks up to 4x for a small heap): at 10,000
  * live steps about 8 MiB of RSS less, for more frequent full collections.
  */
+import fs from 'node:fs';
 import os from 'node:os';
 import { pino } from 'pino';
 import { AGENT_VERSION, startAgent } from '../agent.js';
@@ -54,8 +55,12 @@ const program = new EnvCommand('cgstepd')
   .addOption(opt('--idle-timeout <ms>', 'close non-root, non-operator connections idle this long (a request line must end within min(this, 10 s))').argParser(intArg('idle timeout', 100, 86400000)).default(60000))
   .addOption(opt('--wait-timeout <ms>', 'how long destroy/freeze wait for the kernel').argParser(intArg('wait timeout', 1, 3600000)).default(10000))
   .addOption(opt('--orphan-interval <ms>', 'how often orphan cgroups are collected').argParser(intArg('orphan interval', 1000, 86400000)).default(60000))
-  .addOption(opt('--metrics <[addr:]port>', 'serve Prometheus /metrics (loopback unless an address is given)'))
+  .addOption(opt('--metrics <[addr:]port>', 'serve Prometheus /metrics: PORT (loopback), ADDR:PORT, [IPV6]:PORT or unix:PATH'))
   .addOption(opt('--metrics-tasks', 'add per-task series to /metrics'))
+  .addOption(opt('--metrics-max-age <s>', 'serve scrapes from a snapshot at most this many seconds old').argParser(intArg('metrics max age', 1, 3600)).default(10))
+  .addOption(opt('--metrics-max-connections <n>', 'concurrent /metrics connections').argParser(intArg('metrics max connections', 1, 1024)).default(16))
+  .addOption(opt('--metrics-token-file <file>', 'require "Authorization: Bearer <the file\'s content>" on /metrics'))
+
   .addOption(opt('--verify-moves', "read /proc/PID/cgroup back after each move (the kernel's cgroup.procs write already fails if a move fails)"));
 
 program.parse();
@@ -80,12 +85,26 @@ function fatal(err: unknown): never {
 // so a mistake costs no scope, no infinity process and no half-made state.
 let conf = defaultCgroupConf();
 let confWarnings: string[] = [];
+let metricsToken: string | undefined;
 try {
   if (f.config) ({ conf, warnings: confWarnings } = loadCgroupConf(f.config));
   if (f.gres) checkGresConf(f.gres);
   if (f.metrics) parseListen(f.metrics);
+  if (f.metricsTokenFile) metricsToken = readToken(f.metricsTokenFile);
 } catch (err) {
   fatal(err);
+}
+
+/** The bearer token for /metrics, from a file (a token on the command line would show in ps). */
+function readToken(file: string): string {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8').trim();
+  } catch (err) {
+    throw new ConfigError(`--metrics-token-file ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`, 'give a readable file holding the token');
+  }
+  if (!text || /\s/.test(text)) throw new ConfigError(`--metrics-token-file ${file}: expected one token (no spaces), got ${text ? 'several words' : 'an empty file'}`, 'write the token alone into the file');
+  return text;
 }
 
 /** Parse gres.conf once up front (the devices backend reads it again for use). */
@@ -127,6 +146,9 @@ const options: AgentOptions = {
   metrics: f.metrics,
   metricsTasks: !!f.metricsTasks,
   verifyMoves: !!f.verifyMoves,
+  metricsMaxAgeSec: f.metricsMaxAge,
+  metricsMaxConnections: f.metricsMaxConnections,
+  metricsToken,
 };
 
 try {

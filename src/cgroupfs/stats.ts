@@ -71,3 +71,59 @@ export function readStats(dir: string, controllers?: readonly string[]): CgroupS
     io: ioText === null ? null : parseIoStat(ioText),
   };
 }
+
+/** What a directory is limited to (null: no limit, or its controller is off), and whether it is frozen. */
+export interface CgroupLimits {
+  memoryMax: number | null;
+  memoryHigh: number | null;
+  swapMax: number | null;
+  /** CPUs in cpuset.cpus.effective. */
+  cpus: number | null;
+  pidsMax: number | null;
+  /** cpu.max "QUOTA PERIOD" in µs; quota null when "max". */
+  cpuQuotaUsec: number | null;
+  cpuPeriodUsec: number | null;
+  /** cgroup.events frozen; null when the file is gone. */
+  frozen: boolean | null;
+}
+
+/** "0-3,8" -> 5. */
+export function countCpuList(list: string): number {
+  let n = 0;
+  for (const part of list.trim().split(',')) {
+    if (!part) continue;
+    const [lo, hi] = part.split('-').map(Number);
+    n += hi === undefined ? 1 : hi - lo + 1;
+  }
+  return n;
+}
+
+/** A limit file's number; "max" (no limit) and a missing file are null. */
+function limit(text: string | null): number | null {
+  if (text === null) return null;
+  const t = text.trim();
+  return t === 'max' ? null : num(t);
+}
+
+/**
+ * Read a directory's limits (the files of controllers that are off are not
+ * opened when `controllers` is given, as in readStats).
+ */
+export function readLimits(dir: string, controllers?: readonly string[]): CgroupLimits {
+  const f = (name: string) => readOptional(path.join(dir, name));
+  const on = (c: string) => controllers === undefined || controllers.includes(c);
+  const cpuMax = on('cpu') ? f('cpu.max') : null;
+  const [quota, period] = cpuMax === null ? [] : cpuMax.trim().split(/\s+/);
+  const cpus = on('cpuset') ? f('cpuset.cpus.effective') : null;
+  const events = f('cgroup.events');
+  return {
+    memoryMax: on('memory') ? limit(f('memory.max')) : null,
+    memoryHigh: on('memory') ? limit(f('memory.high')) : null,
+    swapMax: on('memory') ? limit(f('memory.swap.max')) : null,
+    cpus: cpus === null ? null : countCpuList(cpus),
+    pidsMax: on('pids') ? limit(f('pids.max')) : null,
+    cpuQuotaUsec: quota === undefined || quota === 'max' ? null : num(quota),
+    cpuPeriodUsec: period === undefined ? null : num(period),
+    frozen: events === null ? null : parseFlatKeyed(events).frozen === 1,
+  };
+}

@@ -40,8 +40,14 @@ export interface AgentOptions {
   waitTimeoutMs: number;
   /** How often orphans are collected, ms. */
   orphanIntervalMs: number;
-  /** [ADDR:]PORT for Prometheus /metrics; off when absent. */
+  /** [ADDR:]PORT or unix:PATH for Prometheus /metrics; off when absent. */
   metrics?: string;
+  /** A scrape is served from a snapshot at most this old, seconds. */
+  metricsMaxAgeSec?: number;
+  /** Concurrent /metrics connections. */
+  metricsMaxConnections?: number;
+  /** Bearer token a scrape must send (read from --metrics-token-file). */
+  metricsToken?: string;
   /** Per-task series (off by default: cardinality). */
   metricsTasks: boolean;
   /** Read /proc/PID/cgroup back after every move. */

@@ -1,20 +1,26 @@
 /**
- * metrics: a Prometheus exporter for the node's jobs and steps (prom-client).
+ * metrics: a Prometheus exporter for the node's jobs and steps.
  *
- * Serves /metrics over HTTP when `--metrics ADDR:PORT` is given. Values are read
- * from the cgroup tree at scrape time (through the StepTree and cgroupfs stats),
- * so they equal the kernel's files; nothing is cached between scrapes. Labels:
- * node, job, step (and task only with --metrics-tasks, for cardinality). Agent
- * gauges and request counters come from the server's hooks. Never writes to
- * the tree.
+ * Serves /metrics over HTTP (TCP, or a Unix socket with `--metrics unix:PATH`).
+ * The per-job/step/task series come from a snapshot of the cgroup files
+ * (snapshot.ts) taken in slices, kept at most `maxAgeSec` old: a scrape never
+ * walks the tree on the event loop, and many scrapers cost one walk. The agent's
+ * own series (requests, connections, process) come from prom-client at scrape
+ * time. Labels: node, jobid, step (and task only with --metrics-tasks, for
+ * cardinality). Hardening: bounded concurrent connections, short header and
+ * request timeouts, and an optional bearer token. Never writes to the tree.
  */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
 import http from 'node:http';
-import path from 'node:path';
 import type { Logger } from 'pino';
 import client from 'prom-client';
-import { childDirs, enabledIn, readStats, type CgroupStats } from '../cgroupfs/index.js';
 import { AgentError } from '../errors.js';
-import { parseTaskName, USER_DIR, type StepTree } from '../steps/index.js';
+import type { StepTree } from '../steps/index.js';
+import { parseListen } from './listen.js';
+import { takeSnapshot, type Snapshot } from './snapshot.js';
+
+export { parseListen };
 
 export interface MetricsOptions {
   listen: string;
@@ -23,24 +29,24 @@ export interface MetricsOptions {
   tree: StepTree;
   log: Logger;
   agentGauges: () => { connections: number };
+  /** A scrape is served from a snapshot at most this old (seconds). */
+  maxAgeSec: number;
+  /** Concurrent HTTP connections; more are refused. */
+  maxConnections: number;
+  /** When set, a scrape must send `Authorization: Bearer <token>`. */
+  token?: string;
+  /** Group of a Unix metrics socket (mode 0660); root only (0600) when absent. */
+  socketGroup?: number;
+  /** The job's owner uid; absent: no owner series. */
+  ownerOf?: (job: string) => number | null;
 }
 
 export interface RequestObserver {
   observe(op: string, seconds: number, errorCode?: string): void;
 }
 
-import { parseListen } from './listen.js';
-
-export { parseListen };
-
-/** The controllers a directory enables for its children; undefined (read every file) when it is gone or unreadable. */
-function subtreeControllers(dir: string): string[] | undefined {
-  try {
-    return enabledIn(dir);
-  } catch {
-    return undefined;
-  }
-}
+/** How long after the last scrape the snapshot keeps being refreshed in the background. */
+const KEEP_WARM_MS = 5 * 60_000;
 
 export class Metrics implements RequestObserver {
   readonly registry = new client.Registry();
@@ -48,12 +54,23 @@ export class Metrics implements RequestObserver {
   private readonly requests: client.Counter<'op'>;
   private readonly durations: client.Histogram<'op'>;
   private readonly errors: client.Counter<'code'>;
+  private snapshot: Snapshot | null = null;
+  private refreshing: Promise<Snapshot> | null = null;
+  private lastScrape = 0;
+  private warmTimer: NodeJS.Timeout | null = null;
+  private socketPath: string | null = null;
   lastScrapeMs = 0;
 
   constructor(private readonly o: MetricsOptions) {
     const reg = [this.registry];
     this.registry.setDefaultLabels({ node: o.node });
     client.collectDefaultMetrics({ register: this.registry, prefix: 'cgstep_agent_' });
+    // prom-client's nodejs_active_*_total are gauges: a _total that is not a counter breaks
+    // Prometheus's conventions (promtool rejects it); the same counts exist without the suffix.
+    for (const m of this.registry.getMetricsAsArray()) {
+      const { name, type } = m as unknown as { name: string; type: string };
+      if (name.endsWith('_total') && type !== 'counter') this.registry.removeSingleMetric(name);
+    }
     this.requests = new client.Counter({ name: 'cgstep_requests_total', help: 'Requests handled, by op', labelNames: ['op'], registers: reg });
     this.durations = new client.Histogram({ name: 'cgstep_request_duration_seconds', help: 'Request latency, by op', labelNames: ['op'], buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5], registers: reg });
     this.errors = new client.Counter({ name: 'cgstep_errors_total', help: 'Requests that failed, by error code', labelNames: ['code'], registers: reg });
@@ -61,77 +78,11 @@ export class Metrics implements RequestObserver {
     new client.Gauge({ name: 'cgstep_jobs', help: 'Live jobs', registers: reg, collect() { this.set(o.tree.jobCount); } });
     new client.Gauge({ name: 'cgstep_steps', help: 'Live steps', registers: reg, collect() { this.set(o.tree.stepCount); } });
     new client.Gauge({ name: 'cgstep_connections', help: 'Open control connections', registers: reg, collect() { this.set(o.agentGauges().connections); } });
-    // One collector walks the tree once per scrape and fills every level; the
-    // registry serialises in registration order, so it must come before them.
-    new client.Gauge({ name: 'cgstep_scrape_cgroups', help: 'cgroups read by the last scrape', registers: reg, collect() { this.set(self.collectTree()); } });
-    const levels = o.perTask ? (['job', 'step', 'task'] as const) : (['job', 'step'] as const);
-    for (const level of levels) {
-      const labels = level === 'job' ? ['job'] : level === 'step' ? ['job', 'step'] : ['job', 'step', 'task'];
-      const g = (name: string, help: string) => new client.Gauge({ name: `cgstep_${level}_${name}`, help: `${help}, per ${level}`, labelNames: labels, registers: reg });
-      const set = {
-        cpuUser: g('cpu_user_seconds_total', 'CPU user time (cpu.stat user_usec)'),
-        cpuSystem: g('cpu_system_seconds_total', 'CPU system time (cpu.stat system_usec)'),
-        memCurrent: g('memory_current_bytes', 'memory.current'),
-        memPeak: g('memory_peak_bytes', 'memory.peak'),
-        oom: g('oom_kills_total', 'OOM kills (memory.events oom_kill)'),
-        pids: g('pids', 'pids.current'),
-        ioRead: g('io_read_bytes_total', 'io.stat rbytes, all devices'),
-        ioWrite: g('io_write_bytes_total', 'io.stat wbytes, all devices'),
-      };
-      this.levelGauges.set(level, set);
-    }
-  }
-
-  private levelGauges = new Map<string, Record<string, client.Gauge<string>>>();
-
-  private put(level: string, labels: Record<string, string>, st: CgroupStats): void {
-    const g = this.levelGauges.get(level);
-    if (!g) return;
-    if (st.cpu) {
-      g.cpuUser.set(labels, st.cpu.userUsec / 1e6);
-      g.cpuSystem.set(labels, st.cpu.systemUsec / 1e6);
-    }
-    if (st.memory) {
-      g.memCurrent.set(labels, st.memory.current);
-      if (st.memory.peak !== null) g.memPeak.set(labels, st.memory.peak);
-    }
-    if (st.oomKill !== null) g.oom.set(labels, st.oomKill);
-    if (st.pids) g.pids.set(labels, st.pids.current);
-    if (st.io) {
-      g.ioRead.set(labels, Object.values(st.io).reduce((a, d) => a + d.rbytes, 0));
-      g.ioWrite.set(labels, Object.values(st.io).reduce((a, d) => a + d.wbytes, 0));
-    }
-  }
-
-  /** Read every job/step (and task) directory once; gauges are reset so gone steps disappear. */
-  private collectTree(): number {
-    for (const g of this.levelGauges.values()) for (const m of Object.values(g)) m.reset();
-    const scope = this.o.tree.paths.scope;
-    let n = 0;
-    // A directory has at most the controllers the scope enables (the tree passes them all
-    // down): one read per scrape instead of a failed open per missing file. A level that
-    // has fewer (half made by a crash) reads its missing files as "not available".
-    const ctl = subtreeControllers(scope);
-    // Jobs and steps from the agent's index (no directory listing per job); task leaves from user/.
-    for (const [job, steps] of this.o.tree.known()) {
-      const jdir = this.o.tree.paths.job(job);
-      this.put('job', { job }, readStats(jdir, ctl));
-      n++;
-      for (const step of steps) {
-        const sdir = this.o.tree.paths.step(job, step);
-        this.put('step', { job, step }, readStats(sdir, ctl));
-        n++;
-        if (!this.o.perTask) continue;
-        const udir = path.join(sdir, USER_DIR);
-        for (const tn of childDirs(udir)) {
-          const task = parseTaskName(tn);
-          if (task === null) continue;
-          this.put('task', { job, step, task: String(task) }, readStats(path.join(udir, tn), ctl));
-          n++;
-        }
-      }
-    }
-    return n;
+    const snap = (f: (s: Snapshot) => number) => function (this: client.Gauge) { if (self.snapshot) this.set(f(self.snapshot)); };
+    new client.Gauge({ name: 'cgstep_scrape_cgroups', help: 'cgroups read by the last snapshot', registers: reg, collect: snap((s) => s.cgroups) });
+    new client.Gauge({ name: 'cgstep_metrics_snapshot_age_seconds', help: 'Age of the snapshot this scrape is served from', registers: reg, collect: snap((s) => (performance.now() - s.takenAt) / 1000) });
+    new client.Gauge({ name: 'cgstep_metrics_refresh_duration_seconds', help: 'Wall time of the last snapshot refresh', registers: reg, collect: snap((s) => s.refreshMs / 1000) });
+    new client.Gauge({ name: 'cgstep_metrics_refresh_longest_slice_seconds', help: 'Longest the last refresh held the event loop at once', registers: reg, collect: snap((s) => s.longestSliceMs / 1000) });
   }
 
   observe(op: string, seconds: number, errorCode?: string): void {
@@ -140,41 +91,140 @@ export class Metrics implements RequestObserver {
     if (errorCode) this.errors.inc({ code: errorCode });
   }
 
+  /** A fresh snapshot, one refresh at a time however many scrapes ask. */
+  refresh(): Promise<Snapshot> {
+    this.refreshing ??= takeSnapshot({ tree: this.o.tree, perTask: this.o.perTask, constLabels: `node="${this.o.node.replace(/["\\\n]/g, '_')}"`, ownerOf: this.o.ownerOf }).then(
+      (s) => {
+        this.snapshot = s;
+        this.refreshing = null;
+        return s;
+      },
+      (err) => {
+        this.refreshing = null;
+        throw err;
+      },
+    );
+    return this.refreshing;
+  }
+
+  /** The snapshot to serve: the kept one while it is young enough (refreshed behind it at half its age), else a new one. */
+  private async current(): Promise<Snapshot> {
+    const maxMs = this.o.maxAgeSec * 1000;
+    const s = this.snapshot;
+    const age = s ? performance.now() - s.takenAt : Infinity;
+    if (age > maxMs) return this.refresh();
+    if (age > maxMs / 2) void this.refresh().catch((err) => this.o.log.error({ err }, 'metrics snapshot refresh failed'));
+    return s!;
+  }
+
+  /** Keep the snapshot warm while someone scrapes, so a scrape finds one that is young enough. */
+  private keepWarm(): void {
+    this.lastScrape = Date.now();
+    if (this.warmTimer) return;
+    this.warmTimer = setInterval(() => {
+      if (Date.now() - this.lastScrape > KEEP_WARM_MS) {
+        clearInterval(this.warmTimer!);
+        this.warmTimer = null;
+        return;
+      }
+      void this.refresh().catch((err) => this.o.log.error({ err }, 'metrics snapshot refresh failed'));
+    }, Math.max(500, (this.o.maxAgeSec * 1000) / 2));
+    this.warmTimer.unref();
+  }
+
+  /** The whole exposition text (tests and tools; a scrape streams the same). */
   async render(): Promise<string> {
     const t0 = performance.now();
-    const text = await this.registry.metrics();
+    const s = await this.current();
+    const text = (await this.registry.metrics()) + Buffer.concat(s.chunks).toString();
     this.lastScrapeMs = performance.now() - t0;
     return text;
   }
 
-  async listen(): Promise<{ host: string; port: number }> {
+  private authorized(req: http.IncomingMessage): boolean {
+    if (!this.o.token) return true;
+    const got = Buffer.from(String(req.headers.authorization ?? ''));
+    const want = Buffer.from(`Bearer ${this.o.token}`);
+    return got.length === want.length && crypto.timingSafeEqual(got, want);
+  }
+
+  private async serve(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    if (req.method !== 'GET' || (req.url !== '/metrics' && req.url !== '/')) {
+      res.writeHead(404).end('not found; try /metrics\n');
+      return;
+    }
+    if (!this.authorized(req)) {
+      res.writeHead(401, { 'WWW-Authenticate': 'Bearer realm="cgstepd"' }).end('a bearer token is required (see --metrics-token-file)\n');
+      return;
+    }
+    this.keepWarm();
+    const t0 = performance.now();
+    const s = await this.current();
+    const head = Buffer.from(await this.registry.metrics());
+    res.writeHead(200, { 'Content-Type': this.registry.contentType, 'Content-Length': head.length + s.bytes });
+    res.write(head);
+    for (const c of s.chunks) res.write(c);
+    res.end();
+    this.lastScrapeMs = performance.now() - t0;
+  }
+
+  async listen(): Promise<{ host: string; port: number } | { path: string }> {
     const where = parseListen(this.o.listen);
-    if ('path' in where) throw new AgentError('ENOTSUP', '--metrics unix: is not supported yet');
-    const { host, port } = where;
     const server = http.createServer((req, res) => {
-      if (req.method !== 'GET' || (req.url !== '/metrics' && req.url !== '/')) {
-        res.writeHead(404).end('not found; try /metrics\n');
-        return;
-      }
-      this.render().then(
-        (text) => res.writeHead(200, { 'Content-Type': this.registry.contentType }).end(text),
-        (err) => {
-          this.o.log.error({ err }, 'metrics scrape failed');
-          res.writeHead(500).end(`scrape failed: ${(err as Error).message}\n`);
-        },
-      );
+      this.serve(req, res).catch((err) => {
+        this.o.log.error({ err }, 'metrics scrape failed');
+        if (!res.headersSent) res.writeHead(500).end(`scrape failed: ${(err as Error).message}\n`);
+        else res.destroy();
+      });
     });
+    // Bounded: a local user cannot hold the agent's fds or memory with idle or slow connections.
+    server.maxConnections = this.o.maxConnections;
+    server.headersTimeout = 5000;
+    server.requestTimeout = 10000;
+    server.keepAliveTimeout = 5000;
+    server.on('clientError', (_err, socket) => socket.destroy());
+    server.on('connection', (s) => s.on('error', () => s.destroy()));
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) => reject(new AgentError('EINVAL', `--metrics ${this.o.listen}: ${(err as Error).message}`)));
-      server.listen(port, host, () => resolve());
+      if ('path' in where) {
+        removeStaleSocket(where.path);
+        // Created with no window of a wider mode; opened to a group only when one is named.
+        const old = process.umask(0o177);
+        server.listen(where.path, () => resolve());
+        process.umask(old);
+      } else server.listen(where.port, where.host, () => resolve());
     });
     this.server = server;
+    if ('path' in where) {
+      this.socketPath = where.path;
+      if (this.o.socketGroup !== undefined) {
+        fs.chownSync(where.path, 0, this.o.socketGroup);
+        fs.chmodSync(where.path, 0o660);
+      }
+      this.o.log.info({ path: where.path, group: this.o.socketGroup ?? null, token: !!this.o.token, maxAgeSec: this.o.maxAgeSec }, 'metrics served at /metrics');
+      return { path: where.path };
+    }
     const addr = server.address() as { address: string; port: number };
-    this.o.log.info({ address: addr.address, port: addr.port }, 'metrics served at /metrics');
+    this.o.log.info({ address: addr.address, port: addr.port, token: !!this.o.token, maxAgeSec: this.o.maxAgeSec }, 'metrics served at /metrics');
     return { host: addr.address, port: addr.port };
   }
 
   close(): Promise<void> {
-    return new Promise((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    if (this.warmTimer) clearInterval(this.warmTimer);
+    return new Promise((resolve) => {
+      if (!this.server) return resolve();
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+      if (this.socketPath) removeStaleSocket(this.socketPath);
+    });
+  }
+}
+
+/** Remove a socket file left by an earlier agent; never anything that is not a socket. */
+function removeStaleSocket(p: string): void {
+  try {
+    if (fs.lstatSync(p).isSocket()) fs.unlinkSync(p);
+  } catch {
+    /* absent */
   }
 }

@@ -178,7 +178,12 @@ test('sizes: a bare --memory/--swap is MiB on the command line and bytes on the 
   });
   await new Promise<void>((r) => server.listen(sock, () => r()));
   t.teardown(() => server.close());
-  const run = (args: string[]) => new Promise<number | null>((resolve) => spawn(process.execPath, [CGSTEP, '--socket', sock, ...args], { stdio: 'ignore' }).once('exit', resolve));
+  const run = (args: string[]) =>
+    new Promise<number | null>((resolve) => {
+      const p = spawn(process.execPath, [CGSTEP, '--socket', sock, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+      p.stderr!.on('data', (d) => t.log(String(d)));
+      p.once('exit', resolve);
+    });
   t.is(await run(['job', 'create', '1', '--memory', '1024', '--swap', '512']), 0);
   t.is(await run(['job', 'create', '2', '--memory', '4G', '--swap', '100K']), 0);
   t.deepEqual(lines.map((l) => [l.job, l.limits.memory, l.limits.swap]), [['1', 1024 * 2 ** 20, 512 * 2 ** 20], ['2', 4 * 2 ** 30, 100 * 1024]]);
