@@ -60,7 +60,6 @@ const program = new EnvCommand('cgstepd')
   .addOption(opt('--metrics-max-age <s>', 'serve scrapes from a snapshot at most this many seconds old').argParser(intArg('metrics max age', 1, 3600)).default(10))
   .addOption(opt('--metrics-max-connections <n>', 'concurrent /metrics connections').argParser(intArg('metrics max connections', 1, 1024)).default(16))
   .addOption(opt('--metrics-token-file <file>', 'require "Authorization: Bearer <the file\'s content>" on /metrics'))
-
   .addOption(opt('--verify-moves', "read /proc/PID/cgroup back after each move (the kernel's cgroup.procs write already fails if a move fails)"));
 
 program.parse();
