@@ -19,17 +19,74 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-/** Median time of a full /metrics scrape, and its size. */
-async function scrape(port: number, times: number): Promise<{ median: number; bytes: number; series: number }> {
-  const lat: number[] = [];
-  let body = '';
-  for (let i = 0; i < times; i++) {
-    const t0 = performance.now();
-    const r = await fetch(`http://127.0.0.1:${port}/metrics`);
-    body = await r.text();
-    lat.push(performance.now() - t0);
+/**
+ * While fn runs, ask the agent `hello` back to back: the slowest answer is the
+ * longest the agent's event loop was held (plus one round trip).
+ */
+async function stallDuring<T>(socket: string, fn: () => Promise<T>): Promise<{ result: T; maxStallMs: number }> {
+  const c = await CgstepClient.connect(socket);
+  let stop = false;
+  let max = 0;
+  const probe = (async () => {
+    while (!stop) {
+      const t0 = performance.now();
+      await c.request('hello', {});
+      max = Math.max(max, performance.now() - t0);
+    }
+  })();
+  try {
+    return { result: await fn(), maxStallMs: max };
+  } finally {
+    stop = true;
+    await probe;
+    c.close();
   }
-  return { median: summarize(lat).median, bytes: body.length, series: body.split('\n').filter((l) => l && !l.startsWith('#')).length };
+}
+
+/** One scrape's wall time; the body is taken as bytes (decoding it here would hold the probe's loop). */
+async function scrapeOnce(port: number): Promise<{ ms: number; body: ArrayBuffer }> {
+  const t0 = performance.now();
+  const body = await (await fetch(`http://127.0.0.1:${port}/metrics`)).arrayBuffer();
+  return { ms: performance.now() - t0, body };
+}
+
+export interface ScrapeFigures {
+  /** Median of scrapes served from the kept snapshot. */
+  median: number;
+  bytes: number;
+  series: number;
+  /** The agent's longest event-loop stall (slowest `hello`) during those scrapes. */
+  stallMs: number;
+  /** The first scrape, which waits for a refresh (a walk of the whole tree in slices). */
+  refreshScrapeMs: number;
+  /** The agent's longest stall during that refresh, seen from outside and as the agent reports its longest slice. */
+  refreshStallMs: number;
+  refreshLongestSliceMs: number;
+}
+
+/** The first scrape (a refresh, no snapshot yet), then `times` scrapes from the snapshot, each with the agent's stall. */
+async function scrape(port: number, socket: string, times: number): Promise<ScrapeFigures> {
+  const first = await stallDuring(socket, () => scrapeOnce(port));
+  const lat: number[] = [];
+  let body: ArrayBuffer = first.result.body;
+  const kept = await stallDuring(socket, async () => {
+    for (let i = 0; i < times; i++) {
+      const r = await scrapeOnce(port);
+      lat.push(r.ms);
+      body = r.body;
+    }
+  });
+  const text = Buffer.from(body).toString();
+  const slice = /^cgstep_metrics_refresh_longest_slice_seconds\{[^}]*\} (\S+)$/m.exec(text);
+  return {
+    median: summarize(lat).median,
+    bytes: body.byteLength,
+    series: text.split('\n').filter((l) => l && !l.startsWith('#')).length,
+    stallMs: kept.maxStallMs,
+    refreshScrapeMs: first.result.ms,
+    refreshStallMs: first.maxStallMs,
+    refreshLongestSliceMs: slice ? Number(slice[1]) * 1000 : NaN,
+  };
 }
 
 export interface ThroughputRow { clients: number; cyclesPerSec: number; p99: number }
@@ -72,7 +129,7 @@ export async function throughputSection(clientsList: number[], seconds: number):
   return rows;
 }
 
-export interface ScaleRow { steps: number; rssMiB: number; cycle: Summary; restartReadyMs: number; restartListMs: number; scrape: { median: number; bytes: number; series: number } }
+export interface ScaleRow { steps: number; rssMiB: number; cycle: Summary; restartReadyMs: number; restartListMs: number; scrape: ScrapeFigures }
 
 export async function scaleSection(levels: number[], cycles: number): Promise<ScaleRow[]> {
   const rows: ScaleRow[] = [];
@@ -115,7 +172,7 @@ export async function scaleSection(levels: number[], cycles: number): Promise<Sc
       agent = null;
       const port = await freePort();
       withMetrics = await start([...base, '--metrics', `127.0.0.1:${port}`]);
-      const scraped = await scrape(port, 5);
+      const scraped = await scrape(port, withMetrics.socket, 5);
       const { ready, listed } = withMetrics;
       await withMetrics.stop();
       withMetrics = null;

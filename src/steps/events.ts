@@ -85,6 +85,16 @@ export class TreeWatcher extends EventEmitter {
   }
 
   /**
+   * Read a watched job's or step's cgroup.events again (after a process was moved in
+   * below it by the request that made it, so its "fresh" state is stale).
+   */
+  recheck(ids: { job: string; step?: string }): void {
+    const w = this.byJob.get(ids.job)?.find((o) => o.kind === 'cgroup' && o.step === ids.step && o.task === undefined);
+    // Known populated: the kernel's own notice covers whatever comes next.
+    if (w && w.populated === 0) this.onChange(w);
+  }
+
+  /**
    * Watch a step's user/ for frozen/thawed (steps are frozen at user/, so the
    * step daemon in slurm/ keeps running). Added by the first freeze, not at
    * creation: most steps are never frozen.
@@ -96,17 +106,21 @@ export class TreeWatcher extends EventEmitter {
   private add(file: string, ids: { job: string; step?: string; task?: string }, kind: Kind, fresh: boolean): void {
     const mine = this.byJob.get(ids.job);
     if (mine?.some((w) => w.kind === kind && w.step === ids.step && w.task === ids.task)) return;
-    let last: Record<string, number> = {};
-    if (!fresh) {
-      const text = readOptional(file);
-      if (text === null) return;
-      last = parseFlatKeyed(text);
-    }
     let wd: number;
     try {
       wd = inotify().add(file, this.listener);
     } catch {
-      return; // removed between the read and the watch
+      return; // removed already
+    }
+    // Read after the mark is in place: a change after this read is then always notified.
+    let last: Record<string, number> = {};
+    if (!fresh) {
+      const text = readOptional(file);
+      if (text === null) {
+        inotify().remove(wd, this.listener);
+        return;
+      }
+      last = parseFlatKeyed(text);
     }
     const w: Watched = { wd, job: ids.job, step: ids.step, task: ids.task, kind, populated: last.populated ?? 0, frozen: last.frozen ?? 0, oomKill: last.oom_kill ?? 0 };
     this.byWd.set(wd, w);

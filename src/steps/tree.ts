@@ -382,7 +382,13 @@ export class StepTree {
   /** Make the leaf if missing, confine it, then move the pid in (it never runs under a looser policy). */
   private placeIn(u: Undo, job: string, step: string, leaf: Leaf, p: LevelPlan, pid: number) {
     const made = this.makeDir(u, p.dir);
-    if (made && leaf !== 'slurm') u.onCommit(() => this.watcher.watchDir(p.dir, { job, step, task: typeof leaf === 'object' ? String(leaf.task) : 'special' }, false, true));
+    u.onCommit(() => {
+      // The pid is in by now (it may even have exited): the leaf is read, not assumed empty,
+      // and so are a job and step this request made, so that their empties are published.
+      if (made && leaf !== 'slurm') this.watcher.watchDir(p.dir, { job, step, task: typeof leaf === 'object' ? String(leaf.task) : 'special' }, false, false);
+      this.watcher.recheck({ job, step });
+      this.watcher.recheck({ job });
+    });
     const c = p.devices ? this.applyLevel(u, p, made) : {};
     moveProcess(p.dir, pid, this.opts.mountPoint, this.opts.verifyMoves);
     return c;
