@@ -5,11 +5,14 @@
  * code itself: the scope guard (src/scope), the orphan sweeper and the tree
  * (src/steps), the server (src/rpc) and the dispatcher each do their part.
  */
+import fs from 'node:fs';
 import os from 'node:os';
 import type { Logger } from 'pino';
 import { Registry } from './backends/registry.js';
 import { controllersOf, isDir, lockCgroupRoot, resolveCgroupRoot } from './cgroupfs/index.js';
 import { scopeNameFor, type AgentOptions } from './config/options.js';
+import { configReport, logConfiguration, type GresFile } from './config/report.js';
+import { loadGresConf } from './devices/gres.js';
 import type { DeviceBackend } from './devices/backend-types.js';
 import { ebpfDevices, type EbpfContext } from './devices/backend.js';
 import { DeviceController } from './devices/controller.js';
@@ -91,6 +94,13 @@ async function startLocked(o: AgentOptions, root: ReturnType<typeof resolveCgrou
   const guard = new ScopeGuard(scopeOpts, scopeBackend, log);
   const s0 = guard.state;
   log.info({ scope: s0.path, mode: s0.mode, infinityPid: s0.infinityPid, controllers: s0.controllers.enabled, adopted: s0.adopted }, 'scope ready');
+  const gresFiles = gresFilesOf(o);
+  const config = () =>
+    configReport({
+      configFile: o.configFile, gresConf: o.gresConf, conf: o.conf, unsupportedKeys: o.confUnsupported ?? [], ignoreMissingControllers: o.ignoreMissingControllers,
+      devicePolicy: o.devicePolicy, available: guard.state.controllers.available, gresFiles, exists: (f) => fs.existsSync(f),
+    });
+  logConfiguration(config(), log);
 
   const tree = makeTree(o, root.mountPoint, guard, registry, log);
   const recovered = tree.recover();
@@ -102,7 +112,7 @@ async function startLocked(o: AgentOptions, root: ReturnType<typeof resolveCgrou
 
   const started = Date.now();
   let metrics: Metrics | null = null;
-  const status = (): AgentStatus => statusOf(statusFacts({ o, started, guard, registry, devices, tree, server, sweeper }));
+  const status = (): AgentStatus => statusOf({ ...statusFacts({ o, started, guard, registry, devices, tree, server, sweeper }), config: config() });
   const server = makeServer(o, log, tree, makeDispatch({ version: AGENT_VERSION, tree, status }), (op, sec, code) => metrics?.observe(op, sec, code));
 
   if (o.metrics) {
@@ -234,6 +244,13 @@ function scopeOptionsOf(o: AgentOptions, root: { root: string; mountPoint: strin
     unitState: hooks.unitState ? () => hooks.unitState!(o, scopeOpts) : undefined,
   };
   return scopeOpts;
+}
+
+/** Every gres device file of this node, in gres.conf order (checked before start-up, so it parses). */
+function gresFilesOf(o: AgentOptions): GresFile[] {
+  if (!o.gresConf) return [];
+  const inv = loadGresConf(o.gresConf, o.nodeName ?? os.hostname().split('.')[0]);
+  return inv.names().flatMap((name) => inv.units(name).flatMap((u) => u.files.map((file) => ({ name, index: u.index, file }))));
 }
 
 function backendContext(o: AgentOptions, scope: ScopeOptions, ctl: DeviceController, log: Logger): Context {

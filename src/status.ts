@@ -9,6 +9,7 @@ import type { DeviceSupport } from './devices/backend-types.js';
 import type { ScopeState } from './scope/lifecycle.js';
 import type { OrphanReport } from './steps/orphans.js';
 import type { LayoutReport } from './steps/adopt.js';
+import type { ConfigReport } from './config/report.js';
 
 /** What status reports as it is read. */
 interface Passed {
@@ -39,6 +40,8 @@ export interface StatusFacts extends Passed {
   layout: LayoutReport;
   /** Adopted directories whose layout could not be repaired, in words. */
   layoutProblems: string[];
+  /** Files read, effective settings, controllers, device policy, gres files. */
+  config?: ConfigReport;
 }
 
 export interface AgentStatus extends Passed {
@@ -52,6 +55,7 @@ export interface AgentStatus extends Passed {
   orphans: { removed: number; populated: string[]; at?: string };
   layout: { checkedAt: string | null; levels: number; repaired: number; failed: number };
   degraded: string[];
+  config?: ConfigReport;
 }
 
 export function statusOf(f: StatusFacts): AgentStatus {
@@ -77,6 +81,7 @@ export function statusOf(f: StatusFacts): AgentStatus {
     orphans: { removed: f.orphans.removed.length, populated: f.orphans.populated.map((p) => p.path), at: f.orphans.at },
     layout: { checkedAt: f.layout.at, levels: f.layout.levels, repaired: f.layout.repaired.length, failed: f.layout.failed.length },
     degraded: degradedOf(f),
+    ...(f.config ? { config: f.config } : {}),
   };
 }
 
@@ -92,6 +97,7 @@ export function degradedOf(f: StatusFacts): string[] {
     const lost = s.controllers.enabled.filter((c) => !now.includes(c));
     if (lost.length) out.push(`controllers disappeared from the scope: ${lost.join(' ')}`);
   }
+  for (const c of f.config?.controllers.missing ?? []) out.push(`the ${c} controller that cgroup.conf's constrain settings need is not available: limits on it are ${f.config!.missingControllerLimits === 'skip' ? 'skipped (NOT enforced)' : 'refused'}`);
   if (f.constrainDevices && !f.devices.supported) out.push(`device control unavailable (devices/none): ${f.devices.reason}`);
   if (f.orphans.populated.length) out.push(`${f.orphans.populated.length} orphan cgroup(s) still hold processes`);
   const lp = f.layoutProblems;

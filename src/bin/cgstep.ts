@@ -104,7 +104,7 @@ program.command('status').description('agent, scope, controllers, counts').actio
         `infinity:    pid ${r.infinityPid}`,
         `controllers: available ${r.controllers.available.join(' ') || '-'}; enabled ${r.controllers.enabled.join(' ') || '-'}${r.controllers.missing.length ? `; missing ${r.controllers.missing.join(' ')}` : ''}`,
         ...(r.devices ? [`devices:     ${r.devices.supported ? `eBPF${r.devices.replace ? ' (atomic replace)' : ''}, default policy ${r.devices.defaultPolicy ?? 'open'}` : `unavailable: ${r.devices.reason}`}`] : []),
-        ...(r.devices?.gres ?? []).map((g: string) => `gres:        ${g}`),
+        ...(r.config ? configLines(r.config) : (r.devices?.gres ?? []).map((g: string) => `gres:        ${g}`)),
         ...(r.backends ? r.backends.map((b: any) => `backend:     ${b.type} ${b.version} (${b.reason})`) : []),
         `jobs:        ${r.jobs}, steps ${r.steps}`,
         `socket:      ${r.socket}, ${r.connections} connection(s)`,
@@ -113,6 +113,24 @@ program.command('status').description('agent, scope, controllers, counts').actio
     );
   }),
 );
+
+/** The configuration part of `cgstep status`: files, settings, controllers, dropped-limits mode, gres files. */
+function configLines(c: any): string[] {
+  const yn = (b: boolean) => (b ? 'yes' : 'no');
+  const k = c.constrain;
+  const set = (key: string) => (k.explicit.includes(key.toLowerCase()) ? '' : ' (default)');
+  const missing = c.controllers.missing.length
+    ? `; MISSING ${c.controllers.missing.join(' ')}: limits on ${c.controllers.missing.length > 1 ? 'them' : 'it'} are ${c.missingControllerLimits === 'skip' ? 'skipped and NOT enforced (--ignore-missing-controllers)' : 'refused (ENOTSUP; --ignore-missing-controllers would accept them unenforced)'}`
+    : '';
+  return [
+    `config:      cgroup.conf ${c.files.cgroupConf ?? 'none (defaults)'}; gres.conf ${c.files.gresConf ?? 'none'}`,
+    `constrain:   ConstrainCores=${yn(k.cores)}${set('constrainCores')}, ConstrainRAMSpace=${yn(k.ramSpace)}${set('constrainRAMSpace')} (AllowedRAMSpace=${k.allowedRAMSpacePercent}%, MaxRAMPercent=${k.maxRAMPercent}%, MinRAMSpace=${k.minRAMSpaceMiB} MiB), ConstrainSwapSpace=${yn(k.swapSpace)}${set('constrainSwapSpace')} (AllowedSwapSpace=${k.allowedSwapSpacePercent}%, MaxSwapPercent=${k.maxSwapPercent}%), ConstrainDevices=${yn(k.devices)}${set('constrainDevices')}`,
+    ...(c.unsupportedKeys.length ? [`unsupported: ${c.unsupportedKeys.join(', ')} (in cgroup.conf, ignored)`] : []),
+    `limits need: ${c.controllers.required.join(' ') || 'nothing'}${missing}; a limit on a missing controller is ${c.missingControllerLimits === 'skip' ? 'skipped' : 'refused'}`,
+    `device default: ${c.devicePolicy.constrainDevices ? `policy ${c.devicePolicy.default}` : 'none (ConstrainDevices=no)'}`,
+    ...c.gres.map((g: any) => `gres:        ${g.name}:${g.index} ${g.file}${g.exists ? '' : ' (MISSING: no such file)'}`),
+  ];
+}
 
 program.command('list').description('jobs, steps and tasks').action(() =>
   withClient(async (c) => {
@@ -129,14 +147,20 @@ program.command('list').description('jobs, steps and tasks').action(() =>
   }),
 );
 
+/** Limits the agent skipped (--ignore-missing-controllers): said, never hidden. */
+function notEnforced(r: any): string {
+  const skipped: string[] = [...(r.skipped ?? []), ...(r.job?.skipped ?? []), ...(r.step?.skipped ?? [])];
+  return skipped.length ? `\nWARNING: not enforced (controller missing on this node): ${[...new Set(skipped)].join(', ')}` : '';
+}
+
 const job = program.command('job').description('job commands');
 addLimitOptions(job.command('create <job>').description('create a job (or update its limits)')).action((j, o) =>
-  withClient(async (c) => print(await c.request('job.create', withArgs({ job: j }, { limits: limitsOf(o), devices: devicesOf(o) })), (r) => `job ${r.job} ${r.created ? 'created' : 'updated'}: ${r.path}`)),
+  withClient(async (c) => print(await c.request('job.create', withArgs({ job: j }, { limits: limitsOf(o), devices: devicesOf(o) })), (r) => `job ${r.job} ${r.created ? 'created' : 'updated'}: ${r.path}${notEnforced(r)}`)),
 );
 
 const step = program.command('step').description('step commands');
 addLimitOptions(step.command('create <job> <step>').description('create a step (and its job) or update its limits')).action((j, s, o) =>
-  withClient(async (c) => print(await c.request('step.create', withArgs({ job: j, step: s }, { limits: limitsOf(o), devices: devicesOf(o) })), (r) => `step ${r.job}.${r.step} ${r.created ? 'created' : 'updated'}: ${r.path}`)),
+  withClient(async (c) => print(await c.request('step.create', withArgs({ job: j, step: s }, { limits: limitsOf(o), devices: devicesOf(o) })), (r) => `step ${r.job}.${r.step} ${r.created ? 'created' : 'updated'}: ${r.path}${notEnforced(r)}`)),
 );
 
 program
@@ -289,7 +313,9 @@ async function runCommand(job: string, step: string, cmd: string[], o: any): Pro
     try {
       // One request: a job made here is allocated the gres named, the step gets the limits and devices.
       const devices = devicesOf(o);
-      await c.request('task.place', withArgs({ job, step, pid: child.pid!, task: o.task ?? 0 }, { stepLimits: limitsOf(o), stepDevices: devices, jobDevices: devices?.gres ? { gres: devices.gres } : undefined }));
+      const placed = await c.request('task.place', withArgs({ job, step, pid: child.pid!, task: o.task ?? 0 }, { stepLimits: limitsOf(o), stepDevices: devices, jobDevices: devices?.gres ? { gres: devices.gres } : undefined }));
+      const dropped = notEnforced(placed);
+      if (dropped) process.stderr.write(`cgstep: ${dropped.trim()}\n`);
     } catch (err) {
       process.kill(child.pid!, 'SIGKILL');
       await exited;

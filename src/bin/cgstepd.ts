@@ -84,9 +84,10 @@ function fatal(err: unknown): never {
 // so a mistake costs no scope, no infinity process and no half-made state.
 let conf = defaultCgroupConf();
 let confWarnings: string[] = [];
+let confUnsupported: string[] = [];
 let metricsToken: string | undefined;
 try {
-  if (f.config) ({ conf, warnings: confWarnings } = loadCgroupConf(f.config));
+  if (f.config) ({ conf, warnings: confWarnings, unsupported: confUnsupported } = loadCgroupConf(f.config));
   if (f.gres) checkGresConf(f.gres);
   if (f.metrics) parseListen(f.metrics);
   if (f.metricsTokenFile) metricsToken = readToken(f.metricsTokenFile);
@@ -129,6 +130,7 @@ const options: AgentOptions = {
   dbusAddress: f.dbusAddress,
   conf,
   confWarnings,
+  confUnsupported,
   configFile: f.config,
   logLevel: f.logLevel,
   operatorUids: f.operatorUid ?? [],

@@ -77,15 +77,30 @@ const KEYS: Record<string, [keyof CgroupConf, Kind]> = {
   constraindevices: ['constrainDevices', 'bool'],
 };
 
-/** Keys Slurm knows that cgstep accepts and ignores without a warning. */
-const KNOWN_IGNORED = new Set(['cgroupplugin', 'constrainkmemspace', 'allowedkmemspace', 'maxkmempercent', 'minkmemspace', 'memoryswappiness', 'cgroupreleaseagentdir', 'signalchildrenprocesses']);
+/**
+ * Keys Slurm (22.05 and its parser) knows that cgstep does not act on, and why:
+ * each one set is reported once at start, never dropped silently.
+ */
+const UNSUPPORTED: Record<string, string> = {
+  constrainkmemspace: 'cgroup v2 has no separate kernel-memory limit (memory.max counts it)',
+  allowedkmemspace: 'cgroup v2 has no separate kernel-memory limit (memory.max counts it)',
+  maxkmempercent: 'cgroup v2 has no separate kernel-memory limit (memory.max counts it)',
+  minkmemspace: 'cgroup v2 has no separate kernel-memory limit (memory.max counts it)',
+  memoryswappiness: 'cgroup v2 has no per-cgroup swappiness',
+  alloweddevicesfile: 'cgroup v1 only; device rules come from requests and gres.conf',
+  cgroupreleaseagentdir: 'cgroup v1 only (release agents); cgstep watches cgroup.events',
+  memorylimitenforcement: 'an old Slurm option (no longer in Slurm 22.05)',
+  memorylimitthreshold: 'an old Slurm option (no longer in Slurm 22.05)',
+  signalchildrenprocesses: 'an old Slurm option (no longer in Slurm 22.05)',
+};
 
-export interface ParseResult { conf: CgroupConf; warnings: string[] }
+export interface ParseResult { conf: CgroupConf; warnings: string[]; unsupported: string[] }
 
 export function parseCgroupConf(text: string, source = 'cgroup.conf'): ParseResult {
   const conf = defaultCgroupConf();
   const explicit = new Set<string>();
   const warnings: string[] = [];
+  const unsupported: string[] = [];
   const lines = text.split('\n');
   for (let i = 0; i < lines.length; i++) {
     const line = lines[i].replace(/#.*$/, '').trim();
@@ -96,8 +111,20 @@ export function parseCgroupConf(text: string, source = 'cgroup.conf'): ParseResu
     const key = line.slice(0, eq).trim().toLowerCase();
     const raw = line.slice(eq + 1).trim();
     const spec = KEYS[key];
+    const name = line.slice(0, eq).trim();
+    if (key === 'cgroupplugin') {
+      // cgstep is a cgroup v2 implementation: v2 and autodetect are what it does.
+      if (!['cgroup/v2', 'autodetect'].includes(raw.toLowerCase())) {
+        unsupported.push(name);
+        warnings.push(`${where}: ${name}=${raw} is not supported by cgstep (it drives cgroup v2 only); ignored`);
+      }
+      continue;
+    }
     if (!spec) {
-      if (!KNOWN_IGNORED.has(key)) warnings.push(`${where}: unknown key ${line.slice(0, eq).trim()} ignored`);
+      if (key in UNSUPPORTED) {
+        unsupported.push(name);
+        warnings.push(`${where}: ${name} is not supported by cgstep (${UNSUPPORTED[key]}); ignored`);
+      } else warnings.push(`${where}: unknown key ${name} ignored`);
       continue;
     }
     const [field, kind] = spec;
@@ -105,7 +132,7 @@ export function parseCgroupConf(text: string, source = 'cgroup.conf'): ParseResu
     explicit.add(field.toLowerCase());
   }
   conf.explicit = explicit;
-  return { conf, warnings };
+  return { conf, warnings, unsupported };
 }
 
 function parseValue(kind: Kind, raw: string, where: string, key: string): boolean | number | string {

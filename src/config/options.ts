@@ -21,6 +21,8 @@ export interface AgentOptions {
   dbusAddress?: string;
   conf: CgroupConf;
   confWarnings: string[];
+  /** cgroup.conf keys set but not supported (warned once at start, shown in status). */
+  confUnsupported?: string[];
   /** The cgroup.conf read (`--config`), for status and the log; absent: defaults only. */
   configFile?: string;
   logLevel: string;

@@ -84,7 +84,7 @@ export function ebpfDevices(ctl: DeviceController): Candidate<EbpfContext, Devic
   return {
     ...IDENTITY,
     usable: (c) => (!c.constrainDevices ? 'ConstrainDevices=no' : c.bpfUnavailable()),
-    reason: () => 'ConstrainDevices=yes and BPF device programs work here',
+    reason: (c) => `ConstrainDevices=yes${c.devicesRequired ? '' : ' (the default: no cgroup.conf sets it)'} and BPF device programs work here`,
     create: (c) => {
       let inventory: GresInventory | null = null;
       let gres: string[] = [];

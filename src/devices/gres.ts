@@ -219,7 +219,8 @@ export function parseGresConf(text: string, opts: GresParseOptions): GresInvento
       if (hits.length > 1) throw einval(`${where}: ${k} given ${hits.length} times`);
       return hits[0]?.[1];
     };
-    for (const [k] of kv) if (!KNOWN.has(k)) warn(`${where}: unknown key ${k} ignored`);
+    // As Slurm's own parser: an unknown key (a typo such as Flie=) is an error, not a warning.
+    for (const [k] of kv) if (!KNOWN.has(k)) throw einval(`${where}: unknown key ${k} (known: Name, Type, File, MultipleFiles, NodeName, Count, Cores, CPUs, Links, Flags, AutoDetect)`);
     const nodes = get('nodename');
     if (nodes !== undefined && !expandList(nodes, `${where} NodeName`).includes(opts.nodeName)) continue;
     const auto = get('autodetect');

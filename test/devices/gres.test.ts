@@ -67,14 +67,14 @@ test('resolve: <name>:<index> and absolute paths; clear errors', (t) => {
   t.throws(() => inv.resolve('gpu:01'), { instanceOf: AgentError });
 });
 
-test('AutoDetect and unknown keys are warned about, not fatal', (t) => {
+test('AutoDetect is warned about, not fatal; an unknown key (a typo) is an error naming file:line, as in Slurm', (t) => {
   const mem = memLogger();
-  const inv = parseGresConf('AutoDetect=nvml\nName=gpu File=/dev/nvidia0 Bogus=1\nNodeName=x AutoDetect=rsmi\n', { nodeName: 'n1', log: mem.log, source: '/etc/slurm/gres.conf' });
+  const inv = parseGresConf('AutoDetect=nvml\nName=gpu File=/dev/nvidia0\nNodeName=x AutoDetect=rsmi\n', { nodeName: 'n1', log: mem.log, source: '/etc/slurm/gres.conf' });
   t.is(inv.units('gpu').length, 1);
-  t.is(inv.warnings.length, 2);
+  t.is(inv.warnings.length, 1);
   t.regex(inv.warnings[0], /^\/etc\/slurm\/gres.conf:1: AutoDetect=nvml ignored/);
-  t.regex(inv.warnings[1], /gres.conf:2: unknown key bogus ignored/);
-  t.is(mem.lines().filter((l) => l.level === 40).length, 2);
+  t.is(mem.lines().filter((l) => l.level === 40).length, 1);
+  t.throws(() => parseGresConf('Name=gpu File=/dev/nvidia0\nName=gpu Flie=/dev/nvidia1\n', { nodeName: 'n1', source: '/etc/slurm/gres.conf' }), { instanceOf: AgentError, message: /^\/etc\/slurm\/gres.conf:2: unknown key flie/ });
 });
 
 test('bad lines: EINVAL naming file and line', (t) => {

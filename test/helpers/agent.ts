@@ -82,7 +82,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     if (ownDir) fs.rmSync(ownDir, { recursive: true, force: true });
     return agent;
   }
-  const deadline = Date.now() + 15000;
+  const deadline = Date.now() + 60000; // generous: a loaded 2-core CI machine starts node slowly
   for (;;) {
     if (proc.exitCode !== null) throw new Error(`cgstepd exited with ${proc.exitCode}:\n${out}`);
     if (fs.existsSync(reach) && (await answers(reach))) return agent;
