@@ -10,6 +10,7 @@ import os from 'node:os';
 import type { Command as Cmd } from 'commander';
 import { EnvCommand, USAGE_EXIT, UsageError, intArg, opt, sizeArg, strList, usageLine } from '../config/cli.js';
 import { AGENT_VERSION } from '../rpc/version.js';
+import { SORT_KEYS, runTop } from './top.js';
 import { formatSize } from '../config/size.js';
 import { AgentError } from '../errors.js';
 import { CgstepClient, DEFAULT_SOCKET } from '../rpc/client.js';
@@ -132,20 +133,48 @@ function configLines(c: any): string[] {
   ];
 }
 
-program.command('list').description('jobs, steps and tasks').action(() =>
+/** "mem 1.2G/4G, cpus 2, pids 3/100, cpu.max 0.5" from a list entry's figures; missing parts left out. */
+function figures(x: { limits: any; usage: any }): string {
+  const l = x.limits ?? {};
+  const u = x.usage ?? {};
+  const parts: string[] = [];
+  if (u.memoryCurrent !== null && u.memoryCurrent !== undefined) parts.push(`mem ${formatSize(u.memoryCurrent)}/${l.memoryMax !== null && l.memoryMax !== undefined ? formatSize(l.memoryMax) : 'max'}`);
+  else if (l.memoryMax !== null && l.memoryMax !== undefined) parts.push(`mem max ${formatSize(l.memoryMax)}`);
+  if (l.cpus !== null && l.cpus !== undefined) parts.push(`cpus ${l.cpus}`);
+  if (u.pids !== null && u.pids !== undefined) parts.push(`pids ${u.pids}/${l.pidsMax ?? 'max'}`);
+  if (l.cpuQuotaUsec !== null && l.cpuQuotaUsec !== undefined) parts.push(`cpu.max ${(l.cpuQuotaUsec / l.cpuPeriodUsec).toFixed(2)} CPU`);
+  if (u.oomKills) parts.push(`oom_kill ${u.oomKills}`);
+  return parts.length ? `, ${parts.join(', ')}` : '';
+}
+
+program.command('list').description('jobs, steps and tasks, with frozen state, task counts, limits and use').action(() =>
   withClient(async (c) => {
     const r = await c.request('list', {});
     print(r, (x) => {
       if (!x.jobs.length) return 'no jobs';
       const lines: string[] = [];
       for (const j of x.jobs) {
-        lines.push(`job ${j.job}${j.populated ? '' : ' (empty)'}`);
-        for (const s of j.steps) lines.push(`  step ${s.step}: ${s.tasks.length} task(s)${s.populated ? '' : ' (empty)'}${s.tasks.length ? ` [${s.tasks.join(' ')}]` : ''}`);
+        lines.push(`job ${j.job}: ${j.steps.length} step(s)${j.populated ? '' : ' (empty)'}${figures(j)}`);
+        for (const s of j.steps) lines.push(`  step ${s.step}: ${s.tasks.length} task(s)${s.frozen ? ' FROZEN' : ''}${s.populated ? '' : ' (empty)'}${s.tasks.length ? ` [${s.tasks.join(' ')}]` : ''}${figures(s)}`);
       }
       return lines.join('\n');
     });
   }),
 );
+
+program
+  .command('top')
+  .description('live view of jobs and steps (CPU %, memory current/max, pids, OOM kills, frozen), as systemd-cgtop')
+  .option('--once', 'one refresh (two samples one interval apart) and exit')
+  .option('--interval <ms>', 'refresh period', intArg('--interval', 100, 3600000), 2000)
+  .option('--iterations <n>', 'refreshes before exiting (default: until interrupted; 1 with --once)', intArg('--iterations', 1, 1000000))
+  .option('--sort <key>', `sort by ${SORT_KEYS.join(', ')}`, 'cpu')
+  .action((o) =>
+    withClient(async (c) => {
+      if (!SORT_KEYS.includes(o.sort)) throw new UsageError(`--sort must be one of ${SORT_KEYS.join(', ')}, not ${JSON.stringify(o.sort)}`, 'cgstep top');
+      await runTop(() => c.request('list', {}), { intervalMs: o.interval, sort: o.sort, json: !!g().json, iterations: o.once ? 1 : (o.iterations ?? 0), tty: !!process.stdout.isTTY, write: (t) => process.stdout.write(t) });
+    }),
+  );
 
 /** Limits the agent skipped (--ignore-missing-controllers): said, never hidden. */
 function notEnforced(r: any): string {

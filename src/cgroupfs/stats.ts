@@ -109,7 +109,7 @@ function limit(text: string | null): number | null {
  * Read a directory's limits (the files of controllers that are off are not
  * opened when `controllers` is given, as in readStats).
  */
-export function readLimits(dir: string, controllers?: readonly string[]): CgroupLimits {
+export function readLimitFigures(dir: string, controllers?: readonly string[]): CgroupLimits {
   const f = (name: string) => readOptional(path.join(dir, name));
   const on = (c: string) => controllers === undefined || controllers.includes(c);
   const cpuMax = on('cpu') ? f('cpu.max') : null;
@@ -125,5 +125,22 @@ export function readLimits(dir: string, controllers?: readonly string[]): Cgroup
     cpuQuotaUsec: quota === undefined || quota === 'max' ? null : num(quota),
     cpuPeriodUsec: period === undefined ? null : num(period),
     frozen: events === null ? null : parseFlatKeyed(events).frozen === 1,
+  };
+}
+
+/** The few live figures a list or a top view shows, without memory.stat (which is large). */
+export interface CgroupUsage { cpuUsec: number | null; memoryCurrent: number | null; pids: number | null; oomKills: number | null }
+
+export function readUsage(dir: string, controllers?: readonly string[]): CgroupUsage {
+  const f = (name: string) => readOptional(path.join(dir, name));
+  const on = (c: string) => controllers === undefined || controllers.includes(c);
+  const cpu = f('cpu.stat');
+  const mem = on('memory') ? num(f('memory.current')) : null;
+  const events = mem === null ? null : f('memory.events');
+  return {
+    cpuUsec: cpu === null ? null : (parseFlatKeyed(cpu).usage_usec ?? null),
+    memoryCurrent: mem,
+    pids: on('pids') ? num(f('pids.current')) : null,
+    oomKills: events === null ? null : (parseFlatKeyed(events).oom_kill ?? 0),
   };
 }

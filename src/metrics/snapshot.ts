@@ -8,7 +8,7 @@
  * job or instance, which belong to Prometheus's target labels).
  */
 import path from 'node:path';
-import { childDirs, enabledIn, readLimits, readStats } from '../cgroupfs/index.js';
+import { childDirs, enabledIn, readLimitFigures, readStats } from '../cgroupfs/index.js';
 import { parseTaskName, USER_DIR, type StepTree } from '../steps/index.js';
 
 export type Level = 'job' | 'step' | 'task';
@@ -79,7 +79,7 @@ class Families {
 /** Read one directory's stats and limits into the families for its level. */
 function sample(fam: Families, level: Level, dir: string, labels: string, ctl: readonly string[] | undefined, frozenDir?: string): void {
   const st = readStats(dir, ctl);
-  const lim = readLimits(dir, ctl);
+  const lim = readLimitFigures(dir, ctl);
   const p = `cgstep_${level}_`;
   if (st.cpu) {
     fam.add(`${p}cpu_user_seconds_total`, labels, st.cpu.userUsec / 1e6);
@@ -104,13 +104,13 @@ function sample(fam: Families, level: Level, dir: string, labels: string, ctl: r
   if (lim.cpuQuotaUsec !== null) fam.add(`${p}cpu_max_quota_seconds`, labels, lim.cpuQuotaUsec / 1e6);
   if (lim.cpuPeriodUsec !== null) fam.add(`${p}cpu_max_period_seconds`, labels, lim.cpuPeriodUsec / 1e6);
   // Freezing is per step (at user/); a job directory itself is never frozen, so it has no series.
-  const frozen = level === 'job' ? null : frozenDir === undefined ? lim.frozen : readLimitsFrozen(frozenDir);
+  const frozen = level === 'job' ? null : frozenDir === undefined ? lim.frozen : readLimitFiguresFrozen(frozenDir);
   if (frozen !== null) fam.add(`${p}frozen`, labels, frozen ? 1 : 0);
 }
 
 /** A step freezes at user/ (its daemon in slurm/ keeps running): its frozen state is user/'s. */
-function readLimitsFrozen(dir: string): boolean | null {
-  return readLimits(dir, []).frozen;
+function readLimitFiguresFrozen(dir: string): boolean | null {
+  return readLimitFigures(dir, []).frozen;
 }
 
 const yieldToLoop = () => new Promise<void>((r) => setImmediate(r));

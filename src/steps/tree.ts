@@ -34,6 +34,10 @@ import {
   waitUnpopulated,
   writeText,
   type CgroupStats,
+  readLimitFigures,
+  readUsage,
+  type CgroupLimits,
+  type CgroupUsage,
 } from '../cgroupfs/index.js';
 import type { CgroupConf } from '../config/cgroupconf.js';
 import { AgentError } from '../errors.js';
@@ -118,7 +122,9 @@ export interface TreeOptions {
   scopeControllers?: () => string[];
 }
 
-export interface StepInfo { step: string; path: string; populated: boolean; tasks: string[] }
+/** Limits and live figures of a job (its own directory) or a step (its user/, where step limits are written). */
+export interface LevelFigures { limits: CgroupLimits; usage: CgroupUsage }
+export interface StepInfo extends LevelFigures { step: string; path: string; populated: boolean; tasks: string[]; frozen: boolean | null }
 
 /** How long list and stats read before letting other work run, ms. */
 const SLICE_MS = 2;
@@ -141,7 +147,7 @@ function compareSteps(a: string, b: string): number {
   if (na !== nb) return na ? -1 : 1;
   return a < b ? -1 : a > b ? 1 : 0;
 }
-export interface JobInfo { job: string; path: string; populated: boolean; steps: StepInfo[] }
+export interface JobInfo extends LevelFigures { job: string; path: string; populated: boolean; steps: StepInfo[] }
 
 export class StepTree {
   readonly paths: TreePaths;
@@ -658,12 +664,17 @@ export class StepTree {
   /** One job as list() shows it (a step removed meanwhile reads as empty: the cgroupfs reads take ENOENT as that). */
   private jobInfo(job: string): JobInfo {
     const steps: StepInfo[] = [];
+    // Directories have at most the scope's controllers: files of others are not opened.
+    const ctl = this.opts.scopeControllers?.();
     for (const step of [...(this.index.get(job) ?? [])].sort(compareSteps)) {
       const sdir = this.paths.step(job, step);
-      const tasks = childDirs(path.join(sdir, USER_DIR)).filter((n) => parseTaskName(n) !== null);
-      steps.push({ step, path: sdir, populated: isPopulated(sdir), tasks });
+      const udir = path.join(sdir, USER_DIR);
+      const tasks = childDirs(udir).filter((n) => parseTaskName(n) !== null);
+      const limits = readLimitFigures(udir, ctl);
+      steps.push({ step, path: sdir, populated: isPopulated(sdir), tasks, frozen: limits.frozen, limits, usage: readUsage(udir, ctl) });
     }
-    return { job, path: this.paths.job(job), populated: isPopulated(this.paths.job(job)), steps };
+    const jdir = this.paths.job(job);
+    return { job, path: jdir, populated: isPopulated(jdir), steps, limits: readLimitFigures(jdir, ctl), usage: readUsage(jdir, ctl) };
   }
 
   /** Stop watching; an adoption still walking the tree stops at its next step. */

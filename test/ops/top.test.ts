@@ -1,0 +1,46 @@
+/** `cgstep top --once` and `cgstep list` against a real agent: frozen state, task counts, limits, CPU use. */
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
+import { startAgent, waitFor } from '../helpers/agent.js';
+
+test('top --once (text and --json) and list show tasks, frozen steps and CPU use', async (t) => {
+  const root = makeTestRoot('top');
+  t.teardown(() => removeTestRoot(root));
+  const a = await startAgent({ root, args: ['--ignore-systemd'] });
+  t.teardown(() => a.stop());
+  const c = await a.client();
+  t.teardown(() => c.close());
+  const busy = spawn('sh', ['-c', 'while :; do :; done'], { stdio: 'ignore' });
+  t.teardown(() => busy.kill('SIGKILL'));
+  await c.request('step.create', { job: 91, step: 0 });
+  await c.request('attach', { job: 91, step: 0, pid: busy.pid!, task: 0 });
+  await c.request('step.create', { job: 92, step: 'batch' });
+  await c.request('freeze', { job: 92, step: 'batch' });
+  const json = a.cli(['--json', 'top', '--once', '--interval', '1000']);
+  t.is(json.code, 0, json.stderr);
+  const rows = JSON.parse(json.stdout);
+  const s91 = rows.find((r: any) => r.job === '91' && r.step === '0');
+  t.is(s91.tasks, 1);
+  t.true(s91.cpuPercent > 0, `the busy loop shows CPU use: ${s91.cpuPercent}`);
+  t.is(rows.find((r: any) => r.job === '92' && r.step === 'batch').frozen, true);
+  t.is(rows[0].job, '91', 'sorted by CPU, busiest first');
+  const text = a.cli(['top', '--once', '--interval', '300', '--sort', 'id']);
+  t.is(text.code, 0, text.stderr);
+  t.regex(text.stdout, /^cgstep top: 2 job\(s\), 2 step\(s\), every 0.3s, sorted by id\nJOB +STEP +TASKS +%CPU/);
+  t.regex(text.stdout, /\n92 +batch +0 +\S+ .* yes\n?$/);
+  const bad = a.cli(['top', '--sort', 'colour']);
+  t.is(bad.code, 2);
+  t.regex(bad.stderr, /--sort must be one of cpu, memory, pids, oom, id/);
+  const list = a.cli(['list']).stdout;
+  t.regex(list, /^job 91: 1 step\(s\)\n  step 0: 1 task\(s\) \[task_0\]/m);
+  t.regex(list, /^  step batch: 0 task\(s\) FROZEN \(empty\)$/m);
+  const lj = JSON.parse(a.cli(['--json', 'list']).stdout);
+  const j91 = lj.jobs.find((j: any) => j.job === '91');
+  t.true(j91.usage.cpuUsec > 0);
+  t.true('memoryMax' in j91.limits && 'pidsMax' in j91.limits && 'cpus' in j91.limits);
+  busy.kill('SIGKILL');
+  await waitFor(() => a.cli(['--json', 'list']).stdout.includes('"populated":false'), 20000, 'the step to empty');
+  t.is(a.cli(['destroy', '91']).code, 0);
+  t.is(a.cli(['destroy', '92', '--force']).code, 0);
+});
