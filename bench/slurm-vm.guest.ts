@@ -17,11 +17,11 @@
  * (a run cut short still leaves what it measured); progress lines go to the
  * console. Every process it starts is stopped by pid.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { pidsOfCluster, run, type RunResult } from '../test/harness/slurm.js';
-import { MOUNT, startAgent, type BenchAgent } from './lib.js';
+import { clusterConfLines, clusterEnv, endCluster, ensureMungeKey, readLog, run, startDaemon, startMunged, stopDaemon, waitUntil, type Daemon, type RunResult } from '../test/harness/slurm.js';
+import { MOUNT, removeRoot, startAgent, type BenchAgent } from './lib.js';
 
 type Mode = 'native' | 'cgstep';
 
@@ -106,41 +106,13 @@ function sh(cmd: string): string {
   return r.stdout;
 }
 
-interface Daemon { name: string; proc: ChildProcess; exited: Promise<void> }
-
-function startDaemon(name: string, cmd: string, args: string[], env: NodeJS.ProcessEnv, log: string): Daemon {
-  const fd = fs.openSync(log, 'a');
-  const proc = spawn(cmd, args, { env, stdio: ['ignore', fd, fd] });
-  fs.closeSync(fd);
-  const exited = new Promise<void>((resolve) => {
-    proc.once('exit', () => resolve());
-    proc.once('error', () => resolve());
-  });
-  return { name, proc, exited };
-}
-
-async function stopDaemon(d: Daemon | null): Promise<void> {
-  if (!d || d.proc.exitCode !== null || d.proc.signalCode !== null) return;
-  d.proc.kill('SIGTERM');
-  if (await Promise.race([d.exited.then(() => false), sleep(15000).then(() => true)])) {
-    d.proc.kill('SIGKILL');
-    await d.exited;
-  }
-}
-
-async function waitUntil(what: string, check: () => Promise<boolean> | boolean, ms: number, d?: Daemon, log?: string, everyMs = 250): Promise<void> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    if (await check()) return;
-    const tail = () => (log && fs.existsSync(log) ? fs.readFileSync(log, 'utf8').slice(-3000) : '');
-    if (d && (d.proc.exitCode !== null || d.proc.signalCode !== null)) throw new Error(`${d.name} exited (${d.proc.exitCode ?? d.proc.signalCode}) before ${what}:\n${tail()}`);
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}:\n${tail()}`);
-    await sleep(everyMs);
-  }
+/** Up to ms for what: slow under emulation, and each check (an scontrol or sinfo) costs the guest CPU. */
+function waitFor(what: string, check: () => Promise<boolean> | boolean, ms: number, d?: Daemon, log?: string): Promise<void> {
+  return waitUntil(check, ms, () => `${what}${log ? `:\n${readLog(log)}` : ''}`, d);
 }
 
 /** Loopback that glibc accepts for IPv4 (it ignores 127.0.0.1 alone), fake GPUs, munged. */
-async function nodeSetup(): Promise<Daemon> {
+async function nodeSetup(): Promise<{ daemon: Daemon; socket: string }> {
   fs.mkdirSync(W, { recursive: true, mode: 0o755 });
   sh('ip link set lo up; ip addr add 127.0.0.2/8 dev lo 2>/dev/null || true');
   GPUS.forEach((g, i) => {
@@ -148,58 +120,32 @@ async function nodeSetup(): Promise<Daemon> {
   });
   fs.writeFileSync(path.join(W, 'cgroup.conf'), CGROUP_CONF);
   fs.writeFileSync(path.join(W, 'gres.conf'), GRES_CONF);
-  const m = path.join(W, 'munge');
-  fs.mkdirSync(m, { recursive: true });
-  const key = path.join(m, 'munge.key');
-  sh(`mungekey --create --keyfile=${key} && chown -R munge:munge ${m} && chmod 0400 ${key} && chmod 0755 ${m}`);
-  const uid = sh('id -u munge').trim();
-  const gid = sh('id -g munge').trim();
-  const sock = path.join(m, 'munge.socket');
-  const d = startDaemon('munged', 'setpriv', [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', '/usr/sbin/munged', '--foreground', '--force', `--socket=${sock}`, `--key-file=${key}`, `--pid-file=${m}/munged.pid`, `--log-file=${m}/munged.log`, `--seed-file=${m}/munged.seed`, '--num-threads=2'], process.env, path.join(W, 'munged.out'));
-  await waitUntil('munged socket', () => fs.existsSync(sock), 30000, d, path.join(W, 'munged.out'));
-  return d;
+  ensureMungeKey();
+  return startMunged(W);
 }
 
-function slurmConf(mode: Mode, dir: string): string {
-  const native = mode === 'native';
+/**
+ * The test harness's cluster lines with this mode's two plugins, without
+ * NoInAddrAny/NoCtldInAddrAny: the guest has nothing but lo, so the daemons may
+ * bind the wildcard (with those, slurmd and slurmctld resolve their own
+ * addresses, which the guest's borrowed /etc/hosts does not promise).
+ */
+function slurmConf(mode: Mode, dir: string, mungeSocket: string): string {
+  const plugins = mode === 'native' ? { 'ProctrackType=': 'ProctrackType=proctrack/cgroup', 'TaskPlugin=': 'TaskPlugin=task/cgroup' } : {};
+  const lines = clusterConfLines({
+    dir,
+    ctldPort: 6817,
+    slurmdPort: 6818,
+    srunBase: 60001,
+    mungeSocket,
+    plugstack: path.join(dir, 'plugstack.conf'),
+    slurmd: { spool: path.join(dir, 'spool'), pidFile: path.join(dir, 'run/slurmd.pid'), logFile: path.join(dir, 'log/slurmd.log') },
+  })
+    .filter((l) => !l.startsWith('CommunicationParameters='))
+    .map((l) => Object.entries(plugins).find(([k]) => l.startsWith(k))?.[1] ?? l);
   return [
     `# vmbench ${mode} block, written by bench/slurm-vm.guest.ts`,
-    'ClusterName=vmbench',
-    'SlurmctldHost=localhost(127.0.0.1)',
-    'SlurmctldPort=6817',
-    'SlurmdPort=6818',
-    'SrunPortRange=60001-60200',
-    'SlurmUser=root',
-    'SlurmdUser=root',
-    'AuthType=auth/munge',
-    'CredType=cred/munge',
-    `AuthInfo=socket=${W}/munge/munge.socket`,
-    `StateSaveLocation=${dir}/state`,
-    `SlurmdSpoolDir=${dir}/spool`,
-    `SlurmctldPidFile=${dir}/slurmctld.pid`,
-    `SlurmdPidFile=${dir}/slurmd.pid`,
-    `SlurmctldLogFile=${dir}/slurmctld.log`,
-    `SlurmdLogFile=${dir}/slurmd.log`,
-    'SlurmctldDebug=info',
-    'SlurmdDebug=info',
-    `ProctrackType=${native ? 'proctrack/cgroup' : 'proctrack/pgid'}`,
-    `TaskPlugin=${native ? 'task/cgroup' : 'task/none'}`,
-    'JobAcctGatherType=jobacct_gather/none',
-    'AccountingStorageType=accounting_storage/none',
-    'JobCompType=jobcomp/none',
-    'SelectType=select/cons_tres',
-    'SelectTypeParameters=CR_Core_Memory',
-    'DefMemPerCPU=100',
-    'GresTypes=gpu',
-    'MpiDefault=none',
-    'MailProg=/bin/true',
-    `PlugStackConfig=${dir}/plugstack.conf`,
-    'ReturnToService=2',
-    'KillWait=5',
-    'MinJobAge=2',
-    'InactiveLimit=0',
-    'SchedulerType=sched/builtin',
-    'SchedulerParameters=batch_sched_delay=0,sched_interval=1',
+    ...lines,
     `NodeName=${NODE} NodeHostname=localhost NodeAddr=127.0.0.1 CPUs=${cfg.cpus} Sockets=1 CoresPerSocket=${cfg.cpus} ThreadsPerCore=1 RealMemory=${cfg.realMemoryMb} Gres=gpu:${GPUS.length} State=UNKNOWN`,
     `PartitionName=debug Nodes=${NODE} Default=YES MaxTime=INFINITE State=UP`,
     '',
@@ -216,20 +162,6 @@ const readCg = (rel: string): string => {
 };
 const aboveScope = (): string => `root subtree_control [${readCg('cgroup.subtree_control')}]; system.slice ${fs.existsSync(path.join(CG, 'system.slice')) ? `subtree_control [${readCg('system.slice/cgroup.subtree_control')}], children [${fs.readdirSync(path.join(CG, 'system.slice'), { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name).join(' ')}]` : 'absent'}`;
 
-/** Remove a cgroup directory bottom-up after killing what is left in it. */
-async function removeTree(dir: string): Promise<void> {
-  if (!fs.existsSync(dir)) return;
-  try {
-    fs.writeFileSync(path.join(dir, 'cgroup.kill'), '1');
-  } catch { /* the root has no cgroup.kill */ }
-  for (let i = 0; i < 200 && /populated 1/.test(readCg(path.relative(CG, path.join(dir, 'cgroup.events')))); i++) await sleep(50);
-  const rm = (d: string) => {
-    for (const e of fs.readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) rm(path.join(d, e.name));
-    fs.rmdirSync(d);
-  };
-  rm(dir);
-}
-
 /**
  * Before a block: nothing of the previous mode is left above the node's scope.
  * Slurm 22.05 with IgnoreSystemd neither creates system.slice nor enables the
@@ -237,7 +169,7 @@ async function removeTree(dir: string): Promise<void> {
  * admin would); the cgstep mode starts from a bare root and the agent makes them.
  */
 async function prepareAbove(mode: Mode): Promise<void> {
-  await removeTree(path.join(CG, 'system.slice'));
+  await removeRoot(path.join(CG, 'system.slice'));
   const enabled = readCg('cgroup.subtree_control').split(/\s+/).filter(Boolean);
   if (enabled.length) fs.writeFileSync(path.join(CG, 'cgroup.subtree_control'), enabled.map((c) => `-${c}`).join(' '));
   if (mode === 'native') {
@@ -247,11 +179,11 @@ async function prepareAbove(mode: Mode): Promise<void> {
   }
 }
 
-interface Cluster { mode: Mode; dir: string; env: NodeJS.ProcessEnv; ctld: Daemon; slurmd: Daemon; agent: BenchAgent | null }
+interface Cluster { mode: Mode; dir: string; env: NodeJS.ProcessEnv; daemons: Daemon[]; agent: BenchAgent | null }
 
-async function startCluster(mode: Mode, index: number, res: GuestResult): Promise<Cluster> {
+async function startCluster(mode: Mode, index: number, mungeSocket: string, res: GuestResult): Promise<Cluster> {
   const dir = path.join(W, `block${index}-${mode}`);
-  for (const d of ['state', 'spool']) fs.mkdirSync(path.join(dir, d), { recursive: true });
+  for (const d of ['state', 'spool', 'log', 'run']) fs.mkdirSync(path.join(dir, d), { recursive: true });
   await prepareAbove(mode);
   const before = aboveScope();
   let agent: BenchAgent | null = null;
@@ -265,31 +197,28 @@ async function startCluster(mode: Mode, index: number, res: GuestResult): Promis
   fs.copyFileSync(path.join(W, 'cgroup.conf'), path.join(dir, 'cgroup.conf'));
   fs.copyFileSync(path.join(W, 'gres.conf'), path.join(dir, 'gres.conf'));
   const conf = path.join(dir, 'slurm.conf');
-  fs.writeFileSync(conf, slurmConf(mode, dir));
-  const env: NodeJS.ProcessEnv = { ...process.env, SLURM_CONF: conf };
-  for (const k of Object.keys(env)) if (k.startsWith('SLURM_') && k !== 'SLURM_CONF') delete env[k];
-  const ctldLog = path.join(dir, 'slurmctld.out');
-  const ctld = startDaemon('slurmctld', 'slurmctld', ['-D', '-i', '-f', conf], env, ctldLog);
-  await waitUntil('slurmctld', async () => /is UP/.test((await run('scontrol', ['ping'], { env, timeoutMs: 30000 })).stdout), 120000, ctld, ctldLog);
-  const slurmdLog = path.join(dir, 'slurmd.out');
-  const slurmd = startDaemon('slurmd', 'slurmd', ['-D', '-N', NODE, '-f', conf], env, slurmdLog);
-  await waitUntil('slurmd idle', async () => /^idle/m.test((await run('sinfo', ['-h', '-n', NODE, '-o', '%T'], { env, timeoutMs: 30000 })).stdout), 120000, slurmd, path.join(dir, 'slurmd.log'));
+  fs.writeFileSync(conf, slurmConf(mode, dir, mungeSocket));
+  const env = clusterEnv(conf);
+  const c: Cluster = { mode, dir, env, daemons: [], agent };
+  try {
+    // The harness's own startSlurmctld waits 30 s: too short for an emulated guest on a busy host.
+    const ctldLog = path.join(dir, 'log/slurmctld.out');
+    const ctld = startDaemon('slurmctld', 'slurmctld', ['-D', '-i', '-f', conf], env, ctldLog);
+    c.daemons.push(ctld);
+    await waitFor('slurmctld up', async () => /is UP/.test((await run('scontrol', ['ping'], { env, timeoutMs: 30000 })).stdout), 180000, ctld, ctldLog);
+    const slurmd = startDaemon('slurmd', 'slurmd', ['-D', '-N', NODE, '-f', conf], env, path.join(dir, 'log/slurmd.out'));
+    c.daemons.push(slurmd);
+    await waitFor('slurmd idle', async () => /^idle/m.test((await run('sinfo', ['-h', '-n', NODE, '-o', '%T'], { env, timeoutMs: 30000 })).stdout), 180000, slurmd, path.join(dir, 'log/slurmd.log'));
+  } catch (err) {
+    await stopCluster(c);
+    throw err;
+  }
   res.above[mode] ??= { before, after: aboveScope() };
-  return { mode, dir, env, ctld, slurmd, agent };
+  return c;
 }
 
 async function stopCluster(c: Cluster): Promise<void> {
-  const q = await run('squeue', ['-h', '-o', '%i'], { env: c.env, timeoutMs: 30000 }).catch(() => null);
-  const jobs = (q?.stdout ?? '').split('\n').map((s) => s.trim()).filter(Boolean);
-  if (jobs.length) await run('scancel', jobs, { env: c.env, timeoutMs: 30000 }).catch(() => null);
-  await stopDaemon(c.slurmd);
-  await stopDaemon(c.ctld);
-  for (let i = 0; i < 5; i++) {
-    const left = pidsOfCluster(c.env.SLURM_CONF!);
-    if (!left.length) break;
-    for (const pid of left) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
-    await sleep(200);
-  }
+  await endCluster(c.env.SLURM_CONF!, c.daemons);
   await c.agent?.stop();
 }
 
@@ -409,7 +338,10 @@ async function sbatchBurst(c: Cluster, jobs: number): Promise<number> {
   };
   await Promise.all([submitter(), submitter(), submitter(), submitter()]);
   // Polled every 2 s: each squeue costs the emulated guest about a second of CPU, taken from the jobs.
-  await waitUntil('the sbatch jobs to finish', async () => (await run('squeue', ['-h', '-o', '%i'], { env: c.env, timeoutMs: 30000 })).stdout.trim() === '', 1800000, undefined, undefined, 2000);
+  while ((await run('squeue', ['-h', '-o', '%i'], { env: c.env, timeoutMs: 30000 })).stdout.trim() !== '') {
+    if (performance.now() - s > 1800000) throw new Error(`sbatch jobs still queued after 30 min`);
+    await sleep(2000);
+  }
   return (performance.now() - s) / 1000;
 }
 
@@ -430,13 +362,13 @@ function share(total: number, blocks: number, nth: number): number {
   return Math.floor(total / blocks) + (nth < total % blocks ? 1 : 0);
 }
 
-async function runBlock(mode: Mode, index: number, res: GuestResult): Promise<void> {
+async function runBlock(mode: Mode, index: number, mungeSocket: string, res: GuestResult): Promise<void> {
   const perMode = cfg.order.filter((m) => m === mode).length;
   const nth = cfg.order.slice(0, index).filter((m) => m === mode).length;
   const b: BlockResult = { mode, index, startMs: Math.round(performance.now() - t0), n1: [], many: [], sbatch: null };
   res.blocks.push(b);
   say(`block ${index} (${mode}): starting ${mode === 'cgstep' ? 'cgstepd, ' : ''}slurmctld, slurmd`);
-  const c = await startCluster(mode, index, res);
+  const c = await startCluster(mode, index, mungeSocket, res);
   try {
     say(`block ${index} (${mode}): node idle after ${((performance.now() - t0) / 1000 - b.startMs / 1000).toFixed(1)} s`);
     if (cfg.checks && !res.checks[mode]) {
@@ -463,7 +395,7 @@ async function runBlock(mode: Mode, index: number, res: GuestResult): Promise<vo
   } catch (err) {
     b.error = String((err as Error).stack ?? err);
     say(`block ${index} (${mode}) FAILED: ${b.error}`);
-    say(`slurmd log tail: ${fs.existsSync(path.join(c.dir, 'slurmd.log')) ? fs.readFileSync(path.join(c.dir, 'slurmd.log'), 'utf8').slice(-2000) : ''}`);
+    say(`slurmd log tail: ${readLog(path.join(c.dir, 'log/slurmd.log')).slice(-2000)}`);
   } finally {
     await stopCluster(c);
   }
@@ -493,12 +425,13 @@ const res: GuestResult = {
   wallS: 0,
   done: false,
 };
-let munged: Daemon | null = null;
+let munged: Daemon | undefined;
 try {
   say(`${res.slurm}, kernel ${res.kernel}, ${res.nproc} CPUs, controllers [${res.controllers}]; blocks ${cfg.order.join(' ')}`);
-  munged = await nodeSetup();
+  const m = await nodeSetup();
+  munged = m.daemon;
   for (let i = 0; i < cfg.order.length; i++) {
-    await runBlock(cfg.order[i], i, res);
+    await runBlock(cfg.order[i], i, m.socket, res);
     save(res);
   }
   res.done = true;
@@ -506,8 +439,8 @@ try {
   res.error = String((err as Error).stack ?? err);
   say(`FAILED: ${res.error}`);
 } finally {
-  await stopDaemon(munged);
-  await removeTree(path.join(CG, 'system.slice')).catch(() => undefined);
+  if (munged) await stopDaemon(munged);
+  await removeRoot(path.join(CG, 'system.slice')).catch(() => undefined);
   save(res);
   say('done');
 }
