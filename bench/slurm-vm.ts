@@ -109,7 +109,8 @@ function modeResult(mode: Mode) {
   const secs = sb.reduce((a, b) => a + b.sbatch!.seconds, 0);
   const ck = g.checks[mode];
   return {
-    enforced: { memory: ck?.memory.ok === true, cpuset: ck?.cpuset.ok === true, devices: ck?.devices.ok === true },
+    // memory: the limits read back equal the formula and a task over its allocation was OOM-killed in its job's cgroup.
+    enforced: { memory: ck?.memory.ok === true && ck?.oom.ok === true, cpuset: ck?.cpuset.ok === true, devices: ck?.devices.ok === true },
     n1,
     many: { tasks: config.tasks, median: many.median, p99: many.p99 },
     sbatch: { jobs, perSec: secs > 0 ? Math.round((jobs / secs) * 1000) / 1000 : 0 },
