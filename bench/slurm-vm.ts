@@ -13,7 +13,7 @@
  * "native,cgstep,cgstep,native"), BENCH_SLURM_N1 (srun -n1 runs per mode, 30),
  * BENCH_SLURM_MANY (srun -n N runs per mode, 10), BENCH_SLURM_TASKS (N, 8),
  * BENCH_SLURM_SBATCH (sbatch jobs per mode, 100), BENCH_SLURM_CPUS (vCPUs, 2),
- * BENCH_SLURM_VM_MB (guest memory, 2048), BENCH_SLURM_TIMEOUT_S (the boot, 1800),
+ * BENCH_SLURM_VM_MB (guest memory, 2048), BENCH_SLURM_TIMEOUT_S (the boot, 4500),
  * BENCH_SLURM_CHECKS=0 (skip the enforcement checks: timing experiments only),
  * BENCH_QUICK=1 (a smoke run: 4, 2, 10 per mode).
  * The multiNode field is read from bench/results-multinode.json (written by the
@@ -84,7 +84,7 @@ const job = [
 ].join('\n');
 const files: Record<string, string> = { 'job.sh': job, 'config.json': JSON.stringify(config) };
 if (/^\/(var\/)?tmp\//.test(REPO)) files.keep = `${REPO}\n`;
-const timeoutMs = num('BENCH_SLURM_TIMEOUT_S', 1800) * 1000;
+const timeoutMs = num('BENCH_SLURM_TIMEOUT_S', 4500) * 1000;
 console.error(`bench:slurm: booting the guest (${cpus} vCPUs, ${vmMb} MiB, accel ${accel()}); blocks ${order.join(' ')}; limit ${timeoutMs / 1000} s`);
 const boot = await bootVm(assets, {
   mode: 'busybox',
