@@ -9,33 +9,41 @@
  *            [destroy_timeout_ms=N] [failure=closed|open] [devices=yes|try|no]
  *            [cpus=auto|yes|no]
  *
- * What it does, in slurmstepd (remote context) and the job epilog; srun,
- * sbatch, salloc and slurmd load it but it does nothing there:
- *   slurm_spank_init              records the cgroup slurmstepd started in; for
- *                                 the extern step (PrologFlags=contain, no task
- *                                 callbacks) job.create, step.create and attach
- *                                 {pid: getpid(), leaf: "slurm"}.
- *   slurm_spank_task_init_privileged (root, in the forked task before exec):
- *     job.create  {job, limits from S_JOB_ALLOC_MEM/S_JOB_ALLOC_CORES}
- *     step.create {job, step, limits from S_STEP_ALLOC_*, devices:{gres}}
- *     attach      {job, step, pid: getpid(), task: S_TASK_GLOBAL_ID}
- *     attach      {job, step, pid: getppid(), leaf: "slurm"}  (local task 0)
+ * What it does, in slurmd's prolog and epilog and in slurmstepd (remote
+ * context); srun, sbatch, salloc and slurmd proper load it but it does
+ * nothing there.
+ *   slurm_spank_job_prolog (slurmd, root, once per job and node, before any
+ *     of its steps): job.create {job, devices:{gres: SLURM_JOB_GPUS}},
+ *     the job's device allocation from slurmd's own environment.
+ *   slurm_spank_init (slurmstepd, root, once per step, before its tasks are
+ *     forked): records the cgroup slurmstepd started in; opens the one
+ *     connection it keeps; job.create {job, limits from
+ *     S_JOB_ALLOC_MEM/CORES}; task.place {job, step, pid: getpid(), leaf:
+ *     "slurm", stepLimits from S_STEP_ALLOC_*, stepDevices:{gres}}
+ *     (makes the step; the extern step, which has no tasks, is done there).
+ *   slurm_spank_task_init_privileged (the forked task, root, before exec):
+ *     reports a step that could not be placed, ending the task (closed).
+ *   slurm_spank_task_post_fork (slurmstepd, root, each task, before Slurm
+ *     lets any task exec): task.place {job, step, pid: S_TASK_PID, task:
+ *     S_TASK_GLOBAL_ID} on the kept connection.
  *   slurm_spank_exit (once per step, after its tasks were reaped):
  *     slurmstepd leaves the step's slurm/ leaf (back to where it started),
  *     destroy {job, step, force: true, reapJob: true}.
  *   slurm_spank_job_epilog (slurmd's epilog, once per job and node):
  *     destroy {job, force: true}: whatever a step could not clean.
- * GPUs: SLURM_STEP_GPUS (else SLURM_JOB_GPUS for the batch step, else
- * CUDA_VISIBLE_DEVICES) from the task's environment; Slurm writes these for
- * the step it launches; each index N becomes "gpu:N" (the N-th File= of gres
- * gpu in gres.conf, which cgstepd is given with --gres).
+ * GPUs: the job's from the prolog (above); the step's from SLURM_STEP_GPUS
+ * (else SLURM_JOB_GPUS for the batch step, else CUDA_VISIBLE_DEVICES) in the
+ * step's environment, which can only narrow the job's: the agent refuses a
+ * step asking for a GPU outside its job's allocation. Each index N becomes
+ * "gpu:N" (the N-th File= of gres gpu in gres.conf, which cgstepd is given
+ * with --gres).
  *
- * Failure policy: an unreachable agent, a timeout or an error reply ends the
- * task before exec with exit code 1 (failure=closed, the default; as Slurm
- * does for a required plugin's -1, and also when the plugin is listed as
- * optional), and slurm_error() puts a line naming the socket and the error in
- * the job's stderr. failure=open logs the same line and lets the task run
- * unconfined.
+ * Failure policy: an unreachable agent, a timeout, an error reply or a server
+ * that is not root (or agent_uid=) ends the task before exec (failure=closed,
+ * the default; also when the plugin is listed as optional, where Slurm would
+ * ignore a -1), and slurm_error() puts a line naming the socket and the error
+ * in the job's stderr. failure=open logs the same line and lets the task run
+ * unconfined. The prolog and epilog never fail (that would drain the node).
  *
  * The wire protocol is src/rpc/protocol.ts: one JSON object per line each way
  * over a Unix stream socket; replies {id, ok:true, result} or
@@ -46,6 +54,8 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,6 +113,20 @@ static int parse_int(const char *s, int min, int max, int *out)
 	return 0;
 }
 
+/* The last option error, logged where it is found and repeated by each task (the job's stderr). */
+static char config_err[700];
+
+static void config_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void config_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(config_err, sizeof(config_err), fmt, ap);
+	va_end(ap);
+	slurm_error("%s", config_err);
+}
+
 static int parse_config(int ac, char **av, struct config *c)
 {
 	int i;
@@ -117,26 +141,26 @@ static int parse_config(int ac, char **av, struct config *c)
 		const char *a = av[i];
 		if (!strncmp(a, "socket=", 7)) {
 			if (a[7] != '/' || strlen(a + 7) >= sizeof(c->socket)) {
-				slurm_error("cgstep: socket= needs an absolute path shorter than %zu bytes, got \"%s\"",
+				config_error("cgstep: socket= needs an absolute path shorter than %zu bytes, got \"%s\"",
 					    sizeof(c->socket), a + 7);
 				return -1;
 			}
 			strcpy(c->socket, a + 7);
 		} else if (!strncmp(a, "timeout_ms=", 11)) {
 			if (parse_int(a + 11, 1, 3600000, &c->timeout_ms)) {
-				slurm_error("cgstep: timeout_ms= needs 1..3600000, got \"%s\"", a + 11);
+				config_error("cgstep: timeout_ms= needs 1..3600000, got \"%s\"", a + 11);
 				return -1;
 			}
 		} else if (!strncmp(a, "destroy_timeout_ms=", 19)) {
 			if (parse_int(a + 19, 1, 3600000, &c->destroy_timeout_ms)) {
-				slurm_error("cgstep: destroy_timeout_ms= needs 1..3600000, got \"%s\"", a + 19);
+				config_error("cgstep: destroy_timeout_ms= needs 1..3600000, got \"%s\"", a + 19);
 				return -1;
 			}
 		} else if (!strncmp(a, "agent_uid=", 10)) {
 			int uid;
 
 			if (parse_int(a + 10, 0, INT_MAX, &uid)) {
-				slurm_error("cgstep: agent_uid= needs a numeric uid, got \"%s\"", a + 10);
+				config_error("cgstep: agent_uid= needs a numeric uid, got \"%s\"", a + 10);
 				return -1;
 			}
 			c->agent_uid = (uid_t)uid;
@@ -157,7 +181,7 @@ static int parse_config(int ac, char **av, struct config *c)
 		} else if (!strcmp(a, "cpus=no")) {
 			c->cpus = CPUS_NO;
 		} else {
-			slurm_error("cgstep: unknown plugstack.conf option \"%s\" (known: socket=PATH agent_uid=UID timeout_ms=N destroy_timeout_ms=N failure=closed|open devices=yes|try|no cpus=auto|yes|no)", a);
+			config_error("cgstep: unknown plugstack.conf option \"%s\" (known: socket=PATH agent_uid=UID timeout_ms=N destroy_timeout_ms=N failure=closed|open devices=yes|try|no cpus=auto|yes|no)", a);
 			return -1;
 		}
 	}
@@ -227,14 +251,14 @@ static int send_cpus(const struct config *c)
 	return v[0] == '0';
 }
 
-/* "limits":{...} from a memory (MB) and a core list; nothing when both absent. */
-static void put_limits(struct buf *b, uint64_t mem_mb, const char *cores)
+/* ,"KEY":{...} from a memory (MB) and a core list; nothing when both absent. */
+static void put_limits(struct buf *b, const char *key, uint64_t mem_mb, const char *cores)
 {
 	int any = 0;
 
 	if (mem_mb == 0 && !valid_cpu_list(cores))
 		return;
-	bput(b, ",\"limits\":{");
+	bput(b, ",\"%s\":{", key);
 	if (valid_cpu_list(cores)) {
 		bput(b, "\"cpus\":");
 		bput_str(b, cores);
@@ -246,23 +270,68 @@ static void put_limits(struct buf *b, uint64_t mem_mb, const char *cores)
 	bput(b, "}");
 }
 
+/* ,"KEY":{"gres":["gpu:N",...]}: an empty list denies every gres device. */
+static void put_gres(struct buf *b, const char *key, const int *gpus, int n)
+{
+	int i;
+
+	bput(b, ",\"%s\":{\"gres\":[", key);
+	for (i = 0; i < n; i++)
+		bput(b, "%s\"gpu:%d\"", i ? "," : "", gpus[i]);
+	bput(b, "]}");
+}
+
 /*
- * GPU indices from the task's environment into "gpu:N" entries. Slurm sets
- * SLURM_STEP_GPUS for a step with GPUs (SLURM_JOB_GPUS in the batch step) and
- * CUDA_VISIBLE_DEVICES. Returns the count, 0 for none, -1 (with msg) when a
- * value cannot be read.
+ * A GPU index list ("0,2") from variable var into idx[]. Returns the count, 0
+ * for none (empty, or Slurm's "NoDevFiles" for a gres without device files),
+ * -1 (with msg) when it is not a list of indices.
+ */
+static int parse_gpus(const char *var, char *val, int idx[], int max, char *msg, size_t msglen)
+{
+	char orig[128], *p, *save = NULL, *tok;
+	int n = 0;
+
+	if (!val[0] || !strcmp(val, "NoDevFiles"))
+		return 0;
+	snprintf(orig, sizeof(orig), "%.120s%s", val, strlen(val) > 120 ? "..." : "");
+	for (p = val; (tok = strtok_r(p, ",", &save)); p = NULL) {
+		char *end;
+		long v;
+
+		while (*tok == ' ')
+			tok++;
+		errno = 0;
+		v = strtol(tok, &end, 10);
+		if (errno || end == tok || *end || v < 0 || v > 65535) {
+			snprintf(msg, msglen, "%s=%s: \"%.32s\" is not a GPU index", var, orig, tok);
+			return -1;
+		}
+		if (n >= max) {
+			snprintf(msg, msglen, "%s lists more than %d GPUs", var, max);
+			return -1;
+		}
+		idx[n++] = (int)v;
+	}
+	return n;
+}
+
+/*
+ * The step's GPUs from the step's environment. Slurm sets SLURM_STEP_GPUS for
+ * a step with GPUs (SLURM_JOB_GPUS in the batch step) and
+ * CUDA_VISIBLE_DEVICES. The user can reach this environment, so these only
+ * narrow: the job's allocation, set from slurmd's side (job_prolog), bounds
+ * them in the agent. Returns the count, 0 for none, -1 (with msg).
  */
 static int gpus_from_env(spank_t sp, uint32_t stepid, int idx[], int max, char *msg, size_t msglen)
 {
 	static const char *const vars_step[] = { "SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES", NULL };
 	static const char *const vars_batch[] = { "SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES", NULL };
 	const char *const *vars = stepid == SLURM_BATCH_SCRIPT ? vars_batch : vars_step;
-	char val[4096], orig[128];
-	int i, n = 0;
+	char val[4096];
+	int i, n;
 
 	for (i = 0; vars[i]; i++) {
 		spank_err_t rc = spank_getenv(sp, vars[i], val, sizeof(val));
-		char *p, *save = NULL, *tok;
 
 		if (rc == ESPANK_ENV_NOEXIST)
 			continue;
@@ -270,29 +339,8 @@ static int gpus_from_env(spank_t sp, uint32_t stepid, int idx[], int max, char *
 			snprintf(msg, msglen, "cannot read %s: %s", vars[i], spank_strerror(rc));
 			return -1;
 		}
-		/* Empty, or Slurm's marker for a gres without device files. */
-		if (!val[0] || !strcmp(val, "NoDevFiles"))
-			continue;
-		snprintf(orig, sizeof(orig), "%.120s%s", val, strlen(val) > 120 ? "..." : "");
-		for (p = val; (tok = strtok_r(p, ",", &save)); p = NULL) {
-			char *end;
-			long v;
-
-			while (*tok == ' ')
-				tok++;
-			errno = 0;
-			v = strtol(tok, &end, 10);
-			if (errno || end == tok || *end || v < 0 || v > 65535) {
-				snprintf(msg, msglen, "%s=%s: \"%.32s\" is not a GPU index", vars[i], orig, tok);
-				return -1;
-			}
-			if (n >= max) {
-				snprintf(msg, msglen, "%s lists more than %d GPUs", vars[i], max);
-				return -1;
-			}
-			idx[n++] = (int)v;
-		}
-		return n;
+		if ((n = parse_gpus(vars[i], val, idx, max, msg, msglen)) != 0)
+			return n;
 	}
 	return 0;
 }
@@ -399,14 +447,40 @@ static int leave_step_cgroup(const char *stepdir_suffix)
 }
 
 /* ------------------------------------------------------------------------ */
-/* callbacks                                                                  */
+/* this slurmstepd's step: one connection, kept from init to exit            */
+
+/*
+ * slurmstepd runs slurm_spank_init, forks its tasks (each runs
+ * task_init_privileged, then waits for slurmstepd's go before exec), runs
+ * task_post_fork for each task in the parent, then lets them exec, and runs
+ * slurm_spank_exit after they were reaped. The step is placed once, from
+ * init; each task is placed from task_post_fork, in the parent, over the one
+ * connection, before the go: a task never execs outside its leaf. Forked
+ * tasks inherit this state: a step that could not be placed is reported by
+ * each task from task_init_privileged, where the message reaches the job's
+ * stderr.
+ */
+static struct {
+	struct config c;
+	int bad_config;   /* plugstack.conf options did not parse (logged) */
+	int have_ids;     /* job, stepid, step, owner read */
+	int sent;         /* a request was sent: the step may exist */
+	uint32_t job, stepid;
+	char step[16];
+	uid_t owner;      /* the job's uid (S_JOB_UID) */
+	struct client cl; /* the kept connection; cl.fd < 0 when closed */
+	/* Set when the step could not be placed: what failed and why. */
+	const char *what;
+	char err[1100];
+	/* Set when a task could not be placed (failure=closed): why; later tasks are not tried. */
+	char task_err[1100];
+} st;
 
 static int is_remote(spank_t sp)
 {
 	return spank_context() == S_CTX_REMOTE && spank_remote(sp) == 1;
 }
 
-/* Report a failure by policy: -1 when closed, 0 (logged) when open. */
 /*
  * The task fails closed by ending itself: this runs in the forked task before
  * exec, so only the task dies (exit code 1), exactly as Slurm does after a
@@ -435,44 +509,62 @@ static int fail(const struct config *c, const char *what, uint32_t job, const ch
 	return -1;
 }
 
-static int place_extern(spank_t sp, const struct config *c);
-
-int slurm_spank_init(spank_t sp, int ac, char **av)
+/* Remember why the step cannot be placed (the first reason wins). */
+static void step_failed(const char *what, const char *err)
 {
-	struct config c;
-	uint32_t stepid = 0;
-	int bad;
-
-	if (!is_remote(sp))
-		return 0;
-	if (own_cgroup(start_cgroup, sizeof(start_cgroup)))
-		start_cgroup[0] = 0;
-	/*
-	 * A bad option is logged here (slurmd's log) but fails the step in
-	 * task_init_privileged, whose message reaches the job's stderr; failing
-	 * here would only show "Plugin initialization failed" with srun exit 0.
-	 */
-	bad = parse_config(ac, av, &c);
-	if (spank_get_item(sp, S_JOB_STEPID, &stepid) != ESPANK_SUCCESS || stepid != SLURM_EXTERN_CONT)
-		return 0;
-	/* The extern step (PrologFlags=contain) runs no task callbacks: place it here. */
-	return bad ? -1 : place_extern(sp, &c);
+	if (st.what)
+		return;
+	st.what = what;
+	snprintf(st.err, sizeof(st.err), "%.1000s", err);
 }
 
 /*
- * Read the allocation and the GPUs (before any connection: a bad input is
- * reported whether or not the agent is up), connect, and create the job (with
- * the job's allocation) and the step (with the step's allocation and GPUs).
- * 0 with cl open, or -1 with *what and err set and cl closed.
+ * One request on the kept connection, opened when closed. A connection the
+ * agent dropped before replying (a restart) is opened again and the request
+ * sent once more: every request sent here is idempotent. Any other failure
+ * but an error reply closes it, so that a late reply is never taken for the
+ * next request's. 0, or -1 with st.cl.err set.
  */
-static int place_step(spank_t sp, const struct config *c, struct client *cl, uint32_t job, uint32_t stepid,
-		      const char *step, const char **what, char *err, size_t errlen)
+static int kept_call(const char *body, int timeout_ms, struct reply *r)
 {
+	int tries;
+
+	for (tries = 0; tries < 2; tries++) {
+		if (st.cl.fd < 0 && client_open(&st.cl, st.c.socket, st.c.timeout_ms, st.c.agent_uid))
+			return -1;
+		st.sent = 1;
+		if (client_call(&st.cl, body, timeout_ms, r) == 0)
+			return 0;
+		if (!st.cl.usable) {
+			int dropped = st.cl.dropped;
+			char err[sizeof(st.cl.err)];
+
+			memcpy(err, st.cl.err, sizeof(err));
+			client_close(&st.cl);
+			memcpy(st.cl.err, err, sizeof(err));
+			if (dropped)
+				continue;
+		}
+		return -1;
+	}
+	return -1;
+}
+
+/*
+ * The step, once per slurmstepd: the job's limits (job.create, which also
+ * makes the job when slurmd's prolog could not), then the step with its
+ * limits and GPUs, made by placing this slurmstepd in its slurm/ leaf
+ * (task.place). Inputs are read before any connection, so that a bad one is
+ * reported whether or not the agent is up. 0, or -1 after step_failed().
+ */
+static int place_step(spank_t sp)
+{
+	const struct config *c = &st.c;
 	struct reply r;
 	struct buf b;
 	uint64_t job_mem = 0, step_mem = 0;
-	char *job_cores = NULL, *step_cores = NULL;
-	int gpus[MAX_GPUS], ngpus = 0, i;
+	char *job_cores = NULL, *step_cores = NULL, msg[1024];
+	int gpus[MAX_GPUS], ngpus = 0;
 
 	/* Allocations as Slurm reports them; absent ones are left out. */
 	if (spank_get_item(sp, S_JOB_ALLOC_MEM, &job_mem) != ESPANK_SUCCESS)
@@ -483,178 +575,230 @@ static int place_step(spank_t sp, const struct config *c, struct client *cl, uin
 		job_cores = NULL;
 	if (!send_cpus(c) || spank_get_item(sp, S_STEP_ALLOC_CORES, &step_cores) != ESPANK_SUCCESS)
 		step_cores = NULL;
-	if (c->devices && (ngpus = gpus_from_env(sp, stepid, gpus, MAX_GPUS, err, errlen)) < 0) {
-		*what = "reading the step's GPUs";
+	if (c->devices && (ngpus = gpus_from_env(sp, st.stepid, gpus, MAX_GPUS, msg, sizeof(msg))) < 0) {
+		step_failed("reading the step's GPUs", msg);
 		return -1;
 	}
-	if (client_open(cl, c->socket, c->timeout_ms, c->agent_uid)) {
-		snprintf(err, errlen, "%.1000s", cl->err);
+
+	if (client_open(&st.cl, c->socket, c->timeout_ms, c->agent_uid)) {
+		step_failed("placing the task", st.cl.err);
+		return -1;
+	}
+	memset(&b, 0, sizeof(b));
+	bput(&b, "\"op\":\"job.create\",\"job\":\"%" PRIu32 "\"", st.job);
+	put_limits(&b, "limits", job_mem, job_cores);
+	if (kept_call(b.s, c->timeout_ms, NULL)) {
+		step_failed("creating the job's cgroup", st.cl.err);
 		return -1;
 	}
 
 	memset(&b, 0, sizeof(b));
-	bput(&b, "\"op\":\"job.create\",\"job\":\"%" PRIu32 "\"", job);
-	put_limits(&b, job_mem, job_cores);
-	if (client_call(cl, b.s, c->timeout_ms, NULL)) {
-		*what = "creating the job's cgroup";
-		snprintf(err, errlen, "%.1000s", cl->err);
-		client_close(cl);
-		return -1;
-	}
-
-	memset(&b, 0, sizeof(b));
-	bput(&b, "\"op\":\"step.create\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\"", job, step);
-	put_limits(&b, step_mem, step_cores);
-	if (c->devices) {
-		bput(&b, ",\"devices\":{\"gres\":[");
-		for (i = 0; i < ngpus; i++)
-			bput(&b, "%s\"gpu:%d\"", i ? "," : "", gpus[i]);
-		bput(&b, "]}");
-	}
-	if (client_call(cl, b.s, c->timeout_ms, &r)) {
-		*what = "creating the step's cgroup";
-		snprintf(err, errlen, "%.1000s", cl->err);
-		client_close(cl);
+	bput(&b, "\"op\":\"task.place\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\",\"pid\":%d,\"leaf\":\"slurm\"",
+	     st.job, st.step, (int)getpid());
+	put_limits(&b, "stepLimits", step_mem, step_cores);
+	if (c->devices)
+		put_gres(&b, "stepDevices", gpus, ngpus);
+	if (kept_call(b.s, c->timeout_ms, &r)) {
+		step_failed("creating the step's cgroup", st.cl.err);
 		return -1;
 	}
 	if (c->devices == DEVICES_YES && r.devices_ignored[0]) {
-		*what = "confining the step's devices";
-		snprintf(err, errlen, "%.600s; devices=try in plugstack.conf runs tasks without device confinement", r.devices_ignored);
-		client_close(cl);
+		snprintf(msg, sizeof(msg), "%.600s; devices=try in plugstack.conf runs tasks without device confinement", r.devices_ignored);
+		step_failed("confining the step's devices", msg);
 		return -1;
 	}
 	return 0;
 }
 
-/* attach {job, step, pid, task | leaf} on an open connection. */
-static int attach(const struct config *c, struct client *cl, uint32_t job, const char *step, pid_t pid, long task, const char *leaf)
+int slurm_spank_init(spank_t sp, int ac, char **av)
 {
-	struct buf b;
-
-	memset(&b, 0, sizeof(b));
-	bput(&b, "\"op\":\"attach\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\",\"pid\":%d", job, step, (int)pid);
-	if (leaf)
-		bput(&b, ",\"leaf\":\"%s\"", leaf);
-	else
-		bput(&b, ",\"task\":%ld", task);
-	return client_call(cl, b.s, c->timeout_ms, NULL);
-}
-
-int slurm_spank_task_init_privileged(spank_t sp, int ac, char **av)
-{
-	struct config c;
-	struct client cl;
-	uint32_t job = 0, stepid = 0, gtid = 0;
-	int ltid = -1;
-	const char *what = "placing the task";
-	char step[16], msg[1024];
-	spank_err_t rc;
-
+	memset(&st, 0, sizeof(st));
+	st.cl.fd = -1;
 	if (!is_remote(sp))
 		return 0;
-	if (parse_config(ac, av, &c)) {
+	if (own_cgroup(start_cgroup, sizeof(start_cgroup)))
+		start_cgroup[0] = 0;
+	/*
+	 * A bad option or a failed placement is logged here (slurmd's log) but
+	 * fails the step's tasks in task_init_privileged, whose message reaches
+	 * the job's stderr; failing here would only show "Plugin initialization
+	 * failed" with srun exit 0.
+	 */
+	if ((st.bad_config = parse_config(ac, av, &st.c)))
+		return 0;
+	if (spank_get_item(sp, S_JOB_ID, &st.job) != ESPANK_SUCCESS ||
+	    spank_get_item(sp, S_JOB_STEPID, &st.stepid) != ESPANK_SUCCESS ||
+	    spank_get_item(sp, S_JOB_UID, &st.owner) != ESPANK_SUCCESS) {
+		step_failed("placing the step", "cannot read the job id, step id or job uid from Slurm");
+		return 0;
+	}
+	if (step_name(st.stepid, st.step, sizeof(st.step))) {
+		char msg[64];
+
+		snprintf(msg, sizeof(msg), "step id 0x%" PRIx32 " has no name", st.stepid);
+		snprintf(st.step, sizeof(st.step), "?");
+		step_failed("placing the task", msg);
+		return 0;
+	}
+	st.have_ids = 1;
+	if (place_step(sp) == 0 || st.stepid != SLURM_EXTERN_CONT)
+		return 0;
+	/*
+	 * The extern step (PrologFlags=contain) runs no task callbacks: its
+	 * failure fails the step, which Slurm treats as a failed job launch.
+	 */
+	slurm_error("cgstep: %s for job %" PRIu32 " step extern failed (cgstepd at %s: %s)%s", st.what, st.job, st.c.socket,
+		    st.err, st.c.fail_open ? "; failure=open: continuing without cgroup confinement" : "");
+	return st.c.fail_open ? 0 : -1;
+}
+
+/* In the forked task, as root, before exec: report a step that could not be placed. */
+int slurm_spank_task_init_privileged(spank_t sp, int ac, char **av)
+{
+	if (!is_remote(sp))
+		return 0;
+	/* The task has no use for slurmstepd's connection (it is close-on-exec anyway). */
+	if (st.cl.fd >= 0)
+		close(st.cl.fd);
+	st.cl.fd = -1;
+	if (st.bad_config) {
+		slurm_error("%s", config_err);
 		slurm_error("cgstep: bad options in plugstack.conf; task not started");
 		CGSTEP_TASK_EXIT(1);
 		return -1;
 	}
-	if ((rc = spank_get_item(sp, S_JOB_ID, &job)) != ESPANK_SUCCESS ||
-	    (rc = spank_get_item(sp, S_JOB_STEPID, &stepid)) != ESPANK_SUCCESS ||
-	    (rc = spank_get_item(sp, S_TASK_GLOBAL_ID, &gtid)) != ESPANK_SUCCESS) {
-		snprintf(msg, sizeof(msg), "reading the job, step or task id from Slurm: %s", spank_strerror(rc));
-		return fail(&c, what, job, "?", msg);
-	}
-	if (spank_get_item(sp, S_TASK_ID, &ltid) != ESPANK_SUCCESS)
-		ltid = -1;
-	if (step_name(stepid, step, sizeof(step))) {
-		snprintf(msg, sizeof(msg), "step id 0x%" PRIx32 " has no name", stepid);
-		return fail(&c, what, job, "?", msg);
-	}
-	if (place_step(sp, &c, &cl, job, stepid, step, &what, msg, sizeof(msg)))
-		return fail(&c, what, job, step, msg);
-	/* This task: getpid() (S_TASK_PID is not set yet). */
-	if (attach(&c, &cl, job, step, getpid(), (long)gtid, NULL)) {
-		snprintf(msg, sizeof(msg), "%.1000s", cl.err);
-		what = "placing the task";
-		goto failed;
-	}
-	/* The step daemon (our parent), once per node: the step's slurm/ leaf. */
-	if (ltid == 0 && attach(&c, &cl, job, step, getppid(), 0, "slurm")) {
-		snprintf(msg, sizeof(msg), "%.1000s", cl.err);
-		what = "placing slurmstepd";
-		goto failed;
-	}
-	client_close(&cl);
+	if (st.what)
+		return fail(&st.c, st.what, st.job, st.have_ids ? st.step : "?", st.err);
 	return 0;
-failed:
-	client_close(&cl);
-	return fail(&c, what, job, step, msg);
 }
 
 /*
- * The extern step (PrologFlags=contain): slurmstepd, in slurm_spank_init,
- * creates the step and goes into its slurm/ leaf; the process that holds the
- * step open is forked after this and follows it there. Failing fails the
- * step, which Slurm treats as a failed job launch.
+ * In slurmstepd, as root, for each forked task before any may exec: place it
+ * in its leaf. A task that cannot be placed is killed before it can exec
+ * (failure=closed), and so is every later task of the step.
  */
-static int place_extern(spank_t sp, const struct config *c)
+int slurm_spank_task_post_fork(spank_t sp, int ac, char **av)
 {
-	struct client cl;
-	uint32_t job = 0;
-	const char *what = "placing the extern step";
-	char msg[1024];
+	pid_t pid = 0;
+	uint32_t gtid = 0;
+	struct buf b;
+	char msg[1100];
 
-	if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS)
-		return c->fail_open ? 0 : -1;
-	if (place_step(sp, c, &cl, job, SLURM_EXTERN_CONT, "extern", &what, msg, sizeof(msg)) == 0) {
-		int rc = attach(c, &cl, job, "extern", getpid(), 0, "slurm");
-
-		snprintf(msg, sizeof(msg), "%.1000s", cl.err);
-		client_close(&cl);
-		if (rc == 0)
-			return 0;
+	if (!is_remote(sp) || st.bad_config || !st.have_ids)
+		return 0;
+	if (spank_get_item(sp, S_TASK_PID, &pid) != ESPANK_SUCCESS || pid <= 0) {
+		slurm_error("cgstep: job %" PRIu32 " step %s: no task pid from Slurm (S_TASK_PID)", st.job, st.step);
+		return -1;
 	}
-	slurm_error("cgstep: %s for job %" PRIu32 " failed (cgstepd at %s: %s)%s", what, job, c->socket, msg,
-		    c->fail_open ? "; failure=open: continuing without cgroup confinement" : "");
-	return c->fail_open ? 0 : -1;
+	if (st.what) {
+		/* Placing the step failed: the task reports it itself (task_init_privileged). */
+		return 0;
+	}
+	if (spank_get_item(sp, S_TASK_GLOBAL_ID, &gtid) != ESPANK_SUCCESS) {
+		snprintf(msg, sizeof(msg), "no task id from Slurm (S_TASK_GLOBAL_ID)");
+	} else if (st.task_err[0]) {
+		snprintf(msg, sizeof(msg), "an earlier task of the step could not be placed: %.1000s", st.task_err);
+	} else {
+		memset(&b, 0, sizeof(b));
+		bput(&b, "\"op\":\"task.place\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\",\"pid\":%d,\"task\":%" PRIu32,
+		     st.job, st.step, (int)pid, gtid);
+		if (kept_call(b.s, st.c.timeout_ms, NULL) == 0)
+			return 0;
+		snprintf(msg, sizeof(msg), "%.1000s", st.cl.err);
+	}
+	if (st.c.fail_open) {
+		slurm_error("cgstep: placing task %" PRIu32 " (pid %d) for job %" PRIu32 " step %s failed (cgstepd at %s: %s); failure=open: continuing without cgroup confinement",
+			    gtid, (int)pid, st.job, st.step, st.c.socket, msg);
+		return 0;
+	}
+	slurm_error("cgstep: placing task %" PRIu32 " (pid %d) for job %" PRIu32 " step %s failed (cgstepd at %s: %s); task killed before exec (failure=closed)",
+		    gtid, (int)pid, st.job, st.step, st.c.socket, msg);
+	/* It waits for slurmstepd's go before exec: killed now, it never runs. */
+	kill(pid, SIGKILL);
+	if (!st.task_err[0])
+		snprintf(st.task_err, sizeof(st.task_err), "%s", msg);
+	return 0;
 }
 
 int slurm_spank_exit(spank_t sp, int ac, char **av)
 {
-	struct config c;
-	struct client cl;
 	struct buf b;
-	uint32_t job = 0, stepid = 0;
-	char step[16], suffix[64];
+	char suffix[64];
 
-	if (!is_remote(sp))
+	if (!is_remote(sp) || st.bad_config || !st.have_ids || !st.sent)
 		return 0;
-	if (parse_config(ac, av, &c))
-		return -1;
-	if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS ||
-	    spank_get_item(sp, S_JOB_STEPID, &stepid) != ESPANK_SUCCESS ||
-	    step_name(stepid, step, sizeof(step)))
-		return 0; /* nothing this plugin could have created */
-
-	snprintf(suffix, sizeof(suffix), "/job_%" PRIu32 "/step_%s/slurm", job, step);
+	snprintf(suffix, sizeof(suffix), "/job_%" PRIu32 "/step_%s/slurm", st.job, st.step);
 	if (leave_step_cgroup(suffix)) {
 		/* Destroying the step now would kill this slurmstepd: the job epilog does it. */
-		slurm_error("cgstep: job %" PRIu32 " step %s left for the job epilog to remove", job, step);
-		return c.fail_open ? 0 : -1;
-	}
-
-	if (client_open(&cl, c.socket, c.timeout_ms, c.agent_uid)) {
-		slurm_error("cgstep: removing job %" PRIu32 " step %s failed (cgstepd at %s: %s); its cgroups stay until cgstepd collects them",
-			    job, step, c.socket, cl.err);
-		return c.fail_open ? 0 : -1;
+		slurm_error("cgstep: job %" PRIu32 " step %s left for the job epilog to remove", st.job, st.step);
+		client_close(&st.cl);
+		return st.c.fail_open ? 0 : -1;
 	}
 	memset(&b, 0, sizeof(b));
-	bput(&b, "\"op\":\"destroy\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\",\"force\":true,\"reapJob\":true", job, step);
-	if (client_call(&cl, b.s, c.destroy_timeout_ms, NULL)) {
-		slurm_error("cgstep: removing job %" PRIu32 " step %s failed (cgstepd at %s: %s)", job, step, c.socket, cl.err);
-		client_close(&cl);
-		return c.fail_open ? 0 : -1;
+	bput(&b, "\"op\":\"destroy\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\",\"force\":true,\"reapJob\":true", st.job, st.step);
+	if (kept_call(b.s, st.c.destroy_timeout_ms, NULL)) {
+		slurm_error("cgstep: removing job %" PRIu32 " step %s failed (cgstepd at %s: %s); its cgroups stay until the job epilog or cgstepd removes them",
+			    st.job, st.step, st.c.socket, st.cl.err);
+		client_close(&st.cl);
+		return st.c.fail_open ? 0 : -1;
 	}
+	client_close(&st.cl);
+	return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* slurmd's prolog and epilog, once per job and node                          */
+
+/* One request on its own connection; a failure is logged ("creating" job N at its "prolog" failed), never returned. */
+static void call_once(const struct config *c, const char *body, int timeout_ms, const char *doing, uint32_t job, const char *when)
+{
+	struct client cl;
+
+	if (client_open(&cl, c->socket, c->timeout_ms, c->agent_uid) || client_call(&cl, body, timeout_ms, NULL))
+		slurm_error("cgstep: %s job %" PRIu32 " at its %s failed (cgstepd at %s: %s)", doing, job, when, c->socket, cl.err);
 	client_close(&cl);
+}
+
+/*
+ * Before any step of the job runs on this node (slurmd's prolog, as root):
+ * the job, with the GPUs Slurm allocated it here as its
+ * device allocation. SLURM_JOB_GPUS in this environment is slurmd's, from the
+ * job credential (every variable a user can add here is prefixed SPANK_), so
+ * the allocation does not come from anything the user controls; the steps'
+ * own GPU variables only narrow it. No SLURM_JOB_GPUS: no GPU. Never fails
+ * the prolog (that would drain the node): a job this could not create is made
+ * by its first step with no device allocation, so that its steps' GPUs are
+ * refused (fail closed).
+ */
+int slurm_spank_job_prolog(spank_t sp, int ac, char **av)
+{
+	struct config c;
+	struct buf b;
+	uint32_t job = 0;
+	uid_t owner = 0;
+	int gpus[MAX_GPUS], ngpus = 0;
+	char val[4096] = "", msg[1024];
+	const char *env;
+
+	if (spank_context() != S_CTX_JOB_SCRIPT)
+		return 0;
+	if (parse_config(ac, av, &c))
+		return 0;
+	if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS || spank_get_item(sp, S_JOB_UID, &owner) != ESPANK_SUCCESS) {
+		slurm_error("cgstep: job prolog: cannot read the job id or uid from Slurm");
+		return 0;
+	}
+	if ((env = getenv("SLURM_JOB_GPUS")))
+		snprintf(val, sizeof(val), "%s", env);
+	if (c.devices && (ngpus = parse_gpus("SLURM_JOB_GPUS", val, gpus, MAX_GPUS, msg, sizeof(msg))) < 0) {
+		slurm_error("cgstep: job %" PRIu32 " prolog: %s; the job gets no GPU", job, msg);
+		ngpus = 0;
+	}
+	memset(&b, 0, sizeof(b));
+	bput(&b, "\"op\":\"job.create\",\"job\":\"%" PRIu32 "\"", job);
+	if (c.devices)
+		put_gres(&b, "devices", gpus, ngpus);
+	call_once(&c, b.s, c.timeout_ms, "creating", job, "prolog");
 	return 0;
 }
 
@@ -668,7 +812,6 @@ int slurm_spank_exit(spank_t sp, int ac, char **av)
 int slurm_spank_job_epilog(spank_t sp, int ac, char **av)
 {
 	struct config c;
-	struct client cl;
 	struct buf b;
 	uint32_t job = 0;
 
@@ -678,14 +821,8 @@ int slurm_spank_job_epilog(spank_t sp, int ac, char **av)
 		return 0;
 	if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS)
 		return 0;
-	if (client_open(&cl, c.socket, c.timeout_ms, c.agent_uid)) {
-		slurm_error("cgstep: removing job %" PRIu32 " at its epilog failed (cgstepd at %s: %s)", job, c.socket, cl.err);
-		return 0;
-	}
 	memset(&b, 0, sizeof(b));
 	bput(&b, "\"op\":\"destroy\",\"job\":\"%" PRIu32 "\",\"force\":true", job);
-	if (client_call(&cl, b.s, c.destroy_timeout_ms, NULL))
-		slurm_error("cgstep: removing job %" PRIu32 " at its epilog failed (cgstepd at %s: %s)", job, c.socket, cl.err);
-	client_close(&cl);
+	call_once(&c, b.s, c.destroy_timeout_ms, "removing", job, "epilog");
 	return 0;
 }

@@ -146,6 +146,8 @@ int client_call(struct client *c, const char *body, int timeout_ms, struct reply
 	struct reply local;
 	struct reply *r = rp ? rp : &local;
 
+	c->usable = 0;
+	c->dropped = 0;
 	bput(&req, "{\"v\":\"1.0\",\"id\":%lld,%s}\n", id, body);
 	if (req.overflow) {
 		snprintf(c->err, sizeof(c->err), "request too long");
@@ -165,6 +167,7 @@ int client_call(struct client *c, const char *body, int timeout_ms, struct reply
 			snprintf(c->err, sizeof(c->err), "sending the request: %s", errno == ETIMEDOUT ? "timed out" : strerror(errno));
 			return -1;
 		}
+		c->dropped = errno == EPIPE || errno == ECONNRESET;
 		snprintf(c->err, sizeof(c->err), "sending the request: %s", strerror(errno));
 		return -1;
 	}
@@ -183,6 +186,7 @@ int client_call(struct client *c, const char *body, int timeout_ms, struct reply
 			continue;
 		}
 		if (got == 0) {
+			c->dropped = 1;
 			snprintf(c->err, sizeof(c->err), "cgstepd closed the connection before replying");
 			return -1;
 		}
@@ -197,6 +201,7 @@ int client_call(struct client *c, const char *body, int timeout_ms, struct reply
 				snprintf(c->err, sizeof(c->err), "waiting for the reply: %s", strerror(errno));
 			return -1;
 		}
+		c->dropped = errno == ECONNRESET;
 		snprintf(c->err, sizeof(c->err), "reading the reply: %s", strerror(errno));
 		return -1;
 	}
@@ -211,12 +216,15 @@ int client_call(struct client *c, const char *body, int timeout_ms, struct reply
 			return -1;
 		}
 	}
-	if (r->ok == 1 && r->id == id)
+	if (r->ok == 1 && r->id == id) {
+		c->usable = 1;
 		return 0;
+	}
 	if (r->ok == 1) {
 		snprintf(c->err, sizeof(c->err), "reply for request %lld while waiting for %lld", r->id, id);
 		return -1;
 	}
+	c->usable = 1;
 	snprintf(c->err, sizeof(c->err), "%s: %s", r->code[0] ? r->code : "error",
 		 r->message[0] ? r->message : "(no message)");
 	return -1;

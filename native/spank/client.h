@@ -22,6 +22,10 @@ struct client {
 	char in[MAX_LINE + 1];
 	size_t in_len;
 	char err[1200];
+	/* After client_call: 1 when a whole reply was read (the connection can carry another request). */
+	int usable;
+	/* After client_call: 1 when the server closed or reset the connection before replying (it restarted, say). */
+	int dropped;
 };
 
 long long now_ms(void);

@@ -2,9 +2,9 @@
  * native/spank/json.c: request building and the strict reply scanner (see
  * json.h). The scanner refuses malformed syntax (bad numbers or escapes,
  * control characters in strings, junk after the object, nesting past 64) and
- * copies out only id, ok, error.code, error.message and result.devicesIgnored;
- * strings are decoded to UTF-8 and truncated at a character boundary to fit
- * their fields.
+ * copies out only id, ok, error.code, error.message and result.devicesIgnored
+ * (or result.job's or result.step's); strings are decoded to UTF-8 and
+ * truncated at a character boundary to fit their fields.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -244,82 +244,30 @@ static int scan_number(struct scan *s, long long *out)
 
 static int skip_value(struct scan *s);
 
-static int skip_container(struct scan *s, char open, char close)
+/* Called with s at a member's value, which it must consume; ctx is the caller's. */
+typedef int (*member_fn)(struct scan *s, const char *key, void *ctx);
+
+/* An object (s at its '{'), each member's value handed to fn. */
+static int scan_object(struct scan *s, member_fn fn, void *ctx)
 {
 	int first = 1;
 
 	if (++s->depth > 64)
 		return -1;
-	s->p++; /* open */
-	(void)open;
+	s->p++;
 	for (;;) {
+		char key[32];
+
 		ws(s);
 		if (s->p >= s->end)
 			return -1;
-		if (*s->p == close) {
+		if (*s->p == '}') {
 			s->p++;
 			s->depth--;
 			return 0;
 		}
 		if (!first) {
 			if (*s->p != ',')
-				return -1;
-			s->p++;
-			ws(s);
-		}
-		first = 0;
-		if (close == '}') {
-			if (scan_string(s, NULL, 0))
-				return -1;
-			ws(s);
-			if (s->p >= s->end || *s->p != ':')
-				return -1;
-			s->p++;
-			ws(s);
-		}
-		if (skip_value(s))
-			return -1;
-	}
-}
-
-static int skip_value(struct scan *s)
-{
-	ws(s);
-	if (s->p >= s->end)
-		return -1;
-	switch (*s->p) {
-	case '"': return scan_string(s, NULL, 0);
-	case '{': return skip_container(s, '{', '}');
-	case '[': return skip_container(s, '[', ']');
-	case 't': return scan_literal(s, "true");
-	case 'f': return scan_literal(s, "false");
-	case 'n': return scan_literal(s, "null");
-	default: return scan_number(s, NULL);
-	}
-}
-
-/*
- * An object whose string members named k1/k2 are copied to v1/v2 (when not
- * NULL); every other member is skipped. A non-object value is skipped.
- */
-static int scan_members(struct scan *s, const char *k1, char *v1, size_t l1, const char *k2, char *v2, size_t l2)
-{
-	int first = 1;
-
-	ws(s);
-	if (s->p >= s->end || *s->p != '{')
-		return skip_value(s);
-	s->p++;
-	for (;;) {
-		char key[32];
-
-		ws(s);
-		if (s->p < s->end && *s->p == '}') {
-			s->p++;
-			return 0;
-		}
-		if (!first) {
-			if (s->p >= s->end || *s->p != ',')
 				return -1;
 			s->p++;
 			ws(s);
@@ -332,75 +280,127 @@ static int scan_members(struct scan *s, const char *k1, char *v1, size_t l1, con
 			return -1;
 		s->p++;
 		ws(s);
-		if (k1 && !strcmp(key, k1) && s->p < s->end && *s->p == '"') {
-			if (scan_string(s, v1, l1))
-				return -1;
-		} else if (k2 && !strcmp(key, k2) && s->p < s->end && *s->p == '"') {
-			if (scan_string(s, v2, l2))
-				return -1;
-		} else if (skip_value(s)) {
+		if (fn(s, key, ctx))
 			return -1;
-		}
 	}
+}
+
+static int skip_member(struct scan *s, const char *key, void *ctx)
+{
+	return skip_value(s);
+}
+
+/* An array (s at its '['), its values skipped. */
+static int skip_array(struct scan *s)
+{
+	int first = 1;
+
+	if (++s->depth > 64)
+		return -1;
+	s->p++;
+	for (;;) {
+		ws(s);
+		if (s->p >= s->end)
+			return -1;
+		if (*s->p == ']') {
+			s->p++;
+			s->depth--;
+			return 0;
+		}
+		if (!first) {
+			if (*s->p != ',')
+				return -1;
+			s->p++;
+		}
+		first = 0;
+		if (skip_value(s))
+			return -1;
+	}
+}
+
+static int skip_value(struct scan *s)
+{
+	ws(s);
+	if (s->p >= s->end)
+		return -1;
+	switch (*s->p) {
+	case '"': return scan_string(s, NULL, 0);
+	case '{': return scan_object(s, skip_member, NULL);
+	case '[': return skip_array(s);
+	case 't': return scan_literal(s, "true");
+	case 'f': return scan_literal(s, "false");
+	case 'n': return scan_literal(s, "null");
+	default: return scan_number(s, NULL);
+	}
+}
+
+static int is(const struct scan *s, char c)
+{
+	return s->p < s->end && *s->p == c;
+}
+
+/* error: code and message. */
+static int error_member(struct scan *s, const char *key, void *ctx)
+{
+	struct reply *r = ctx;
+
+	if (!strcmp(key, "code") && is(s, '"'))
+		return scan_string(s, r->code, sizeof(r->code));
+	if (!strcmp(key, "message") && is(s, '"'))
+		return scan_string(s, r->message, sizeof(r->message));
+	return skip_value(s);
+}
+
+/*
+ * result: devicesIgnored, there or in result.job / result.step (a placement
+ * reports each level it made); the first one found is kept.
+ */
+static int result_member(struct scan *s, const char *key, void *ctx)
+{
+	struct reply *r = ctx;
+
+	if (!strcmp(key, "devicesIgnored") && is(s, '"'))
+		return scan_string(s, r->devices_ignored[0] ? NULL : r->devices_ignored, sizeof(r->devices_ignored));
+	/* Depth 2: inside result, itself inside the reply. */
+	if (s->depth == 2 && (!strcmp(key, "job") || !strcmp(key, "step")) && is(s, '{'))
+		return scan_object(s, result_member, r);
+	return skip_value(s);
+}
+
+static int reply_member(struct scan *s, const char *key, void *ctx)
+{
+	struct reply *r = ctx;
+
+	if (!strcmp(key, "ok")) {
+		if (!scan_literal(s, "true"))
+			r->ok = 1;
+		else if (!scan_literal(s, "false"))
+			r->ok = 0;
+		else
+			return -1;
+		return 0;
+	}
+	if (!strcmp(key, "id") && s->p < s->end && (*s->p == '-' || (*s->p >= '0' && *s->p <= '9')))
+		return scan_number(s, &r->id);
+	if (!strcmp(key, "error") && is(s, '{'))
+		return scan_object(s, error_member, r);
+	if (!strcmp(key, "result") && is(s, '{'))
+		return scan_object(s, result_member, r);
+	return skip_value(s);
 }
 
 int parse_reply(const char *line, size_t len, struct reply *r)
 {
 	struct scan s = { line, line + len, 0 };
-	int first = 1;
 
 	memset(r, 0, sizeof(*r));
 	r->ok = -1;
 	r->id = -1;
 	ws(&s);
-	if (s.p >= s.end || *s.p != '{')
+	if (!is(&s, '{') || scan_object(&s, reply_member, r))
 		return -1;
-	s.p++;
-	for (;;) {
-		char key[32];
-
-		ws(&s);
-		if (s.p < s.end && *s.p == '}') {
-			s.p++;
-			break;
-		}
-		if (!first) {
-			if (s.p >= s.end || *s.p != ',')
-				return -1;
-			s.p++;
-			ws(&s);
-		}
-		first = 0;
-		if (scan_string(&s, key, sizeof(key)))
-			return -1;
-		ws(&s);
-		if (s.p >= s.end || *s.p != ':')
-			return -1;
-		s.p++;
-		ws(&s);
-		if (!strcmp(key, "ok")) {
-			if (!scan_literal(&s, "true"))
-				r->ok = 1;
-			else if (!scan_literal(&s, "false"))
-				r->ok = 0;
-			else
-				return -1;
-		} else if (!strcmp(key, "id") && s.p < s.end && (*s.p == '-' || (*s.p >= '0' && *s.p <= '9'))) {
-			if (scan_number(&s, &r->id))
-				return -1;
-		} else if (!strcmp(key, "error")) {
-			if (scan_members(&s, "code", r->code, sizeof(r->code), "message", r->message, sizeof(r->message)))
-				return -1;
-		} else if (!strcmp(key, "result")) {
-			if (scan_members(&s, "devicesIgnored", r->devices_ignored, sizeof(r->devices_ignored), NULL, NULL, 0))
-				return -1;
-		} else if (skip_value(&s)) {
-			return -1;
-		}
-	}
 	ws(&s);
 	if (s.p != s.end || r->ok < 0)
 		return -1;
 	return 0;
 }
-

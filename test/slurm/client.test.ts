@@ -2,8 +2,10 @@
  * The SPANK plugin's own C code outside Slurm (test/slurm/spank-driver.c
  * includes native/spank/cgstep_spank.c): its reply reader against JSON.parse
  * (fast-check), its socket client against servers that split, batch, delay,
- * mislabel, flood or drop replies, and its task/exit callbacks against a real
- * cgstepd. Needs only gcc and Slurm's headers.
+ * mislabel, flood or drop replies or run as another user, slurmd's prolog,
+ * and whole steps with the callbacks in Slurm 22.05's order (init, forked
+ * tasks held before exec, post_fork, exit) against scripted agents and a real
+ * cgstepd, forged GPU variables included. Needs only gcc and Slurm's headers.
  */
 import test from 'ava';
 import fc from 'fast-check';
@@ -277,45 +279,42 @@ async function foreignServer(): Promise<{ sock: string; lines: () => string[]; s
   };
 }
 
-cTest('client: a server that is not root (nor agent_uid=) is refused before any request; the task fails closed saying so', async (t) => {
-  const f = await foreignServer();
-  t.teardown(f.stop);
-  const r = await call(f.sock, 2000, [HELLO]);
-  t.is(r.open, -1);
-  t.regex(r.err!, /^refusing the server: it runs as uid 65534 \(pid \d+\), not as root \(agent_uid= unset\); not cgstepd, or agent_uid= in plugstack.conf must name its uid$/);
-  const task = await callbackAsync('task', [`socket=${f.sock}`], {});
-  t.is(task.exited, 1);
-  t.regex(task.errors[0], new RegExp(`^cgstep: placing the task for job 1 step 0 failed \\(cgstepd at ${f.sock.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: refusing the server: it runs as uid 65534 .*\\); task not started \\(failure=closed\\)$`));
-  t.deepEqual(f.lines(), [], 'nothing was sent to it');
-  // Named as the agent's uid, it is accepted.
-  const ok = await callbackAsync('task', [`socket=${f.sock}`, 'agent_uid=65534', 'devices=no'], {});
-  t.deepEqual(ok, { rc: 0, errors: [] });
-  t.true(f.lines().length > 0);
-  t.regex(callback('task', ['agent_uid=x'], {}).errors[0], /agent_uid= needs a numeric uid, got "x"/);
-});
-
-// The callbacks against a real agent, run from a shell so that getppid() (the
-// "step daemon") is that shell and not this test worker.
-let root: string;
-let agent: RunningAgent;
-
-async function realAgent(): Promise<RunningAgent> {
-  if (!agent) {
-    root = makeTestRoot('spank-client');
-    agent = await startAgent({ root, args: ['--ignore-systemd', '--node-name', 'node1', '--ignore-missing-controllers'] });
-  }
-  return agent;
+/** What one `driver step` printed: the tasks that ran, those that ended themselves, other lines, and the summary. */
+interface StepOut {
+  init: number;
+  exit: number;
+  errors: string[];
+  tasks: { task: number; pid: number; exit: number; signal: number }[];
+  ran: { task: number; cgroup: string }[];
+  exited: { exited: number; errors: string[] }[];
+  other: any[];
 }
 
-test.after.always(async () => {
-  await agent?.stop();
-  if (root) await removeTestRoot(root);
-});
-
-/** The same, without blocking this process (for servers living in it). */
-function callbackAsync(kind: 'task' | 'exit', args: string[], env: Record<string, string>): Promise<{ rc: number; exited?: number; errors: string[] }> {
+/** One slurmstepd's step through the plugin (driver step), as Slurm 22.05 orders the callbacks. */
+function step(args: string[], env: Record<string, string>, prefix: string[] = []): Promise<StepOut> {
   return new Promise((resolve, reject) => {
-    const p = spawn('sh', ['-c', `"$@"; true`, 'sh', driver, kind, ...args], { env: { PATH: process.env.PATH!, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+    const argv = [...prefix, driver, 'step', ...args];
+    const p = spawn(argv[0], argv.slice(1), { env: { PATH: process.env.PATH!, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.on('error', reject);
+    p.on('close', () => {
+      const lines = out.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
+      const summary = lines.find((l) => 'init' in l);
+      if (!summary) return reject(new Error(`driver step printed no summary: ${out}`));
+      resolve({
+        ...summary,
+        ran: lines.filter((l) => l.ran),
+        exited: lines.filter((l) => 'exited' in l),
+        other: lines.filter((l) => !('init' in l) && !l.ran && !('exited' in l)),
+      });
+    });
+  });
+}
+
+function prolog(args: string[], env: Record<string, string>): Promise<{ rc: number; errors: string[] }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(driver, ['prolog', ...args], { env: { PATH: process.env.PATH!, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     p.stdout.on('data', (d) => (out += d));
     p.on('error', reject);
@@ -323,130 +322,290 @@ function callbackAsync(kind: 'task' | 'exit', args: string[], env: Record<string
   });
 }
 
-function callback(kind: 'task' | 'exit', args: string[], env: Record<string, string>) {
-  const r = spawnSync('sh', ['-c', `"$@"; true`, 'sh', driver, kind, ...args], { encoding: 'utf8', env: { PATH: process.env.PATH!, ...env } });
-  return JSON.parse(r.stdout.trim().split('\n').pop()!) as { rc: number; exited?: number; errors: string[] };
+/** A scripted agent recording each request with its connection's number. */
+async function recorder(reply: (req: any, n: number, s: net.Socket) => boolean | void = () => undefined) {
+  const seen: { req: any; conn: number }[] = [];
+  const conns = new Map<net.Socket, number>();
+  const sock = path.join(dir, `r${Math.random().toString(36).slice(2)}.sock`);
+  const server = await lineServer(sock, (line, s) => {
+    if (!conns.has(s)) conns.set(s, conns.size);
+    const req = JSON.parse(line);
+    seen.push({ req, conn: conns.get(s)! });
+    if (!reply(req, seen.length - 1, s)) s.write(JSON.stringify({ id: req.id, ok: true, result: {} }) + '\n');
+  });
+  return { sock, seen, reqs: () => seen.map((x) => x.req), close: () => server.close() };
 }
 
-cTest('task_init_privileged and exit against a real cgstepd: the task leaf, the step daemon, limits, the step removed with its job', async (t) => {
-  const a = await realAgent();
-  const status = (await (await a.client()).request('status', {})) as { scope: string };
-  const env = { DRV_JOB: '77', DRV_STEP: String(0xfffffffb), DRV_TASK: '3', DRV_LTASK: '0', DRV_JOB_MEM: '512', DRV_STEP_MEM: '256', DRV_JOB_CORES: '0-1', DRV_STEP_CORES: '1' };
-  const r = callback('task', [`socket=${a.socket}`, 'devices=try'], env);
-  t.deepEqual(r, { rc: 0, errors: [] });
-  const step = path.join(status.scope, 'job_77', 'step_batch');
-  t.true(fs.existsSync(path.join(step, 'user', 'task_3')));
-  t.true(fs.existsSync(path.join(step, 'slurm')));
-  // The agent's log reaches us through a pipe: wait for the lines.
-  await until(() => a.logLines().filter((l) => l.msg === 'process attached' && l.job === '77').length === 2, 5000, 'the attach log lines');
-  const logs = a.logLines();
-  t.truthy(logs.find((l) => l.msg === 'job created' && l.job === '77'));
-  const created = logs.find((l) => l.msg === 'step created' && l.job === '77' && l.step === 'batch');
-  t.truthy(created);
-  t.true(logs.filter((l) => l.msg === 'process attached' && l.job === '77').length === 2, 'the task and the step daemon');
-  const e = callback('exit', [`socket=${a.socket}`], env);
-  t.deepEqual(e, { rc: 0, errors: [] });
-  t.false(fs.existsSync(path.join(status.scope, 'job_77')));
-  t.true(MOUNT.length > 0);
+cTest('client: a server that is not root (nor agent_uid=) is refused before any request; the task fails closed saying so', async (t) => {
+  const f = await foreignServer();
+  t.teardown(f.stop);
+  const r = await call(f.sock, 2000, [HELLO]);
+  t.is(r.open, -1);
+  t.regex(r.err!, /^refusing the server: it runs as uid 65534 \(pid \d+\), not as root \(agent_uid= unset\); not cgstepd, or agent_uid= in plugstack.conf must name its uid$/);
+  const s = await step([`socket=${f.sock}`], {});
+  t.deepEqual(s.ran, [], 'the task never ran');
+  t.is(s.exited[0].exited, 1);
+  t.regex(s.exited[0].errors[0], new RegExp(`^cgstep: placing the task for job 1 step 0 failed \\(cgstepd at ${f.sock.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: refusing the server: it runs as uid 65534 .*\\); task not started \\(failure=closed\\)$`));
+  t.deepEqual(f.lines(), [], 'nothing was sent to it');
+  // Named as the agent's uid, it is accepted.
+  const ok = await step([`socket=${f.sock}`, 'agent_uid=65534', 'devices=no'], {});
+  t.is(ok.ran.length, 1, JSON.stringify(ok));
+  t.true(f.lines().length > 0);
+  const bad = await step(['agent_uid=x'], {});
+  t.regex(bad.errors[0], /agent_uid= needs a numeric uid, got "x"/);
 });
 
-cTest('task_init_privileged: a step id Slurm never gives, GPUs that are not indices, and an unknown option fail with a message', (t) => {
-  const sock = path.join(dir, 'unused.sock');
-  let r = callback('task', [`socket=${sock}`], { DRV_STEP: String(0xfffffffd) });
-  t.is(r.rc, -1);
-  t.is(r.exited, 1, 'the task ends itself (fail closed even for an optional plugin)');
-  t.regex(r.errors[0], /step id 0xfffffffd has no name/);
-  r = callback('task', [`socket=${sock}`], { CUDA_VISIBLE_DEVICES: 'GPU-5e1f,0' });
-  t.is(r.rc, -1);
-  t.regex(r.errors[0], /reading the step's GPUs for job 1 step 0 failed .*CUDA_VISIBLE_DEVICES=GPU-5e1f,0: "GPU-5e1f" is not a GPU index/);
-  r = callback('task', [`socket=${sock}`, 'failure=open'], { CUDA_VISIBLE_DEVICES: 'GPU-5e1f' });
-  t.is(r.rc, 0, 'failure=open lets it run');
-  r = callback('task', [`socket=${sock}`, 'timeout_ms=0'], {});
-  t.is(r.rc, -1);
-  t.is(r.exited, 1);
-  t.regex(r.errors[0], /timeout_ms= needs 1..3600000, got "0"/);
-  t.is(r.errors[1], 'cgstep: bad options in plugstack.conf; task not started');
-  // NoDevFiles (a gres without device files) and empty values are no GPUs.
-  r = callback('task', [`socket=${sock}`], { CUDA_VISIBLE_DEVICES: 'NoDevFiles' });
-  t.regex(r.errors[0], /placing the task .*cannot connect/);
-});
-
-cTest('the client cost, request by request, against a real cgstepd (logged, not asserted)', async (t) => {
-  const a = await realAgent();
-  const pid = spawn('sleep', ['30'], { stdio: 'ignore' });
-  try {
-    const bodies = [
-      '"op":"job.create","job":"88","limits":{"cpus":"0-1","memory":536870912}',
-      '"op":"step.create","job":"88","step":"0","limits":{"cpus":"1","memory":268435456},"devices":{"gres":[]}',
-      `"op":"attach","job":"88","step":"0","pid":${pid.pid},"task":0`,
-      '"op":"destroy","job":"88","step":"0","force":true,"reapJob":true',
-    ];
-    const r = await call(a.socket, 5000, bodies);
-    t.deepEqual(r.calls.map((c) => c.err), ['', '', '', '']);
-    t.log(`job.create ${r.calls[0].us} us, step.create ${r.calls[1].us} us, attach ${r.calls[2].us} us, destroy (kills the task) ${r.calls[3].us} us; process wall ${r.wallMs.toFixed(1)} ms`);
-  } finally {
-    pid.kill('SIGKILL');
+cTest('one step of three tasks: job.create and task.place of the step daemon once, then one task.place per task from the parent, all on one connection, destroy last', async (t) => {
+  const r = await recorder();
+  t.teardown(r.close);
+  const env = { DRV_JOB: '5', DRV_STEP: '2', DRV_TASK: '4', DRV_UID: '1234', DRV_NTASKS: '3', DRV_JOB_MEM: '1024', DRV_STEP_MEM: '512', SLURM_STEP_GPUS: '1,3' };
+  const s = await step([`socket=${r.sock}`, 'cpus=no'], env);
+  t.deepEqual(s.errors, []);
+  t.deepEqual(s.ran.map((x) => x.task).sort(), [0, 1, 2]);
+  const reqs = r.reqs();
+  t.deepEqual(reqs.map((q) => q.op), ['job.create', 'task.place', 'task.place', 'task.place', 'task.place', 'destroy']);
+  t.deepEqual(new Set(r.seen.map((x) => x.conn)), new Set([0]), 'one connection');
+  t.like(reqs[0], { job: '5', limits: { memory: 1024 * 2 ** 20 } });
+  t.is(reqs[0].devices, undefined, "the job's devices are the prolog's");
+  t.like(reqs[1], { job: '5', step: '2', leaf: 'slurm', stepLimits: { memory: 512 * 2 ** 20 }, stepDevices: { gres: ['gpu:1', 'gpu:3'] } });
+  t.is(reqs[1].jobDevices, undefined, 'never a job allocation from the step environment');
+  const pids = new Map(s.tasks.map((x) => [x.task + 4, x.pid]));
+  for (const q of reqs.slice(2, 5)) {
+    t.deepEqual(Object.keys(q).sort(), ['id', 'job', 'op', 'pid', 'step', 'task', 'v'], 'a task only attaches');
+    t.is(q.pid, pids.get(q.task), `task ${q.task} by its own pid`);
   }
+  t.like(reqs[5], { job: '5', step: '2', force: true, reapJob: true });
+});
+
+cTest('post_fork: a task the agent refuses is killed before exec, and so is every later task of the step; an agent that dropped the connection is reconnected', async (t) => {
+  const r = await recorder((req, n, s) => {
+    if (req.op === 'task.place' && req.task === 1) {
+      s.write(JSON.stringify({ id: req.id, ok: false, error: { code: 'EBUSY', message: 'no' } }) + '\n');
+      return true;
+    }
+  });
+  t.teardown(r.close);
+  const s = await step([`socket=${r.sock}`, 'devices=no'], { DRV_NTASKS: '3' });
+  t.deepEqual(s.ran.map((x) => x.task), [0]);
+  t.deepEqual(s.tasks.map((x) => x.signal), [0, 9, 9], 'tasks 1 and 2 killed (SIGKILL) before exec');
+  t.regex(s.errors[0], /^cgstep: placing task 1 \(pid \d+\) for job 1 step 0 failed \(cgstepd at .*: EBUSY: no\); task killed before exec \(failure=closed\)$/);
+  t.regex(s.errors[1], /^cgstep: placing task 2 \(pid \d+\) for job 1 step 0 failed .*EBUSY: no.*task killed before exec/);
+  t.is(r.reqs().filter((q) => q.op === 'task.place' && q.task !== undefined).length, 2, 'no request for task 2');
+
+  // failure=open: the task runs (unplaced) and the message says so.
+  const open = await step([`socket=${r.sock}`, 'devices=no', 'failure=open'], { DRV_NTASKS: '2' });
+  t.deepEqual(open.ran.map((x) => x.task).sort(), [0, 1]);
+  t.regex(open.errors[0], /placing task 1 .*failure=open: continuing without cgroup confinement/);
+
+  // The agent restarted between the step and its tasks: the kept connection is dropped, the task placed on a new one.
+  const d = await recorder((req, n, s) => {
+    if (req.op === 'task.place' && req.leaf === 'slurm') {
+      s.write(JSON.stringify({ id: req.id, ok: true, result: {} }) + '\n');
+      s.end();
+      return true;
+    }
+  });
+  t.teardown(d.close);
+  const again = await step([`socket=${d.sock}`, 'devices=no'], {});
+  t.deepEqual(again.ran.map((x) => x.task), [0], JSON.stringify(again));
+  t.deepEqual(again.errors, []);
+  // The task's request, unanswered on the dropped connection, is sent again on a new one (task.place is idempotent).
+  t.deepEqual(d.seen.map((x) => [x.req.op, x.conn]), [['job.create', 0], ['task.place', 0], ['task.place', 0], ['task.place', 1], ['destroy', 1]]);
+});
+
+cTest('step: a step id Slurm never gives, GPUs that are not indices, and an unknown option fail each task before exec with a message; nothing is sent', async (t) => {
+  const r = await recorder();
+  t.teardown(r.close);
+  let s = await step([`socket=${r.sock}`], { DRV_STEP: String(0xfffffffd) });
+  t.deepEqual(s.ran, []);
+  t.is(s.exited[0].exited, 1, 'the task ends itself (fail closed even for an optional plugin)');
+  t.regex(s.exited[0].errors[0], /step id 0xfffffffd has no name/);
+  s = await step([`socket=${r.sock}`], { CUDA_VISIBLE_DEVICES: 'GPU-5e1f,0' });
+  t.deepEqual(s.ran, []);
+  t.regex(s.exited[0].errors[0], /reading the step's GPUs for job 1 step 0 failed .*CUDA_VISIBLE_DEVICES=GPU-5e1f,0: "GPU-5e1f" is not a GPU index/);
+  s = await step([`socket=${r.sock}`, 'failure=open'], { CUDA_VISIBLE_DEVICES: 'GPU-5e1f' });
+  t.is(s.ran.length, 1, 'failure=open lets it run');
+  s = await step([`socket=${r.sock}`, 'timeout_ms=0'], {});
+  t.deepEqual(s.ran, []);
+  t.is(s.exited[0].exited, 1);
+  t.regex(s.errors[0], /timeout_ms= needs 1..3600000, got "0"/);
+  t.deepEqual(s.exited[0].errors, ['cgstep: timeout_ms= needs 1..3600000, got "0"', 'cgstep: bad options in plugstack.conf; task not started'], 'the option error in the job stderr too');
+  t.deepEqual(r.reqs(), []);
+  // NoDevFiles (a gres without device files) and empty values are no GPUs.
+  s = await step([path.join(dir, 'nothing.sock').replace(/^/, 'socket=')], { CUDA_VISIBLE_DEVICES: 'NoDevFiles' });
+  t.regex(s.exited[0].errors[0], /placing the task .*cannot connect/);
 });
 
 cTest('cpus=no leaves the core lists out, cpus=yes sends them, and memory goes from MB to bytes', async (t) => {
-  const seen: any[] = [];
-  await withServer(
-    (req, s) => {
-      seen.push(req);
-      s.write(JSON.stringify({ id: req.id, ok: true, result: {} }) + '\n');
-    },
-    async (sock) => {
-      const env = { DRV_JOB: '5', DRV_STEP: '2', DRV_TASK: '1', DRV_LTASK: '1', DRV_JOB_MEM: '1024', DRV_STEP_MEM: '512', DRV_JOB_CORES: '0-3,8', DRV_STEP_CORES: '2' };
-      t.deepEqual(await callbackAsync('task', [`socket=${sock}`, 'devices=no', 'cpus=no'], env), { rc: 0, errors: [] });
-      t.deepEqual(seen.map((q) => [q.op, q.limits]), [
-        ['job.create', { memory: 1024 * 2 ** 20 }],
-        ['step.create', { memory: 512 * 2 ** 20 }],
-        ['attach', undefined],
-      ]);
-      t.like(seen[2], { job: '5', step: '2', task: 1 });
-      seen.length = 0;
-      t.deepEqual(await callbackAsync('task', [`socket=${sock}`, 'devices=no', 'cpus=yes'], env), { rc: 0, errors: [] });
-      t.deepEqual(seen[0].limits, { cpus: '0-3,8', memory: 1024 * 2 ** 20 });
-      t.deepEqual(seen[1].limits, { cpus: '2', memory: 512 * 2 ** 20 });
-      seen.length = 0;
-      // A core list that is not a list is left out, never sent.
-      t.deepEqual(await callbackAsync('task', [`socket=${sock}`, 'devices=no', 'cpus=yes'], { ...env, DRV_JOB_CORES: '0-3,"x"', DRV_JOB_MEM: '0' }), { rc: 0, errors: [] });
-      t.is(seen[0].limits, undefined);
-    },
+  const r = await recorder();
+  t.teardown(r.close);
+  const env = { DRV_JOB: '5', DRV_STEP: '2', DRV_TASK: '1', DRV_JOB_MEM: '1024', DRV_STEP_MEM: '512', DRV_JOB_CORES: '0-3,8', DRV_STEP_CORES: '2' };
+  await step([`socket=${r.sock}`, 'devices=no', 'cpus=no'], env);
+  t.deepEqual(r.reqs().slice(0, 2).map((q) => [q.op, q.limits ?? q.stepLimits]), [
+    ['job.create', { memory: 1024 * 2 ** 20 }],
+    ['task.place', { memory: 512 * 2 ** 20 }],
+  ]);
+  r.seen.length = 0;
+  await step([`socket=${r.sock}`, 'devices=no', 'cpus=yes'], env);
+  t.deepEqual(r.reqs()[0].limits, { cpus: '0-3,8', memory: 1024 * 2 ** 20 });
+  t.deepEqual(r.reqs()[1].stepLimits, { cpus: '2', memory: 512 * 2 ** 20 });
+  r.seen.length = 0;
+  // A core list that is not a list is left out, never sent.
+  await step([`socket=${r.sock}`, 'devices=no', 'cpus=yes'], { ...env, DRV_JOB_CORES: '0-3,"x"', DRV_JOB_MEM: '0' });
+  t.is(r.reqs()[0].limits, undefined);
+});
+
+cTest("prolog: the job with the GPUs slurmd's environment names (none without SLURM_JOB_GPUS); never fails", async (t) => {
+  const r = await recorder();
+  t.teardown(r.close);
+  t.deepEqual(await prolog([`socket=${r.sock}`], { DRV_JOB: '7', DRV_UID: '1234', SLURM_JOB_GPUS: '1,3' }), { rc: 0, errors: [] });
+  t.deepEqual(await prolog([`socket=${r.sock}`], { DRV_JOB: '8', DRV_UID: '1234' }), { rc: 0, errors: [] });
+  t.deepEqual(await prolog([`socket=${r.sock}`, 'devices=no'], { DRV_JOB: '9', DRV_UID: '0', SLURM_JOB_GPUS: '0' }), { rc: 0, errors: [] });
+  const bad = await prolog([`socket=${r.sock}`], { DRV_JOB: '10', SLURM_JOB_GPUS: 'GPU-x' });
+  t.is(bad.rc, 0);
+  t.regex(bad.errors[0], /job 10 prolog: SLURM_JOB_GPUS=GPU-x: "GPU-x" is not a GPU index; the job gets no GPU/);
+  t.deepEqual(
+    r.reqs().map(({ op, job, devices }) => ({ op, job, devices })),
+    [
+      { op: 'job.create', job: '7', devices: { gres: ['gpu:1', 'gpu:3'] } },
+      { op: 'job.create', job: '8', devices: { gres: [] } },
+      { op: 'job.create', job: '9', devices: undefined },
+      { op: 'job.create', job: '10', devices: { gres: [] } },
+    ],
   );
+  const down = await prolog([`socket=${path.join(dir, 'nothing.sock')}`], { DRV_JOB: '11' });
+  t.is(down.rc, 0, 'never fails the prolog (that would drain the node)');
+  t.regex(down.errors[0], /creating job 11 at its prolog failed \(cgstepd at .*: cannot connect/);
+});
+
+cTest('reply reader: devicesIgnored of a placement (in result.step or result.job) is found', (t) => {
+  const [a, b, c] = parseLines([
+    JSON.stringify({ id: 1, ok: true, result: { job: { created: false }, step: { created: true, devicesIgnored: 'not enforced' }, leaf: '/x' } }),
+    JSON.stringify({ id: 2, ok: true, result: { job: { devicesIgnored: 'j' }, step: { devicesIgnored: 's' } } }),
+    JSON.stringify({ id: 3, ok: true, result: { other: { devicesIgnored: 'deeper elsewhere' } } }),
+  ]);
+  t.is(a.devicesIgnored, 'not enforced');
+  t.is(b.devicesIgnored, 'j');
+  t.is(c.devicesIgnored, '');
 });
 
 cTest('exit: a slurmstepd that cannot leave its step cgroup does not destroy the step under itself (the job epilog does)', async (t) => {
   const base = makeTestRoot('spank-leave');
   const leaf = path.join(base, 'node1_slurmstepd.scope', 'job_9', 'step_0', 'slurm');
   fs.mkdirSync(leaf, { recursive: true });
-  const seen: any[] = [];
+  const r = await recorder();
   try {
-    await withServer(
-      (req, s) => {
-        seen.push(req);
-        s.write(JSON.stringify({ id: req.id, ok: true, result: {} }) + '\n');
-      },
-      async (sock) => {
-        // A shell moves itself into the step's slurm/ leaf (no system/ beside the jobs), then runs the exit callback.
-        const r = await new Promise<{ rc: number; errors: string[] }>((resolve, reject) => {
-          const p = spawn('sh', ['-c', `echo $$ > ${leaf}/cgroup.procs && exec "$@"`, 'sh', driver, 'exit', `socket=${sock}`], {
-            env: { PATH: process.env.PATH!, DRV_JOB: '9', DRV_STEP: '0' },
-            stdio: ['ignore', 'pipe', 'inherit'],
-          });
-          let out = '';
-          p.stdout.on('data', (d) => (out += d));
-          p.on('error', reject);
-          p.on('close', () => resolve(JSON.parse(out.trim().split('\n').pop()!)));
-        });
-        t.is(r.rc, -1);
-        t.regex(r.errors[0], /could not move slurmstepd \(pid \d+\) out of its step's cgroup \(to .*node1_slurmstepd.scope\/system: No such file or directory\)/);
-        t.is(r.errors[1], 'cgstep: job 9 step 0 left for the job epilog to remove');
-        t.deepEqual(seen, [], 'no destroy sent');
-      },
-    );
+    // A shell moves itself into the step's slurm/ leaf (no system/ beside the jobs), then becomes the "slurmstepd".
+    const s = await step([`socket=${r.sock}`, 'devices=no'], { DRV_JOB: '9', DRV_STEP: '0', DRV_NTASKS: '1' }, ['sh', '-c', `echo $$ > ${leaf}/cgroup.procs && exec "$@"`, 'sh']);
+    t.is(s.exit, -1);
+    t.regex(s.errors[0], /could not move slurmstepd \(pid \d+\) out of its step's cgroup \(to .*node1_slurmstepd.scope\/system: No such file or directory\)/);
+    t.is(s.errors[1], 'cgstep: job 9 step 0 left for the job epilog to remove');
+    t.false(r.reqs().some((q) => q.op === 'destroy'), 'no destroy sent');
   } finally {
+    await r.close();
     await removeTestRoot(base);
   }
+});
+
+// Against a real agent: what the callbacks make, and what a forged step environment gets.
+let root: string;
+let agent: RunningAgent;
+let gpuDir: string;
+let gpus: string[] = [];
+
+async function realAgent(): Promise<RunningAgent> {
+  if (!agent) {
+    root = makeTestRoot('spank-client');
+    gpuDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-spank-gpus-'));
+    gpus = [0, 1, 2, 3].map((i) => path.join(gpuDir, `nvidia${i}`));
+    for (const [i, g] of gpus.entries()) spawnSync('mknod', ['-m', '0666', g, 'c', '195', String(i)]);
+    fs.writeFileSync(path.join(gpuDir, 'gres.conf'), gpus.map((g) => `NodeName=node1 Name=gpu File=${g}\n`).join(''));
+    agent = await startAgent({ root, args: ['--ignore-systemd', '--node-name', 'node1', '--gres', path.join(gpuDir, 'gres.conf'), '--ignore-missing-controllers'] });
+  }
+  return agent;
+}
+
+test.after.always(async () => {
+  await agent?.stop();
+  if (root) await removeTestRoot(root);
+  if (gpuDir) fs.rmSync(gpuDir, { recursive: true, force: true });
+});
+
+async function agentStatus(a: RunningAgent) {
+  const c = await a.client();
+  try {
+    return (await c.request('status', {})) as { scope: string; devices: { supported: boolean; reason?: string } };
+  } finally {
+    c.close();
+  }
+}
+
+cTest('against a real cgstepd: the step daemon in slurm/, each task in its leaf before it runs, limits, the step and job removed at exit', async (t) => {
+  const a = await realAgent();
+  const status = await agentStatus(a);
+  const env = { DRV_JOB: '77', DRV_STEP: String(0xfffffffb), DRV_TASK: '3', DRV_NTASKS: '2', DRV_JOB_MEM: '512', DRV_STEP_MEM: '256', DRV_JOB_CORES: '0-1', DRV_STEP_CORES: '1' };
+  const show = `printf '{"self":"%s","parent":"%s"}\\n' "$(grep ^0:: /proc/self/cgroup | cut -c4-)" "$(grep ^0:: /proc/$PPID/cgroup | cut -c4-)"`;
+  const s = await step([`socket=${a.socket}`, 'devices=try', 'cpus=yes'], { ...env, DRV_EXEC: show });
+  t.deepEqual(s.errors, []);
+  t.deepEqual(s.tasks.map((x) => x.exit), [0, 0]);
+  const step0 = `/${path.relative(MOUNT, status.scope)}/job_77/step_batch`;
+  // When each task ran, it was in its own leaf and its parent (the "slurmstepd") in slurm/.
+  t.deepEqual(s.other.map((o) => o.self).sort(), [`${step0}/user/task_3`, `${step0}/user/task_4`]);
+  t.deepEqual(s.other.map((o) => o.parent), [`${step0}/slurm`, `${step0}/slurm`]);
+  await until(() => a.logLines().filter((l) => l.msg === 'process placed' && l.job === '77').length === 3, 5000, 'the placement log lines');
+  t.false(fs.existsSync(path.join(status.scope, 'job_77')), 'the step and its job removed at exit');
+});
+
+cTest('the client cost, request by request, against a real cgstepd (logged, not asserted)', async (t) => {
+  const a = await realAgent();
+  const pid = spawn('sleep', ['30'], { stdio: 'ignore' });
+  const pid2 = spawn('sleep', ['30'], { stdio: 'ignore' });
+  try {
+    const bodies = [
+      '"op":"job.create","job":"88","limits":{"cpus":"0-1","memory":536870912}',
+      `"op":"task.place","job":"88","step":"0","pid":${pid2.pid},"leaf":"slurm","stepLimits":{"cpus":"1","memory":268435456},"stepDevices":{"gres":[]}`,
+      `"op":"task.place","job":"88","step":"0","pid":${pid.pid},"task":0`,
+      '"op":"destroy","job":"88","step":"0","force":true,"reapJob":true',
+    ];
+    const r = await call(a.socket, 5000, bodies);
+    t.deepEqual(r.calls.map((c) => c.err), ['', '', '', '']);
+    t.log(`job.create ${r.calls[0].us} us, task.place (step) ${r.calls[1].us} us, task.place (task) ${r.calls[2].us} us, destroy (kills both) ${r.calls[3].us} us; process wall ${r.wallMs.toFixed(1)} ms`);
+  } finally {
+    pid.kill('SIGKILL');
+    pid2.kill('SIGKILL');
+  }
+});
+
+/** probe.py run as each task: its cgroup and what opening each fake GPU gives. */
+const probeCmd = () => [PYTHON, path.join(here, 'probe.py'), ...gpus].join(' ');
+
+cTest("a forged step environment naming every GPU, in a job slurmd's prolog allocated none: the step is refused and no task runs; an allocated GPU opens, the others stay denied", async (t) => {
+  const a = await realAgent();
+  const status = await agentStatus(a);
+  if (!status.devices.supported) return t.fail(`cgstepd cannot confine devices here: ${status.devices.reason}`);
+  const sock = `socket=${a.socket}`;
+  // Job 61: no GPU in slurmd's environment; the step's environment claims all four.
+  t.deepEqual(await prolog([sock], { DRV_JOB: '61' }), { rc: 0, errors: [] });
+  for (const forged of [{ SLURM_STEP_GPUS: '0,1,2,3' }, { CUDA_VISIBLE_DEVICES: '0,1,2,3' }] as Record<string, string>[]) {
+    const s = await step([sock], { DRV_JOB: '61', DRV_STEP: '0', ...forged, DRV_EXEC: probeCmd() });
+    t.deepEqual(s.other, [], 'no task ran');
+    t.is(s.exited[0]?.exited, 1, JSON.stringify(s));
+    t.regex(s.exited[0].errors[0], /^cgstep: creating the step's cgroup for job 61 step 0 failed \(cgstepd at .*: EPERM: .*\); task not started \(failure=closed\)$/);
+  }
+  // Without forged variables the step has no GPU: all four denied.
+  const none = await step([sock], { DRV_JOB: '61', DRV_STEP: '1', DRV_EXEC: probeCmd() });
+  t.deepEqual(none.other.map((p) => gpus.map((g) => p.open[g])), [['EPERM', 'EPERM', 'EPERM', 'EPERM']], JSON.stringify(none));
+  // Job 62: slurmd's prolog names GPU 1; a step with it opens it (ENXIO: no driver), not the others.
+  t.deepEqual(await prolog([sock], { DRV_JOB: '62', SLURM_JOB_GPUS: '1' }), { rc: 0, errors: [] });
+  const one = await step([sock], { DRV_JOB: '62', DRV_STEP: '0', SLURM_STEP_GPUS: '1', DRV_EXEC: probeCmd() });
+  t.deepEqual(one.other.map((p) => gpus.map((g) => p.open[g])), [['EPERM', 'ENXIO', 'EPERM', 'EPERM']], JSON.stringify(one));
+  const more = await step([sock], { DRV_JOB: '62', DRV_STEP: '1', SLURM_STEP_GPUS: '1,2', DRV_EXEC: probeCmd() });
+  t.deepEqual(more.other, [], 'a step asking for more than the job has never runs');
+  t.regex(more.exited[0].errors[0], /EPERM/);
+  for (const job of ['61', '62']) {
+    const c = await a.client();
+    await c.request('destroy', { job, force: true }).catch(() => undefined);
+    c.close();
+  }
+  t.false(fs.existsSync(path.join(status.scope, 'job_61')));
 });

@@ -34,7 +34,7 @@ const jobDirs = () => fs.readdirSync(node().scope).filter((n) => n.startsWith('j
 /** srun a command that touches a marker first: proves whether the command ran at all. */
 async function srunMarked(extra: string[] = []) {
   const marker = path.join(node().cluster.dir, `ran-${Date.now()}-${Math.random().toString(36).slice(2)}`);
-  const r = await node().cluster.srun([...extra, '-n1', 'sh', '-c', `touch ${marker}; grep ^0:: /proc/self/cgroup`]);
+  const r = await node().cluster.srun(['-n1', ...extra, 'sh', '-c', `touch ${marker}; grep ^0:: /proc/self/cgroup`]);
   return { ...r, ran: fs.existsSync(marker) };
 }
 
@@ -147,9 +147,11 @@ slurmTest('an agent that refuses: its error code and message are in the job stde
     t.not(r.code, 0);
     t.false(r.ran);
     t.regex(r.stderr, /cgstep: creating the job's cgroup for job \d+ step 0 failed \(cgstepd at .*refuser\.sock: EBUSY: node "draining" \\ try later \u2013 tab\there\); task not started/);
-    const first = JSON.parse(seen[0]);
+    // slurmd's prolog (refused: logged, the prolog never fails), then the step daemon's job.create.
+    const [prolog, first] = seen.map((l) => JSON.parse(l));
+    t.like(prolog, { op: 'job.create', v: '1.0', devices: { gres: [] } });
     t.is(first.op, 'job.create');
-    t.is(first.v, '1.0');
+    t.is(first.job, prolog.job);
     t.regex(first.job, /^\d+$/);
     t.true(first.limits.memory > 0, 'the job memory from S_JOB_ALLOC_MEM, in bytes');
     t.regex(first.limits.cpus, /^\d+(-\d+)?(,\d+(-\d+)?)*$/);
@@ -212,5 +214,27 @@ slurmTest('listed as optional in plugstack.conf, the plugin still fails the task
   } finally {
     node().cluster.setPluginArgs(baseArgs);
     await node().startAgent();
+  }
+});
+
+slurmTest('an agent that refuses to place a task: slurmstepd kills it before exec (Slurm lets no task exec before every task_post_fork ran), the job stderr says why', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-taskrefuser-'));
+  const sock = path.join(dir, 'agent.sock');
+  const server = await lineServer(sock, (line, s) => {
+    const req = JSON.parse(line);
+    const refuse = req.op === 'task.place' && req.task !== undefined;
+    s.write(JSON.stringify(refuse ? { id: req.id, ok: false, error: { code: 'EBUSY', message: 'not now' } } : { id: req.id, ok: true, result: {} }) + '\n');
+  });
+  node().cluster.setPluginArgs([...baseArgs, `socket=${sock}`]);
+  try {
+    const r = await srunMarked(['-n2']);
+    t.not(r.code, 0);
+    t.false(r.ran, 'the command never ran');
+    t.regex(r.stderr, /cgstep: placing task 0 \(pid \d+\) for job \d+ step 0 failed \(cgstepd at .*agent\.sock: EBUSY: not now\); task killed before exec \(failure=closed\)/);
+    t.regex(r.stderr, /cgstep: placing task 1 \(pid \d+\) for job \d+ step 0 failed \(.*an earlier task of the step could not be placed: EBUSY: not now\); task killed before exec/);
+  } finally {
+    node().cluster.setPluginArgs(baseArgs);
+    await server.close();
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });

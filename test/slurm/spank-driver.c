@@ -10,17 +10,30 @@
  *   driver call SOCKET MS BODY... each BODY ("\"op\":\"hello\"") on one connection,
  *                                 printing {"rc","err","us"} per call (DRV_AGENT_UID:
  *                                 the agent_uid= the client accepts besides root)
- *   driver task ARGS...           slurm_spank_task_init_privileged with plugstack
- *                                 options ARGS; items from DRV_JOB, DRV_STEP (hex or
- *                                 decimal), DRV_TASK, DRV_LTASK, DRV_JOB_MEM,
+ *   driver prolog ARGS...         slurm_spank_job_prolog (job script context) with
+ *                                 plugstack options ARGS; S_JOB_ID from DRV_JOB,
+ *                                 S_JOB_UID from DRV_UID; the prolog environment is
+ *                                 this process's. Prints {"rc","errors":[...]}.
+ *   driver step ARGS...           one slurmstepd's step as Slurm 22.05 runs it:
+ *                                 slurm_spank_init; DRV_NTASKS (1) tasks forked, each
+ *                                 running task_init_privileged and then waiting for
+ *                                 the go; task_post_fork for each in this process; the
+ *                                 go; the tasks reaped; slurm_spank_exit. Items from
+ *                                 DRV_JOB, DRV_STEP (hex or decimal), DRV_TASK (the
+ *                                 first global task id), DRV_UID, DRV_JOB_MEM,
  *                                 DRV_STEP_MEM, DRV_JOB_CORES, DRV_STEP_CORES; the
- *                                 task environment is this process's. Prints
- *                                 {"rc", "errors":[...]}, with "exited":N when the
- *                                 task would have ended itself (_exit(N)).
- *   driver exit ARGS...           slurm_spank_exit likewise.
+ *                                 step's environment is this process's. A task that
+ *                                 got the go runs DRV_EXEC with /bin/sh, else prints
+ *                                 {"task","ran":true,"cgroup"}; one that ended itself
+ *                                 prints {"rc":-1,"exited":N,"errors":[...]}. Last
+ *                                 line: {"init","exit","errors":[...],"tasks":[{"task",
+ *                                 "pid","exit","signal"}]}.
  */
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,9 +62,15 @@ const char *spank_strerror(spank_err_t err)
 	return err == ESPANK_ENV_NOEXIST ? "no such variable" : "spank error";
 }
 
+static spank_context_t context = S_CTX_REMOTE;
+/* The task whose callbacks run now (-1: none) and its pid. */
+static int cur_task = -1;
+static pid_t cur_pid;
+static int step_mode;
+
 spank_context_t spank_context(void)
 {
-	return S_CTX_REMOTE;
+	return context;
 }
 
 int spank_remote(spank_t sp)
@@ -78,11 +97,26 @@ spank_err_t spank_get_item(spank_t sp, spank_item_t item, ...)
 	case S_JOB_STEPID:
 		*va_arg(ap, uint32_t *) = (uint32_t)strtoul(env_or("DRV_STEP", "0"), NULL, 0);
 		break;
+	case S_JOB_UID:
+		*va_arg(ap, uid_t *) = (uid_t)strtoul(env_or("DRV_UID", "0"), NULL, 0);
+		break;
 	case S_TASK_GLOBAL_ID:
-		*va_arg(ap, uint32_t *) = (uint32_t)strtoul(env_or("DRV_TASK", "0"), NULL, 0);
+		if (cur_task < 0)
+			rc = ESPANK_NOT_TASK;
+		else
+			*va_arg(ap, uint32_t *) = (uint32_t)strtoul(env_or("DRV_TASK", "0"), NULL, 0) + (uint32_t)cur_task;
 		break;
 	case S_TASK_ID:
-		*va_arg(ap, int *) = atoi(env_or("DRV_LTASK", "0"));
+		if (cur_task < 0)
+			rc = ESPANK_NOT_TASK;
+		else
+			*va_arg(ap, int *) = cur_task;
+		break;
+	case S_TASK_PID:
+		if (cur_task < 0)
+			rc = ESPANK_NOT_TASK;
+		else
+			*va_arg(ap, pid_t *) = cur_pid;
 		break;
 	case S_JOB_ALLOC_MEM:
 		*va_arg(ap, uint64_t *) = strtoull(env_or("DRV_JOB_MEM", "0"), NULL, 0);
@@ -154,7 +188,86 @@ static void driver_task_exit(int code)
 	}
 	printf("]}\n");
 	fflush(stdout);
+	_exit(step_mode ? code : 0);
+}
+
+/* The forked task: its callback, then the go from the parent, then "exec". */
+static void run_task(int i, int go_fd, int ac, char **av)
+{
+	char c, cg[4096] = "";
+	const char *cmd = getenv("DRV_EXEC");
+	FILE *f;
+
+	cur_task = i;
+	nerrors = 0;
+	slurm_spank_task_init_privileged(NULL, ac, av);
+	if (read(go_fd, &c, 1) != 1)
+		_exit(1); /* as Slurm's child does when its parent gives up */
+	if (cmd) {
+		fflush(stdout);
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	if ((f = fopen("/proc/self/cgroup", "re"))) {
+		while (fgets(cg, sizeof(cg), f) && strncmp(cg, "0::", 3))
+			;
+		fclose(f);
+	}
+	cg[strcspn(cg, "\n")] = 0;
+	printf("{\"task\":%d,\"ran\":true,\"cgroup\":", i);
+	print_str(strncmp(cg, "0::", 3) ? "" : cg + 3);
+	printf("}\n");
+	fflush(stdout);
 	_exit(0);
+}
+
+static int run_step(int ac, char **av)
+{
+	int n = atoi(env_or("DRV_NTASKS", "1")), i, rc_init, rc_exit;
+	pid_t pids[64];
+	int go[64][2], status[64];
+
+	if (n < 1 || n > 64)
+		return 2;
+	signal(SIGPIPE, SIG_IGN);
+	rc_init = slurm_spank_init(NULL, ac, av);
+	for (i = 0; i < n; i++) {
+		if (pipe(go[i]))
+			return 2;
+		fflush(stdout);
+		if ((pids[i] = fork()) == 0) {
+			close(go[i][1]);
+			run_task(i, go[i][0], ac, av);
+		}
+		close(go[i][0]);
+	}
+	for (i = 0; i < n; i++) {
+		cur_task = i;
+		cur_pid = pids[i];
+		slurm_spank_task_post_fork(NULL, ac, av);
+	}
+	cur_task = -1;
+	for (i = 0; i < n; i++) {
+		if (write(go[i][1], "g", 1) != 1) {
+			/* a task that already ended */
+		}
+		close(go[i][1]);
+	}
+	for (i = 0; i < n; i++)
+		waitpid(pids[i], &status[i], 0);
+	rc_exit = slurm_spank_exit(NULL, ac, av);
+	printf("{\"init\":%d,\"exit\":%d,\"errors\":[", rc_init, rc_exit);
+	for (i = 0; i < nerrors; i++) {
+		if (i)
+			putchar(',');
+		print_str(errors[i]);
+	}
+	printf("],\"tasks\":[");
+	for (i = 0; i < n; i++)
+		printf("%s{\"task\":%d,\"pid\":%d,\"exit\":%d,\"signal\":%d}", i ? "," : "", i, (int)pids[i],
+		       WIFEXITED(status[i]) ? WEXITSTATUS(status[i]) : -1, WIFSIGNALED(status[i]) ? WTERMSIG(status[i]) : 0);
+	printf("]}\n");
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -205,12 +318,13 @@ int main(int argc, char **argv)
 		client_close(&c);
 		return 0;
 	}
-	if (argc >= 2 && (!strcmp(argv[1], "task") || !strcmp(argv[1], "exit"))) {
-		int rc = !strcmp(argv[1], "task") ? slurm_spank_task_init_privileged(NULL, argc - 2, argv + 2)
-						  : slurm_spank_exit(NULL, argc - 2, argv + 2);
-		print_errors(rc);
+	if (argc >= 2 && !strcmp(argv[1], "prolog")) {
+		context = S_CTX_JOB_SCRIPT;
+		print_errors(slurm_spank_job_prolog(NULL, argc - 2, argv + 2));
 		return 0;
 	}
-	fprintf(stderr, "usage: driver parse | call SOCKET MS BODY... | task ARGS... | exit ARGS...\n");
+	if (argc >= 2 && !strcmp(argv[1], "step"))
+		return run_step(argc - 2, argv + 2);
+	fprintf(stderr, "usage: driver parse | call SOCKET MS BODY... | prolog ARGS... | step ARGS...\n");
 	return 2;
 }

@@ -2,9 +2,10 @@
  * What the cgstep SPANK plugin says on the wire, with a real Slurm: a
  * recording agent (a Unix socket that checks every line against the project's
  * own request schema, src/rpc/protocol.ts, and answers ok) stands in for
- * cgstepd, so the requests themselves can be asserted: ids, limits from
- * Slurm's allocation, GPUs from the allocation (and not from a user's
- * environment), the task and step daemon pids, destroy at the step's end.
+ * cgstepd, so the requests themselves can be asserted: ids, limits
+ * from Slurm's allocation, the job's GPUs from slurmd's prolog and the step's
+ * from the step (and not from a user's environment), the step daemon and
+ * each task by pid over one connection per step, destroy at the step's end.
  */
 import test from 'ava';
 import fs from 'node:fs';
@@ -18,7 +19,8 @@ const { ok: slurmOk, test: slurmTest } = slurmGate(import.meta.url);
 
 interface Seen {
   req: any;
-  peerPid?: number;
+  /** The connection it came on (numbered in order of first request). */
+  conn: number;
 }
 
 let cluster: SlurmCluster;
@@ -26,6 +28,7 @@ let server: LineServer;
 let dir: string;
 const seen: Seen[] = [];
 const problems: string[] = [];
+const conns = new Map<import('node:net').Socket, number>();
 
 test.before(async () => {
   if (!slurmOk) return;
@@ -42,7 +45,8 @@ test.before(async () => {
     }
     const parsed = requestSchema.safeParse(req);
     if (!parsed.success) problems.push(`schema: ${line}: ${parsed.error.message}`);
-    seen.push({ req });
+    if (!conns.has(s)) conns.set(s, conns.size);
+    seen.push({ req, conn: conns.get(s)! });
     s.write(JSON.stringify({ id: req.id, ok: true, result: { job: req.job, note: { nested: ['x', { y: 1.5e3 }] } } }) + '\n');
   });
   cluster = await startSlurm({ name: 'wire', socket: sock });
@@ -71,7 +75,7 @@ async function epilogDone(job: string) {
   await until(() => forJob(job).some((r) => r.op === 'destroy' && r.step === undefined), 15_000, `the epilog's destroy of job ${job}`);
 }
 
-slurmTest('srun -n2 --mem=300 --gres=gpu:2: job, step with limits and its two GPUs, each task by pid, the step daemon, destroy', async (t) => {
+slurmTest('srun -n2 --mem=300 --gres=gpu:2: the job with its GPUs from the prolog, its limits, the step daemon with the step, each task by pid on the same connection, destroy', async (t) => {
   const r = await cluster.srun(['-n2', '--mem=300', '--gres=gpu:2', 'sh', '-c', 'echo "$SLURM_JOB_ID $SLURM_PROCID $$ $PPID $CUDA_VISIBLE_DEVICES"']);
   t.is(r.code, 0, r.stderr);
   const tasks = r.stdout.trim().split('\n').map((l) => l.split(' '));
@@ -79,25 +83,35 @@ slurmTest('srun -n2 --mem=300 --gres=gpu:2: job, step with limits and its two GP
   await settled(job, '0');
   t.deepEqual(problems, []);
   const reqs = forJob(job);
-  // Each task's connection: job.create, step.create, attach; task 0 also attaches slurmstepd.
-  t.is(reqs.filter((q) => q.op === 'job.create').length, 2);
-  t.is(reqs.filter((q) => q.op === 'step.create').length, 2);
   for (const q of reqs) t.is(q.v, '1.0');
-  const jc = reqs.find((q) => q.op === 'job.create');
-  t.is(jc.limits.memory, 300 * 1024 * 1024, 'S_JOB_ALLOC_MEM (MB) in bytes');
-  t.regex(jc.limits.cpus, /^\d+(-\d+)?(,\d+(-\d+)?)*$/);
-  const sc = reqs.find((q) => q.op === 'step.create');
-  t.is(sc.step, '0');
-  t.is(sc.limits.memory, 300 * 1024 * 1024, 'S_STEP_ALLOC_MEM (MB) in bytes');
   const visible = tasks[0][4].split(',');
   t.is(visible.length, 2);
-  t.deepEqual(sc.devices, { gres: visible.map((i) => `gpu:${i}`) });
-  const attaches = reqs.filter((q) => q.op === 'attach');
-  const byTask = new Map(attaches.filter((q) => q.task !== undefined).map((q) => [q.task, q.pid]));
-  for (const [, procid, pid] of tasks) t.is(byTask.get(Number(procid)), Number(pid), `task ${procid} attached by its own pid (getpid before exec)`);
-  const stepd = attaches.filter((q) => q.leaf === 'slurm');
-  t.is(stepd.length, 1, 'the step daemon once per node');
+  const gres = visible.map((i) => `gpu:${i}`);
+  // slurmd's prolog: the job and its allocation, before any step.
+  const [prolog, limits] = reqs.filter((q) => q.op === 'job.create');
+  t.is(reqs.filter((q) => q.op === 'job.create').length, 2);
+  t.is(reqs[0], prolog, 'the prolog comes first');
+  t.deepEqual(prolog.devices, { gres }, "the job's GPUs, from slurmd's environment");
+  t.is(prolog.limits, undefined);
+  // The step daemon: the job's limits, then the step with its own, and itself in slurm/.
+  t.is(limits.limits.memory, 300 * 1024 * 1024, 'S_JOB_ALLOC_MEM (MB) in bytes');
+  t.regex(limits.limits.cpus, /^\d+(-\d+)?(,\d+(-\d+)?)*$/);
+  t.is(limits.devices, undefined);
+  const places = reqs.filter((q) => q.op === 'task.place');
+  const stepd = places.filter((q) => q.leaf === 'slurm');
+  t.is(stepd.length, 1, 'the step made once, by placing its step daemon');
   t.is(stepd[0].pid, Number(tasks[0][3]), "the step daemon is the tasks' parent");
+  t.is(stepd[0].stepLimits.memory, 300 * 1024 * 1024, 'S_STEP_ALLOC_MEM (MB) in bytes');
+  t.deepEqual(stepd[0].stepDevices, { gres });
+  t.is(stepd[0].jobDevices, undefined, 'never a job allocation from the step');
+  const byTask = new Map(places.filter((q) => q.task !== undefined).map((q) => [q.task, q]));
+  for (const [, procid, pid] of tasks) {
+    const q = byTask.get(Number(procid));
+    t.is(q?.pid, Number(pid), `task ${procid} placed by its own pid`);
+    t.deepEqual(Object.keys(q).sort(), ['id', 'job', 'op', 'pid', 'step', 'task', 'v'], 'a task only attaches');
+  }
+  const stepConn = seen.filter((x) => x.req.job === job && (x.req.op === 'task.place' || x.req === limits || (x.req.op === 'destroy' && x.req.step === '0')));
+  t.is(new Set(stepConn.map((x) => x.conn)).size, 1, "the step's requests on one kept connection");
   await epilogDone(job);
   const all = forJob(job);
   const d = all.filter((q) => q.op === 'destroy');
@@ -114,7 +128,8 @@ slurmTest('no --gres: an empty gres list (deny every gres device), even when the
   const [job, visible] = r.stdout.trim().split('\n');
   t.is(visible, '[]', 'Slurm itself drops them for a step without GPUs');
   await settled(job, '0');
-  t.deepEqual(forJob(job).find((q) => q.op === 'step.create').devices, { gres: [] });
+  t.deepEqual(forJob(job).find((q) => q.op === 'job.create').devices, { gres: [] }, 'the prolog: no GPU for the job');
+  t.deepEqual(forJob(job).find((q) => q.op === 'task.place').stepDevices, { gres: [] });
   t.deepEqual(problems, []);
 });
 
@@ -125,10 +140,11 @@ slurmTest('sbatch --gres=gpu:1: step "batch" with the job GPU, an srun inside is
   await settled(job, 'batch');
   const out = fs.readFileSync(b.out, 'utf8').trim().split('\n');
   t.is(out.length, 2, fs.readFileSync(b.err, 'utf8'));
-  const steps = forJob(job).filter((q) => q.op === 'step.create');
+  const steps = forJob(job).filter((q) => q.op === 'task.place' && q.leaf === 'slurm');
   t.deepEqual(steps.map((q) => q.step), ['batch', '0']);
-  t.deepEqual(steps[0].devices, { gres: [`gpu:${out[0]}`] });
-  t.deepEqual(steps[1].devices, { gres: [`gpu:${out[1]}`] });
+  t.deepEqual(forJob(job)[0].devices, { gres: [`gpu:${out[0]}`] }, "the prolog: the job's GPU");
+  t.deepEqual(steps[0].stepDevices, { gres: [`gpu:${out[0]}`] });
+  t.deepEqual(steps[1].stepDevices, { gres: [`gpu:${out[1]}`] });
   await epilogDone(job);
   t.deepEqual(forJob(job).filter((q) => q.op === 'destroy').map((q) => q.step), ['0', 'batch', undefined]);
   t.deepEqual(problems, []);
@@ -142,7 +158,8 @@ slurmTest('devices=no sends no device request; bad plugstack.conf options fail t
     t.is(r.code, 0, r.stderr);
     const job = r.stdout.trim();
     await settled(job, '0');
-    t.is(forJob(job).find((q) => q.op === 'step.create').devices, undefined);
+    t.is(forJob(job).find((q) => q.op === 'task.place').stepDevices, undefined);
+    t.is(forJob(job).find((q) => q.op === 'job.create').devices, undefined, 'nor from the prolog');
 
     cluster.setPluginArgs(['failure=maybe']);
     const bad = await cluster.srun(['-n1', 'true']);
@@ -171,7 +188,7 @@ slurmTest('in a job with two GPUs: an srun without --gres gets both (as Slurm al
   const both = out[0].slice(1, -1).split(',');
   t.is(both.length, 2, fs.readFileSync(b.err, 'utf8'));
   t.is(out[1], '[]');
-  const steps = Object.fromEntries(forJob(job).filter((q) => q.op === 'step.create').map((q) => [q.step, q.devices.gres]));
+  const steps = Object.fromEntries(forJob(job).filter((q) => q.op === 'task.place' && q.leaf === 'slurm').map((q) => [q.step, q.stepDevices.gres]));
   t.deepEqual(steps, { batch: both.map((i) => `gpu:${i}`), '0': both.map((i) => `gpu:${i}`), '1': [] });
   t.deepEqual(problems, []);
 });
