@@ -3,8 +3,9 @@
  * buckets for the reads whose cost grows with the tree (list, stats), and a
  * few slots that let only a few such reads run at once for all non-admin
  * peers together, so root's requests always find the event loop nearly free.
- * Admin peers (root, operators) are never limited here. Pure bookkeeping: no
- * sockets, no cgroups.
+ * Admin peers (root, operators) are never rate-limited here. And the number of
+ * device rules one request may carry, which bounds the policy compile it
+ * causes. Pure bookkeeping: no sockets, no cgroups.
  */
 import { AgentError } from '../errors.js';
 import type { Op } from './protocol.js';
@@ -52,6 +53,26 @@ export class RateLimiter {
   static limited(op: Op): boolean {
     return (COST[op] ?? 0) > 0;
   }
+}
+
+/**
+ * Device rules (allow + deny, every policy in the request together) one
+ * request may carry: an admin's up to 4,096, the largest policy the device
+ * benchmark uses (tens of ms to compile on an idle core); anyone else's up to
+ * 256 (a few ms), so that no user can make the agent compile for long.
+ */
+export const MAX_RULES_ADMIN = 4096;
+export const MAX_RULES_USER = 256;
+
+/** Throw E2BIG when req carries more device rules than its sender may send. */
+export function checkRuleCount(req: object, admin: boolean): void {
+  let n = 0;
+  for (const key of ['devices', 'jobDevices', 'stepDevices'] as const) {
+    const d = (req as Record<string, { allow?: unknown[]; deny?: unknown[] } | undefined>)[key];
+    if (d && typeof d === 'object') n += (d.allow?.length ?? 0) + (d.deny?.length ?? 0);
+  }
+  const max = admin ? MAX_RULES_ADMIN : MAX_RULES_USER;
+  if (n > max) throw new AgentError('E2BIG', `${n} device rules in one request; at most ${max}${admin ? '' : ' for a peer that is not root or an operator'}`);
 }
 
 /** At most n holders at once; the others wait in arrival order. */

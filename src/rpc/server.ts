@@ -18,7 +18,7 @@ import { peerCred, roleOf, type Peer } from './peercred.js';
 import type { AgentEvent, Reply, Request } from './protocol.js';
 import { parseRequest } from './validate.js';
 import { MAX_LINE_BYTES, PROTOCOL_VERSION, READ_ONLY_OPS, majorOf } from './version.js';
-import { RateLimiter, Slots, DEFAULT_RATE, type RateOptions } from './limits.js';
+import { RateLimiter, Slots, DEFAULT_RATE, checkRuleCount, type RateOptions } from './limits.js';
 import { Streamed } from './stream.js';
 
 export interface ServerOptions {
@@ -83,6 +83,8 @@ interface Conn {
   held: string[] | null;
 }
 
+/** Bytes of a streamed reply written at once. */
+const STREAM_CHUNK = 64 * 1024;
 /** Lines (events, other replies) that may wait behind one streamed reply. */
 const HELD_MAX = 10_000;
 
@@ -174,7 +176,10 @@ export class RpcServer {
         const text = buf.length ? Buffer.concat([...buf, piece]).toString('utf8') : piece.toString('utf8');
         buf = [];
         buffered = 0;
-        if (text.trim() !== '') c.queue.push(text);
+        if (text.trim() === '') continue;
+        // Admin peers are trusted with concurrency: their lines run at once, without the queue.
+        if (peer.role === 'admin') void this.onLine(c, text);
+        else c.queue.push(text);
       }
       if (start < chunk.length) {
         const rest = chunk.subarray(start);
@@ -210,13 +215,12 @@ export class RpcServer {
   }
 
   /**
-   * Run queued lines: all at once for admin peers, USER_INFLIGHT at a time for
-   * the others, whose reading pauses while USER_QUEUE lines wait (so one
-   * connection cannot pipeline thousands of requests into the agent).
+   * Run a non-admin peer's queued lines USER_INFLIGHT at a time; its reading
+   * pauses while USER_QUEUE lines wait (so one connection cannot pipeline
+   * thousands of requests into the agent).
    */
   private pump(c: Conn): void {
-    const max = c.peer.role === 'admin' ? Infinity : USER_INFLIGHT;
-    while (c.queue.length > 0 && c.inflight < max) {
+    while (c.queue.length > 0 && c.inflight < USER_INFLIGHT) {
       const text = c.queue.shift()!;
       c.inflight++;
       void this.onLine(c, text).finally(() => {
@@ -329,6 +333,7 @@ export class RpcServer {
       const req = parseRequest(raw);
       op = req.op;
       if (peer.role === 'reader' && !READ_ONLY_OPS.has(req.op)) throw new AgentError('EPERM', `uid ${peer.uid} may only use read-only requests; ${req.op} needs an allowed uid`);
+      checkRuleCount(req, peer.role === 'admin');
       if (req.op === 'events') {
         reply = { id, ok: true, result: { subscribed: true } };
         this.write(c, reply);
@@ -339,7 +344,10 @@ export class RpcServer {
       if (peer.role !== 'admin' && RateLimiter.limited(req.op)) {
         this.rate.take(peer.uid, req.op);
         result = await this.expensive.run(async () => this.finish(c, id, await this.o.handle(req, peer)));
-      } else result = await this.finish(c, id, await this.o.handle(req, peer));
+      } else {
+        result = await this.o.handle(req, peer);
+        if (result instanceof Streamed) result = await this.finish(c, id, result);
+      }
       if (result === STREAMED) {
         this.o.observe?.(op, (performance.now() - t0) / 1e3);
         return;
@@ -390,15 +398,19 @@ export class RpcServer {
     const head = JSON.stringify({ id, ok: true, result: { ...result.extra, [result.field]: [] } });
     // Everything up to the empty array's closing bracket, then the items, then the rest.
     const at = head.lastIndexOf('[]') + 1;
+    // Items are gathered into chunks of about 64 KiB: one write (one syscall) per item costs more than reading it.
+    let chunk = head.slice(0, at);
     let first = true;
-    s.write(head.slice(0, at));
     for await (const item of result.items) {
       if (s.destroyed) return;
-      s.write((first ? '' : ',') + JSON.stringify(item));
+      chunk += (first ? '' : ',') + JSON.stringify(item);
       first = false;
+      if (chunk.length < STREAM_CHUNK) continue;
+      s.write(chunk);
+      chunk = '';
       if (s.writableLength > PAUSE_BYTES) await drained(s);
     }
-    if (!s.destroyed) s.write(head.slice(at) + '\n');
+    if (!s.destroyed) s.write(chunk + head.slice(at) + '\n');
   }
 
   private write(c: Conn, msg: unknown): void {
