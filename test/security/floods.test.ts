@@ -30,7 +30,7 @@ test.before(async () => {
   ctx.agent = await startAgent({
     root: ctx.root,
     socket: path.join(ctx.dir, 's.sock'),
-    args: ['--ignore-systemd', '--log-level', 'warn', '--idle-timeout', '1000', '--allow-uid', String(ctx.allowed.uid), '--read-only-gid', String(ctx.group.gid)],
+    args: ['--ignore-systemd', '--log-level', 'warn', '--idle-timeout', '3000', '--allow-uid', String(ctx.allowed.uid), '--read-only-gid', String(ctx.group.gid)],
   });
   ctx.jobs = await makeSteps(ctx.agent.socket, STEPS);
 });
@@ -139,6 +139,6 @@ setTimeout(() => { console.log('still open'); process.exit(0); }, 8000);
   const s = await rawConnect(ctx.agent.socket);
   t.teardown(() => s.destroy());
   s.write('{"id":1,"op":"sta');
-  await new Promise((r) => setTimeout(r, 2500));
+  await new Promise((r) => setTimeout(r, 4000));
   t.false(s.destroyed || s.readableEnded, "root's half-sent line was cut off");
 });
