@@ -1,0 +1,43 @@
+/**
+ * rpc/limits and rpc/peercred's pure parts: the per-uid read rate, the rule
+ * count per request, and the role a peer's credentials give it.
+ */
+import test from 'ava';
+import { RateLimiter, checkRuleCount } from '../../src/rpc/limits.js';
+import { roleOf } from '../../src/rpc/peercred.js';
+
+test('a uid gets 4 lists in a burst, then 2 a second; stats are cheap; uids do not share a bucket', (t) => {
+  const r = new RateLimiter({ burst: 40, perSecond: 20 });
+  for (let i = 0; i < 4; i++) r.take(1000, 'list', 0);
+  const e = t.throws(() => r.take(1000, 'list', 0));
+  t.is((e as any).code, 'EBUSY');
+  t.regex(e!.message, /retry in 500 ms/);
+  t.notThrows(() => r.take(1001, 'list', 0));
+  t.notThrows(() => r.take(1000, 'list', 500));
+  t.notThrows(() => r.take(1000, 'status', 500));
+  // A live view every 2 s: one list and 30 stats.
+  const v = new RateLimiter({ burst: 40, perSecond: 20 });
+  for (let tick = 0; tick < 30; tick++) {
+    v.take(7, 'list', tick * 2000);
+    for (let j = 0; j < 30; j++) v.take(7, 'stats', tick * 2000);
+  }
+  t.pass();
+});
+
+test('device rules per request: 4,096 for admin, 256 for others, counted over every policy in it', (t) => {
+  const rules = (n: number) => Array.from({ length: n }, () => 'c 1:3 r');
+  t.notThrows(() => checkRuleCount({ devices: { allow: rules(2048), deny: rules(2048) } }, true));
+  t.is((t.throws(() => checkRuleCount({ devices: { allow: rules(2049), deny: rules(2048) } }, true)) as any).code, 'E2BIG');
+  t.notThrows(() => checkRuleCount({ jobDevices: { deny: rules(128) }, stepDevices: { deny: rules(128) } }, false));
+  t.is((t.throws(() => checkRuleCount({ jobDevices: { deny: rules(128) }, devices: { allow: rules(129) } }, false)) as any).code, 'E2BIG');
+});
+
+test('roles: root and operators admin, allowed uids user, read-only groups (primary or supplementary) reader, others none', (t) => {
+  const p = { operatorUids: [64030], allowUids: [1000], readOnlyGids: [500] };
+  t.is(roleOf({ pid: 1, uid: 0, gid: 0, groups: [] }, p), 'admin');
+  t.is(roleOf({ pid: 1, uid: 64030, gid: 64030, groups: [] }, p), 'admin');
+  t.is(roleOf({ pid: 1, uid: 1000, gid: 1000, groups: [500] }, p), 'user');
+  t.is(roleOf({ pid: 1, uid: 1001, gid: 500, groups: [] }, p), 'reader');
+  t.is(roleOf({ pid: 1, uid: 1002, gid: 1002, groups: [20, 500] }, p), 'reader');
+  t.is(roleOf({ pid: 1, uid: 1003, gid: 1003, groups: [20] }, p), null);
+});
