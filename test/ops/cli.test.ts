@@ -28,7 +28,7 @@ test('--version on both programs prints the package version', (t) => {
   }
 });
 
-test('cgstep: usage errors are one line with the --help to read and exit 2; refusals exit 1 with CODE: message', async (t) => {
+test('cgstep: usage errors are one line with the --help to read and exit 2', async (t) => {
   const root = makeTestRoot('cli');
   t.teardown(() => removeTestRoot(root));
   const a = await startAgent({ root, args: ['--ignore-systemd'] });
@@ -49,6 +49,13 @@ test('cgstep: usage errors are one line with the --help to read and exit 2; refu
   usage(['--bogus', 'status'], /unknown option '--bogus'/, 'cgstep');
   usage(['job', 'create', '1', '--memory', 'lots'], /--memory: expected a size/, 'cgstep job create');
   usage(['job', 'create', '1', '--device-policy', 'ajar'], /--device-policy must be open or closed/, 'cgstep');
+});
+
+test('cgstep: refusals by the agent exit 1 with CODE: message; destroy of nothing says so; EBUSY names --force; --wait fails once', async (t) => {
+  const root = makeTestRoot('cli2');
+  t.teardown(() => removeTestRoot(root));
+  const a = await startAgent({ root, args: ['--ignore-systemd'] });
+  t.teardown(() => a.stop());
   // Refusals by the agent, EINVAL included: exit 1 and the code.
   const sig = a.cli(['signal', '1', '0', 'BOGUS']);
   t.is(sig.code, 1, sig.stderr);
@@ -62,7 +69,7 @@ test('cgstep: usage errors are one line with the --help to read and exit 2; refu
   t.is(d.stdout.trim(), 'job 999 did not exist: nothing to destroy');
   // EBUSY names the real flag.
   t.is(a.cli(['run', '31', '0', '--', 'true']).code, 0);
-  const sleeper = a.cli(['run', '31', '0', '--', 'sh', '-c', 'sleep 60 & echo $!']);
+  const sleeper = a.cli(['run', '31', '0', '--', 'sh', '-c', 'sleep 60 </dev/null >/dev/null 2>&1 & echo $!']);
   t.is(sleeper.code, 0);
   t.teardown(() => { try { process.kill(Number(sleeper.stdout.trim()), 'SIGKILL'); } catch { /* gone */ } });
   const busy = a.cli(['destroy', '31']);
