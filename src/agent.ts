@@ -19,8 +19,11 @@ import { DeviceController } from './devices/controller.js';
 import { noneDevices } from './devices/none.js';
 import { makeDispatch, type Dispatch } from './dispatch.js';
 import { AgentError } from './errors.js';
+import { Gate } from './gate.js';
 import type { Metrics } from './metrics/index.js';
 // Not rpc/index.js: that loads the schema library, which rpc/validate loads only when needed.
+import { maySee } from './rpc/authz.js';
+import type { AgentEvent } from './rpc/protocol.js';
 import { RpcServer, type ServerOptions } from './rpc/server.js';
 import { PROTOCOL_VERSION } from './rpc/version.js';
 import { mkdirScope, systemdScope, type ScopeBackend, type ScopeContext } from './scope/backends.js';
@@ -113,7 +116,12 @@ async function startLocked(o: AgentOptions, root: ReturnType<typeof resolveCgrou
   const started = Date.now();
   let metrics: Metrics | null = null;
   const status = (): AgentStatus => statusOf({ ...statusFacts({ o, started, guard, registry, devices, tree, server, sweeper }), config: config() });
-  const server = makeServer(o, log, tree, makeDispatch({ version: AGENT_VERSION, tree, status }), (op, sec, code) => metrics?.observe(op, sec, code));
+  const gate = new Gate({
+    mountPoint: root.mountPoint,
+    scopeDir: () => guard.state.path,
+    protectedPids: () => ({ agent: process.pid, infinity: guard.state.infinityPid }),
+  });
+  const server = makeServer(o, log, tree, makeDispatch({ version: AGENT_VERSION, tree, status, gate }), (op, sec, code) => metrics?.observe(op, sec, code));
 
   if (o.metrics) {
     // Loaded only when asked for: prom-client costs about 12 MiB of RSS.
@@ -191,9 +199,11 @@ function makeServer(o: AgentOptions, log: Logger, tree: StepTree, handle: Dispat
     idleTimeoutMs: o.idleTimeoutMs,
     log,
     handle,
-    subscribe: (send) => {
-      tree.watcher.on('event', send);
-      return () => tree.watcher.off('event', send);
+    subscribe: (send, peer) => {
+      // A user hears about its own jobs only.
+      const listener = peer.role === 'user' ? (e: AgentEvent) => void (maySee(peer, tree.ownerOf(e.job)) && send(e)) : send;
+      tree.watcher.on('event', listener);
+      return () => tree.watcher.off('event', listener);
     },
   });
 }

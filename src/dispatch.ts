@@ -1,9 +1,12 @@
 /**
  * dispatch: one request to the step tree (or to status), by op. The server has
- * validated the request and identified the peer; this is where each op meets
- * the layer that does it. A new op that is not handled here fails to compile.
+ * validated the request and identified the peer; the gate (rpc/authz's facts)
+ * admits it and gives the JobAccess the tree consults; then each op meets the
+ * layer that does it. A new op that is not handled here fails to compile.
  */
 import { AgentError } from './errors.js';
+import type { Gate } from './gate.js';
+import { maySee, type JobAccess } from './rpc/authz.js';
 import type { Peer } from './rpc/peercred.js';
 import type { Request } from './rpc/protocol.js';
 import { Streamed } from './rpc/stream.js';
@@ -15,46 +18,56 @@ export interface DispatchDeps {
   version: string;
   tree: StepTree;
   status: () => AgentStatus;
+  gate: Gate;
 }
 
 export type Dispatch = (req: Request, peer: Peer) => Promise<unknown>;
 
 export function makeDispatch(d: DispatchDeps): Dispatch {
   const { tree } = d;
-  return async (req) => {
+  return async (raw, peer) => {
+    const g = await d.gate.admit(raw, peer);
+    try {
+      return await run(g.req, peer, g.access);
+    } finally {
+      g.close();
+    }
+  };
+
+  async function run(req: Request, peer: Peer, access: JobAccess): Promise<unknown> {
     switch (req.op) {
       case 'hello':
         return { protocol: PROTOCOL_VERSION, version: d.version };
       case 'status':
         return d.status();
       case 'list':
-        return new Streamed('jobs', tree.listJobs());
+        return new Streamed('jobs', peer.role === 'user' ? tree.listJobs((job) => maySee(peer, tree.ownerOf(job))) : tree.listJobs());
       case 'job.create':
-        return tree.createJob(req.job, req.limits, req.devices);
+        return tree.createJob(req.job, req.limits, req.devices, access);
       case 'step.create':
-        return tree.createStep(req.job, req.step, req.limits, req.devices);
+        return tree.createStep(req.job, req.step, req.limits, req.devices, access);
       case 'attach':
-        return tree.attach(req.job, req.step, req.pid, leafOf(req), req.devices);
+        return tree.attach(req.job, req.step, req.pid, leafOf(req), req.devices, access);
       case 'task.place':
-        return tree.place({ ...req, leaf: leafOf(req) });
+        return tree.place({ ...req, leaf: leafOf(req) }, access);
       case 'devices.set':
-        return tree.setDevices(req.job, req.step, req.task, req.devices);
+        return tree.setDevices(req.job, req.step, req.task, req.devices, access);
       case 'stats':
-        return tree.stats(req.job, req.step);
+        return tree.stats(req.job, req.step, access);
       case 'signal':
-        return tree.signal(req.job, req.step, req.signal);
+        return tree.signal(req.job, req.step, req.signal, access);
       case 'freeze':
-        return tree.freeze(req.job, req.step, true);
+        return tree.freeze(req.job, req.step, true, access);
       case 'thaw':
-        return tree.freeze(req.job, req.step, false);
+        return tree.freeze(req.job, req.step, false, access);
       case 'destroy':
-        return tree.destroy(req.job, req.step, req.force ?? false, req.reapJob ?? false);
+        return tree.destroy(req.job, req.step, req.force ?? false, req.reapJob ?? false, access);
       case 'events':
         throw new AgentError('EINVAL', 'events is handled by the server');
       default:
         return unhandled(req);
     }
-  };
+  }
 }
 
 /** The leaf an attach names: a task number, slurm or special (task 0 when none is given). */

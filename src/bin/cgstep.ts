@@ -183,9 +183,11 @@ function notEnforced(r: any): string {
 }
 
 const job = program.command('job').description('job commands');
-addLimitOptions(job.command('create <job>').description('create a job (or update its limits)')).action((j, o) =>
-  withClient(async (c) => print(await c.request('job.create', withArgs({ job: j }, { limits: limitsOf(o), devices: devicesOf(o) })), (r) => `job ${r.job} ${r.created ? 'created' : 'updated'}: ${r.path}${notEnforced(r)}`)),
-);
+addLimitOptions(job.command('create <job>').description('create a job (or update its limits)'))
+  .option('--owner <uid>', 'the uid the job belongs to (root and operators only)', intArg('--owner', 0, 0xfffffffe))
+  .action((j, o) =>
+    withClient(async (c) => print(await c.request('job.create', withArgs({ job: j }, { limits: limitsOf(o), devices: devicesOf(o), owner: o.owner })), (r) => `job ${r.job} ${r.created ? 'created' : 'updated'}: ${r.path}${notEnforced(r)}`)),
+  );
 
 const step = program.command('step').description('step commands');
 addLimitOptions(step.command('create <job> <step>').description('create a step (and its job) or update its limits')).action((j, s, o) =>

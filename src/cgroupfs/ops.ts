@@ -75,7 +75,11 @@ export function cgroupOfPid(pid: number | 'self'): string | null {
     if (isErrno(err, 'ESRCH')) return null; // exited between the open and the read
     throw err;
   }
-  if (text === null) return null;
+  return text === null ? null : parseProcCgroup(text);
+}
+
+/** The cgroup v2 path in the text of a /proc/PID/cgroup file (its "0::" line), or null when it has none. */
+export function parseProcCgroup(text: string): string | null {
   for (const line of text.split('\n')) if (line.startsWith('0::')) return line.slice(3);
   return null;
 }

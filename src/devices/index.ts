@@ -61,3 +61,4 @@ export {
   type ProbeResult,
 } from './controller.js';
 export { VerifierError, addonError, type ProgInfo } from './native.js';
+export { DevicePathResolver, type PathResolverOptions } from './paths.js';

@@ -45,6 +45,8 @@ export const stepId = z
 
 export const taskId = z.number().int().min(0).max(0x7fffffff);
 const pid = z.number().int().min(1).max(0x3fffffff);
+/** A uid_t other than (uid_t)-1. */
+export const uid = z.number().int().min(0).max(0xfffffffe);
 const bytes = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
 /** cpuset list syntax: "0-3,8,10-11". */
 const cpuList = z.string().max(4096).regex(/^\d+(-\d+)?(,\d+(-\d+)?)*$/, 'expected a list like 0-3,8');
@@ -85,7 +87,9 @@ export const requestSchema = z.discriminatedUnion('op', [
   z.strictObject({ ...base, op: z.literal('status') }),
   z.strictObject({ ...base, op: z.literal('list') }),
   z.strictObject({ ...base, op: z.literal('events') }),
-  z.strictObject({ ...base, op: z.literal('job.create'), job: jobId, limits: limitsSchema.optional(), devices: devicesSchema.optional() }),
+  z.strictObject({ ...base, op: z.literal('job.create'), job: jobId, limits: limitsSchema.optional(), devices: devicesSchema.optional(),
+    /** The uid the job belongs to (root and operators only; default: the peer's uid). */
+    owner: uid.optional() }),
   z.strictObject({ ...base, op: z.literal('step.create'), job: jobId, step: stepId, limits: limitsSchema.optional(), devices: devicesSchema.optional() }),
   z.strictObject({
     ...base,
@@ -106,7 +110,7 @@ export const requestSchema = z.discriminatedUnion('op', [
     task: taskId.optional(),
     leaf: z.enum(['slurm', 'special']).optional(),
     /** The job's owner when this request makes the job (as job.create's owner). */
-    owner: z.number().int().min(0).max(0xfffffffe).optional(),
+    owner: uid.optional(),
     /** Used only when this request makes the job; jobDevices.gres is then the job's allocation. */
     jobLimits: limitsSchema.optional(),
     jobDevices: devicesSchema.optional(),

@@ -45,8 +45,8 @@ export interface ServerOptions {
   handle: (req: Request, peer: Peer) => Promise<unknown>;
   /** Called once per request with its op ('invalid' when unparsable), latency and error code. */
   observe?: (op: string, seconds: number, errorCode?: string) => void;
-  /** Subscribe a connection to events; returns the unsubscribe function. */
-  subscribe: (send: (e: AgentEvent) => void) => () => void;
+  /** Subscribe a connection to the events its peer may see; returns the unsubscribe function. */
+  subscribe: (send: (e: AgentEvent) => void, peer: Peer) => () => void;
 }
 
 /** Output a client has not read, past which we stop reading from it, and past which we drop it. */
@@ -337,7 +337,7 @@ export class RpcServer {
       if (req.op === 'events') {
         reply = { id, ok: true, result: { subscribed: true } };
         this.write(c, reply);
-        c.unsubscribe ??= this.o.subscribe((e) => this.write(c, e));
+        c.unsubscribe ??= this.o.subscribe((e) => this.write(c, e), peer);
         return;
       }
       let result: unknown;

@@ -19,6 +19,7 @@ import {
   enableControllers,
   enabledIn,
   exists,
+  getXattr,
   isPopulated,
   killAll,
   makeDir,
@@ -28,8 +29,10 @@ import {
   readStats,
   removeDir,
   removeTree,
+  removeXattr,
   requireMovable,
   setFrozen,
+  setXattr,
   signalAll,
   waitUnpopulated,
   writeText,
@@ -40,8 +43,9 @@ import {
   type CgroupUsage,
 } from '../cgroupfs/index.js';
 import type { CgroupConf } from '../config/cgroupconf.js';
-import { AgentError } from '../errors.js';
+import { AgentError, KernelError } from '../errors.js';
 import type { DeviceRequest } from '../devices/request.js';
+import type { JobAccess } from '../rpc/authz.js';
 import type { Limits } from './model.js';
 import { LayoutCheck, type LayoutReport } from './adopt.js';
 import { TreeWatcher } from './events.js';
@@ -52,6 +56,9 @@ import { resolveSignal } from './signals.js';
 import { Undo } from './undo.js';
 
 export type DeviceLevel = 'job' | 'step' | 'task';
+
+/** The job directory's owner (decimal uid); a job without it belongs to root. */
+export const OWNER_XATTR = 'trusted.cgstep.owner';
 
 /** A device request checked and compiled for one level, on no directory yet (opaque to the tree). */
 export interface PreparedDevices {
@@ -359,9 +366,52 @@ export class StepTree {
     };
   }
 
-  /** Make (or repair) the job directory and put its planned level in force. */
-  private makeJob(u: Undo, job: string, p: LevelPlan) {
+  /**
+   * The job's owner uid (its xattr; root when it has none), or null when there
+   * is no such job. Read each time (one getxattr): nothing to keep per job.
+   */
+  ownerOf(job: string): number | null {
+    let v: Buffer | null;
+    try {
+      v = getXattr(this.paths.job(job), OWNER_XATTR);
+    } catch (err) {
+      if (err instanceof KernelError && err.errno === 'ENOENT') return null;
+      throw err;
+    }
+    if (v === null) return 0;
+    const text = v.toString('utf8');
+    // Only root writes the xattr; anything but a uid fails closed (root's).
+    if (/^(0|[1-9][0-9]{0,9})$/.test(text)) return Number(text);
+    this.opts.log.warn({ job, xattr: OWNER_XATTR, value: text }, "unreadable job owner; the job is treated as root's");
+    return 0;
+  }
+
+  /** Record the job's owner (root's: no xattr); taken back if the request fails. */
+  private recordOwner(u: Undo, job: string, owner: number, was: number | null): void {
+    const dir = this.paths.job(job);
+    writeOwner(dir, owner);
+    if (was !== null) u.add(`owner of job ${job} back`, () => writeOwner(dir, was));
+  }
+
+  /**
+   * Let the request's access decide on an existing job (inside the job's
+   * lock, before anything is touched); an admin naming the owner may change it.
+   */
+  private admit(u: Undo | null, job: string, access: JobAccess | undefined): void {
+    if (!access?.checks) return;
+    const owner = this.ownerOf(job);
+    if (owner === null) return;
+    const next = access.admit(job, owner);
+    if (next !== null && next !== owner && u) {
+      this.recordOwner(u, job, next, owner);
+      this.opts.log.info({ job, owner: next, was: owner }, 'job owner changed');
+    }
+  }
+
+  /** Make (or repair) the job directory and put its planned level in force; a job made here belongs to access.owner. */
+  private makeJob(u: Undo, job: string, p: LevelPlan, access?: JobAccess) {
     const made = this.makeInner(u, p.dir);
+    if (made && access && access.owner !== 0) this.recordOwner(u, job, access.owner, null); // no xattr: root's
     if (made || !this.index.has(job)) {
       u.onCommit(() => {
         this.index.set(job, this.index.get(job) ?? []);
@@ -386,7 +436,7 @@ export class StepTree {
   }
 
   /** Make the leaf if missing, confine it, then move the pid in (it never runs under a looser policy). */
-  private placeIn(u: Undo, job: string, step: string, leaf: Leaf, p: LevelPlan, pid: number) {
+  private placeIn(u: Undo, job: string, step: string, leaf: Leaf, p: LevelPlan, pid: number, access?: JobAccess) {
     const made = this.makeDir(u, p.dir);
     u.onCommit(() => {
       // The pid is in by now (it may even have exited): the leaf is read, not assumed empty,
@@ -396,6 +446,7 @@ export class StepTree {
       this.watcher.recheck({ job });
     });
     const c = p.devices ? this.applyLevel(u, p, made) : {};
+    access?.beforeMove?.();
     moveProcess(p.dir, pid, this.opts.mountPoint, this.opts.verifyMoves);
     return c;
   }
@@ -418,22 +469,26 @@ export class StepTree {
     return this.lock.run(job, () => Undo.run(this.opts.log, fn));
   }
 
-  createJob(job: string, limits?: Limits, devices?: DeviceRequest) {
+  createJob(job: string, limits?: Limits, devices?: DeviceRequest, access?: JobAccess) {
     return this.change(job, (u) => {
+      this.admit(u, job, access);
+      if ((limits || devices) && exists(this.paths.job(job))) access?.reconfigure(`job ${job}`);
       const jp = this.planJob(job, limits, devices, undefined, true);
-      const { created, ...c } = this.makeJob(u, job, jp);
+      const { created, ...c } = this.makeJob(u, job, jp, access);
       this.opts.log.info({ job, created, ...c }, created ? 'job created' : 'job updated');
       return { job, path: jp.dir, created, ...c };
     });
   }
 
-  createStep(job: string, step: string, limits?: Limits, devices?: DeviceRequest) {
+  createStep(job: string, step: string, limits?: Limits, devices?: DeviceRequest, access?: JobAccess) {
     return this.change(job, (u) => {
+      this.admit(u, job, access);
+      if ((limits || devices) && exists(this.paths.user(job, step))) access?.reconfigure(`job ${job} step ${step}`);
       // A job made here is allocated the gres this step names.
       const jp = this.planJob(job, undefined, undefined, devices?.gres, false);
       // Step limits and devices go on user/: the step daemon in slurm/ is not confined by them.
       const sp = this.planStep(job, step, limits, devices, jp, true);
-      const jobCreated = this.makeJob(u, job, jp).created;
+      const jobCreated = this.makeJob(u, job, jp, access).created;
       const { created, ...c } = this.makeStep(u, job, step, sp);
       const dir = this.paths.step(job, step);
       this.opts.log.info({ job, step, created, jobCreated, ...c }, created ? 'step created' : 'step updated');
@@ -441,13 +496,15 @@ export class StepTree {
     });
   }
 
-  attach(job: string, step: string, pid: number, leaf: Leaf, devices?: DeviceRequest) {
+  attach(job: string, step: string, pid: number, leaf: Leaf, devices?: DeviceRequest, access?: JobAccess) {
     this.checkPid(pid);
     return this.change(job, (u) => {
       if (!exists(this.paths.user(job, step))) this.requireStep(job, step); // names what is missing
+      this.admit(u, job, access);
+      this.reconfigureLeaf(job, step, leaf, devices, access);
       const tp = this.planLevel(this.paths.leaf(job, step, leaf), 'task', undefined, devices);
       requireMovable(pid);
-      const c = this.placeIn(u, job, step, leaf, tp, pid);
+      const c = this.placeIn(u, job, step, leaf, tp, pid, access);
       this.opts.log.info({ job, step, pid, leaf: path.basename(tp.dir) }, 'process attached');
       return { job, step, pid, path: tp.dir, ...c };
     });
@@ -458,16 +515,18 @@ export class StepTree {
    * in, all or nothing. An existing job or step is used as it is (its limits
    * and devices are not rewritten), so the same placement twice is harmless.
    */
-  place(r: Placement) {
+  place(r: Placement, access?: JobAccess) {
     this.checkPid(r.pid);
     return this.change(r.job, (u) => {
+      this.admit(u, r.job, access);
+      this.reconfigureLeaf(r.job, r.step, r.leaf, r.devices, access);
       const jp = this.planJob(r.job, r.jobLimits, r.jobDevices, undefined, false);
       const sp = this.planStep(r.job, r.step, r.stepLimits, r.stepDevices, jp, false);
       const tp = this.planLevel(this.paths.leaf(r.job, r.step, r.leaf), 'task', undefined, r.devices);
       requireMovable(r.pid);
-      const job = this.makeJob(u, r.job, jp);
+      const job = this.makeJob(u, r.job, jp, access);
       const step = this.makeStep(u, r.job, r.step, sp);
-      const c = this.placeIn(u, r.job, r.step, r.leaf, tp, r.pid);
+      const c = this.placeIn(u, r.job, r.step, r.leaf, tp, r.pid, access);
       this.opts.log.info({ job: r.job, step: r.step, pid: r.pid, leaf: path.basename(tp.dir), jobCreated: job.created, stepCreated: step.created }, 'process placed');
       return {
         job: { job: r.job, path: jp.dir, ...job },
@@ -479,8 +538,9 @@ export class StepTree {
     });
   }
 
-  setDevices(job: string, step: string | undefined, task: number | undefined, devices: DeviceRequest) {
+  setDevices(job: string, step: string | undefined, task: number | undefined, devices: DeviceRequest, access?: JobAccess) {
     return this.change(job, (u) => {
+      this.admit(u, job, access);
       let p: LevelPlan;
       if (step === undefined) {
         if (task !== undefined) throw new AgentError('EINVAL', 'a task needs a step');
@@ -495,6 +555,12 @@ export class StepTree {
       }
       return { path: p.dir, ...this.applyLevel(u, p, false) };
     });
+  }
+
+  /** A task leaf's device policy is replaced only with the access's leave. */
+  private reconfigureLeaf(job: string, step: string, leaf: Leaf, devices: DeviceRequest | undefined, access: JobAccess | undefined): void {
+    const dir = this.paths.leaf(job, step, leaf);
+    if (devices && exists(dir)) access?.reconfigure(`job ${job} step ${step} ${path.basename(dir)}`);
   }
 
   /** Pids no request may move (a missing or exited pid is found by requireMovable). */
@@ -512,8 +578,9 @@ export class StepTree {
       .filter(exists);
   }
 
-  signal(job: string, step: string | undefined, sig: string | number) {
+  signal(job: string, step: string | undefined, sig: string | number, access?: JobAccess) {
     const { name, number } = resolveSignal(sig);
+    this.admit(null, job, access);
     let count = 0;
     for (const dir of this.userDirs(job, step)) {
       if (name === 'SIGKILL') {
@@ -525,8 +592,9 @@ export class StepTree {
     return { job, step, signal: name, processes: count };
   }
 
-  freeze(job: string, step: string | undefined, frozen: boolean) {
+  freeze(job: string, step: string | undefined, frozen: boolean, access?: JobAccess) {
     return this.lock.run(job, async () => {
+      this.admit(null, job, access);
       const dirs = this.userDirs(job, step);
       for (const d of dirs) this.watcher.watchFreeze(path.dirname(d), { job, step: parseStepName(path.basename(path.dirname(d)))! });
       await Promise.all(dirs.map((d) => setFrozen(d, frozen, this.opts.waitTimeoutMs)));
@@ -536,8 +604,9 @@ export class StepTree {
   }
 
   /** Read in slices (see listJobs): a job may have many steps and tasks. */
-  async stats(job: string, step?: string) {
+  async stats(job: string, step?: string, access?: JobAccess) {
     const jobDir = this.requireJob(job);
+    this.admit(null, job, access);
     const steps = step !== undefined ? [step] : childDirs(jobDir).map(parseStepName).filter((s): s is string => s !== null);
     if (step !== undefined) this.requireStep(job, step);
     const head = step === undefined ? { total: this.readStats(jobDir), limits: readLimits(jobDir), devices: this.devicesOf(jobDir) } : {};
@@ -579,8 +648,9 @@ export class StepTree {
     return d && (d.progIds.length || d.policy) ? d : null;
   }
 
-  destroy(job: string, step: string | undefined, force: boolean, reapJob: boolean) {
+  destroy(job: string, step: string | undefined, force: boolean, reapJob: boolean, access?: JobAccess) {
     return this.lock.run(job, async () => {
+      this.admit(null, job, access);
       const target = step === undefined ? this.paths.job(job) : this.paths.step(job, step);
       if (!exists(target)) {
         // Idempotent: a controller retrying after a crash or a lost reply gets success.
@@ -688,4 +758,9 @@ export class StepTree {
 function dropStep(steps: string[] | undefined, step: string): void {
   const i = steps ? steps.indexOf(step) : -1;
   if (i >= 0) steps!.splice(i, 1);
+}
+
+function writeOwner(jobDir: string, owner: number): void {
+  if (owner === 0) removeXattr(jobDir, OWNER_XATTR);
+  else setXattr(jobDir, OWNER_XATTR, Buffer.from(String(owner)));
 }

@@ -1,0 +1,86 @@
+/**
+ * gate: what the agent checks before a request reaches the tree. It gathers the
+ * facts rpc/authz decides on (the process behind a pid, read from /proc
+ * through src/proc; which job that process is in now; device paths resolved to
+ * numbers off the event loop by devices/paths) and hands the tree the
+ * JobAccess authz makes, which the tree consults inside the job's lock.
+ * Decides nothing itself.
+ */
+import path from 'node:path';
+import { AgentError } from './errors.js';
+import { DevicePathResolver } from './devices/paths.js';
+import { ProcessRef, type ProcessInfo } from './proc/index.js';
+import { DEVICE_FIELDS, admitRequest, checkProcess, jobAccess, type Actor, type JobAccess, type ProcessFacts, type Protected } from './rpc/authz.js';
+import type { DeviceRequest } from './devices/request.js';
+import type { Request } from './rpc/protocol.js';
+import { parseJobName } from './steps/names.js';
+
+export interface GateOptions {
+  mountPoint: string;
+  scopeDir: () => string;
+  protectedPids: () => Protected;
+  resolver?: DevicePathResolver;
+}
+
+export interface Admitted<R> {
+  /** The request with its device paths replaced by numbers. */
+  req: R;
+  access: JobAccess;
+  /** Release what the check holds (the process's /proc directory). */
+  close(): void;
+}
+
+export class Gate {
+  private readonly resolver: DevicePathResolver;
+
+  constructor(private readonly o: GateOptions) {
+    this.resolver = o.resolver ?? new DevicePathResolver();
+  }
+
+  /** Check the request for this peer (EPERM/ENOENT/EINVAL when refused) and prepare it for the tree. */
+  async admit<R extends Request>(req: R, actor: Actor): Promise<Admitted<R>> {
+    const fields = req as unknown as Record<string, unknown>;
+    admitRequest(actor, fields as { op: string } & Record<string, unknown>);
+    let out = req;
+    for (const f of DEVICE_FIELDS) {
+      const d = fields[f] as DeviceRequest | undefined;
+      if (!d) continue;
+      const resolved = await this.resolver.resolve(d, actor.role === 'admin');
+      if (resolved !== d) out = { ...out, [f]: resolved };
+    }
+    const pid = fields.pid;
+    let proc: ProcessRef | null = null;
+    if (typeof pid === 'number') {
+      proc = ProcessRef.open(pid);
+      try {
+        checkProcess(actor, this.facts(proc.info), String(fields.job), this.o.protectedPids());
+      } catch (err) {
+        proc.close();
+        throw err;
+      }
+    }
+    const ref = proc;
+    const beforeMove = ref
+      ? () => {
+          if (!ref.alive()) throw new AgentError('ENOENT', `process ${String(pid)} exited before it was moved`);
+        }
+      : undefined;
+    const owner = typeof fields.owner === 'number' ? fields.owner : undefined;
+    return { req: out, access: jobAccess(actor, owner, beforeMove), close: () => ref?.close() };
+  }
+
+  private facts(p: ProcessInfo): ProcessFacts {
+    return { ...p, job: this.jobOfCgroup(p.cgroup) };
+  }
+
+  /** The job a cgroup path (as /proc shows it) lies in; null outside the scope, 'scope' in it but in no job. */
+  private jobOfCgroup(cg: string | null): string | null | 'scope' {
+    if (cg === null) return null;
+    const scope = '/' + path.relative(this.o.mountPoint, this.o.scopeDir());
+    // /proc shows paths from the agent's cgroup namespace root, which may sit below the mount.
+    const at = cg.endsWith(scope) ? cg.length - scope.length : cg.indexOf(scope + '/');
+    if (at < 0) return null;
+    const rest = cg.slice(at + scope.length + 1).split('/')[0];
+    return (rest && parseJobName(rest)) || 'scope';
+  }
+}

@@ -1,0 +1,101 @@
+/**
+ * proc: what /proc says about one process, read so that a reused pid cannot
+ * stand in for the process that was checked.
+ *
+ * A pid is a number the kernel hands to a new process once the old one is
+ * reaped. ProcessRef opens /proc/PID once and reads everything through that
+ * open directory (/proc/self/fd/N/...): the directory stays bound to the
+ * process it was opened for, and once that process is gone every read through
+ * it fails instead of describing a newer process with the same number. The
+ * reads are synchronous, as the agent's kernfs reads are: procfs builds status,
+ * stat and cgroup from memory without any lock the process could hold (cmdline
+ * and environ wait on its memory map's lock; they are never read). Owns
+ * /proc/PID/{status,stat} parsing; the small-file read and the cgroup line are
+ * cgroupfs's. Knows nothing of jobs or peers.
+ */
+import fs from 'node:fs';
+import { parseProcCgroup, readText } from '../cgroupfs/index.js';
+import { AgentError, fromNodeError, isErrno } from '../errors.js';
+
+/** PF_KTHREAD in include/linux/sched.h: the task is a kernel thread. */
+const PF_KTHREAD = 0x00200000;
+/** kthreadd: the parent of every kernel thread. */
+const KTHREADD = 2;
+
+export interface ProcessInfo {
+  /** The number asked about (a thread id names a thread of `tgid`). */
+  pid: number;
+  /** Thread-group id: the process the kernel moves when given `pid`. */
+  tgid: number;
+  ppid: number;
+  name: string;
+  uids: { real: number; effective: number; saved: number; fs: number };
+  kernelThread: boolean;
+  /** Its cgroup v2 path as /proc shows it ("/a/b"), null when it has none. */
+  cgroup: string | null;
+}
+
+export class ProcessRef {
+  private constructor(
+    private readonly fd: number,
+    readonly info: ProcessInfo,
+  ) {}
+
+  /** Open /proc/PID and read the process behind it; ENOENT "no process N" when there is none. */
+  static open(pid: number): ProcessRef {
+    let fd: number;
+    try {
+      fd = fs.openSync(`/proc/${pid}`, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+    } catch (err) {
+      if (isErrno(err, 'ENOENT', 'ESRCH')) throw new AgentError('ENOENT', `no process ${pid}`);
+      throw fromNodeError('open', `/proc/${pid}`, err);
+    }
+    try {
+      const read = (f: string) => readText(`/proc/self/fd/${fd}/${f}`);
+      return new ProcessRef(fd, parseProcess(pid, read('status'), read('stat'), read('cgroup')));
+    } catch (err) {
+      fs.closeSync(fd);
+      if (isErrno(err, 'ENOENT', 'ESRCH')) throw new AgentError('ENOENT', `no process ${pid}`);
+      throw err;
+    }
+  }
+
+  /** Is the process that was read still there (so `pid` still names it)? One path lookup, no read. */
+  alive(): boolean {
+    try {
+      fs.accessSync(`/proc/self/fd/${this.fd}/stat`);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
+  }
+}
+
+/** Parse the three files of one process (exported for tests). */
+export function parseProcess(pid: number, status: string, stat: string, cgroup: string): ProcessInfo {
+  const field = (key: string): string => {
+    const m = new RegExp(`^${key}:\\s*(.*)$`, 'm').exec(status);
+    if (!m) throw new AgentError('EIO', `/proc/${pid}/status has no ${key} line`);
+    return m[1];
+  };
+  const tgid = Number(field('Tgid'));
+  const ppid = Number(field('PPid'));
+  const [real, effective, saved, fsUid] = field('Uid').split(/\s+/).map(Number);
+  // comm may hold spaces and parentheses: the fields start after the last ')'.
+  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const flags = Number(rest[6]);
+  if (![tgid, ppid, real, effective, saved, fsUid, flags].every(Number.isSafeInteger)) throw new AgentError('EIO', `cannot parse /proc/${pid}/status or stat`);
+  return {
+    pid,
+    tgid,
+    ppid,
+    name: field('Name'),
+    uids: { real, effective, saved, fs: fsUid },
+    kernelThread: (flags & PF_KTHREAD) !== 0 || tgid === KTHREADD || ppid === KTHREADD,
+    cgroup: parseProcCgroup(cgroup),
+  };
+}

@@ -1,0 +1,160 @@
+/**
+ * rpc/authz: who may do what. Every decision about a peer's authority is made
+ * here; the agent gathers the facts (a job's owner, the process behind a pid)
+ * and the tree calls back into the JobAccess made here inside the job's lock,
+ * so a job cannot change hands between the check and the act. No I/O.
+ *
+ * The model is Slurm's "users act on their own jobs":
+ *  - admin (root and --operator-uid): everything, except moving the agent, its
+ *    infinity process, PID 1 or a kernel thread, which nobody may.
+ *  - user (--allow-uid): owns the jobs it creates (job.create, or implicitly
+ *    step.create / task.place) and acts only on those. It may move only its own
+ *    processes (every uid of the process is its uid), named by their process id
+ *    (not a thread id), from outside every job or from within the job they go
+ *    to. It may set limits or a device policy only on a level its request
+ *    creates, and only device options that narrow: deny rules and the closed
+ *    policy, device paths under /dev only. It sees only its own jobs in list,
+ *    stats and events.
+ *  - reader (--read-only-gid): hello, status, list, stats, events, on every job.
+ * An admin may name a job's owner (job.create / task.place `owner`); naming it
+ * on an existing job is refused when the job already belongs to another
+ * non-root uid, so a user cannot squat a job id that Slurm is about to hand to
+ * someone else.
+ */
+import { AgentError } from '../errors.js';
+import type { Role } from './peercred.js';
+import type { DeviceRequest } from '../devices/request.js';
+
+/** What a decision needs of a peer (a Peer is one). */
+export interface Actor { uid: number; role: Role }
+
+/** What the tree asks of a request, inside the job's lock. */
+export interface JobAccess {
+  /** The owner recorded on a job this request creates. */
+  readonly owner: number;
+  /** false when admit() would let anything through (an admin naming no owner, a reader): the owner need not be read. */
+  readonly checks: boolean;
+  /**
+   * May the peer act on this existing job, owned by `owner`? Throws EPERM when
+   * not; returns the owner to record when it is to change, else null.
+   */
+  admit(job: string, owner: number): number | null;
+  /** Throws EPERM when the peer may not change the limits or device policy of an existing level. */
+  reconfigure(what: string): void;
+  /** Throws when the process checked for this request is no longer the one at its pid (just before the move). */
+  beforeMove?(): void;
+}
+
+/** Ops anyone connected may send. */
+const OPEN_OPS = new Set(['hello', 'status', 'list', 'events']);
+/** Ops on one job that only read: readers on any job, users on their own. */
+const READ_JOB_OPS = new Set(['stats']);
+/** Ops that act on one job: users on their own, admins on any. */
+const ACT_JOB_OPS = new Set(['job.create', 'step.create', 'attach', 'task.place', 'signal', 'freeze', 'thaw', 'destroy']);
+/** Fields of a request that carry a DeviceRequest. */
+export const DEVICE_FIELDS = ['devices', 'jobDevices', 'stepDevices'] as const;
+
+function eperm(message: string): AgentError {
+  return new AgentError('EPERM', message);
+}
+
+/**
+ * May this peer send this request at all, with these arguments? Checks the
+ * op against the role, `owner` (admins only) and the device options. Anything
+ * this module does not know (a new op) is for admins only.
+ */
+export function admitRequest(a: Actor, req: { op: string } & Record<string, unknown>): void {
+  if (OPEN_OPS.has(req.op)) return;
+  if (a.role === 'admin') return;
+  if (a.role === 'reader') {
+    if (READ_JOB_OPS.has(req.op)) return;
+    throw eperm(`uid ${a.uid} may only use read-only requests; ${req.op} needs an allowed uid`);
+  }
+  if (!READ_JOB_OPS.has(req.op) && !ACT_JOB_OPS.has(req.op)) throw eperm(`${req.op} needs root or an operator (uid ${a.uid} may act on its own jobs only)`);
+  if (req.owner !== undefined && req.owner !== a.uid) throw eperm(`only root or an operator may name a job's owner (uid ${a.uid} asked for owner ${String(req.owner)})`);
+  for (const f of DEVICE_FIELDS) if (req[f] !== undefined) checkNarrowing(a, req[f] as DeviceRequest);
+}
+
+/**
+ * Device options a user may send: they only narrow. An allow rule, a gres
+ * allocation or the open policy could open what the agent's default or an
+ * admin's policy closes, so they are for admins; so is a device path outside
+ * /dev, refused before anything looks at it (the agent runs as root: a stat of
+ * the path would tell the user whether a file it cannot see exists).
+ */
+function checkNarrowing(a: Actor, d: DeviceRequest): void {
+  const who = `uid ${a.uid} may only narrow device access`;
+  if (d.allow?.length) throw eperm(`${who}: allow rules need root or an operator`);
+  if (d.gres?.length) throw eperm(`${who}: gres allocations need root or an operator`);
+  if (d.policy === 'open') throw eperm(`${who}: the open policy needs root or an operator`);
+  for (const text of d.deny ?? []) {
+    const head = text.trim().split(/\s+/)[0] ?? '';
+    if (head.startsWith('/') && !underDev(head)) throw eperm(`device rule ${JSON.stringify(text)}: uid ${a.uid} may name device paths under /dev only`);
+  }
+}
+
+/** "/dev/x..." with no "." or ".." segment (decided on the text alone). */
+export function underDev(p: string): boolean {
+  const parts = p.split('/');
+  return p.startsWith('/dev/') && parts.length > 2 && parts.slice(2).every((s) => s !== '' && s !== '.' && s !== '..');
+}
+
+/** May this peer see a job owned by `owner` (null: no such job) in list, stats and events? */
+export function maySee(a: Actor, owner: number | null): boolean {
+  if (a.role !== 'user') return true;
+  return owner === a.uid;
+}
+
+/** The JobAccess for one request (see the header). `requestedOwner` is job.create's / task.place's `owner`. */
+export function jobAccess(a: Actor, requestedOwner?: number, beforeMove?: () => void): JobAccess {
+  const owner = requestedOwner ?? a.uid;
+  return {
+    owner,
+    checks: a.role === 'user' || (a.role === 'admin' && requestedOwner !== undefined),
+    admit(job, current) {
+      if (a.role === 'user') {
+        if (current !== a.uid) throw eperm(`job ${job} belongs to uid ${current}; uid ${a.uid} may act on its own jobs only`);
+        return null;
+      }
+      if (a.role === 'reader' || requestedOwner === undefined || current === requestedOwner) return null;
+      if (current === 0 || current === a.uid) return requestedOwner;
+      throw eperm(`job ${job} already belongs to uid ${current}; it cannot be given to uid ${requestedOwner} (destroy it first)`);
+    },
+    reconfigure(what) {
+      if (a.role !== 'admin') throw eperm(`${what} exists: changing its limits or device policy needs root or an operator (uid ${a.uid} may set them only when its request creates it)`);
+    },
+    ...(beforeMove ? { beforeMove } : {}),
+  };
+}
+
+/** The facts about a process that a move is decided on. */
+export interface ProcessFacts {
+  pid: number;
+  tgid: number;
+  name: string;
+  uids: { real: number; effective: number; saved: number; fs: number };
+  kernelThread: boolean;
+  /** The job it is in now; null outside every job; 'scope' in the scope but in no job. */
+  job: string | null | 'scope';
+}
+
+export interface Protected { agent: number; infinity: number }
+
+/** May this peer move this process into job `job`? Throws EPERM naming why not. */
+export function checkProcess(a: Actor, p: ProcessFacts, job: string, prot: Protected): void {
+  const what = `pid ${p.pid}`;
+  if (p.tgid === 1) throw eperm(`${what} is PID 1${p.tgid !== p.pid ? ` (a thread of it)` : ''} and cannot be moved`);
+  if (p.tgid === prot.agent) throw eperm(`${what} is cgstepd itself${p.tgid !== p.pid ? ` (one of its threads)` : ''} and cannot be moved`);
+  if (p.tgid === prot.infinity) throw eperm(`${what} is the scope's infinity process and cannot be moved`);
+  if (p.kernelThread) throw eperm(`${what} is a kernel thread (${p.name}) and cannot be moved`);
+  // The kernel moves the whole thread group when given any of its thread ids.
+  if (p.tgid !== p.pid) throw eperm(`${what} is a thread of process ${p.tgid}; name the process (its thread-group id) to move it`);
+  if (a.role === 'admin') return;
+  const { real, effective, saved, fs } = p.uids;
+  if (![real, effective, saved, fs].every((u) => u === a.uid)) {
+    throw eperm(`${what} belongs to uid ${real}${effective !== real || saved !== real || fs !== real ? ` (effective ${effective}, saved ${saved})` : ''}; uid ${a.uid} may move only its own processes`);
+  }
+  if (p.job !== null && p.job !== job) {
+    throw eperm(`${what} is in ${p.job === 'scope' ? "the agent's scope" : `job ${p.job}`}; uid ${a.uid} may move a process into a job only from outside every job or from within that job`);
+  }
+}

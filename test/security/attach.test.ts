@@ -1,0 +1,108 @@
+/**
+ * An allowed uid could attach a root process, another user's process, pid 1,
+ * or the agent by one of its thread ids (the kernel moves the whole thread
+ * group when handed any thread id), and then freeze or kill it. Each attack,
+ * run as a real other uid through setpriv against a real agent: refused, and
+ * the target stays where it was. The process checks hold for root too.
+ */
+import test from 'ava';
+import fs from 'node:fs';
+import { killPid, spawnSleeper, waitFor, type RunningAgent } from '../helpers/agent.js';
+import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
+import { addUser, removeUser, type TestUser } from '../helpers/users.js';
+import { aKernelThread, cgroupOf, cgstepAs, socketDir, spawnAs, startMultiUser, threadsOf } from './multiuser.js';
+
+const ctx: { root: string; dir: string; agent: RunningAgent; alice: TestUser; bob: TestUser; pids: number[] } = { pids: [] } as any;
+
+test.before(async () => {
+  ctx.alice = addUser('cgs_authz');
+  ctx.bob = addUser('cgs_authz');
+  ctx.root = makeTestRoot('sec-attach');
+  ctx.dir = socketDir('sec-attach');
+  ctx.agent = await startMultiUser(ctx.root, ctx.dir, ['--allow-uid', String(ctx.alice.uid), '--allow-uid', String(ctx.bob.uid)]);
+  const r = cgstepAs(ctx.alice, ctx.agent.socket, ['step', 'create', '601', '0']);
+  if (r.code !== 0) throw new Error(`alice cannot create her step: ${r.stderr}`);
+});
+test.after.always(async () => {
+  for (const p of ctx.pids) killPid(p);
+  await ctx.agent?.stop();
+  fs.rmSync(ctx.dir, { recursive: true, force: true });
+  await removeTestRoot(ctx.root);
+  removeUser(ctx.alice);
+  removeUser(ctx.bob);
+});
+
+const attach = (u: TestUser, pid: number, job = '601') => cgstepAs(u, ctx.agent.socket, ['attach', job, '0', String(pid), '--task', '0']);
+
+function refused(t: any, r: ReturnType<typeof attach>, why: RegExp) {
+  t.is(r.code, 1, r.stdout);
+  t.is(r.error?.code, 'EPERM', r.stderr);
+  t.regex(r.error?.message ?? '', why);
+}
+
+test('the agent cannot be moved by one of its thread ids, by an allowed uid or by root', async (t) => {
+  const before = cgroupOf(ctx.agent.pid);
+  const [tid] = await threadsOf(ctx.agent.pid);
+  refused(t, attach(ctx.alice, tid), /is cgstepd itself \(one of its threads\)/);
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  const e: any = await t.throwsAsync(c.request('attach', { job: 601, step: 0, pid: tid, task: 0 }));
+  t.is(e.code, 'EPERM');
+  t.is(cgroupOf(ctx.agent.pid), before, 'the agent moved');
+  // And it still answers.
+  t.is(cgstepAs(ctx.alice, ctx.agent.socket, ['status']).code, 0);
+});
+
+test('pid 1 and a kernel thread are refused (also to root)', async (t) => {
+  refused(t, attach(ctx.alice, 1), /is PID 1/);
+  const kt = aKernelThread();
+  const before = cgroupOf(kt);
+  refused(t, attach(ctx.alice, kt), /is a kernel thread/);
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  for (const pid of [1, 2, kt]) {
+    const e: any = await t.throwsAsync(c.request('attach', { job: 601, step: 0, pid, task: 0 }));
+    t.is(e.code, 'EPERM', `pid ${pid}`);
+  }
+  t.is(cgroupOf(kt), before);
+});
+
+test("a root process and another user's process are refused; the user's own is moved", async (t) => {
+  const rootSleep = spawnSleeper();
+  const bobSleep = spawnAs(ctx.bob, ['sleep', '600']);
+  const aliceSleep = spawnAs(ctx.alice, ['sleep', '600']);
+  ctx.pids.push(rootSleep.pid!, bobSleep.pid!, aliceSleep.pid!);
+  await waitFor(() => fs.readFileSync(`/proc/${bobSleep.pid}/comm`, 'utf8').trim() === 'sleep' && fs.readFileSync(`/proc/${aliceSleep.pid}/comm`, 'utf8').trim() === 'sleep', 5000, 'the sleeps to exec');
+  const rootWas = cgroupOf(rootSleep.pid!);
+  const bobWas = cgroupOf(bobSleep.pid!);
+  refused(t, attach(ctx.alice, rootSleep.pid!), new RegExp(`belongs to uid 0; uid ${ctx.alice.uid} may move only its own processes`));
+  refused(t, attach(ctx.alice, bobSleep.pid!), new RegExp(`belongs to uid ${ctx.bob.uid}`));
+  t.is(cgroupOf(rootSleep.pid!), rootWas);
+  t.is(cgroupOf(bobSleep.pid!), bobWas);
+  const ok = attach(ctx.alice, aliceSleep.pid!);
+  t.is(ok.code, 0, ok.stderr);
+  t.true(cgroupOf(aliceSleep.pid!).endsWith('/job_601/step_0/user/task_0'));
+});
+
+test("a thread id of the user's own process is refused: the whole process would move", async (t) => {
+  const n = spawnAs(ctx.alice, [process.execPath, '-e', 'setInterval(() => {}, 1000)']);
+  ctx.pids.push(n.pid!);
+  const [tid] = await threadsOf(n.pid!);
+  const was = cgroupOf(n.pid!);
+  refused(t, attach(ctx.alice, tid), new RegExp(`is a thread of process ${n.pid}`));
+  t.is(cgroupOf(n.pid!), was);
+});
+
+test("a process in root's job cannot be pulled into the user's own job (out of root's limits)", async (t) => {
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  await c.request('step.create', { job: 602, step: 0 });
+  const s = spawnAs(ctx.alice, ['sleep', '600']);
+  ctx.pids.push(s.pid!);
+  await waitFor(() => fs.readFileSync(`/proc/${s.pid}/comm`, 'utf8').trim() === 'sleep', 5000, 'sleep to exec');
+  await c.request('attach', { job: 602, step: 0, pid: s.pid!, task: 0 });
+  refused(t, attach(ctx.alice, s.pid!), /is in job 602/);
+  t.true(cgroupOf(s.pid!).endsWith('/job_602/step_0/user/task_0'));
+  // Nor may she act on root's job itself.
+  refused(t, cgstepAs(ctx.alice, ctx.agent.socket, ['attach', '602', '0', String(s.pid), '--task', '1']), /job 602 belongs to uid 0/);
+});
