@@ -11,21 +11,21 @@
  *
  * What it does, in slurmd's prolog and epilog and in slurmstepd (remote
  * context); srun, sbatch, salloc and slurmd proper load it but it does
- * nothing there.
+ * nothing there. Every request names the job's owner (S_JOB_UID).
  *   slurm_spank_job_prolog (slurmd, root, once per job and node, before any
- *     of its steps): job.create {job, devices:{gres: SLURM_JOB_GPUS}},
+ *     of its steps): job.create {job, owner, devices:{gres: SLURM_JOB_GPUS}},
  *     the job's device allocation from slurmd's own environment.
  *   slurm_spank_init (slurmstepd, root, once per step, before its tasks are
  *     forked): records the cgroup slurmstepd started in; opens the one
- *     connection it keeps; job.create {job, limits from
+ *     connection it keeps; job.create {job, owner, limits from
  *     S_JOB_ALLOC_MEM/CORES}; task.place {job, step, pid: getpid(), leaf:
- *     "slurm", stepLimits from S_STEP_ALLOC_*, stepDevices:{gres}}
+ *     "slurm", owner, stepLimits from S_STEP_ALLOC_*, stepDevices:{gres}}
  *     (makes the step; the extern step, which has no tasks, is done there).
  *   slurm_spank_task_init_privileged (the forked task, root, before exec):
  *     reports a step that could not be placed, ending the task (closed).
  *   slurm_spank_task_post_fork (slurmstepd, root, each task, before Slurm
  *     lets any task exec): task.place {job, step, pid: S_TASK_PID, task:
- *     S_TASK_GLOBAL_ID} on the kept connection.
+ *     S_TASK_GLOBAL_ID, owner} on the kept connection.
  *   slurm_spank_exit (once per step, after its tasks were reaped):
  *     slurmstepd leaves the step's slurm/ leaf (back to where it started),
  *     destroy {job, step, force: true, reapJob: true}.
@@ -585,7 +585,7 @@ static int place_step(spank_t sp)
 		return -1;
 	}
 	memset(&b, 0, sizeof(b));
-	bput(&b, "\"op\":\"job.create\",\"job\":\"%" PRIu32 "\"", st.job);
+	bput(&b, "\"op\":\"job.create\",\"job\":\"%" PRIu32 "\",\"owner\":%u", st.job, (unsigned)st.owner);
 	put_limits(&b, "limits", job_mem, job_cores);
 	if (kept_call(b.s, c->timeout_ms, NULL)) {
 		step_failed("creating the job's cgroup", st.cl.err);
@@ -593,8 +593,8 @@ static int place_step(spank_t sp)
 	}
 
 	memset(&b, 0, sizeof(b));
-	bput(&b, "\"op\":\"task.place\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\",\"pid\":%d,\"leaf\":\"slurm\"",
-	     st.job, st.step, (int)getpid());
+	bput(&b, "\"op\":\"task.place\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\",\"pid\":%d,\"leaf\":\"slurm\",\"owner\":%u",
+	     st.job, st.step, (int)getpid(), (unsigned)st.owner);
 	put_limits(&b, "stepLimits", step_mem, step_cores);
 	if (c->devices)
 		put_gres(&b, "stepDevices", gpus, ngpus);
@@ -700,8 +700,8 @@ int slurm_spank_task_post_fork(spank_t sp, int ac, char **av)
 		snprintf(msg, sizeof(msg), "an earlier task of the step could not be placed: %.1000s", st.task_err);
 	} else {
 		memset(&b, 0, sizeof(b));
-		bput(&b, "\"op\":\"task.place\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\",\"pid\":%d,\"task\":%" PRIu32,
-		     st.job, st.step, (int)pid, gtid);
+		bput(&b, "\"op\":\"task.place\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\",\"pid\":%d,\"task\":%" PRIu32 ",\"owner\":%u",
+		     st.job, st.step, (int)pid, gtid, (unsigned)st.owner);
 		if (kept_call(b.s, st.c.timeout_ms, NULL) == 0)
 			return 0;
 		snprintf(msg, sizeof(msg), "%.1000s", st.cl.err);
@@ -761,7 +761,7 @@ static void call_once(const struct config *c, const char *body, int timeout_ms, 
 
 /*
  * Before any step of the job runs on this node (slurmd's prolog, as root):
- * the job, with the GPUs Slurm allocated it here as its
+ * the job, owned by its user, with the GPUs Slurm allocated it here as its
  * device allocation. SLURM_JOB_GPUS in this environment is slurmd's, from the
  * job credential (every variable a user can add here is prefixed SPANK_), so
  * the allocation does not come from anything the user controls; the steps'
@@ -795,7 +795,7 @@ int slurm_spank_job_prolog(spank_t sp, int ac, char **av)
 		ngpus = 0;
 	}
 	memset(&b, 0, sizeof(b));
-	bput(&b, "\"op\":\"job.create\",\"job\":\"%" PRIu32 "\"", job);
+	bput(&b, "\"op\":\"job.create\",\"job\":\"%" PRIu32 "\",\"owner\":%u", job, (unsigned)owner);
 	if (c.devices)
 		put_gres(&b, "devices", gpus, ngpus);
 	call_once(&c, b.s, c.timeout_ms, "creating", job, "prolog");

@@ -19,6 +19,7 @@ import { slurmSupport } from '../harness/slurm.js';
 import { startAgent, type RunningAgent } from '../helpers/agent.js';
 import { gate } from '../helpers/gate.js';
 import { MOUNT, makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
+import { getXattr } from '../../src/cgroupfs/xattr.js';
 import { PYTHON, lineServer, until } from './helpers.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -365,13 +366,13 @@ cTest('one step of three tasks: job.create and task.place of the step daemon onc
   const reqs = r.reqs();
   t.deepEqual(reqs.map((q) => q.op), ['job.create', 'task.place', 'task.place', 'task.place', 'task.place', 'destroy']);
   t.deepEqual(new Set(r.seen.map((x) => x.conn)), new Set([0]), 'one connection');
-  t.like(reqs[0], { job: '5', limits: { memory: 1024 * 2 ** 20 } });
+  t.like(reqs[0], { job: '5', owner: 1234, limits: { memory: 1024 * 2 ** 20 } });
   t.is(reqs[0].devices, undefined, "the job's devices are the prolog's");
-  t.like(reqs[1], { job: '5', step: '2', leaf: 'slurm', stepLimits: { memory: 512 * 2 ** 20 }, stepDevices: { gres: ['gpu:1', 'gpu:3'] } });
+  t.like(reqs[1], { job: '5', step: '2', leaf: 'slurm', owner: 1234, stepLimits: { memory: 512 * 2 ** 20 }, stepDevices: { gres: ['gpu:1', 'gpu:3'] } });
   t.is(reqs[1].jobDevices, undefined, 'never a job allocation from the step environment');
   const pids = new Map(s.tasks.map((x) => [x.task + 4, x.pid]));
   for (const q of reqs.slice(2, 5)) {
-    t.deepEqual(Object.keys(q).sort(), ['id', 'job', 'op', 'pid', 'step', 'task', 'v'], 'a task only attaches');
+    t.deepEqual(Object.keys(q).sort(), ['id', 'job', 'op', 'owner', 'pid', 'step', 'task', 'v'], 'a task only attaches');
     t.is(q.pid, pids.get(q.task), `task ${q.task} by its own pid`);
   }
   t.like(reqs[5], { job: '5', step: '2', force: true, reapJob: true });
@@ -455,7 +456,7 @@ cTest('cpus=no leaves the core lists out, cpus=yes sends them, and memory goes f
   t.is(r.reqs()[0].limits, undefined);
 });
 
-cTest("prolog: the job with the GPUs slurmd's environment names (none without SLURM_JOB_GPUS); never fails", async (t) => {
+cTest("prolog: the job with its owner and the GPUs slurmd's environment names (none without SLURM_JOB_GPUS); never fails", async (t) => {
   const r = await recorder();
   t.teardown(r.close);
   t.deepEqual(await prolog([`socket=${r.sock}`], { DRV_JOB: '7', DRV_UID: '1234', SLURM_JOB_GPUS: '1,3' }), { rc: 0, errors: [] });
@@ -465,12 +466,12 @@ cTest("prolog: the job with the GPUs slurmd's environment names (none without SL
   t.is(bad.rc, 0);
   t.regex(bad.errors[0], /job 10 prolog: SLURM_JOB_GPUS=GPU-x: "GPU-x" is not a GPU index; the job gets no GPU/);
   t.deepEqual(
-    r.reqs().map(({ op, job, devices }) => ({ op, job, devices })),
+    r.reqs().map(({ op, job, owner, devices }) => ({ op, job, owner, devices })),
     [
-      { op: 'job.create', job: '7', devices: { gres: ['gpu:1', 'gpu:3'] } },
-      { op: 'job.create', job: '8', devices: { gres: [] } },
-      { op: 'job.create', job: '9', devices: undefined },
-      { op: 'job.create', job: '10', devices: { gres: [] } },
+      { op: 'job.create', job: '7', owner: 1234, devices: { gres: ['gpu:1', 'gpu:3'] } },
+      { op: 'job.create', job: '8', owner: 1234, devices: { gres: [] } },
+      { op: 'job.create', job: '9', owner: 0, devices: undefined },
+      { op: 'job.create', job: '10', owner: 0, devices: { gres: [] } },
     ],
   );
   const down = await prolog([`socket=${path.join(dir, 'nothing.sock')}`], { DRV_JOB: '11' });
@@ -562,9 +563,9 @@ cTest('the client cost, request by request, against a real cgstepd (logged, not 
   const pid2 = spawn('sleep', ['30'], { stdio: 'ignore' });
   try {
     const bodies = [
-      '"op":"job.create","job":"88","limits":{"cpus":"0-1","memory":536870912}',
-      `"op":"task.place","job":"88","step":"0","pid":${pid2.pid},"leaf":"slurm","stepLimits":{"cpus":"1","memory":268435456},"stepDevices":{"gres":[]}`,
-      `"op":"task.place","job":"88","step":"0","pid":${pid.pid},"task":0`,
+      '"op":"job.create","job":"88","owner":0,"limits":{"cpus":"0-1","memory":536870912}',
+      `"op":"task.place","job":"88","step":"0","pid":${pid2.pid},"leaf":"slurm","owner":0,"stepLimits":{"cpus":"1","memory":268435456},"stepDevices":{"gres":[]}`,
+      `"op":"task.place","job":"88","step":"0","pid":${pid.pid},"task":0,"owner":0`,
       '"op":"destroy","job":"88","step":"0","force":true,"reapJob":true',
     ];
     const r = await call(a.socket, 5000, bodies);
@@ -608,4 +609,16 @@ cTest("a forged step environment naming every GPU, in a job slurmd's prolog allo
     c.close();
   }
   t.false(fs.existsSync(path.join(status.scope, 'job_61')));
+});
+
+cTest("the job's owner is the Slurm job's uid: slurmd's prolog makes the job owned by S_JOB_UID (trusted.cgstep.owner), its steps run in it", async (t) => {
+  const a = await realAgent();
+  const status = await agentStatus(a);
+  const jobDir = path.join(status.scope, 'job_63');
+  t.deepEqual(await prolog([`socket=${a.socket}`, 'devices=try'], { DRV_JOB: '63', DRV_UID: '4242' }), { rc: 0, errors: [] });
+  t.is(getXattr(jobDir, 'trusted.cgstep.owner')?.toString(), '4242');
+  const s = await step([`socket=${a.socket}`, 'devices=try'], { DRV_JOB: '63', DRV_STEP: '0', DRV_UID: '4242' });
+  t.deepEqual(s.errors, []);
+  t.is(s.ran.length, 1);
+  t.false(fs.existsSync(jobDir), 'removed with its last step');
 });

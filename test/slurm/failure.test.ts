@@ -149,7 +149,7 @@ slurmTest('an agent that refuses: its error code and message are in the job stde
     t.regex(r.stderr, /cgstep: creating the job's cgroup for job \d+ step 0 failed \(cgstepd at .*refuser\.sock: EBUSY: node "draining" \\ try later \u2013 tab\there\); task not started/);
     // slurmd's prolog (refused: logged, the prolog never fails), then the step daemon's job.create.
     const [prolog, first] = seen.map((l) => JSON.parse(l));
-    t.like(prolog, { op: 'job.create', v: '1.0', devices: { gres: [] } });
+    t.like(prolog, { op: 'job.create', v: '1.0', owner: process.getuid!(), devices: { gres: [] } });
     t.is(first.op, 'job.create');
     t.is(first.job, prolog.job);
     t.regex(first.job, /^\d+$/);

@@ -2,7 +2,7 @@
  * What the cgstep SPANK plugin says on the wire, with a real Slurm: a
  * recording agent (a Unix socket that checks every line against the project's
  * own request schema, src/rpc/protocol.ts, and answers ok) stands in for
- * cgstepd, so the requests themselves can be asserted: ids, limits
+ * cgstepd, so the requests themselves can be asserted: ids, the owner, limits
  * from Slurm's allocation, the job's GPUs from slurmd's prolog and the step's
  * from the step (and not from a user's environment), the step daemon and
  * each task by pid over one connection per step, destroy at the step's end.
@@ -75,7 +75,7 @@ async function epilogDone(job: string) {
   await until(() => forJob(job).some((r) => r.op === 'destroy' && r.step === undefined), 15_000, `the epilog's destroy of job ${job}`);
 }
 
-slurmTest('srun -n2 --mem=300 --gres=gpu:2: the job with its GPUs from the prolog, its limits, the step daemon with the step, each task by pid on the same connection, destroy', async (t) => {
+slurmTest('srun -n2 --mem=300 --gres=gpu:2: the job with its owner and GPUs from the prolog, its limits, the step daemon with the step, each task by pid on the same connection, destroy', async (t) => {
   const r = await cluster.srun(['-n2', '--mem=300', '--gres=gpu:2', 'sh', '-c', 'echo "$SLURM_JOB_ID $SLURM_PROCID $$ $PPID $CUDA_VISIBLE_DEVICES"']);
   t.is(r.code, 0, r.stderr);
   const tasks = r.stdout.trim().split('\n').map((l) => l.split(' '));
@@ -84,6 +84,7 @@ slurmTest('srun -n2 --mem=300 --gres=gpu:2: the job with its GPUs from the prolo
   t.deepEqual(problems, []);
   const reqs = forJob(job);
   for (const q of reqs) t.is(q.v, '1.0');
+  for (const q of reqs.filter((x) => x.op !== 'destroy')) t.is(q.owner, process.getuid!(), "every request names the job's uid");
   const visible = tasks[0][4].split(',');
   t.is(visible.length, 2);
   const gres = visible.map((i) => `gpu:${i}`);
@@ -108,7 +109,7 @@ slurmTest('srun -n2 --mem=300 --gres=gpu:2: the job with its GPUs from the prolo
   for (const [, procid, pid] of tasks) {
     const q = byTask.get(Number(procid));
     t.is(q?.pid, Number(pid), `task ${procid} placed by its own pid`);
-    t.deepEqual(Object.keys(q).sort(), ['id', 'job', 'op', 'pid', 'step', 'task', 'v'], 'a task only attaches');
+    t.deepEqual(Object.keys(q).sort(), ['id', 'job', 'op', 'owner', 'pid', 'step', 'task', 'v'], 'a task only attaches');
   }
   const stepConn = seen.filter((x) => x.req.job === job && (x.req.op === 'task.place' || x.req === limits || (x.req.op === 'destroy' && x.req.step === '0')));
   t.is(new Set(stepConn.map((x) => x.conn)).size, 1, "the step's requests on one kept connection");
