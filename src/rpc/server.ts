@@ -20,6 +20,7 @@ import { parseRequest } from './validate.js';
 import { MAX_LINE_BYTES, PROTOCOL_VERSION, READ_ONLY_OPS, majorOf } from './version.js';
 import { RateLimiter, Slots, DEFAULT_RATE, checkRuleCount, type RateOptions } from './limits.js';
 import { Streamed } from './stream.js';
+import { LineReader, TOO_LONG } from './lines.js';
 
 export interface ServerOptions {
   socketPath: string;
@@ -61,9 +62,8 @@ const REFUSED_LINGER = 256;
 const DEFAULT_IDLE_MS = 60_000;
 /** A request line must be complete this long after its first byte (non-admin peers). */
 const LINE_TIMEOUT_MS = 10_000;
-/** Requests of one non-admin connection that run at once, and that may wait before its reading pauses. */
+/** Requests of one non-admin connection that run at once. */
 const USER_INFLIGHT = 4;
-const USER_QUEUE = 16;
 /** list/stats requests of all non-admin peers together that run at once. */
 const EXPENSIVE_AT_ONCE = 4;
 
@@ -72,9 +72,12 @@ interface Conn {
   s: net.Socket;
   peer: Peer;
   inflight: number;
-  queue: string[];
-  /** Reading paused because too many lines wait. */
+  /** What the peer sent that has not run yet. */
+  lines: LineReader;
+  /** Reading paused because complete lines wait (non-admin peers). */
   backlogged: boolean;
+  /** A pump is due on the loop's next turn (non-admin peers). */
+  pumpSoon: boolean;
   unsubscribe: (() => void) | null;
   lineTimer: NodeJS.Timeout | null;
   /** Streamed replies of this connection, one after another. */
@@ -164,30 +167,9 @@ export class RpcServer {
     this.conns.add(s);
     if (peer.role !== 'admin') this.perUid.set(peer.uid, (this.perUid.get(peer.uid) ?? 0) + 1);
     this.o.log.info({ peerPid: peer.pid, peerUid: peer.uid, role: peer.role }, 'connection accepted');
-    const c: Conn = { s, peer, inflight: 0, queue: [], backlogged: false, unsubscribe: null, lineTimer: null, streams: Promise.resolve(), held: null };
-    let buf: Buffer[] = [];
-    let buffered = 0;
+    const c: Conn = { s, peer, inflight: 0, lines: new LineReader(MAX_LINE_BYTES), backlogged: false, pumpSoon: false, unsubscribe: null, lineTimer: null, streams: Promise.resolve(), held: null };
     s.on('data', (chunk: Buffer) => {
-      let start = 0;
-      for (let nl = chunk.indexOf(10); nl >= 0; nl = chunk.indexOf(10, start)) {
-        const piece = chunk.subarray(start, nl);
-        start = nl + 1;
-        if (buffered + piece.length > MAX_LINE_BYTES) return this.tooLong(s);
-        const text = buf.length ? Buffer.concat([...buf, piece]).toString('utf8') : piece.toString('utf8');
-        buf = [];
-        buffered = 0;
-        if (text.trim() === '') continue;
-        // Admin peers are trusted with concurrency: their lines run at once, without the queue.
-        if (peer.role === 'admin') void this.onLine(c, text);
-        else c.queue.push(text);
-      }
-      if (start < chunk.length) {
-        const rest = chunk.subarray(start);
-        buffered += rest.length;
-        if (buffered > MAX_LINE_BYTES) return this.tooLong(s);
-        buf.push(Buffer.from(rest));
-      }
-      this.watchPartialLine(c, buffered > 0);
+      c.lines.push(chunk);
       this.pump(c);
     });
     s.on('drain', () => {
@@ -205,6 +187,8 @@ export class RpcServer {
     s.on('close', () => {
       this.conns.delete(s);
       if (c.lineTimer) clearTimeout(c.lineTimer);
+      // Lines a closed connection sent and nothing has run yet: no one is left to read their replies.
+      c.lines.clear();
       if (peer.role !== 'admin') {
         const n = (this.perUid.get(peer.uid) ?? 1) - 1;
         if (n > 0) this.perUid.set(peer.uid, n);
@@ -215,23 +199,46 @@ export class RpcServer {
   }
 
   /**
-   * Run a non-admin peer's queued lines USER_INFLIGHT at a time; its reading
-   * pauses while USER_QUEUE lines wait (so one connection cannot pipeline
-   * thousands of requests into the agent).
+   * Run the lines received: all at once for admin peers; for the others
+   * USER_INFLIGHT at a time, each next one on the loop's next turn, and no
+   * more is read from the peer while a complete line waits (so one connection
+   * cannot pipeline thousands of requests into the agent, nor hold the loop
+   * with lines that are answered without I/O).
    */
   private pump(c: Conn): void {
-    while (c.queue.length > 0 && c.inflight < USER_INFLIGHT) {
-      const text = c.queue.shift()!;
+    const admin = c.peer.role === 'admin';
+    const max = admin ? Infinity : USER_INFLIGHT;
+    while (c.inflight < max) {
+      const text = c.lines.next();
+      if (text === null) break;
+      if (text === TOO_LONG) {
+        c.lines.clear();
+        return this.tooLong(c.s);
+      }
+      if (text.trim() === '') continue;
+      // Admin peers are trusted with concurrency: their lines run at once.
+      if (admin) {
+        void this.onLine(c, text);
+        continue;
+      }
       c.inflight++;
       void this.onLine(c, text).finally(() => {
         c.inflight--;
-        this.pump(c);
+        if (!c.pumpSoon) {
+          // One pending turn per connection, however many of its lines end at once.
+          c.pumpSoon = true;
+          setImmediate(() => {
+            c.pumpSoon = false;
+            this.pump(c);
+          });
+        }
       });
     }
-    const backlogged = c.queue.length >= USER_QUEUE;
+    const backlogged = !admin && c.lines.hasLine();
     if (backlogged && !c.backlogged) c.s.pause();
     else if (!backlogged && c.backlogged && c.s.writableLength <= PAUSE_BYTES) c.s.resume();
     c.backlogged = backlogged;
+    this.watchPartialLine(c, c.lines.pending > 0 && !backlogged);
   }
 
   /** A non-admin peer's line must be complete within the line timeout of its first byte (no slowloris). */

@@ -1,0 +1,120 @@
+/**
+ * A read-only or allowed peer that pipelines 64 KiB writes of tiny lines
+ * (junk, empty objects, hello) over several connections must not hold the
+ * agent's event loop: each line is answered without I/O, and before, they ran
+ * back to back (a 64 KiB read split at once into ~20,000 lines, each finished
+ * line starting the next in the same turn, and lines of closed connections
+ * still running), so root's status waited for seconds. Real uids via setpriv;
+ * the attacker runs at nice 19, as a user slice would weigh it against the
+ * agent.
+ */
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
+import { startAgent, type RunningAgent } from '../helpers/agent.js';
+import { addGroup, addUser, asUser, removeGroup, removeUser, type TestUser } from '../helpers/users.js';
+import { makeSteps, sampleRootStatus } from './helpers.js';
+
+const ctx: { root: string; dir: string; agent: RunningAgent; allowed: TestUser; reader: TestUser; group: { name: string; gid: number } } = {} as any;
+
+test.before(async () => {
+  ctx.root = makeTestRoot('pipeline');
+  ctx.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-pipeline-'));
+  fs.chmodSync(ctx.dir, 0o755);
+  ctx.group = addGroup('cgs_atk');
+  ctx.allowed = addUser('cgs_atk');
+  ctx.reader = addUser('cgs_atk');
+  ctx.agent = await startAgent({
+    root: ctx.root,
+    socket: path.join(ctx.dir, 's.sock'),
+    args: ['--ignore-systemd', '--log-level', 'warn', '--allow-uid', String(ctx.allowed.uid), '--read-only-gid', String(ctx.group.gid)],
+  });
+  await makeSteps(ctx.agent.socket, 50);
+  // The first malformed request loads the schema library (once, about 0.2 s
+  // of CPU): done here, so the flood measures what it can repeat.
+  const c = await ctx.agent.client();
+  await c.request('step.create', { job: 'x' } as never).catch(() => undefined);
+  c.close();
+});
+test.after.always(async () => {
+  await ctx.agent?.stop();
+  fs.rmSync(ctx.dir, { recursive: true, force: true });
+  await removeTestRoot(ctx.root);
+  for (const u of [ctx.allowed, ctx.reader]) removeUser(u);
+  removeGroup(ctx.group);
+});
+
+// Threads that each keep a connection full of one kind of line, reading what
+// comes back without waiting for it, reconnecting when dropped; prints how
+// many reply bytes it got. /usr/bin/python3: plain blocking sockets.
+const FLOODER = `
+import socket, sys, threading, time
+path, kind, conns, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+line = {'junk': b'x\\n', 'empty': b'{}\\n', 'hello': b'{"id":1,"op":"hello"}\\n'}[kind]
+chunk = line * (65536 // len(line))
+end = time.time() + secs
+got = [0]
+def run():
+    while time.time() < end:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(2)
+            s.connect(path)
+            while time.time() < end:
+                s.sendall(chunk)
+                s.setblocking(False)
+                try:
+                    while True:
+                        d = s.recv(1 << 20)
+                        if not d:
+                            break
+                        got[0] += len(d)
+                except (BlockingIOError, OSError):
+                    pass
+                s.settimeout(2)
+        except OSError:
+            time.sleep(0.01)
+        finally:
+            s.close()
+ts = [threading.Thread(target=run) for _ in range(conns)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+print('replies', got[0])
+`;
+
+function flood(u: TestUser, groups: number[], kind: string, conns: number, secs: number): Promise<number> {
+  const [cmd, ...args] = asUser(u, groups);
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, [...args, 'nice', '-n', '19', '/usr/bin/python3', '-c', FLOODER, ctx.agent.socket, kind, String(conns), String(secs)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.stderr.on('data', (d) => (out += d));
+    p.once('exit', (code) => {
+      const m = /replies (\d+)/.exec(out);
+      if (code === 0 && m) resolve(Number(m[1]));
+      else reject(new Error(`flooder exited ${code}: ${out}`));
+    });
+  });
+}
+
+test('pipelined junk, empty objects and hellos from a reader and an allowed uid leave root answered', async (t) => {
+  const sampler = sampleRootStatus(ctx.agent.socket, { intervalMs: 50 });
+  const got = await Promise.all([
+    flood(ctx.reader, [ctx.group.gid], 'empty', 4, 4),
+    flood(ctx.allowed, [], 'junk', 4, 4),
+    flood(ctx.reader, [ctx.group.gid], 'hello', 2, 4),
+  ]);
+  const { worstMs, samples, failures } = await sampler.stop();
+  t.log(`root's worst status: ${worstMs} ms over ${samples} samples; reply bytes ${got.join(', ')}`);
+  t.is(ctx.agent.proc.exitCode, null, `the agent exited:\n${ctx.agent.log().slice(-2000)}`);
+  for (const g of got) t.true(g > 0, 'the flooders were answered (their lines ran)');
+  t.deepEqual(failures, []);
+  t.true(worstMs < 500, `root's status took ${worstMs} ms during the flood`);
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  const st = await c.request('status', {});
+  t.is(st.steps, 50, 'nothing was created or removed');
+});
