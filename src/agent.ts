@@ -132,6 +132,7 @@ async function startLocked(o: AgentOptions, root: ReturnType<typeof resolveCgrou
       perTask: o.metricsTasks,
       tree,
       log,
+      ownerOf: (job) => tree.ownerOf(job),
       agentGauges: () => ({ connections: server.connectionCount }),
       maxAgeSec: o.metricsMaxAgeSec ?? 10,
       maxConnections: o.metricsMaxConnections ?? 16,

@@ -56,6 +56,7 @@ test('metrics: per job and step series equal the cgroup files; agent counters; n
   }
   // Frozen state per step (from user/), and the snapshot's own figures.
   t.deepEqual(fam('cgstep_step_frozen').metrics.map((m: any) => [m.labels.step, m.value]).sort(), [['0', '0'], ['batch', '0']]);
+  t.deepEqual(fam('cgstep_job_owner_info').metrics.map((m: any) => [m.labels.jobid, m.labels.uid]), [['7', '0']], 'the job made by root is owned by uid 0');
   t.truthy(fam('cgstep_metrics_snapshot_age_seconds'));
   t.truthy(fam('cgstep_metrics_refresh_longest_slice_seconds'));
   t.is((await fetch(`http://127.0.0.1:${port}/nope`)).status, 404);
