@@ -389,7 +389,8 @@ export class RpcServer {
     const { s } = c;
     c.held = [];
     try {
-      await this.streamItems(s, id, result);
+      // A non-admin peer that stops reading mid-reply would hold its slot for list/stats for ever: it is dropped instead.
+      await this.streamItems(s, id, result, c.peer.role === 'admin' ? null : Math.min(this.o.idleTimeoutMs ?? DEFAULT_IDLE_MS, LINE_TIMEOUT_MS));
     } catch (err) {
       // Half a line is on the wire: the connection cannot carry anything after it.
       this.o.log.error({ err }, 'streamed reply failed; closing the connection');
@@ -401,7 +402,7 @@ export class RpcServer {
     }
   }
 
-  private async streamItems(s: net.Socket, id: string | number | null, result: Streamed): Promise<void> {
+  private async streamItems(s: net.Socket, id: string | number | null, result: Streamed, stallMs: number | null): Promise<void> {
     const head = JSON.stringify({ id, ok: true, result: { ...result.extra, [result.field]: [] } });
     // Everything up to the empty array's closing bracket, then the items, then the rest.
     const at = head.lastIndexOf('[]') + 1;
@@ -415,7 +416,7 @@ export class RpcServer {
       if (chunk.length < STREAM_CHUNK) continue;
       s.write(chunk);
       chunk = '';
-      if (s.writableLength > PAUSE_BYTES) await drained(s);
+      if (s.writableLength > PAUSE_BYTES) await drained(s, stallMs);
     }
     if (!s.destroyed) s.write(chunk + head.slice(at) + '\n');
   }
@@ -460,10 +461,12 @@ export class RpcServer {
   }
 }
 
-/** Resolves when s can take more, or is gone. */
-function drained(s: net.Socket): Promise<void> {
+/** Resolves when s can take more, or is gone; with stallMs, s is destroyed when it takes nothing for that long. */
+function drained(s: net.Socket, stallMs: number | null = null): Promise<void> {
   return new Promise((resolve) => {
+    const timer = stallMs === null ? null : setTimeout(() => s.destroy(), stallMs);
     const done = () => {
+      if (timer) clearTimeout(timer);
       s.off('drain', done);
       s.off('close', done);
       resolve();
