@@ -97,7 +97,12 @@ export function degradedOf(f: StatusFacts): string[] {
     const lost = s.controllers.enabled.filter((c) => !now.includes(c));
     if (lost.length) out.push(`controllers disappeared from the scope: ${lost.join(' ')}`);
   }
-  for (const c of f.config?.controllers.missing ?? []) out.push(`the ${c} controller that cgroup.conf's constrain settings need is not available: limits on it are ${f.config!.missingControllerLimits === 'skip' ? 'skipped (NOT enforced)' : 'refused'}`);
+  // A missing controller is degraded only where its limits are silently dropped
+  // (--ignore-missing-controllers); refused limits fail loudly, and the config
+  // section of status names the missing controllers either way.
+  if (f.config?.missingControllerLimits === 'skip') {
+    for (const c of f.config.controllers.missing) out.push(`the ${c} controller that cgroup.conf's constrain settings need is not available: limits on it are skipped (NOT enforced)`);
+  }
   if (f.constrainDevices && !f.devices.supported) out.push(`device control unavailable (devices/none): ${f.devices.reason}`);
   if (f.orphans.populated.length) out.push(`${f.orphans.populated.length} orphan cgroup(s) still hold processes`);
   const lp = f.layoutProblems;

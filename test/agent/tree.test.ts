@@ -104,7 +104,8 @@ test.serial('freeze stops a busy loop from accruing CPU; thaw resumes it; events
   const events: any[] = [];
   const ec = await ctx.agent.client();
   await ec.events((e) => events.push(e));
-  t.teardown(() => {
+  t.teardown(async () => {
+    await c.request('destroy', { job: 51, force: true }).catch(() => undefined);
     c.close();
     ec.close();
   });

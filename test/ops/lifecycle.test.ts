@@ -18,8 +18,8 @@ test('SIGTERM: an idle agent stops with a final "stopped" line (exit 0); events 
   let err = '';
   ev.stderr!.on('data', (d) => (err += d));
   const evExit = new Promise<number | null>((r) => ev.once('exit', (c) => r(c)));
-  // Readiness took one connection; the events client is the next.
-  await waitFor(() => a.logLines().filter((l) => l.msg === 'connection accepted').length >= 2, 60000, 'the events client to connect');
+  // The events client's own connection (by its pid: readiness checks connect too).
+  await waitFor(() => a.logLines().some((l) => l.msg === 'connection accepted' && l.peerPid === ev.pid), 60000, 'the events client to connect');
   const t0 = performance.now();
   const code = await a.stop('SIGTERM');
   t.log(`SIGTERM to exit: ${Math.round(performance.now() - t0)} ms (the agent's own stopMs: ${a.logLines().find((l) => l.msg?.startsWith('stopped'))?.stopMs} ms)`);
