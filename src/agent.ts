@@ -71,7 +71,7 @@ export function builtinRegistry(ctl: DeviceController): Registry<Context> {
 export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks = {}): Promise<Agent> {
   for (const w of o.confWarnings) log.warn(w);
   const root = resolveCgroupRoot(o.cgroupRoot ?? o.conf.cgroupMountPoint);
-  const lock = lockCgroupRoot(root.root, o.lockDir);
+  const lock = lockCgroupRoot(root.root, scopeNameFor(o.nodeName), o.lockDir);
   try {
     const agent = await startLocked(o, root, log, hooks);
     const close = agent.close;

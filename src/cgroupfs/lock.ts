@@ -23,16 +23,23 @@ export function lockNameFor(root: string): string {
   return `root-${escaped || '-'}.lock`;
 }
 
-/** Take the lock for root in dir, or throw EBUSY naming the root and the holder's pid. */
-export function lockCgroupRoot(root: string, dir = DEFAULT_LOCK_DIR): RootLock {
+/**
+ * Take the lock for the scope `scope` under root in dir, or throw EBUSY naming
+ * the root and the holder's pid. The name carries the root directory's inode
+ * (its cgroup id): the same path in another cgroup namespace is another
+ * cgroup, and the same cgroup under two mount paths is one. Agents with
+ * different scopes (--node-name) on one root never touch each other's trees.
+ */
+export function lockCgroupRoot(root: string, scope: string, dir = DEFAULT_LOCK_DIR): RootLock {
   fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
   checkPrivateDir(dir, 'lock directory');
   const real = fs.realpathSync(root);
-  const file = path.join(dir, lockNameFor(real));
+  const ino = fs.statSync(real).ino;
+  const file = path.join(dir, lockNameFor(real).replace(/\.lock$/, `-${ino}-${scope.replace(/[^A-Za-z0-9_.:-]/g, "_")}.lock`));
   const fd = lockCurrentFile(file);
   if (fd === null) {
     const holder = readHolder(file);
-    throw new AgentError('EBUSY', `another cgstepd${holder ? ` (pid ${holder})` : ''} already manages the cgroup root ${real} (lock ${file}); stop it first, or give this agent another --cgroup-root`);
+    throw new AgentError('EBUSY', `another cgstepd${holder ? ` (pid ${holder})` : ''} already manages the cgroup root ${real} (scope ${scope}, lock ${file}); stop it first, or give this agent another --cgroup-root or --node-name`);
   }
   fs.ftruncateSync(fd);
   fs.writeSync(fd, `${process.pid} ${real}\n`, 0);
