@@ -186,7 +186,7 @@ try {
   sd.ready(summary());
   const statusTimer = setInterval(() => sd.status(summary()), 5000);
   statusTimer.unref();
-  const stopWatchdog = sd.startWatchdog((err) => log.warn({ err: err.message }, 'watchdog notification failed'));
+  const stopWatchdog = sd.startWatchdog((err) => log.warn({ err }, 'watchdog notification failed'));
   let stopping = false;
   const stop = (sig: string) => {
     if (stopping) return;

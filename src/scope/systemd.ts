@@ -90,7 +90,7 @@ export async function startDelegatedScope(o: DelegatedScopeOptions): Promise<str
     } catch (err) {
       if (err instanceof SystemdCallError && err.dbusName === DBUS_UNIT_EXISTS && attempt < MAX_ATTEMPTS) {
         // Loaded but not pristine (e.g. inactive with references, or it appeared meanwhile): look again.
-        log.warn({ ...ctx, err: err.message }, 'systemd says the scope unit already exists: resetting it and looking again');
+        log.warn({ ...ctx, err }, 'systemd says the scope unit already exists: resetting it and looking again');
         await m.resetFailedUnit(scopeName);
         continue;
       }
