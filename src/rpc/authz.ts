@@ -16,10 +16,13 @@
  *    policy, device paths under /dev only. It sees only its own jobs in list,
  *    stats and events.
  *  - reader (--read-only-gid): hello, status, list, stats, events, on every job.
- * An admin may name a job's owner (job.create / task.place `owner`); naming it
- * on an existing job is refused when the job already belongs to another
- * non-root uid, so a user cannot squat a job id that Slurm is about to hand to
- * someone else.
+ * An admin may name a job's owner (job.create / task.place `owner`), and that
+ * is authoritative over a user's claim: a job a user made itself (it is still
+ * that user's, see `made`) that an admin now names for another uid is taken
+ * back (the squatter's processes killed, the tree removed and made again for
+ * the named owner), so no user can deny a job id to the job Slurm will give
+ * it. A job an admin gave to one user and now names for another stays an
+ * error: that is the controller contradicting itself.
  */
 import { AgentError } from '../errors.js';
 import type { Role } from './peercred.js';
@@ -34,16 +37,24 @@ export interface JobAccess {
   readonly owner: number;
   /** false when admit() would let anything through (an admin naming no owner, a reader): the owner need not be read. */
   readonly checks: boolean;
+  /** true when a job this request creates is the requester's own claim (a user's), not given by an admin. */
+  readonly claims: boolean;
   /**
    * May the peer act on this existing job, owned by `owner`? Throws EPERM when
-   * not; returns the owner to record when it is to change, else null.
+   * not; returns the owner to record when it is to change, TAKE_BACK when the
+   * job is a user's own claim that an admin's request overrules, else null.
+   * `madeBy` reads which user made the job itself (null: an admin made it), only
+   * when it matters.
    */
-  admit(job: string, owner: number): number | null;
+  admit(job: string, owner: number, madeBy: () => number | null): number | null | typeof TAKE_BACK;
   /** Throws EPERM when the peer may not change the limits or device policy of an existing level. */
   reconfigure(what: string): void;
   /** Throws when the process checked for this request is no longer the one at its pid (just before the move). */
   beforeMove?(): void;
 }
+
+/** admit()'s answer for a job id an admin takes back from the user that made it. */
+export const TAKE_BACK = 'take-back';
 
 /** Ops anyone connected may send. */
 const OPEN_OPS = new Set(['hello', 'status', 'list', 'events']);
@@ -111,14 +122,17 @@ export function jobAccess(a: Actor, requestedOwner?: number, beforeMove?: () => 
   return {
     owner,
     checks: a.role === 'user' || (a.role === 'admin' && requestedOwner !== undefined),
-    admit(job, current) {
+    claims: a.role === 'user',
+    admit(job, current, madeBy) {
       if (a.role === 'user') {
         if (current !== a.uid) throw eperm(`job ${job} belongs to uid ${current}; uid ${a.uid} may act on its own jobs only`);
         return null;
       }
       if (a.role === 'reader' || requestedOwner === undefined || current === requestedOwner) return null;
       if (current === 0 || current === a.uid) return requestedOwner;
-      throw eperm(`job ${job} already belongs to uid ${current}; it cannot be given to uid ${requestedOwner} (destroy it first)`);
+      // A user's own claim on an id yields to the controller; an admin's earlier word does not.
+      if (madeBy() === current) return TAKE_BACK;
+      throw eperm(`job ${job} already belongs to uid ${current}, given by root or an operator; it cannot be given to uid ${requestedOwner} (destroy it first)`);
     },
     reconfigure(what) {
       if (a.role !== 'admin') throw eperm(`${what} exists: changing its limits or device policy needs root or an operator (uid ${a.uid} may set them only when its request creates it)`);

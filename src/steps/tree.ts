@@ -45,7 +45,7 @@ import {
 import type { CgroupConf } from '../config/cgroupconf.js';
 import { AgentError, KernelError } from '../errors.js';
 import type { DeviceRequest } from '../devices/request.js';
-import type { JobAccess } from '../rpc/authz.js';
+import { TAKE_BACK, type JobAccess } from '../rpc/authz.js';
 import type { Limits } from './model.js';
 import { LayoutCheck, type LayoutReport } from './adopt.js';
 import { TreeWatcher } from './events.js';
@@ -59,6 +59,8 @@ export type DeviceLevel = 'job' | 'step' | 'task';
 
 /** The job directory's owner (decimal uid); a job without it belongs to root. */
 export const OWNER_XATTR = 'trusted.cgstep.owner';
+/** On a job a user (not an admin) made for itself: that uid. Written before the owner, so a crash between leaves a root's job. */
+export const MADE_BY_XATTR = 'trusted.cgstep.made-by';
 
 /** A device request checked and compiled for one level, on no directory yet (opaque to the tree). */
 export interface PreparedDevices {
@@ -401,16 +403,42 @@ export class StepTree {
     if (!access?.checks) return;
     const owner = this.ownerOf(job);
     if (owner === null) return;
-    const next = access.admit(job, owner);
+    const next = access.admit(job, owner, () => this.madeBy(job));
+    if (next === TAKE_BACK) throw new TakeBack(job, owner, access.owner);
     if (next !== null && next !== owner && u) {
       this.recordOwner(u, job, next, owner);
       this.opts.log.info({ job, owner: next, was: owner }, 'job owner changed');
     }
   }
 
+  /** The uid that made this job for itself (MADE_BY_XATTR), or null. */
+  private madeBy(job: string): number | null {
+    const v = getXattr(this.paths.job(job), MADE_BY_XATTR)?.toString('utf8');
+    return v !== undefined && /^[1-9][0-9]{0,9}$/.test(v) ? Number(v) : null;
+  }
+
+  /**
+   * An admin's request named another owner for a job a user made itself: kill
+   * that user's processes in it and remove it (inside the job's lock), so the
+   * request makes the job afresh for the owner it names.
+   */
+  private async takeBack(t: TakeBack): Promise<void> {
+    const dir = this.paths.job(t.job);
+    const pids = isPopulated(dir) ? procsRecursive(dir) : [];
+    this.opts.log.warn({ job: t.job, claimedBy: t.from, owner: t.to, killed: pids }, 'job id taken back from the uid that made it for itself: an admin names another owner');
+    if (pids.length) {
+      killAll(dir);
+      await waitUnpopulated(dir, this.opts.waitTimeoutMs);
+    }
+    this.watcher.unwatchDir(dir, t.job);
+    await this.removeJob(dir);
+    this.index.delete(t.job);
+  }
+
   /** Make (or repair) the job directory and put its planned level in force; a job made here belongs to access.owner. */
   private makeJob(u: Undo, job: string, p: LevelPlan, access?: JobAccess) {
     const made = this.makeInner(u, p.dir);
+    if (made && access?.claims && access.owner !== 0) setXattr(p.dir, MADE_BY_XATTR, Buffer.from(String(access.owner)));
     if (made && access && access.owner !== 0) this.recordOwner(u, job, access.owner, null); // no xattr: root's
     if (made || !this.index.has(job)) {
       u.onCommit(() => {
@@ -466,7 +494,15 @@ export class StepTree {
 
   /** Every request that changes the tree runs here: one job at a time, all or nothing. */
   private change<T>(job: string, fn: (u: Undo) => T): Promise<T> {
-    return this.lock.run(job, () => Undo.run(this.opts.log, fn));
+    return this.lock.run(job, () => {
+      try {
+        return Undo.run(this.opts.log, fn);
+      } catch (err) {
+        // Thrown by admit() before anything was touched; the job is gone after it.
+        if (err instanceof TakeBack) return this.takeBack(err).then(() => Undo.run(this.opts.log, fn));
+        throw err;
+      }
+    });
   }
 
   createJob(job: string, limits?: Limits, devices?: DeviceRequest, access?: JobAccess) {
@@ -751,6 +787,17 @@ export class StepTree {
   close(): Promise<void> {
     this.closed = true;
     return this.watcher.close();
+  }
+}
+
+/** admit()'s way out of a request's first run when the job id is to be taken back (see takeBack). */
+class TakeBack extends Error {
+  constructor(
+    readonly job: string,
+    readonly from: number,
+    readonly to: number,
+  ) {
+    super(`job ${job} is taken back from uid ${from} for uid ${to}`);
   }
 }
 

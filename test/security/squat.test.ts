@@ -1,0 +1,132 @@
+/**
+ * Job-id squatting: an allowed uid made a job (or placed a task) under an id
+ * Slurm would later use, and root's job.create / task.place naming the Slurm
+ * job's owner for that id was refused, so any user could fail future jobs
+ * closed. Now an admin naming the owner is authoritative over a user's own
+ * claim: the squatter's processes are killed, its tree removed and the job
+ * made afresh for the named owner. A job root made (for itself or for a user)
+ * is not a claim and cannot be taken that way. Real uids through setpriv, a
+ * real agent.
+ */
+import test from 'ava';
+import type { ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { getXattr } from '../../src/cgroupfs/index.js';
+import { killPid, waitFor, type RunningAgent } from '../helpers/agent.js';
+import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
+import { addUser, removeUser, type TestUser } from '../helpers/users.js';
+import { cgroupOf, cgstepAs, requestsAs, socketDir, spawnAs, startMultiUser } from './multiuser.js';
+
+const ctx: { root: string; dir: string; agent: RunningAgent; alice: TestUser; bob: TestUser; pids: number[] } = { pids: [] } as any;
+
+test.before(async () => {
+  ctx.alice = addUser('cgs_squat');
+  ctx.bob = addUser('cgs_squat');
+  ctx.root = makeTestRoot('sec-squat');
+  ctx.dir = socketDir('sec-squat');
+  ctx.agent = await startMultiUser(ctx.root, ctx.dir, ['--allow-uid', String(ctx.alice.uid), '--allow-uid', String(ctx.bob.uid), '--ignore-missing-controllers']);
+});
+test.after.always(async () => {
+  for (const p of ctx.pids) killPid(p);
+  await ctx.agent?.stop();
+  fs.rmSync(ctx.dir, { recursive: true, force: true });
+  await removeTestRoot(ctx.root);
+  removeUser(ctx.alice);
+  removeUser(ctx.bob);
+});
+
+const jobDir = (job: number) => path.join(ctx.root, 'system.slice/slurmstepd.scope', `job_${job}`);
+const owner = (job: number) => getXattr(jobDir(job), 'trusted.cgstep.owner')?.toString() ?? null;
+
+/** A sleep of u's, exec'd (so its uids are u's), outside every job; and when it ends. */
+async function sleeper(u: TestUser): Promise<{ pid: number; exited: Promise<NodeJS.Signals | null> }> {
+  const p: ChildProcess = spawnAs(u, ['sleep', '600']);
+  ctx.pids.push(p.pid!);
+  const exited = new Promise<NodeJS.Signals | null>((r) => p.once('exit', (_code, sig) => r(sig)));
+  await waitFor(() => fs.readFileSync(`/proc/${p.pid}/comm`, 'utf8').trim() === 'sleep', 5000, 'sleep to exec');
+  return { pid: p.pid!, exited };
+}
+
+const takenBack = (job: number) => ctx.agent.logLines().filter((l) => l.msg?.startsWith('job id taken back') && l.job === String(job));
+
+test.serial("root's job.create for alice takes back an id bob made and placed a process in", async (t) => {
+  const bobs = await sleeper(ctx.bob);
+  const squat = requestsAs(ctx.bob, ctx.agent.socket, [
+    ['job.create', { job: 901 }],
+    ['step.create', { job: 901, step: 0 }],
+    ['attach', { job: 901, step: 0, pid: bobs.pid, task: 0 }],
+  ]);
+  for (const o of squat) t.true(o.ok, JSON.stringify(o.error));
+  t.is(owner(901), String(ctx.bob.uid));
+
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  const r = await c.request('job.create', { job: 901, owner: ctx.alice.uid });
+  t.true(r.created, 'made afresh for alice');
+  t.is(await bobs.exited, 'SIGKILL', "bob's process in the squatted job is killed");
+  t.is(owner(901), String(ctx.alice.uid));
+  t.is(getXattr(jobDir(901), 'trusted.cgstep.made-by'), null, 'root made it now');
+  t.false(fs.existsSync(path.join(jobDir(901), 'step_0')), "bob's steps are gone");
+  const [warn] = takenBack(901);
+  t.is(warn?.level, 40, 'logged at warn');
+  t.is(warn?.claimedBy, ctx.bob.uid);
+  t.is(warn?.owner, ctx.alice.uid);
+  t.deepEqual(warn?.killed, [bobs.pid]);
+  // bob no longer reaches it; alice does.
+  const bob = cgstepAs(ctx.bob, ctx.agent.socket, ['step', 'create', '901', '1']);
+  t.is(bob.error?.code, 'EPERM', bob.stderr);
+  t.regex(bob.error!.message, new RegExp(`job 901 belongs to uid ${ctx.alice.uid}`));
+  t.is(cgstepAs(ctx.alice, ctx.agent.socket, ['step', 'create', '901', '0']).code, 0);
+  // The same request again (the plugin names the owner every time) changes nothing.
+  t.false((await c.request('job.create', { job: 901, owner: ctx.alice.uid })).created);
+  t.is(takenBack(901).length, 1);
+  await c.request('destroy', { job: 901, force: true });
+});
+
+test.serial("root's task.place for alice takes back an id bob claimed with task.place; her task runs in it", async (t) => {
+  const bobs = await sleeper(ctx.bob);
+  const [squat] = requestsAs(ctx.bob, ctx.agent.socket, [['task.place', { job: 902, step: 0, pid: bobs.pid, task: 0 }]]);
+  t.true(squat.ok, JSON.stringify(squat.error));
+  const alices = await sleeper(ctx.alice);
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  const r = await c.request('task.place', { job: 902, step: 0, pid: alices.pid, task: 0, owner: ctx.alice.uid });
+  t.true(r.job.created);
+  t.is(await bobs.exited, 'SIGKILL');
+  t.true(cgroupOf(alices.pid).endsWith('/job_902/step_0/user/task_0'));
+  t.is(owner(902), String(ctx.alice.uid));
+  await c.request('destroy', { job: 902, force: true });
+  t.is(await alices.exited, 'SIGKILL');
+});
+
+test.serial('jobs root made are no claim: a user cannot take them, and root naming another owner for a job it gave is refused', async (t) => {
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  // Root's own job: bob can neither create it again nor place into it, and nothing in it is harmed.
+  const roots = await sleeper(ctx.alice); // any process: root places it
+  await c.request('task.place', { job: 903, step: 0, pid: roots.pid, task: 0 });
+  const bobs = await sleeper(ctx.bob);
+  const tries = requestsAs(ctx.bob, ctx.agent.socket, [
+    ['job.create', { job: 903 }],
+    ['task.place', { job: 903, step: 1, pid: bobs.pid, task: 0 }],
+  ]);
+  for (const o of tries) {
+    t.is(o.error?.code, 'EPERM');
+    t.regex(o.error?.message ?? '', /job 903 belongs to uid 0/);
+  }
+  t.is(owner(903), null);
+  t.true(cgroupOf(roots.pid).endsWith('/job_903/step_0/user/task_0'), "root's task is untouched");
+  // A job root gave to alice is not taken for bob: the controller contradicts itself.
+  await c.request('job.create', { job: 904, owner: ctx.alice.uid });
+  const e: any = await t.throwsAsync(c.request('job.create', { job: 904, owner: ctx.bob.uid }));
+  t.is(e.code, 'EPERM');
+  t.regex(e.message, new RegExp(`job 904 already belongs to uid ${ctx.alice.uid}, given by root or an operator`));
+  t.is(owner(904), String(ctx.alice.uid));
+  // bob's own claim named for bob by root stays his, processes and all.
+  t.true(requestsAs(ctx.bob, ctx.agent.socket, [['task.place', { job: 905, step: 0, pid: bobs.pid, task: 0 }]])[0].ok);
+  t.false((await c.request('job.create', { job: 905, owner: ctx.bob.uid })).created);
+  t.true(cgroupOf(bobs.pid).endsWith('/job_905/step_0/user/task_0'));
+  t.is(takenBack(903).length + takenBack(904).length + takenBack(905).length, 0);
+  for (const job of [903, 904, 905]) await c.request('destroy', { job, force: true });
+});
