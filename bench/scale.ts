@@ -9,6 +9,7 @@ import { CgstepClient } from '../src/rpc/client.js';
 import { agentCycle } from './cycle.js';
 import { benchRoot, removeRoot, rssMiB, sleeper, startAgent, summarize, waitReady, type Summary } from './lib.js';
 import net from 'node:net';
+import { StallProbe } from './stallprobe.js';
 
 /** A loopback port nobody listens on right now. */
 async function freePort(): Promise<number> {
@@ -17,30 +18,6 @@ async function freePort(): Promise<number> {
   const port = (srv.address() as net.AddressInfo).port;
   await new Promise((r) => srv.close(r));
   return port;
-}
-
-/**
- * While fn runs, ask the agent `hello` back to back: the slowest answer is the
- * longest the agent's event loop was held (plus one round trip).
- */
-async function stallDuring<T>(socket: string, fn: () => Promise<T>): Promise<{ result: T; maxStallMs: number }> {
-  const c = await CgstepClient.connect(socket);
-  let stop = false;
-  let max = 0;
-  const probe = (async () => {
-    while (!stop) {
-      const t0 = performance.now();
-      await c.request('hello', {});
-      max = Math.max(max, performance.now() - t0);
-    }
-  })();
-  try {
-    return { result: await fn(), maxStallMs: max };
-  } finally {
-    stop = true;
-    await probe;
-    c.close();
-  }
 }
 
 /** One scrape's wall time; the body is taken as bytes (decoding it here would hold the probe's loop). */
@@ -55,7 +32,7 @@ export interface ScrapeFigures {
   median: number;
   bytes: number;
   series: number;
-  /** The agent's longest event-loop stall (slowest `hello`) during those scrapes. */
+  /** The agent's longest event-loop stall (slowest `hello`, asked from a process of its own: bench/stallprobe.ts) during those scrapes. */
   stallMs: number;
   /** The first scrape, which waits for a refresh (a walk of the whole tree in slices). */
   refreshScrapeMs: number;
@@ -66,16 +43,24 @@ export interface ScrapeFigures {
 
 /** The first scrape (a refresh, no snapshot yet), then `times` scrapes from the snapshot, each with the agent's stall. */
 async function scrape(port: number, socket: string, times: number): Promise<ScrapeFigures> {
-  const first = await stallDuring(socket, () => scrapeOnce(port));
+  const probe = await StallProbe.start(socket);
   const lat: number[] = [];
-  let body: ArrayBuffer = first.result.body;
-  const kept = await stallDuring(socket, async () => {
-    for (let i = 0; i < times; i++) {
-      const r = await scrapeOnce(port);
-      lat.push(r.ms);
-      body = r.body;
-    }
-  });
+  let first: Awaited<ReturnType<typeof probe.during<{ ms: number; body: ArrayBuffer }>>>;
+  let kept: Awaited<ReturnType<typeof probe.during<void>>>;
+  let body: ArrayBuffer;
+  try {
+    first = await probe.during(() => scrapeOnce(port));
+    body = first.result.body;
+    kept = await probe.during(async () => {
+      for (let i = 0; i < times; i++) {
+        const r = await scrapeOnce(port);
+        lat.push(r.ms);
+        body = r.body;
+      }
+    });
+  } finally {
+    probe.close();
+  }
   const text = Buffer.from(body).toString();
   const slice = /^cgstep_metrics_refresh_longest_slice_seconds\{[^}]*\} (\S+)$/m.exec(text);
   return {
@@ -149,7 +134,7 @@ export async function scaleSection(levels: number[], cycles: number): Promise<Sc
   let agent: Awaited<ReturnType<typeof start>> | null = null;
   let withMetrics: Awaited<ReturnType<typeof start>> | null = null;
   try {
-    // RSS and the cycle are measured without --metrics (prom-client is loaded only with it);
+    // RSS and the cycle are measured without --metrics (the exporter is loaded only with it);
     // the restart is timed with --metrics on, and /metrics scraped from that agent.
     agent = await start(base);
     const scope = path.join(root, 'system.slice', 'scale_slurmstepd.scope');

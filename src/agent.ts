@@ -124,7 +124,7 @@ async function startLocked(o: AgentOptions, root: ReturnType<typeof resolveCgrou
   const server = makeServer(o, log, tree, makeDispatch({ version: AGENT_VERSION, tree, status, gate }), (op, sec, code) => metrics?.observe(op, sec, code));
 
   if (o.metrics) {
-    // Loaded only when asked for: prom-client costs about 12 MiB of RSS.
+    // Loaded only when asked for (an HTTP server and the snapshot machinery).
     const { Metrics } = await import('./metrics/index.js');
     metrics = new Metrics({
       listen: o.metrics,

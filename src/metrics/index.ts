@@ -2,21 +2,22 @@
  * metrics: a Prometheus exporter for the node's jobs and steps.
  *
  * Serves /metrics over HTTP (TCP, or a Unix socket with `--metrics unix:PATH`).
- * The per-job/step/task series come from a snapshot of the cgroup files
- * (snapshot.ts) taken in slices, kept at most `maxAgeSec` old: a scrape never
- * walks the tree on the event loop, and many scrapers cost one walk. The agent's
- * own series (requests, connections, process) come from prom-client at scrape
- * time. Labels: node, jobid, step (and task only with --metrics-tasks, for
- * cardinality). Hardening: bounded concurrent connections, short header and
- * request timeouts, and an optional bearer token. Never writes to the tree.
+ * The per-job/step/task series come from a snapshot (snapshot.ts): the tree read
+ * and the text rendered in slices, kept at most `maxAgeSec` old. A scrape never
+ * walks the tree nor renders those series on the event loop: it writes the kept
+ * chunks after the few dozen lines of the agent's own series (agent.ts), and many
+ * scrapers cost one walk. Labels: node, jobid, step (and task only with
+ * --metrics-tasks, for cardinality). Hardening: bounded concurrent connections,
+ * short header and request timeouts, and an optional bearer token. Never writes
+ * to the tree.
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import type { Logger } from 'pino';
-import client from 'prom-client';
 import { AgentError } from '../errors.js';
 import type { StepTree } from '../steps/index.js';
+import { AgentSeries, escLabel, type Gauge } from './agent.js';
 import { parseListen } from './listen.js';
 import { takeSnapshot, type Snapshot } from './snapshot.js';
 
@@ -48,52 +49,46 @@ export interface RequestObserver {
 /** How long after the last scrape the snapshot keeps being refreshed in the background. */
 const KEEP_WARM_MS = 5 * 60_000;
 
+const CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
+
 export class Metrics implements RequestObserver {
-  readonly registry = new client.Registry();
   private server: http.Server | null = null;
-  private readonly requests: client.Counter<'op'>;
-  private readonly durations: client.Histogram<'op'>;
-  private readonly errors: client.Counter<'code'>;
+  private readonly agent: AgentSeries;
   private snapshot: Snapshot | null = null;
   private refreshing: Promise<Snapshot> | null = null;
   private lastScrape = 0;
   private warmTimer: NodeJS.Timeout | null = null;
   private socketPath: string | null = null;
+  private readonly constLabels: string;
   lastScrapeMs = 0;
 
   constructor(private readonly o: MetricsOptions) {
-    const reg = [this.registry];
-    this.registry.setDefaultLabels({ node: o.node });
-    client.collectDefaultMetrics({ register: this.registry, prefix: 'cgstep_agent_' });
-    // prom-client's nodejs_active_*_total are gauges: a _total that is not a counter breaks
-    // Prometheus's conventions (promtool rejects it); the same counts exist without the suffix.
-    for (const m of this.registry.getMetricsAsArray()) {
-      const { name, type } = m as unknown as { name: string; type: string };
-      if (name.endsWith('_total') && type !== 'counter') this.registry.removeSingleMetric(name);
-    }
-    this.requests = new client.Counter({ name: 'cgstep_requests_total', help: 'Requests handled, by op', labelNames: ['op'], registers: reg });
-    this.durations = new client.Histogram({ name: 'cgstep_request_duration_seconds', help: 'Request latency, by op', labelNames: ['op'], buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5], registers: reg });
-    this.errors = new client.Counter({ name: 'cgstep_errors_total', help: 'Requests that failed, by error code', labelNames: ['code'], registers: reg });
-    const self = this;
-    new client.Gauge({ name: 'cgstep_jobs', help: 'Live jobs', registers: reg, collect() { this.set(o.tree.jobCount); } });
-    new client.Gauge({ name: 'cgstep_steps', help: 'Live steps', registers: reg, collect() { this.set(o.tree.stepCount); } });
-    new client.Gauge({ name: 'cgstep_connections', help: 'Open control connections', registers: reg, collect() { this.set(o.agentGauges().connections); } });
-    const snap = (f: (s: Snapshot) => number) => function (this: client.Gauge) { if (self.snapshot) this.set(f(self.snapshot)); };
-    new client.Gauge({ name: 'cgstep_scrape_cgroups', help: 'cgroups read by the last snapshot', registers: reg, collect: snap((s) => s.cgroups) });
-    new client.Gauge({ name: 'cgstep_metrics_snapshot_age_seconds', help: 'Age of the snapshot this scrape is served from', registers: reg, collect: snap((s) => (performance.now() - s.takenAt) / 1000) });
-    new client.Gauge({ name: 'cgstep_metrics_refresh_duration_seconds', help: 'Wall time of the last snapshot refresh', registers: reg, collect: snap((s) => s.refreshMs / 1000) });
-    new client.Gauge({ name: 'cgstep_metrics_refresh_longest_slice_seconds', help: 'Longest the last refresh held the event loop at once', registers: reg, collect: snap((s) => s.longestSliceMs / 1000) });
+    this.constLabels = `node="${escLabel(o.node)}"`;
+    this.agent = new AgentSeries(this.constLabels);
   }
 
   observe(op: string, seconds: number, errorCode?: string): void {
-    this.requests.inc({ op });
-    this.durations.observe({ op }, seconds);
-    if (errorCode) this.errors.inc({ code: errorCode });
+    this.agent.observe(op, seconds, errorCode);
+  }
+
+  /** The agent's series, with the gauges of the tree and of the snapshot s. */
+  private head(s: Snapshot): Buffer {
+    const { tree } = this.o;
+    const gauges: Gauge[] = [
+      { name: 'cgstep_jobs', help: 'Live jobs', value: tree.jobCount },
+      { name: 'cgstep_steps', help: 'Live steps', value: tree.stepCount },
+      { name: 'cgstep_connections', help: 'Open control connections', value: this.o.agentGauges().connections },
+      { name: 'cgstep_scrape_cgroups', help: 'cgroups read by the last snapshot', value: s.cgroups },
+      { name: 'cgstep_metrics_snapshot_age_seconds', help: 'Age of the snapshot this scrape is served from', value: (performance.now() - s.takenAt) / 1000 },
+      { name: 'cgstep_metrics_refresh_duration_seconds', help: 'Wall time of the last snapshot refresh', value: s.refreshMs / 1000 },
+      { name: 'cgstep_metrics_refresh_longest_slice_seconds', help: 'Longest the last refresh held the event loop at once', value: s.longestSliceMs / 1000 },
+    ];
+    return Buffer.from(this.agent.render(gauges));
   }
 
   /** A fresh snapshot, one refresh at a time however many scrapes ask. */
   refresh(): Promise<Snapshot> {
-    this.refreshing ??= takeSnapshot({ tree: this.o.tree, perTask: this.o.perTask, constLabels: `node="${this.o.node.replace(/["\\\n]/g, '_')}"`, ownerOf: this.o.ownerOf }).then(
+    this.refreshing ??= takeSnapshot({ tree: this.o.tree, perTask: this.o.perTask, constLabels: this.constLabels, ownerOf: this.o.ownerOf }).then(
       (s) => {
         this.snapshot = s;
         this.refreshing = null;
@@ -136,7 +131,7 @@ export class Metrics implements RequestObserver {
   async render(): Promise<string> {
     const t0 = performance.now();
     const s = await this.current();
-    const text = (await this.registry.metrics()) + Buffer.concat(s.chunks).toString();
+    const text = Buffer.concat([this.head(s), ...s.chunks]).toString();
     this.lastScrapeMs = performance.now() - t0;
     return text;
   }
@@ -160,10 +155,13 @@ export class Metrics implements RequestObserver {
     this.keepWarm();
     const t0 = performance.now();
     const s = await this.current();
-    const head = Buffer.from(await this.registry.metrics());
-    res.writeHead(200, { 'Content-Type': this.registry.contentType, 'Content-Length': head.length + s.bytes });
+    const head = this.head(s);
+    res.writeHead(200, { 'Content-Type': CONTENT_TYPE, 'Content-Length': head.length + s.bytes });
+    // Corked: the kept chunks go out in as few writev calls as the socket takes.
+    res.cork();
     res.write(head);
     for (const c of s.chunks) res.write(c);
+    res.uncork();
     res.end();
     this.lastScrapeMs = performance.now() - t0;
   }
@@ -211,6 +209,7 @@ export class Metrics implements RequestObserver {
 
   close(): Promise<void> {
     if (this.warmTimer) clearInterval(this.warmTimer);
+    this.agent.close();
     return new Promise((resolve) => {
       if (!this.server) return resolve();
       this.server.close(() => resolve());

@@ -1,6 +1,6 @@
 /**
  * metrics/listen: where /metrics is served, from `--metrics`. Kept apart from
- * the exporter (which loads prom-client) so the agent checks the option before
+ * the exporter (loaded only with --metrics) so the agent checks the option before
  * it touches anything.
  *
  *   9102            127.0.0.1:9102 (loopback)

@@ -1,7 +1,8 @@
 /**
- * metrics/snapshot: the per-job/step/task series as Prometheus text, built by
- * reading the tree in slices of a few milliseconds (the event loop answers
- * requests between slices), and kept for scrapes until it is too old.
+ * metrics/snapshot: the per-job/step/task series as Prometheus text. The tree
+ * is read, and the text rendered into ready-to-write chunks, in slices of about
+ * two milliseconds (the event loop answers requests between slices); the result
+ * is kept for scrapes until it is too old, so a scrape only writes buffers.
  *
  * Names follow Prometheus conventions: counters end in _total and are typed
  * counter, units in the name (_bytes, _seconds), labels jobid/step/task (never
@@ -10,6 +11,7 @@
 import path from 'node:path';
 import { childDirs, enabledIn, readLimitFigures, readStats } from '../cgroupfs/index.js';
 import { parseTaskName, USER_DIR, type StepTree } from '../steps/index.js';
+import { escLabel as esc } from './agent.js';
 
 export type Level = 'job' | 'step' | 'task';
 
@@ -36,11 +38,13 @@ const FAMILIES: readonly FamilySpec[] = [
   { name: 'frozen', type: 'gauge', help: '1 while frozen (cgroup.events frozen; a step freezes at user/)' },
 ];
 
-/** Cgroups read per slice check; the time budget per slice is SLICE_MS. */
-const SLICE_MS = 4;
+/** The longest a refresh holds the event loop at once (ms) before it yields. */
+const SLICE_MS = 2;
+/** Size of the text chunks a scrape writes. */
+const CHUNK_BYTES = 64 * 1024;
 
 export interface Snapshot {
-  /** The text, in chunks (one or more per family), ready to write. */
+  /** The finished text, in chunks, ready to write: a scrape renders nothing. */
   chunks: Buffer[];
   bytes: number;
   /** performance.now() when the walk began. */
@@ -60,52 +64,66 @@ export interface SnapshotSource {
   ownerOf?: (job: string) => number | null;
 }
 
-function esc(v: string): string {
-  return v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
+
+/**
+ * The figures of one level, by column: a label string per cgroup and a number
+ * per family (NaN: no series). Numbers in arrays, not lines in strings, so a
+ * refresh keeps one small string per cgroup alive between the walk and the
+ * rendering instead of one per series (fewer and shorter garbage collections).
+ */
+class Columns {
+  readonly labels: string[] = [];
+  readonly values: number[][] = FAMILIES.map(() => []);
+  row(labels: string): number {
+    this.labels.push(labels);
+    for (const col of this.values) col.push(NaN);
+    return this.labels.length - 1;
+  }
 }
 
-class Families {
-  private lines = new Map<string, string[]>();
-  add(name: string, labels: string, value: number): void {
-    let l = this.lines.get(name);
-    if (!l) this.lines.set(name, (l = []));
-    l.push(`${name}{${labels}} ${value}\n`);
-  }
-  get(name: string): string[] {
-    return this.lines.get(name) ?? [];
-  }
-}
+const FAMILY_INDEX = new Map(FAMILIES.map((f, i) => [f.name, i]));
+const col = (name: string) => FAMILY_INDEX.get(name)!;
+const C = {
+  cpuUser: col('cpu_user_seconds_total'), cpuSystem: col('cpu_system_seconds_total'), cpuUsage: col('cpu_usage_seconds_total'),
+  memCurrent: col('memory_current_bytes'), memPeak: col('memory_peak_bytes'), oom: col('oom_kills_total'), pids: col('pids'),
+  ioRead: col('io_read_bytes_total'), ioWrite: col('io_write_bytes_total'), memMax: col('memory_max_bytes'), memHigh: col('memory_high_bytes'),
+  swapMax: col('memory_swap_max_bytes'), cpus: col('cpus_allowed'), pidsMax: col('pids_max'), quota: col('cpu_max_quota_seconds'),
+  period: col('cpu_max_period_seconds'), frozen: col('frozen'),
+};
 
-/** Read one directory's stats and limits into the families for its level. */
-function sample(fam: Families, level: Level, dir: string, labels: string, ctl: readonly string[] | undefined, frozenDir?: string): void {
+/** Read one directory's stats and limits into its level's columns. */
+function sample(cols: Columns, level: Level, dir: string, labels: string, ctl: readonly string[] | undefined, frozenDir?: string): void {
   const st = readStats(dir, ctl);
   const lim = readLimitFigures(dir, ctl);
-  const p = `cgstep_${level}_`;
+  const r = cols.row(labels);
+  const set = (c: number, v: number | null) => {
+    if (v !== null) cols.values[c][r] = v;
+  };
   if (st.cpu) {
-    fam.add(`${p}cpu_user_seconds_total`, labels, st.cpu.userUsec / 1e6);
-    fam.add(`${p}cpu_system_seconds_total`, labels, st.cpu.systemUsec / 1e6);
-    fam.add(`${p}cpu_usage_seconds_total`, labels, st.cpu.usageUsec / 1e6);
+    set(C.cpuUser, st.cpu.userUsec / 1e6);
+    set(C.cpuSystem, st.cpu.systemUsec / 1e6);
+    set(C.cpuUsage, st.cpu.usageUsec / 1e6);
   }
   if (st.memory) {
-    fam.add(`${p}memory_current_bytes`, labels, st.memory.current);
-    if (st.memory.peak !== null) fam.add(`${p}memory_peak_bytes`, labels, st.memory.peak);
+    set(C.memCurrent, st.memory.current);
+    set(C.memPeak, st.memory.peak);
   }
-  if (st.oomKill !== null) fam.add(`${p}oom_kills_total`, labels, st.oomKill);
-  if (st.pids) fam.add(`${p}pids`, labels, st.pids.current);
+  set(C.oom, st.oomKill);
+  if (st.pids) set(C.pids, st.pids.current);
   if (st.io) {
-    fam.add(`${p}io_read_bytes_total`, labels, Object.values(st.io).reduce((a, d) => a + d.rbytes, 0));
-    fam.add(`${p}io_write_bytes_total`, labels, Object.values(st.io).reduce((a, d) => a + d.wbytes, 0));
+    set(C.ioRead, Object.values(st.io).reduce((a, d) => a + d.rbytes, 0));
+    set(C.ioWrite, Object.values(st.io).reduce((a, d) => a + d.wbytes, 0));
   }
-  if (lim.memoryMax !== null) fam.add(`${p}memory_max_bytes`, labels, lim.memoryMax);
-  if (lim.memoryHigh !== null) fam.add(`${p}memory_high_bytes`, labels, lim.memoryHigh);
-  if (lim.swapMax !== null) fam.add(`${p}memory_swap_max_bytes`, labels, lim.swapMax);
-  if (lim.cpus !== null) fam.add(`${p}cpus_allowed`, labels, lim.cpus);
-  if (lim.pidsMax !== null) fam.add(`${p}pids_max`, labels, lim.pidsMax);
-  if (lim.cpuQuotaUsec !== null) fam.add(`${p}cpu_max_quota_seconds`, labels, lim.cpuQuotaUsec / 1e6);
-  if (lim.cpuPeriodUsec !== null) fam.add(`${p}cpu_max_period_seconds`, labels, lim.cpuPeriodUsec / 1e6);
+  set(C.memMax, lim.memoryMax);
+  set(C.memHigh, lim.memoryHigh);
+  set(C.swapMax, lim.swapMax);
+  set(C.cpus, lim.cpus);
+  set(C.pidsMax, lim.pidsMax);
+  set(C.quota, lim.cpuQuotaUsec === null ? null : lim.cpuQuotaUsec / 1e6);
+  set(C.period, lim.cpuPeriodUsec === null ? null : lim.cpuPeriodUsec / 1e6);
   // Freezing is per step (at user/); a job directory itself is never frozen, so it has no series.
   const frozen = level === 'job' ? null : frozenDir === undefined ? lim.frozen : readLimitFiguresFrozen(frozenDir);
-  if (frozen !== null) fam.add(`${p}frozen`, labels, frozen ? 1 : 0);
+  if (frozen !== null) set(C.frozen, frozen ? 1 : 0);
 }
 
 /** A step freezes at user/ (its daemon in slurm/ keeps running): its frozen state is user/'s. */
@@ -113,24 +131,58 @@ function readLimitFiguresFrozen(dir: string): boolean | null {
   return readLimitFigures(dir, []).frozen;
 }
 
-const yieldToLoop = () => new Promise<void>((r) => setImmediate(r));
+/**
+ * Gives the event loop back once SLICE_MS have passed since it last did, and
+ * keeps the longest time it held the loop. Checking the clock is cheap next to
+ * the file reads and lines between checks.
+ */
+class Slicer {
+  longest = 0;
+  private since = performance.now();
+  async pause(): Promise<void> {
+    const now = performance.now();
+    if (now - this.since < SLICE_MS) return;
+    this.longest = Math.max(this.longest, now - this.since);
+    await new Promise<void>((r) => setImmediate(r));
+    this.since = performance.now();
+  }
+  end(): void {
+    this.longest = Math.max(this.longest, performance.now() - this.since);
+  }
+}
 
-/** Walk the tree in slices and return the snapshot. */
+/** Text written straight into fixed-size Buffers: no line or join strings outlive the line being written. */
+class ChunkWriter {
+  readonly chunks: Buffer[] = [];
+  bytes = 0;
+  private buf = Buffer.allocUnsafe(CHUNK_BYTES);
+  private at = 0;
+  write(s: string): void {
+    // At most 3 bytes per UTF-16 unit: a line that might not fit starts a new chunk.
+    if (this.at + s.length * 3 > this.buf.length) {
+      this.flush();
+      if (s.length * 3 > this.buf.length) this.buf = Buffer.allocUnsafe(s.length * 3);
+    }
+    this.at += this.buf.write(s, this.at);
+  }
+  flush(): void {
+    if (this.at === 0) return;
+    this.chunks.push(this.buf.subarray(0, this.at));
+    this.bytes += this.at;
+    this.buf = Buffer.allocUnsafe(CHUNK_BYTES);
+    this.at = 0;
+  }
+}
+
+/** Walk the tree and render its text, both in slices; returns the finished snapshot. */
 export async function takeSnapshot(src: SnapshotSource): Promise<Snapshot> {
   const t0 = performance.now();
-  let longest = 0;
-  let sliceStart = performance.now();
-  /** Yield when this slice has used its budget. */
-  const maybeYield = async () => {
-    const now = performance.now();
-    if (now - sliceStart < SLICE_MS) return;
-    longest = Math.max(longest, now - sliceStart);
-    await yieldToLoop();
-    sliceStart = performance.now();
-  };
+  const slicer = new Slicer();
   const tree = src.tree;
-  const fam = new Families();
   const c = src.constLabels ? `,${src.constLabels}` : '';
+  const levels: Level[] = src.perTask ? ['job', 'step', 'task'] : ['job', 'step'];
+  const cols = new Map<Level, Columns>(levels.map((l) => [l, new Columns()]));
+  const owners: [job: string, uid: number][] = [];
   let ctl: string[] | undefined;
   try {
     // A directory has at most the controllers the scope enables (the tree passes them all down).
@@ -138,56 +190,57 @@ export async function takeSnapshot(src: SnapshotSource): Promise<Snapshot> {
   } catch {
     ctl = undefined;
   }
-  // The index is copied first: jobs and steps may come and go between slices.
-  const jobs = [...tree.known()].map(([job, steps]) => [job, [...steps]] as const);
+  // The index is read as the walk goes: jobs and steps may come and go between slices (each step list is a copy).
   let n = 0;
-  for (const [job, steps] of jobs) {
-    const jl = `jobid="${esc(job)}"${c}`;
-    sample(fam, 'job', tree.paths.job(job), jl, ctl);
+  for (const [job, steps] of tree.known()) {
+    const jl = `jobid="${esc(job)}"`;
+    sample(cols.get('job')!, 'job', tree.paths.job(job), jl + c, ctl);
     const uid = src.ownerOf?.(job);
-    if (uid !== undefined && uid !== null) fam.add('cgstep_job_owner_info', `jobid="${esc(job)}",uid="${uid}"${c}`, 1);
+    if (uid !== undefined && uid !== null) owners.push([job, uid]);
     n++;
     for (const step of steps) {
       const sdir = tree.paths.step(job, step);
-      const sl = `jobid="${esc(job)}",step="${esc(step)}"${c}`;
+      const sl = `${jl},step="${esc(step)}"`;
       const udir = path.join(sdir, USER_DIR);
-      sample(fam, 'step', sdir, sl, ctl, udir);
+      sample(cols.get('step')!, 'step', sdir, sl + c, ctl, udir);
       n++;
       if (src.perTask) {
         for (const tn of childDirs(udir)) {
           const task = parseTaskName(tn);
           if (task === null) continue;
-          sample(fam, 'task', path.join(udir, tn), `jobid="${esc(job)}",step="${esc(step)}",task="${task}"${c}`, ctl);
+          sample(cols.get('task')!, 'task', path.join(udir, tn), `${sl},task="${task}"${c}`, ctl);
           n++;
         }
       }
-      await maybeYield();
+      await slicer.pause();
     }
-    await maybeYield();
+    await slicer.pause();
   }
-  const chunks: Buffer[] = [];
-  let bytes = 0;
-  const push = (b: Buffer) => {
-    chunks.push(b);
-    bytes += b.length;
-  };
-  const levels: Level[] = src.perTask ? ['job', 'step', 'task'] : ['job', 'step'];
-  for (const level of levels) {
-    for (const f of FAMILIES) {
-      const name = `cgstep_${level}_${f.name}`;
-      push(Buffer.from(`# HELP ${name} ${f.help}, per ${level}\n# TYPE ${name} ${f.type}\n`));
-      const lines = fam.get(name);
-      // Joined in pieces so that no one join holds the loop for long.
-      for (let i = 0; i < lines.length; i += 2000) {
-        push(Buffer.from(lines.slice(i, i + 2000).join('')));
-        await maybeYield();
-      }
-    }
-  }
+  const out = new ChunkWriter();
+  for (const level of levels) await renderLevel(out, level, cols.get(level)!, slicer);
   if (src.ownerOf) {
-    push(Buffer.from('# HELP cgstep_job_owner_info The uid that owns the job (1 per job)\n# TYPE cgstep_job_owner_info gauge\n'));
-    push(Buffer.from(fam.get('cgstep_job_owner_info').join('')));
+    out.write('# HELP cgstep_job_owner_info The uid that owns the job (1 per job)\n# TYPE cgstep_job_owner_info gauge\n');
+    for (let i = 0; i < owners.length; i++) {
+      out.write(`cgstep_job_owner_info{jobid="${esc(owners[i][0])}",uid="${owners[i][1]}"${c}} 1\n`);
+      if ((i & 127) === 127) await slicer.pause();
+    }
   }
-  longest = Math.max(longest, performance.now() - sliceStart);
-  return { chunks, bytes, takenAt: t0, cgroups: n, refreshMs: performance.now() - t0, longestSliceMs: longest };
+  out.flush();
+  slicer.end();
+  return { chunks: out.chunks, bytes: out.bytes, takenAt: t0, cgroups: n, refreshMs: performance.now() - t0, longestSliceMs: slicer.longest };
+}
+
+/** Every family of one level, in FAMILIES order: a HELP and TYPE header, then one line per cgroup that has the series. */
+async function renderLevel(out: ChunkWriter, level: Level, cols: Columns, slicer: Slicer): Promise<void> {
+  for (let f = 0; f < FAMILIES.length; f++) {
+    const spec = FAMILIES[f];
+    const name = `cgstep_${level}_${spec.name}`;
+    out.write(`# HELP ${name} ${spec.help}, per ${level}\n# TYPE ${name} ${spec.type}\n`);
+    const values = cols.values[f];
+    for (let i = 0; i < values.length; i++) {
+      const v = values[i];
+      if (v === v) out.write(`${name}{${cols.labels[i]}} ${v}\n`);
+      if ((i & 127) === 127) await slicer.pause();
+    }
+  }
 }
