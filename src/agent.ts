@@ -87,7 +87,8 @@ async function startLocked(o: AgentOptions, root: ReturnType<typeof resolveCgrou
   const t0 = performance.now();
   if (root.readOnly) throw new AgentError('EPERM', `the cgroup2 filesystem at ${root.mountPoint} is mounted read-only`);
   const scopeOpts = scopeOptionsOf(o, root, log, hooks);
-  const ctl = new DeviceController(log);
+  // Steps with the same policy share one loaded program (the verifier's pass is most of a policy's cost).
+  const ctl = new DeviceController(log, { shareLoaded: 32 });
   const registry = builtinRegistry(ctl);
   await registry.start(backendContext(o, scopeOpts, ctl, log), log);
   const scopeBackend = registry.get<ScopeBackend>('scope');
@@ -165,6 +166,7 @@ async function startLocked(o: AgentOptions, root: ReturnType<typeof resolveCgrou
       await watched;
       await closed;
       await registry.stop(log);
+      ctl.close();
     },
   };
 }

@@ -110,7 +110,7 @@ export function ebpfDevices(ctl: DeviceController): Candidate<EbpfContext, Devic
           const held = restorable ? ctl.hold(dir) : null;
           let r;
           try {
-            r = ctl.apply(dir, p.compiled);
+            r = ctl.apply(dir, p.compiled, { fresh: !restorable });
           } catch (err) {
             if (held) ctl.release(held);
             throw err;

@@ -18,7 +18,13 @@
  *    two steps) are detached in the same update.
  *  - Applying the policy already attached (same instructions) changes nothing.
  *  - Every fd (program, directory) is closed before returning; the attachment
- *    keeps the program alive.
+ *    keeps the program alive. With `shareLoaded`, the last few loaded programs
+ *    stay open, keyed by their instructions: a directory given the same policy
+ *    as an earlier one gets that program attached instead of a new load (the
+ *    verifier's pass is most of the cost of putting a policy on a step, and
+ *    most steps on a node share a handful of policies). A program is immutable
+ *    and runs only on the directories it is attached to, so sharing one
+ *    changes no directory's policy.
  *  - The normal form of the policy is stored beside the program as the xattr
  *    trusted.cgstep.devices, so a restarted agent can read what is in force
  *    (readPolicy) and check it matches the program (describe().consistent).
@@ -98,7 +104,15 @@ export interface ControllerOptions {
   /** Where the probe may create its scratch cgroup; default the agent's own cgroup. */
   scratchParent?: string;
   xattrName?: string;
+  /** Keep up to this many loaded programs open for reuse by later directories (default 0: none). */
+  shareLoaded?: number;
 }
+
+/** A program kept open after its load, for the next directory with the same instructions. */
+interface Shared { fd: number; id: number; used: number }
+
+/** How long a kept program is kept unused before its fd is closed. */
+const SHARED_IDLE_MS = 60_000;
 
 /** "r0 = 1; exit": the probe's program. */
 const ALLOW_ALL = Buffer.from('b700000001000000' + '9500000000000000', 'hex');
@@ -115,6 +129,8 @@ export class DeviceController {
   private probed: ProbeResult | null = null;
   readonly progName: string;
   private readonly xattr: string;
+  /** Loaded programs kept open (shareLoaded), by their instructions, least recently used first. */
+  private readonly shared = new Map<string, Shared>();
 
   constructor(
     private readonly log: Logger,
@@ -212,7 +228,7 @@ export class DeviceController {
    * other of ours, store the policy xattr. Throws ENOTSUP when the probe found
    * no device control, KernelError/VerifierError for the kernel's refusals.
    */
-  apply(cgroupDir: string, rules: RuleSet | NormalPolicy | Compiled): ApplyResult {
+  apply(cgroupDir: string, rules: RuleSet | NormalPolicy | Compiled, opts: { fresh?: boolean } = {}): ApplyResult {
     const c: Compiled = 'insns' in rules ? rules : 'entries' in rules ? compileNormal(rules) : compile(rules);
     const stored = Buffer.from(c.key);
     if (stored.length > XATTR_MAX) throw new AgentError('E2BIG', `device policy for ${cgroupDir} is ${stored.length} bytes stored (at most ${XATTR_MAX}); ${c.policy.entries.length} entries`);
@@ -224,21 +240,22 @@ export class DeviceController {
     try {
       const dirFd = openDir(cgroupDir);
       fds.push(dirFd);
-      const cur = this.ours(dirFd, cgroupDir, fds);
+      // `fresh`: the caller made the directory and put nothing on it, so there is nothing of ours to find.
+      const cur = opts.fresh ? [] : this.ours(dirFd, cgroupDir, fds);
       if (cur.length === 1 && cur[0].info.xlated.equals(c.insns)) {
         const policyStored = this.storePolicy(cgroupDir, stored, true);
         this.log.debug({ progId: cur[0].id, dir: cgroupDir }, 'device program already in place');
         return { progId: cur[0].id, detachedProgIds: [], unchanged: true, policy: c.policy, insnCount, policyStored };
       }
 
-      const fd = progLoad(c.insns, this.progName, cgroupDir);
-      fds.push(fd);
-      const progId = progInfo(fd, cgroupDir).id;
-      this.log.info({ progId, dir: cgroupDir, insns: insnCount, entries: c.policy.entries.length, default: c.policy.default }, 'device program loaded');
+      const { fd, id: progId } = this.loaded(c, cgroupDir, fds);
 
       let replacedProgId: number | undefined;
       let rest = cur;
-      if (cur.length > 0 && pr.replace) {
+      if (cur.some((o) => o.id === progId)) {
+        // A kept program already on the directory (its instructions read back otherwise): it stays, the others go.
+        rest = cur.filter((o) => o.id !== progId);
+      } else if (cur.length > 0 && pr.replace) {
         progAttach(dirFd, cgroupDir, fd, bpfFlags.ALLOW_MULTI | bpfFlags.REPLACE, cur[0].fd);
         replacedProgId = cur[0].id;
         rest = cur.slice(1);
@@ -297,6 +314,55 @@ export class DeviceController {
       closeAll(fds);
       this.release(held);
     }
+  }
+
+  /**
+   * The program for these instructions: a kept one (shareLoaded), or a new
+   * load. A new load's fd goes to `fds` (closed by the caller) unless it is kept.
+   */
+  private loaded(c: Compiled, cgroupDir: string, fds: number[]): { fd: number; id: number } {
+    const key = this.opts.shareLoaded ? c.insns.toString('latin1') : '';
+    const now = Date.now();
+    const kept = key ? this.shared.get(key) : undefined;
+    if (kept) {
+      // Most recently used last: the map's order is the eviction order.
+      this.shared.delete(key);
+      this.shared.set(key, kept);
+      kept.used = now;
+      this.evict(now);
+      return kept;
+    }
+    const fd = progLoad(c.insns, this.progName, cgroupDir);
+    let id: number;
+    try {
+      id = progInfo(fd, cgroupDir).id;
+    } catch (err) {
+      closeFd(fd);
+      throw err;
+    }
+    this.log.info({ progId: id, dir: cgroupDir, insns: c.insns.length / 8, entries: c.policy.entries.length, default: c.policy.default }, 'device program loaded');
+    if (!key) {
+      fds.push(fd);
+      return { fd, id };
+    }
+    this.shared.set(key, { fd, id, used: now });
+    this.evict(now);
+    return { fd, id };
+  }
+
+  /** Close kept programs beyond shareLoaded, and those unused for SHARED_IDLE_MS (never the one just used). */
+  private evict(now: number): void {
+    for (const [k, v] of this.shared) {
+      if (v.used === now || (this.shared.size <= this.opts.shareLoaded! && now - v.used < SHARED_IDLE_MS)) break;
+      this.shared.delete(k);
+      closeAll([v.fd]);
+    }
+  }
+
+  /** Close the kept programs (shareLoaded); those attached somewhere stay loaded there. */
+  close(): void {
+    closeAll([...this.shared.values()].map((v) => v.fd));
+    this.shared.clear();
   }
 
   release(held: Held): void {

@@ -14,7 +14,7 @@ import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import { findCgroup2Mount } from '../../src/cgroupfs/mount.js';
-import { addonError } from '../../src/devices/index.js';
+import { addonError, loadedPrograms } from '../../src/devices/index.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const MOUNT = findCgroup2Mount().mountPoint;
@@ -95,6 +95,17 @@ function rmdirTree(dir: string): void {
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Wait (15 s at most) until `want` loaded programs carry this name; programs go away when their last reference does, a removed cgroup's a little later. */
+export async function waitLoaded(name: string, want: number): Promise<number> {
+  const end = Date.now() + 15_000;
+  let n = loadedPrograms(name).length;
+  while (n !== want && Date.now() < end) {
+    await sleep(50);
+    n = loadedPrograms(name).length;
+  }
+  return n;
+}
 
 /** Device nodes in a temp dir: name -> path. */
 export class DevNodes {

@@ -8,7 +8,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import { DeviceController, loadedPrograms, parseRule, type RuleSet } from '../../src/devices/index.js';
 import { gate } from '../helpers/gate.js';
-import { Cgroups, kernelSkipReason, memLogger, sleep, uniqueProgName } from './helpers.js';
+import { Cgroups, kernelSkipReason, memLogger, uniqueProgName, waitLoaded } from './helpers.js';
 
 const skip = kernelSkipReason();
 const { test: ktest } = gate('BPF device programs', { ok: !skip, reason: skip }, import.meta.url);
@@ -27,17 +27,6 @@ const policy = (i: number): RuleSet => ({
 });
 
 const fdCount = () => fs.readdirSync('/proc/self/fd').length;
-
-/** Programs go away when their last reference does; a removed cgroup drops its own a little later. */
-async function waitLoaded(name: string, want: number): Promise<number> {
-  const end = Date.now() + 15_000;
-  let n = loadedPrograms(name).length;
-  while (n !== want && Date.now() < end) {
-    await sleep(50);
-    n = loadedPrograms(name).length;
-  }
-  return n;
-}
 
 for (const replace of [true, false]) {
   const cycles = replace ? 500 : 200;
