@@ -239,11 +239,16 @@ export function waitUnpopulated(dir: string, timeoutMs: number): Promise<void> {
   return waitForFile(path.join(dir, 'cgroup.events'), () => !isPopulated(dir), timeoutMs, `${dir} to become empty`);
 }
 
-/** Freeze (true) or thaw (false) dir and wait for cgroup.events to say so. */
-export async function setFrozen(dir: string, frozen: boolean, timeoutMs: number): Promise<void> {
-  writeText(path.join(dir, 'cgroup.freeze'), frozen ? '1' : '0');
+/**
+ * Freeze (true) or thaw (false) dir and wait for cgroup.events to say so.
+ * Resolves true when the state changed (it was not already what was asked).
+ */
+export async function setFrozen(dir: string, frozen: boolean, timeoutMs: number): Promise<boolean> {
   const want = frozen ? 1 : 0;
+  const was = readEvents(dir).frozen;
+  writeText(path.join(dir, 'cgroup.freeze'), frozen ? '1' : '0');
   await waitForFile(path.join(dir, 'cgroup.events'), () => readEvents(dir).frozen === want, timeoutMs, `${dir} to be ${frozen ? 'frozen' : 'thawed'}`);
+  return was !== want;
 }
 
 /**

@@ -3,10 +3,17 @@
  * turns their changes into AgentEvents the moment the kernel reports them
  * (inotify).
  *
- * Watched: each job's and step's cgroup.events (populated, frozen), each
- * task's cgroup.events (populated), and each step's memory.events where the
- * memory controller is on (oom_kill is hierarchical, so a task's OOM shows at
- * its step). Reads files and emits; never writes to the tree.
+ * Watched: each job's, step's and task's cgroup.events (populated), and each
+ * step's memory.events where the memory controller is on (oom_kill is
+ * hierarchical, so a task's OOM shows at its step). Reads files and emits;
+ * never writes to the tree.
+ *
+ * frozen/thawed are not inferred from notices: they change only through the
+ * agent's own freeze requests, which publish them (frozenChanged) once the
+ * kernel reports the state. Inferred from notices they were lost: the notice
+ * of a step reaching frozen 1 may be read only after a quick thaw (the kernel
+ * sends it late, and holds a second one for 10 ms), and that read says
+ * frozen 0 as the last did, so neither frozen nor thawed was published.
  *
  * All through cgroupfs's one inotify fd (a kernel mark and a few numbers per
  * file, off the JS heap's handle lists), not an fs.watch handle per file
@@ -17,11 +24,13 @@
 import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import { inotify, parseFlatKeyed, readOptional, type WatchListener } from '../cgroupfs/index.js';
+import type { Logger } from 'pino';
+import { KernelError } from '../errors.js';
 import type { AgentEvent, EventKind } from './model.js';
 import type { TreePaths } from './names.js';
 
-/** cgroup: populated (and frozen for jobs); freeze: a step's user/ frozen; memory: oom_kill. */
-type Kind = 'cgroup' | 'freeze' | 'memory';
+/** cgroup: populated; memory: oom_kill. */
+type Kind = 'cgroup' | 'memory';
 
 /**
  * One watched file, kept small: tens of thousands live at once. Its path is
@@ -34,9 +43,8 @@ interface Watched {
   step: string | undefined;
   task: string | undefined;
   kind: Kind;
-  /** The file's last known populated, frozen and oom_kill values. */
+  /** The file's last known populated and oom_kill values. */
   populated: number;
-  frozen: number;
   oomKill: number;
 }
 
@@ -59,15 +67,33 @@ export class TreeWatcher extends EventEmitter {
     },
   };
 
-  constructor(private readonly paths: TreePaths) {
+  /** Watches the kernel or the addon refused (not counting files already gone), and when that was last logged. */
+  private failed = { count: 0, loggedAt: 0 };
+
+  constructor(
+    private readonly paths: TreePaths,
+    private readonly log?: Logger,
+  ) {
     super();
+  }
+
+  /**
+   * A file that cannot be watched (ENOSPC: fs.inotify.max_user_watches, which
+   * every process of the uid shares; an addon without inotify) never publishes
+   * its events: said loudly, at most every 10 s.
+   */
+  private watchFailed(file: string, err: unknown): void {
+    this.failed.count++;
+    const now = Date.now();
+    if (now - this.failed.loggedAt < 10_000) return;
+    this.failed.loggedAt = now;
+    this.log?.error({ err, file, failedWatches: this.failed.count }, 'cannot watch a cgroup file: its empty and OOM events will not be published (ENOSPC: raise fs.inotify.max_user_watches)');
   }
 
   /** The file a watch is on, from its ids. */
   private fileOf(w: Watched): string {
     const { job, step, task } = w;
     if (step === undefined) return path.join(this.paths.job(job), 'cgroup.events');
-    if (w.kind === 'freeze') return path.join(this.paths.user(job, step), 'cgroup.events');
     if (w.kind === 'memory') return path.join(this.paths.step(job, step), 'memory.events');
     if (task === undefined) return path.join(this.paths.step(job, step), 'cgroup.events');
     return path.join(this.paths.leaf(job, step, task === 'special' ? 'special' : { task: Number(task) }), 'cgroup.events');
@@ -77,7 +103,7 @@ export class TreeWatcher extends EventEmitter {
    * Watch a job (step/task undefined), a step, or a task directory. `memory`
    * says whether the memory controller is on there (memory.events exists).
    * `fresh`: the directory was just made and nothing has entered it, so its
-   * files need no first read (populated 0, frozen 0, no OOM kill).
+   * files need no first read (populated 0, no OOM kill).
    */
   watchDir(dir: string, ids: { job: string; step?: string; task?: string }, memory = false, fresh = false): void {
     this.add(path.join(dir, 'cgroup.events'), ids, 'cgroup', fresh);
@@ -95,12 +121,12 @@ export class TreeWatcher extends EventEmitter {
   }
 
   /**
-   * Watch a step's user/ for frozen/thawed (steps are frozen at user/, so the
-   * step daemon in slurm/ keeps running). Added by the first freeze, not at
-   * creation: most steps are never frozen.
+   * Publish a step's frozen or thawed, from the freeze request that changed it
+   * once the kernel's cgroup.events says so (see the header: not from notices).
    */
-  watchFreeze(stepDir: string, ids: { job: string; step: string }): void {
-    this.add(path.join(stepDir, 'user', 'cgroup.events'), ids, 'freeze', false);
+  frozenChanged(ids: { job: string; step: string }, frozen: boolean): void {
+    const e: AgentEvent = { event: frozen ? 'frozen' : 'thawed', job: ids.job, step: ids.step, time: new Date().toISOString() };
+    this.emit('event', e);
   }
 
   private add(file: string, ids: { job: string; step?: string; task?: string }, kind: Kind, fresh: boolean): void {
@@ -109,8 +135,9 @@ export class TreeWatcher extends EventEmitter {
     let wd: number;
     try {
       wd = inotify().add(file, this.listener);
-    } catch {
-      return; // removed already
+    } catch (err) {
+      if (!(err instanceof KernelError && (err.errno === 'ENOENT' || err.errno === 'ENOTDIR'))) this.watchFailed(file, err);
+      return; // ENOENT: removed already
     }
     // Read after the mark is in place: a change after this read is then always notified.
     let last: Record<string, number> = {};
@@ -122,7 +149,7 @@ export class TreeWatcher extends EventEmitter {
       }
       last = parseFlatKeyed(text);
     }
-    const w: Watched = { wd, job: ids.job, step: ids.step, task: ids.task, kind, populated: last.populated ?? 0, frozen: last.frozen ?? 0, oomKill: last.oom_kill ?? 0 };
+    const w: Watched = { wd, job: ids.job, step: ids.step, task: ids.task, kind, populated: last.populated ?? 0, oomKill: last.oom_kill ?? 0 };
     this.byWd.set(wd, w);
     if (mine) mine.push(w);
     else this.byJob.set(w.job, [w]);
@@ -157,8 +184,7 @@ export class TreeWatcher extends EventEmitter {
     // Deepest first, so one job's events always come task -> step -> job.
     gone.sort((a, b) => level(b) - level(a));
     for (const w of gone) {
-      // Frozen/thawed only change through our own freeze requests: no last read for them.
-      if (w.kind === 'freeze' || (w.kind === 'cgroup' && w.step !== undefined && w.populated === 0)) continue;
+      if (w.kind === 'cgroup' && w.step !== undefined && w.populated === 0) continue;
       this.onChange(w);
     }
     for (const w of gone) this.drop(w);
@@ -184,17 +210,14 @@ export class TreeWatcher extends EventEmitter {
       if (oomKill > before) this.emitEvent('oom', w, { oomKill });
       return;
     }
-    const { populated, frozen } = w;
+    const { populated } = w;
     w.populated = now.populated ?? populated;
-    w.frozen = now.frozen ?? frozen;
-    if (w.kind === 'cgroup' && populated === 1 && w.populated === 0) {
+    if (populated === 1 && w.populated === 0) {
       // The kernel empties a task before its step and job, but their inotify
       // notices may be handled in any order: read what lies below first.
       if (w.task === undefined) this.settleBelow(w);
       this.emitEvent(w.task !== undefined ? 'task.empty' : w.step !== undefined ? 'step.empty' : 'job.empty', w);
     }
-    const freezeKind = w.step === undefined ? w.kind === 'cgroup' : w.kind === 'freeze';
-    if (freezeKind && w.task === undefined && frozen !== w.frozen) this.emitEvent(w.frozen === 1 ? 'frozen' : 'thawed', w);
   }
 
   /** Read the watched cgroup.events files below w's directory, deepest first, publishing their changes. */

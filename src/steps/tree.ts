@@ -180,7 +180,7 @@ export class StepTree {
 
   constructor(private readonly opts: TreeOptions) {
     this.paths = new TreePaths(opts.scopeDir);
-    this.watcher = new TreeWatcher(this.paths);
+    this.watcher = new TreeWatcher(this.paths, this.opts.log);
     this.layout = new LayoutCheck({ wanted: () => opts.scopeControllers?.(), locked: (job, fn) => this.lock.run(job, fn), log: opts.log });
     this.readStats = opts.accounting ? (d) => opts.accounting!.read(d) : readStats;
   }
@@ -632,8 +632,10 @@ export class StepTree {
     return this.lock.run(job, async () => {
       this.admit(null, job, access);
       const dirs = this.userDirs(job, step);
-      for (const d of dirs) this.watcher.watchFreeze(path.dirname(d), { job, step: parseStepName(path.basename(path.dirname(d)))! });
-      await Promise.all(dirs.map((d) => setFrozen(d, frozen, this.opts.waitTimeoutMs)));
+      // Each step's frozen/thawed is published here, once the kernel says so, and only if it changed.
+      await Promise.all(dirs.map(async (d) => {
+        if (await setFrozen(d, frozen, this.opts.waitTimeoutMs)) this.watcher.frozenChanged({ job, step: parseStepName(path.basename(path.dirname(d)))! }, frozen);
+      }));
       this.opts.log.info({ job, step }, frozen ? 'frozen' : 'thawed');
       return { job, step, frozen, cgroups: dirs.length };
     });

@@ -1,0 +1,77 @@
+/**
+ * Event delivery from a real agent on the real kernel: frozen/thawed for
+ * every freeze request that changed a step, however quickly a thaw follows
+ * (the kernel's notices coalesce then), and empties that reach every
+ * subscriber while nothing else happens in the agent.
+ */
+import test from 'ava';
+import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
+import { killPid, spawnSleeper, startAgent, waitFor, type RunningAgent } from '../helpers/agent.js';
+
+const ctx: { root: string; agent: RunningAgent } = {} as any;
+
+test.before(async () => {
+  ctx.root = makeTestRoot('events');
+  ctx.agent = await startAgent({ root: ctx.root, args: ['--ignore-systemd'] });
+});
+
+test.after.always(async () => {
+  await ctx.agent?.stop();
+  await removeTestRoot(ctx.root);
+});
+
+/** A subscribed connection and what it has heard, as "event job step task". */
+async function subscriber(t: { teardown: (f: () => void) => void }) {
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  const heard: string[] = [];
+  await c.events((e) => heard.push([e.event, e.job, e.step, e.task].filter((x) => x !== undefined).join(' ')));
+  return heard;
+}
+
+test.serial('freeze and thaw back to back: each request publishes frozen/thawed for every step it changed, and a repeated one nothing', async (t) => {
+  const heard = await subscriber(t);
+  const c = await ctx.agent.client();
+  const procs = [spawnSleeper(), spawnSleeper()];
+  t.teardown(async () => {
+    for (const p of procs) killPid(p.pid);
+    await c.request('destroy', { job: '81', force: true }).catch(() => undefined);
+    c.close();
+  });
+  for (const [i, p] of procs.entries()) await c.request('task.place', { job: '81', step: String(i), pid: p.pid!, task: 0 });
+  // No pause between the requests: the notice of frozen 1 is often read only after the thaw.
+  const rounds = 8;
+  for (let i = 0; i < rounds; i++) {
+    await c.request('freeze', { job: '81', step: '0' });
+    await c.request('thaw', { job: '81', step: '0' });
+  }
+  await c.request('freeze', { job: '81' });
+  await c.request('freeze', { job: '81', step: '1' }); // already frozen: no event
+  await c.request('thaw', { job: '81' });
+  await c.request('thaw', { job: '81' }); // already thawed: no event
+  const want0 = [...Array.from({ length: rounds }, () => ['frozen 81 0', 'thawed 81 0']).flat(), 'frozen 81 0', 'thawed 81 0'];
+  const want1 = ['frozen 81 1', 'thawed 81 1'];
+  const of = (step: string) => heard.filter((h) => h.split(' ')[2] === step);
+  await waitFor(() => of('0').length >= want0.length && of('1').length >= want1.length, 5000, 'the frozen and thawed events');
+  t.deepEqual(of('0'), want0);
+  t.deepEqual(of('1'), want1);
+});
+
+test.serial('empties reach every subscriber while nothing else happens in the agent, in task -> step -> job order', async (t) => {
+  const subs = [await subscriber(t), await subscriber(t), await subscriber(t)];
+  const c = await ctx.agent.client();
+  const jobs = ['91', '92', '93', '94', '95', '96'];
+  const procs = jobs.map(() => spawnSleeper());
+  t.teardown(async () => {
+    for (const p of procs) killPid(p.pid);
+    for (const job of jobs) await c.request('destroy', { job, force: true }).catch(() => undefined);
+    c.close();
+  });
+  for (const [i, job] of jobs.entries()) await c.request('task.place', { job, step: '0', pid: procs[i].pid!, task: 0 });
+  // The agent is idle from here: only the kernel's notices can make it publish.
+  for (const p of procs) killPid(p.pid);
+  await waitFor(() => subs.every((heard) => jobs.every((job) => heard.includes(`job.empty ${job}`))), 5000, 'every job.empty on every subscriber');
+  for (const heard of subs) {
+    for (const job of jobs) t.deepEqual(heard.filter((h) => h.split(' ')[1] === job), [`task.empty ${job} 0 0`, `step.empty ${job} 0`, `job.empty ${job}`]);
+  }
+});
