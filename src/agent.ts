@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import type { Logger } from 'pino';
 import { Registry } from './backends/registry.js';
-import { controllersOf, isDir, lockCgroupRoot, resolveCgroupRoot } from './cgroupfs/index.js';
+import { controllersOf, inotify, isDir, lockCgroupRoot, resolveCgroupRoot } from './cgroupfs/index.js';
 import { scopeNameFor, type AgentOptions } from './config/options.js';
 import { configReport, logConfiguration, type GresFile } from './config/report.js';
 import { loadGresConf } from './devices/gres.js';
@@ -86,6 +86,8 @@ export async function startAgent(o: AgentOptions, log: Logger, hooks: AgentHooks
 async function startLocked(o: AgentOptions, root: ReturnType<typeof resolveCgroupRoot>, log: Logger, hooks: AgentHooks): Promise<Agent> {
   const t0 = performance.now();
   if (root.readOnly) throw new AgentError('EPERM', `the cgroup2 filesystem at ${root.mountPoint} is mounted read-only`);
+  // Events (empty, OOM) come through the addon's inotify: without it the agent would run deaf, so it does not start.
+  inotify().open();
   const scopeOpts = scopeOptionsOf(o, root, log, hooks);
   // Steps with the same policy share one loaded program (the verifier's pass is most of a policy's cost).
   const ctl = new DeviceController(log, { shareLoaded: 32 });

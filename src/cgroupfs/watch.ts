@@ -31,7 +31,8 @@ export class Inotify {
   /** wd -> its listeners (one in nearly every case; an array when a file has several). */
   private readonly listeners = new Map<number, WatchListener | WatchListener[]>();
 
-  private open(): number {
+  /** Open the fd now (it is opened on first use otherwise); throws when the addon cannot. */
+  open(): number {
     if (this.fd === null) this.fd = this.addon.inotifyOpen(() => this.drain());
     return this.fd;
   }

@@ -40,6 +40,9 @@ export interface Addon {
 /** Where the addon lives relative to this file: src/sys or dist/sys, two levels below the root. */
 export const ADDON_PATH = fileURLToPath(new URL('../../build/Release/cgstep_bpf.node', import.meta.url));
 
+/** Every function of Addon: a build older than this code lacks some, and is refused whole. */
+const FUNCTIONS = ['progLoad', 'progAttach', 'progDetach', 'progQuery', 'progGetFdById', 'progGetNextId', 'progInfo', 'close', 'openDir', 'xattrGet', 'xattrSet', 'xattrRemove', 'inotifyOpen', 'inotifyAdd', 'inotifyRemove', 'inotifyRead', 'inotifyClose'] as const satisfies readonly (keyof Addon)[];
+
 let addon: Addon | null = null;
 let loadError: string | null = null;
 
@@ -47,8 +50,10 @@ export function loadAddon(): Addon {
   if (addon) return addon;
   if (loadError === null) {
     try {
-      addon = createRequire(import.meta.url)(ADDON_PATH) as Addon;
-      return addon;
+      const a = createRequire(import.meta.url)(ADDON_PATH) as Addon;
+      const missing = FUNCTIONS.filter((f) => typeof a[f] !== 'function');
+      if (missing.length === 0) return (addon = a);
+      loadError = `the cgstep_bpf addon at ${ADDON_PATH} is older than this code (it lacks ${missing.join(', ')}): rebuild it with npx node-gyp rebuild (or npm ci)`;
     } catch (err) {
       loadError = `the cgstep_bpf addon did not load from ${ADDON_PATH} (build it with npm ci or npx node-gyp rebuild): ${(err as Error).message}`;
     }
