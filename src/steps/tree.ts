@@ -759,14 +759,19 @@ export class StepTree {
   async *listJobs(want: (job: string) => boolean = () => true): AsyncGenerator<JobInfo> {
     const pause = slicer();
     for (const job of this.knownJobsSorted()) {
-      if (!want(job)) continue;
-      yield this.jobInfo(job);
+      // A job skipped still cost a look at its owner: 20,000 of them are a long stall too.
+      if (want(job)) yield this.jobInfo(job);
       await pause();
     }
   }
 
+  /**
+   * Job ids are canonical decimal integers (names.ts), so a numeric sort of
+   * their values gives them back as the same strings: sorted natively, a
+   * fraction of the time a compare function takes over 20,000 ids.
+   */
   private knownJobsSorted(): string[] {
-    return [...this.index.keys()].sort((a, b) => Number(a) - Number(b));
+    return Array.from(Float64Array.from(this.index.keys(), Number).sort(), String);
   }
 
   /** One job as list() shows it (a step removed meanwhile reads as empty: the cgroupfs reads take ENOENT as that). */
