@@ -7,18 +7,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { CgstepClient } from '../src/rpc/client.js';
 import { agentCycle } from './cycle.js';
-import { benchRoot, removeRoot, rssMiB, sleeper, startAgent, summarize, waitReady, type Summary } from './lib.js';
-import net from 'node:net';
+import { benchRoot, freePort, removeRoot, rssMiB, sleeper, startAgent, summarize, waitReady, type Summary } from './lib.js';
 import { StallProbe } from './stallprobe.js';
-
-/** A loopback port nobody listens on right now. */
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise((r) => srv.close(r));
-  return port;
-}
 
 /** One scrape's wall time; the body is taken as bytes (decoding it here would hold the probe's loop). */
 async function scrapeOnce(port: number): Promise<{ ms: number; body: ArrayBuffer }> {

@@ -1,23 +1,24 @@
 /**
  * bench/starve: root's `status` latency while unprivileged users hammer the
- * expensive reads.
+ * expensive reads: `/metrics`, `list` and `stats`.
  *   node --import tsx bench/starve.ts            (root; STEPS=3000,20000 by default)
  *   STEPS=3000 SECONDS=10 node --import tsx bench/starve.ts
- * For each step count: an agent with that many live steps (made through the
- * protocol), then root asks `status` every 100 ms (on a kept connection, and
- * on a new connection each time) first with nobody else, then while eight
- * read-only `list` loops and four `stats` loops run as a throwaway user in a
- * --read-only-gid group (setpriv). Prints the median, p99 and worst latency
- * of each, and what the loops got (ok / refused by the rate limit). The user
- * and group are removed at the end. Not a test: nothing asserts a timing.
- * An agent built before the socket options existed is reached by widening
- * its socket to 0666 here (the option does it now).
+ * For each step count: an agent with that many live steps (10 a job, made
+ * through the protocol) and `--metrics` on a loopback port, then root asks
+ * `status` every 100 ms (on a kept connection, and on a new connection each
+ * time) first with nobody else, then while a throwaway user in a
+ * --read-only-gid group (setpriv) runs six `/metrics` scrape loops (the
+ * port is open to every local user), eight `list` loops and four `stats`
+ * loops. Prints the median, p99 and worst latency of each and what the loops
+ * got (ok / refused by the rate limit / scrapes served), and at the end one
+ * line per step count: root's worst `status` latency under that flood. The
+ * user and group are removed at the end. Not a test: nothing asserts a timing.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import { CgstepClient } from '../src/rpc/client.js';
-import { benchRoot, removeRoot, startAgent, summarize } from './lib.js';
+import { benchRoot, freePort, removeRoot, startAgent, summarize } from './lib.js';
 
 const STEPS = (process.env.STEPS ?? '3000,20000').split(',').map(Number);
 const SECONDS = Number(process.env.SECONDS ?? 10);
@@ -51,24 +52,50 @@ async function sample(socket: string, seconds: number, fresh: boolean): Promise<
   return out;
 }
 
-const LOOP = `
+/**
+ * The flood, one process as the unprivileged user: `scrapes` loops of one
+ * /metrics scrape after another (each body read to its end and dropped, as
+ * `while curl ...` does) and one connection per `list` or `stats` loop, each
+ * asking again as soon as its answer is in. It prints "ready" once every loop
+ * has started and a summary line when its time is up. One process, so node's
+ * start-up happens before the sampling starts, not during it.
+ */
+const FLOOD = `
+const http = require('node:http');
 const net = require('node:net');
-const [sock, op, job, ms] = process.argv.slice(1);
-const s = net.connect(sock);
-let ok = 0, busy = 0, buf = '';
-const until = Date.now() + Number(ms);
-const ask = () => s.write(JSON.stringify(op === 'stats' ? { id: 1, op, job } : { id: 1, op }) + '\\n');
-s.on('connect', ask);
-s.on('data', (d) => {
-  buf += d;
-  let i;
-  while ((i = buf.indexOf('\\n')) >= 0) {
-    const r = JSON.parse(buf.slice(0, i)); buf = buf.slice(i + 1);
-    if (r.ok) ok++; else busy++;
-    if (Date.now() < until) ask(); else { console.log(op, 'ok', ok, 'refused', busy); process.exit(0); }
-  }
-});
-s.on('error', (e) => { console.log(op, 'error', e.message, 'ok', ok); process.exit(0); });
+const [sock, port, job, ms, scrapes, lists, stats] = process.argv.slice(1);
+let until = Infinity;
+const count = {};
+const tally = (k) => (count[k] = (count[k] || 0) + 1);
+function scrapeLoop() {
+  if (Date.now() >= until) return;
+  http.get({ host: '127.0.0.1', port, path: '/metrics', agent: false }, (res) => {
+    res.on('data', () => {});
+    res.on('end', () => { tally(res.statusCode === 200 ? '/metrics ok' : '/metrics failed'); scrapeLoop(); });
+  }).on('error', () => { tally('/metrics failed'); setTimeout(scrapeLoop, 10); });
+}
+function rpcLoop(op) {
+  const s = net.connect(sock);
+  let buf = '';
+  const ask = () => { if (Date.now() < until) s.write(JSON.stringify(op === 'stats' ? { id: 1, op, job } : { id: 1, op }) + '\\n'); else s.end(); };
+  s.on('connect', ask);
+  s.on('data', (d) => {
+    buf += d;
+    let i;
+    while ((i = buf.indexOf('\\n')) >= 0) {
+      const r = JSON.parse(buf.slice(0, i)); buf = buf.slice(i + 1);
+      tally(op + (r.ok ? ' ok' : ' ' + r.error.code));
+      ask();
+    }
+  });
+  s.on('error', () => tally(op + ' connection error'));
+}
+until = Date.now() + Number(ms);
+for (let i = 0; i < Number(scrapes); i++) scrapeLoop();
+for (let i = 0; i < Number(lists); i++) rpcLoop('list');
+for (let i = 0; i < Number(stats); i++) rpcLoop('stats');
+console.log('ready');
+setTimeout(() => { console.log(Object.entries(count).map(([k, v]) => k + ' ' + v).join(', ')); process.exit(0); }, Number(ms) + 2000);
 `;
 
 function fmt(xs: number[]): string {
@@ -76,9 +103,11 @@ function fmt(xs: number[]): string {
   return `median ${s.median.toFixed(1)} ms, p99 ${s.p99.toFixed(1)} ms, worst ${Math.max(...xs).toFixed(1)} ms (${xs.length} samples)`;
 }
 
-async function one(n: number, user: { name: string; uid: number; gid: number }): Promise<void> {
+/** The flood at n live steps; returns root's worst `status` latency under it (either connection kind). */
+async function one(n: number, user: { name: string; uid: number; gid: number }): Promise<number> {
   const root = benchRoot('starve');
-  const agent = await startAgent(root, ['--read-only-gid', String(user.gid), '--max-connections', '4096']);
+  const port = await freePort();
+  const agent = await startAgent(root, ['--read-only-gid', String(user.gid), '--max-connections', '4096', '--metrics', `127.0.0.1:${port}`]);
   try {
     const dir = agent.socket.replace(/\/[^/]*$/, '');
     fs.chmodSync(dir, 0o755);
@@ -91,20 +120,21 @@ async function one(n: number, user: { name: string; uid: number; gid: number }):
     const l = await c.request('list', {});
     console.log(`  root's own list: ${(performance.now() - t1).toFixed(0)} ms, ${JSON.stringify(l).length} bytes`);
     c.close();
+    const t2 = performance.now();
+    const body = await (await fetch(`http://127.0.0.1:${port}/metrics`)).arrayBuffer();
+    console.log(`  root's own first scrape (a snapshot refresh): ${(performance.now() - t2).toFixed(0)} ms, ${body.byteLength} bytes`);
     console.log(`  status alone, kept connection:        ${fmt(await sample(agent.socket, SECONDS / 2, false))}`);
-    const loops = [...Array(8).fill('list'), ...Array(4).fill('stats')].map(
-      (op) =>
-        new Promise<string>((resolve) => {
-          const p = spawn('setpriv', ['--reuid', String(user.uid), '--regid', String(user.gid), '--clear-groups', process.execPath, '-e', LOOP, agent.socket, op, job, String(SECONDS * 1000)], { stdio: ['ignore', 'pipe', 'inherit'] });
-          let out = '';
-          p.stdout.on('data', (d) => (out += d));
-          p.once('exit', () => resolve(out.trim()));
-        }),
-    );
+    const flood = spawn('setpriv', ['--reuid', String(user.uid), '--regid', String(user.gid), '--clear-groups', process.execPath, '-e', FLOOD, agent.socket, String(port), job, String(SECONDS * 1000), '6', '8', '4'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    const ready = new Promise<void>((resolve) => flood.stdout.on('data', (d) => ((out += d), /ready/.test(out) && resolve())));
+    const ended = new Promise<void>((resolve) => flood.once('exit', () => resolve()));
+    await ready;
     const [kept, fresh] = await Promise.all([sample(agent.socket, SECONDS, false), sample(agent.socket, SECONDS, true)]);
-    console.log(`  status under 8 list + 4 stats loops, kept connection: ${fmt(kept)}`);
-    console.log(`  status under 8 list + 4 stats loops, new connection:  ${fmt(fresh)}`);
-    console.log(`  the loops: ${(await Promise.all(loops)).join('; ')}`);
+    console.log(`  status under the flood, kept connection: ${fmt(kept)}`);
+    console.log(`  status under the flood, new connection:  ${fmt(fresh)}`);
+    await ended;
+    console.log(`  the flood got: ${out.replace('ready', '').trim()}`);
+    return Math.max(...kept, ...fresh);
   } finally {
     await agent.stop();
     await removeRoot(root);
@@ -115,8 +145,11 @@ const name = `cgs_bench_${randomBytes(3).toString('hex')}`;
 spawnSync('useradd', ['--no-create-home', '--shell', '/usr/sbin/nologin', '--user-group', name]);
 const uid = Number(spawnSync('id', ['-u', name], { encoding: 'utf8' }).stdout);
 const gid = Number(spawnSync('id', ['-g', name], { encoding: 'utf8' }).stdout);
+const worst: [number, number][] = [];
 try {
-  for (const n of STEPS) await one(n, { name, uid, gid });
+  for (const n of STEPS) worst.push([n, await one(n, { name, uid, gid })]);
 } finally {
   spawnSync('userdel', [name]);
 }
+console.log('');
+for (const [n, w] of worst) console.log(`root's worst status latency while an unprivileged user hammers /metrics (6 loops), list (8) and stats (4) at ${n} live steps: ${w.toFixed(1)} ms`);
