@@ -153,6 +153,8 @@ const results = {
     complete: g.done && g.blocks.every((b) => !b.error),
     guestWallS: g.wallS,
     evidence: g.checks,
+    // Rounds of checks that did not all pass before the ones above (e.g. a launch that timed out): kept, not hidden.
+    failedChecks: g.failedChecks ?? {},
     aboveScope: g.above,
     agentMsPerOp: agentProfile(),
     errors: [g.error, ...g.blocks.map((b) => b.error)].filter(Boolean),
