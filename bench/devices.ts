@@ -21,6 +21,10 @@
  *    opens in each, round after round (the first condition rotates); figures
  *    are medians of the per-slice ns/op, so that a busy neighbour's bursts,
  *    which fall on all conditions alike, drop out.
+ * 3. compile() uncached (normalise + emit, the work one request's policy costs
+ *    the agent's event loop) by shape of rule set, at the most an admin (4,096
+ *    rules) and any other peer (256) may send: see COMPILE_SHAPES. A rule set
+ *    the compiler refuses (E2BIG) is timed to the refusal.
  * Not a test: nothing asserts a timing.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -55,6 +59,15 @@ export interface DevicesSize {
   };
 }
 
+/** compile() of one shape of rule set, uncached: median ms, and what came out. */
+export interface CompileShape {
+  shape: string;
+  rules: number;
+  ms: number;
+  /** Entries after normalising, or the refusal. */
+  entries: number | 'E2BIG';
+}
+
 export interface DevicesResult {
   machine: string;
   probe: { supported: boolean; replace?: boolean; reason?: string };
@@ -66,6 +79,7 @@ export interface DevicesResult {
   /** Median ns per open()+close() of /dev/null with no device program. */
   unconfinedNs: number;
   sizes: DevicesSize[];
+  compileShapes: CompileShape[];
 }
 
 /** Default allow; n exact denies, none of them /dev/null. */
@@ -85,6 +99,68 @@ export function hitRules(n: number): RuleSet {
       ...Array.from({ length: n - 1 }, (_, i) => ({ type: 'c' as const, major: 1, minor: 1000 + i, access: 'rwm', allow: true })),
     ],
   };
+}
+
+const ACCESS = ['r', 'w', 'm', 'rw', 'rm', 'wm', 'rwm'];
+const rule = (type: 'a' | 'b' | 'c', major: number | '*', minor: number | '*', access: string, allow: boolean) => ({ type, major, minor, access, allow });
+/** h "c M:*" and h "c *:N": h * h intersections ("c M:N"), each a pattern the compiler considers. */
+const grid = (h: number): RuleSet => ({
+  default: 'allow',
+  rules: [...Array.from({ length: h }, (_, i) => rule('c', i, '*', 'rw', i % 2 === 0)), ...Array.from({ length: h }, (_, i) => rule('c', '*', i, 'w', false))],
+});
+
+/**
+ * Shapes of rule sets with n rules, for section 3: what a compile costs
+ * depends on how the rules overlap, not only on how many there are.
+ */
+export const COMPILE_SHAPES: { name: string; make: (n: number) => RuleSet }[] = [
+  { name: 'exact denies, default allow (section 1)', make: missRules },
+  { name: 'exact allows on one major, default deny', make: hitRules },
+  { name: 'mixed allow/deny, b and c, 64 majors, any access', make: (n) => ({ default: 'allow', rules: Array.from({ length: n }, (_, i) => rule(i % 3 ? 'c' : 'b', 10 + (i % 64), i >> 6, ACCESS[i % 7], i % 2 === 0)) }) },
+  { name: 'allow and deny of the same devices', make: (n) => ({ default: 'deny', rules: Array.from({ length: n }, (_, i) => rule('c', 10 + ((i >> 1) % 64), i >> 7, ACCESS[i % 7], i % 2 === 0)) }) },
+  { name: 'wildcard majors (c *:N)', make: (n) => ({ default: 'allow', rules: Array.from({ length: n }, (_, i) => rule('c', '*', i, ACCESS[i % 7], i % 2 === 0)) }) },
+  { name: 'wildcard minors (c M:*), n majors', make: (n) => ({ default: 'deny', rules: Array.from({ length: n }, (_, i) => rule('c', i % 4096, '*', ACCESS[i % 7], i % 2 === 0)) }) },
+  { name: 'exact, one minor on each of n majors', make: (n) => ({ default: 'allow', rules: Array.from({ length: n }, (_, i) => rule('c', i % 4096, 0, 'rwm', false)) }) },
+  { name: 'type a and c on the same numbers', make: (n) => ({ default: 'allow', rules: Array.from({ length: n }, (_, i) => rule(i % 2 ? 'a' : 'c', 5 + (i >> 8), i & 255, ACCESS[i % 7], i % 3 === 0)) }) },
+  { name: '64 c M:* and 64 c *:N, rest exact', make: (n) => ({ default: 'allow', rules: Array.from({ length: n }, (_, i) => (i < 64 ? rule('c', i, '*', 'rw', true) : i < 128 ? rule('c', '*', i - 64, 'w', false) : rule('c', 1000 + (i >> 8), i & 255, 'r', true))) }) },
+  { name: 'grid 89 c M:* x 89 c *:N (largest accepted)', make: () => grid(89) },
+  { name: 'grid 91 x 91 (refused: 8,281 patterns)', make: () => grid(91) },
+  { name: 'grid 2,048 x 2,048 (refused)', make: () => grid(2048) },
+];
+
+/** Median ms of compile()'s uncached work on rs (reps runs), and its entries or the refusal. */
+function timeCompile(rs: RuleSet, reps: number): { ms: number; entries: number | 'E2BIG' } {
+  const ms: number[] = [];
+  let entries: number | 'E2BIG' = 'E2BIG';
+  for (let i = 0; i < reps; i++) {
+    const t0 = process.hrtime.bigint();
+    try {
+      const p = normalize(rs);
+      emit(p);
+      entries = p.entries.length;
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'E2BIG') throw err;
+    }
+    ms.push(elapsedMs(t0));
+  }
+  return { ms: summarize(ms).median, entries };
+}
+
+/** Section 3 (pure CPU: no kernel needed). */
+export function compileShapesSection(quick: boolean): CompileShape[] {
+  const sets: { shape: string; rs: RuleSet }[] = [];
+  for (const n of [256, 4096]) {
+    for (const s of COMPILE_SHAPES) {
+      const rs = s.make(n);
+      // The grids are the same whatever n.
+      if (n === 256 && rs.rules.length > 256) continue;
+      if (n === 4096 && s.name.startsWith('grid') && rs.rules.length <= 256) continue;
+      sets.push({ shape: s.name, rs });
+    }
+  }
+  // Once each first, so that the figures are of compiled code, not of the JIT warming up.
+  for (const { rs } of sets) timeCompile(rs, 1);
+  return sets.map(({ shape, rs }) => ({ shape, rules: rs.rules.length, ...timeCompile(rs, quick ? 3 : 15) }));
 }
 
 // openloop PATH OPENS ROUNDS DIR...: each round, for each directory (the first
@@ -247,6 +323,7 @@ export async function devicesSection(opts: { quick: boolean }): Promise<DevicesR
       iters,
       unconfinedNs,
       sizes,
+      compileShapes: compileShapesSection(quick),
     };
   } finally {
     for (const f of fds) {
@@ -285,6 +362,10 @@ export function formatDevices(r: DevicesResult): string[] {
     const chain = s.rules < 16 ? '  (same program)' : cell(s.open.chain);
     out.push(`  ${String(s.rules).padStart(5)}   ${cell(s.open.miss).padEnd(28)}${cell(s.open.hit).padEnd(31)}${chain}`);
   }
+  out.push('');
+  out.push('3. compile (uncached: normalise + emit) by shape; median ms; entries after normalising, or the refusal');
+  out.push('  rules  ms        entries  shape');
+  for (const c of r.compileShapes) out.push(`  ${String(c.rules).padStart(5)}  ${f3(c.ms).padStart(8)}  ${String(c.entries).padStart(7)}  ${c.shape}`);
   return out;
 }
 

@@ -53,6 +53,8 @@ import {
   DEV_CHAR,
   accessMask,
   formatRule,
+  MAX_MAJOR,
+  MAX_MINOR,
   maskToAccess,
   matches,
   specificity,
@@ -85,89 +87,154 @@ export interface NormalPolicy {
 /** The kernel's bound on a jump offset (s16) is what limits a program here. */
 export const MAX_INSNS = 32767;
 /** Intersections considered while normalising, before redundant ones go. */
-export const MAX_CELLS = 1 << 16;
+export const MAX_CELLS = 1 << 13;
 
-interface Pattern { type: DeviceType; major: Wild; minor: Wild }
+/**
+ * The patterns of one rule set as small integers (V8 keeps them unboxed), so
+ * that normalising works on sets and maps of numbers rather than strings and
+ * objects (a 4,096-rule set is tens of thousands of lookups). Each component
+ * is a code: 0 for a wildcard ('a', '*'), else type b 1, c 2, and the rank of
+ * the major (minor) among the rule set's distinct majors (minors), from 1.
+ * key = type << (majorBits + minorBits) | major << minorBits | minor; numeric
+ * order of keys is type, then major, then minor, wildcards first: within one
+ * specificity, entryOrder's.
+ */
+class Keys {
+  private readonly majors: number[] = [0];
+  private readonly minors: number[] = [0];
+  private readonly majorRank = new Map<number, number>();
+  private readonly minorRank = new Map<number, number>();
+  private readonly minorBits: number;
+  private readonly typeShift: number;
+  private readonly majorMask: number;
+  private readonly minorMask: number;
 
-const keyOf = (p: Pattern): string => `${p.type}|${p.major}|${p.minor}`;
-/** Which components are exact: major 4, minor 2, type 1 (the same bits as specificity). */
-const shapeOf = (p: Pattern): number => specificity(p);
+  constructor(rules: readonly DeviceRule[]) {
+    const ranks = (values: Set<number>, rank: Map<number, number>, list: number[]) => {
+      for (const v of [...values].sort((x, y) => x - y)) rank.set(v, list.push(v) - 1);
+    };
+    ranks(new Set(rules.flatMap((r) => (r.major === '*' ? [] : [r.major]))), this.majorRank, this.majors);
+    ranks(new Set(rules.flatMap((r) => (r.minor === '*' ? [] : [r.minor]))), this.minorRank, this.minors);
+    const bits = (n: number) => Math.max(1, 32 - Math.clz32(n - 1));
+    this.minorBits = bits(this.minors.length);
+    const majorBits = bits(this.majors.length);
+    this.typeShift = majorBits + this.minorBits;
+    // Room for the type's 2 bits below 2^30 (a small integer): 4,096 majors and 65,536 minors.
+    if (this.typeShift > 28) throw tooBig(`${this.minors.length - 1} distinct minor numbers (at most ${(1 << (28 - majorBits)) - 1} with ${this.majors.length - 1} majors)`);
+    this.majorMask = (1 << majorBits) - 1;
+    this.minorMask = (1 << this.minorBits) - 1;
+  }
+
+  of(p: { type: DeviceType; major: Wild; minor: Wild }): number {
+    return this.compose(TYPES.indexOf(p.type), p.major === '*' ? 0 : this.majorRank.get(p.major)!, p.minor === '*' ? 0 : this.minorRank.get(p.minor)!);
+  }
+  compose(type: number, major: number, minor: number): number {
+    return (type << this.typeShift) | (major << this.minorBits) | minor;
+  }
+  type(k: number): number {
+    return k >>> this.typeShift;
+  }
+  major(k: number): number {
+    return (k >>> this.minorBits) & this.majorMask;
+  }
+  minor(k: number): number {
+    return k & this.minorMask;
+  }
+  /** Which components are exact: major 4, minor 2, type 1 (the same bits as specificity). */
+  shape(k: number): number {
+    return (this.major(k) ? 4 : 0) | (this.minor(k) ? 2 : 0) | (this.type(k) ? 1 : 0);
+  }
+  /** k with only the components in `sub` (shape bits) kept, the others wildcards. */
+  project(k: number, sub: number): number {
+    return this.compose(sub & 1 ? this.type(k) : 0, sub & 4 ? this.major(k) : 0, sub & 2 ? this.minor(k) : 0);
+  }
+  /** The intersection of two patterns that agree on the components both name. */
+  meet(p: number, q: number): number {
+    return this.compose(Math.max(this.type(p), this.type(q)), Math.max(this.major(p), this.major(q)), Math.max(this.minor(p), this.minor(q)));
+  }
+  entry(k: number, masks: number[]): PolicyEntry {
+    const major = this.major(k);
+    const minor = this.minor(k);
+    return { type: TYPES[this.type(k)], major: major ? this.majors[major] : '*', minor: minor ? this.minors[minor] : '*', masks };
+  }
+  /**
+   * Every pattern containing k (k itself first), most specific first, written
+   * to `out`; returns how many. Enumerating the submasks of k's shape downward
+   * orders them by specificity.
+   */
+  generalizations(k: number, out: number[]): number {
+    const s = this.shape(k);
+    let n = 0;
+    for (let sub = s; ; sub = (sub - 1) & s) {
+      out[n++] = this.project(k, sub);
+      if (sub === 0) return n;
+    }
+  }
+}
+
+const TYPES: readonly DeviceType[] = ['a', 'b', 'c'];
+/** `a *:*`. */
+const ALL_KEY = 0;
 
 function tooBig(what: string): AgentError {
   return new AgentError('E2BIG', `device rule set too large: ${what}`);
 }
 
-/** Every pattern containing p (p itself included), most specific first. */
-function generalizations(p: Pattern): Pattern[] {
-  const out: Pattern[] = [];
-  const s = shapeOf(p);
-  for (let sub = s; ; sub = (sub - 1) & s) {
-    out.push({
-      type: sub & 1 ? p.type : 'a',
-      major: sub & 4 ? p.major : '*',
-      minor: sub & 2 ? p.minor : '*',
-    });
-    if (sub === 0) break;
-  }
-  // Enumerating submasks of s downward already orders them by specificity.
-  return out;
-}
-
-function intersect(p: Pattern, q: Pattern): Pattern | null {
-  let type: DeviceType;
-  if (p.type === 'a') type = q.type;
-  else if (q.type === 'a' || q.type === p.type) type = p.type;
-  else return null;
-  const pick = (x: Wild, y: Wild): Wild | null => (x === '*' ? y : y === '*' || y === x ? x : null);
-  const major = pick(p.major, q.major);
-  const minor = pick(p.minor, q.minor);
-  if (major === null || minor === null) return null;
-  return { type, major, minor };
-}
-
-/** Close a set of patterns under intersection (step 1). */
-function closeUnderIntersection(start: Map<string, Pattern>): Map<string, Pattern> {
-  const all = new Map(start);
-  for (;;) {
-    const byShape = new Map<number, Pattern[]>();
-    for (const p of all.values()) {
-      const s = shapeOf(p);
-      const list = byShape.get(s);
-      if (list) list.push(p);
-      else byShape.set(s, [p]);
+/**
+ * Close a set of patterns under intersection (step 1). Two patterns of
+ * comparable shapes are nested or disjoint, so only incomparable shapes meet,
+ * and then only patterns that agree on the components both name: each cell
+ * is looked up, by those components, among the cells of every other shape
+ * (an index per shape and common components, kept up to date as cells are
+ * added). A worklist meets every new cell with every cell there is, once, so
+ * the cost follows the intersections that exist, not the rounds.
+ */
+function closeUnderIntersection(keys: Keys, start: Iterable<number>): Set<number> {
+  const all = new Set<number>();
+  const ofShape: number[][] = Array.from({ length: 8 }, () => []);
+  const index = new Map<number, Map<number, number[]>>(); // shape * 8 + common -> projection -> cells
+  const queue: number[] = [];
+  const file = (m: Map<number, number[]>, k: number, common: number) => {
+    const at = keys.project(k, common);
+    const l = m.get(at);
+    if (l) l.push(k);
+    else m.set(at, [k]);
+  };
+  const add = (k: number) => {
+    all.add(k);
+    if (all.size > MAX_CELLS) throw tooBig(`more than ${MAX_CELLS} overlapping patterns (wildcard-major rules such as "c *:3" combined with many majors)`);
+    const s = keys.shape(k);
+    ofShape[s].push(k);
+    for (let c = 0; c < 8; c++) {
+      const m = index.get(s * 8 + c);
+      if (m) file(m, k, c);
     }
-    const shapes = [...byShape.keys()];
-    let added = 0;
-    for (let i = 0; i < shapes.length; i++) {
-      for (let j = i + 1; j < shapes.length; j++) {
-        const s1 = shapes[i];
-        const s2 = shapes[j];
-        // Comparable shapes give nested or disjoint patterns: nothing new.
-        if ((s1 & s2) === s1 || (s1 & s2) === s2) continue;
-        const common = s1 & s2;
-        const proj = (p: Pattern) => `${common & 1 ? p.type : ''}|${common & 4 ? p.major : ''}|${common & 2 ? p.minor : ''}`;
-        const index = new Map<string, Pattern[]>();
-        for (const q of byShape.get(s2)!) {
-          const k = proj(q);
-          const l = index.get(k);
-          if (l) l.push(q);
-          else index.set(k, [q]);
-        }
-        for (const p of byShape.get(s1)!) {
-          for (const q of index.get(proj(p)) ?? []) {
-            const x = intersect(p, q);
-            if (!x) continue;
-            const k = keyOf(x);
-            if (all.has(k)) continue;
-            all.set(k, x);
-            added++;
-            if (all.size > MAX_CELLS) throw tooBig(`more than ${MAX_CELLS} overlapping patterns (wildcard-major rules such as "c *:3" combined with many majors)`);
-          }
-        }
+    queue.push(k);
+  };
+  const lookup = (s: number, common: number): Map<number, number[]> => {
+    let m = index.get(s * 8 + common);
+    if (!m) {
+      m = new Map();
+      for (const q of ofShape[s]) file(m, q, common);
+      index.set(s * 8 + common, m);
+    }
+    return m;
+  };
+  for (const k of start) if (!all.has(k)) add(k);
+  for (let i = 0; i < queue.length; i++) {
+    const p = queue[i];
+    const sp = keys.shape(p);
+    for (let s = 0; s < 8; s++) {
+      const common = sp & s;
+      if (common === sp || common === s || ofShape[s].length === 0) continue;
+      // The cells met have shape sp | s, never s: this list does not grow meanwhile.
+      for (const q of lookup(s, common).get(keys.project(p, common)) ?? []) {
+        const x = keys.meet(p, q);
+        if (!all.has(x)) add(x);
       }
     }
-    if (added === 0) return all;
   }
+  return all;
 }
 
 const entryOrder = (a: PolicyEntry, b: PolicyEntry): number => {
@@ -182,21 +249,20 @@ const entryOrder = (a: PolicyEntry, b: PolicyEntry): number => {
 /** Allow masks (never merged) and denied bits of the rules on one pattern. */
 interface Named { allows: number[]; deny: number }
 
-/** The rules of a rule set by pattern (validated), and the patterns. */
-function byPattern(rs: RuleSet): { named: Map<string, Named>; patterns: Map<string, Pattern> } {
-  const named = new Map<string, Named>();
-  const patterns = new Map<string, Pattern>();
-  for (const raw of rs.rules) {
-    const r = validateRule(raw);
-    const k = keyOf(r);
+/** The rules of a rule set (validated) by pattern. */
+function byPattern(rs: RuleSet): { keys: Keys; named: Map<number, Named> } {
+  const rules = rs.rules.map(validateRule);
+  const keys = new Keys(rules);
+  const named = new Map<number, Named>();
+  for (const r of rules) {
+    const k = keys.of(r);
     const bits = accessMask(r.access);
-    const n = named.get(k) ?? { allows: [], deny: 0 };
+    let n = named.get(k);
+    if (!n) named.set(k, (n = { allows: [], deny: 0 }));
     if (!r.allow) n.deny |= bits;
     else if (!n.allows.includes(bits)) n.allows.push(bits);
-    named.set(k, n);
-    patterns.set(k, { type: r.type, major: r.major, minor: r.minor });
   }
-  return { named, patterns };
+  return { keys, named };
 }
 
 /** The largest sets among `allowed` (a downward-closed family of requests), highest first. */
@@ -204,71 +270,115 @@ function maximal(allowed: number[]): number[] {
   return allowed.filter((a) => !allowed.some((b) => b !== a && (a & b) === a)).sort((x, y) => y - x);
 }
 
+/** maximal() of each family of requests 1..7 (bit r set: request r allowed), frozen and shared by the entries. */
+const MAXIMAL: readonly number[][] = Array.from({ length: 256 }, (_, set) =>
+  Object.freeze(maximal([1, 2, 3, 4, 5, 6, 7].filter((r) => set & (1 << r)))) as number[],
+);
+
+/** Scratch for resolveMasks (one call at a time): a pattern's generalizations, the allows and denies on them. */
+const GEN: number[] = new Array(8).fill(0);
+const ALLOW_BITS = new Int32Array(64);
+const ALLOW_SPEC = new Int32Array(64);
+const DENY_BITS = new Int32Array(8);
+const DENY_SPEC = new Int32Array(8);
+
 /**
  * Step 2: the masks of a cell, from the rules on its generalizations, by
  * rules.ts's semantics: a deny naming a requested bit wins unless a more
  * specific allow names all of them; else one allow must name them all (or
- * the default allows).
+ * the default allows). Allocates nothing: it runs once per cell.
  */
-function resolveMasks(p: Pattern, named: Map<string, Named>, dfltAllow: boolean): number[] {
-  const allows: { bits: number; spec: number }[] = [];
-  const denies: { bits: number; spec: number }[] = [];
-  for (const g of generalizations(p)) {
-    const n = named.get(keyOf(g));
+function resolveMasks(keys: Keys, k: number, named: Map<number, Named>, dfltAllow: boolean): number[] {
+  let na = 0;
+  let nd = 0;
+  const ng = keys.generalizations(k, GEN);
+  for (let i = 0; i < ng; i++) {
+    const n = named.get(GEN[i]);
     if (!n) continue;
-    const spec = shapeOf(g);
-    for (const bits of n.allows) allows.push({ bits, spec });
-    if (n.deny) denies.push({ bits: n.deny, spec });
+    const spec = keys.shape(GEN[i]);
+    for (const bits of n.allows) {
+      ALLOW_BITS[na] = bits;
+      ALLOW_SPEC[na++] = spec;
+    }
+    if (n.deny) {
+      DENY_BITS[nd] = n.deny;
+      DENY_SPEC[nd++] = spec;
+    }
   }
-  const ok: number[] = [];
-  for (let req = 1; req <= ACC_ALL; req++) {
-    const covered = (spec: number) => allows.some((a) => a.spec > spec && (a.bits & req) === req);
-    if (denies.some((d) => (d.bits & req) !== 0 && !covered(d.spec))) continue;
-    if (dfltAllow || covered(-1)) ok.push(req);
+  // Is req named whole by an allow more specific than spec?
+  const covered = (spec: number, req: number): boolean => {
+    for (let a = 0; a < na; a++) if (ALLOW_SPEC[a] > spec && (ALLOW_BITS[a] & req) === req) return true;
+    return false;
+  };
+  let ok = 0;
+  requests: for (let req = 1; req <= ACC_ALL; req++) {
+    for (let d = 0; d < nd; d++) if ((DENY_BITS[d] & req) !== 0 && !covered(DENY_SPEC[d], req)) continue requests;
+    if (dfltAllow || covered(-1, req)) ok |= 1 << req;
   }
-  return maximal(ok);
+  return MAXIMAL[ok];
 }
 
-const sameMasks = (a: number[], b: number[]): boolean => a.length === b.length && a.every((m, i) => m === b[i]);
+const sameMasks = (a: number[], b: number[]): boolean => a === b || (a.length === b.length && a.every((m, i) => m === b[i]));
 const ALL: number[] = [ACC_ALL];
 const NONE: number[] = [];
+
+/** Keys sorted by specificity (least specific first, or most with `mostFirst`), then by key. */
+function bySpecificity(keys: Keys, ks: Iterable<number>, mostFirst: boolean): Int32Array {
+  const byShape: number[][] = Array.from({ length: 8 }, () => []);
+  let n = 0;
+  for (const k of ks) {
+    byShape[keys.shape(k)].push(k);
+    n++;
+  }
+  // Int32Array: its elements stay small integers (a key read from a Float64Array would be boxed for each Map lookup).
+  const out = new Int32Array(n);
+  let at = 0;
+  for (let j = 0; j < 8; j++) {
+    const sorted = Int32Array.from(byShape[mostFirst ? 7 - j : j]).sort();
+    out.set(sorted, at);
+    at += sorted.length;
+  }
+  return out;
+}
 
 /** The order-independent normal form of a rule set (see the header). */
 export function normalize(rs: RuleSet): NormalPolicy {
   if (rs.default !== 'allow' && rs.default !== 'deny') throw new AgentError('EINVAL', `device policy default must be allow or deny, got ${JSON.stringify(rs.default)}`);
-  const { named, patterns } = byPattern(rs);
-  const cells = closeUnderIntersection(patterns);
-  const resolve = (p: Pattern) => resolveMasks(p, named, rs.default === 'allow');
+  const { keys, named } = byPattern(rs);
+  const cells = closeUnderIntersection(keys, named.keys());
+  const dfltAllow = rs.default === 'allow';
 
   // Step 3: the all-devices pattern is the base every device falls back to.
-  const allKey = keyOf({ type: 'a', major: '*', minor: '*' });
-  const allMasks = resolve({ type: 'a', major: '*', minor: '*' });
+  const allMasks = resolveMasks(keys, ALL_KEY, named, dfltAllow);
   let dflt: Verdict;
-  const survivors = new Map<string, PolicyEntry>();
+  const survivors = new Map<number, number[]>();
   if (sameMasks(allMasks, ALL) || allMasks.length === 0) {
     dflt = allMasks.length ? 'allow' : 'deny';
   } else {
     // Partial: an entry matching everything; the fall-through after it is the allow block.
     dflt = 'allow';
-    survivors.set(allKey, { type: 'a', major: '*', minor: '*', masks: allMasks });
+    survivors.set(ALL_KEY, allMasks);
   }
-  const baseMasks = (): number[] => survivors.get(allKey)?.masks ?? (dflt === 'allow' ? ALL : NONE);
+  const base = survivors.get(ALL_KEY) ?? (dflt === 'allow' ? ALL : NONE);
 
-  // Step 4: least specific first, so a cell's supersets are settled before it.
-  const ordered = [...cells.values()].filter((c) => keyOf(c) !== allKey).map((c) => ({ ...c, masks: resolve(c) }));
-  ordered.sort((a, b) => -entryOrder(a, b));
-  for (const c of ordered) {
-    let fallback = baseMasks();
-    for (const g of generalizations(c).slice(1)) {
-      const s = survivors.get(keyOf(g));
+  // Step 4: least specific first, so a cell's supersets (all less specific) are settled before it.
+  const gen: number[] = new Array(8).fill(0);
+  for (const c of bySpecificity(keys, cells, false)) {
+    if (c === ALL_KEY) continue;
+    const masks = resolveMasks(keys, c, named, dfltAllow);
+    let fallback = base;
+    const ng = keys.generalizations(c, gen);
+    for (let i = 1; i < ng; i++) {
+      const s = survivors.get(gen[i]);
       if (s) {
-        fallback = s.masks;
+        fallback = s;
         break;
       }
     }
-    if (!sameMasks(c.masks, fallback)) survivors.set(keyOf(c), c);
+    if (!sameMasks(masks, fallback)) survivors.set(c, masks);
   }
-  const entries = [...survivors.values()].sort(entryOrder);
+  const entries: PolicyEntry[] = [];
+  for (const k of bySpecificity(keys, survivors.keys(), true)) entries.push(keys.entry(k, survivors.get(k)!));
   return { default: dflt, entries };
 }
 
@@ -331,7 +441,7 @@ export function parsePolicy(text: string): NormalPolicy {
     }
     if (!sameMasks(masks, maximal(masks))) throw bad(i, 'access sets must be distinct, none inside another, highest first');
     const e: PolicyEntry = { type: r.type, major: r.major, minor: r.minor, masks };
-    const k = keyOf(e);
+    const k = formatEntry({ ...e, masks: [] });
     if (seen.has(k)) throw bad(i, 'duplicate pattern');
     seen.add(k);
     entries.push(e);

@@ -237,6 +237,26 @@ test('size limit: a rule set too big for 16-bit jumps is refused with E2BIG, not
   }
 });
 
+test('size limit: wildcards that overlap into too many patterns are refused with E2BIG naming it, however few the rules; under the bound they keep their meaning', (t) => {
+  // h "c M:*" and h "c *:N" intersect in h * h patterns "c M:N".
+  const grid = (h: number): RuleSet => ({
+    default: 'allow',
+    rules: [
+      ...Array.from({ length: h }, (_, i): DeviceRule => ({ type: 'c', major: i, minor: '*', access: 'rw', allow: i % 2 === 0 })),
+      ...Array.from({ length: h }, (_, i): DeviceRule => ({ type: 'c', major: '*', minor: i, access: 'w', allow: false })),
+    ],
+  });
+  // 182 rules (a user may send 256): 8,281 cells.
+  t.throws(() => compile(grid(91)), { message: /more than 8192 overlapping patterns/ });
+  const rs = grid(89);
+  const c = compile(rs);
+  t.deepEqual(unreachable(c.insns), []);
+  exhaustive(t, rs, c.insns, [0, 1, 2, 50, 88, 89, 4095], [0, 1, 2, 50, 88, 89, 1048575]);
+  // Distinct numbers are bounded too (each pattern is a small integer): 4,096 majors leave room for 32,767 minors.
+  const many: DeviceRule[] = Array.from({ length: 32768 }, (_, i) => ({ type: 'c', major: i % 4096, minor: i, access: 'r', allow: true }));
+  t.throws(() => normalize({ default: 'deny', rules: many }), { message: /32768 distinct minor numbers/ });
+});
+
 test(`threshold: ${TREE_MIN - 1} exact entries stay a chain, ${TREE_MIN} become a search; a miss costs log2, not n`, (t) => {
   const exactRules = (n: number): RuleSet => ({ default: 'allow', rules: Array.from({ length: n }, (_, i) => ({ type: 'c' as const, major: 200 + (i % 3), minor: i, access: 'rwm', allow: false })) });
   const ops = (rs: RuleSet) => new Set(decode(compile(rs).insns).map((x) => x.code));
