@@ -58,8 +58,9 @@ export class RateLimiter {
 /**
  * Device rules (allow + deny, every policy in the request together) one
  * request may carry: an admin's up to 4,096, the largest policy the device
- * benchmark uses (tens of ms to compile on an idle core); anyone else's up to
- * 256 (a few ms), so that no user can make the agent compile for long.
+ * benchmark uses; anyone else's up to 256, so that no user can make the agent
+ * compile for long. How far rules with wildcards may overlap is bounded by the
+ * compiler itself (MAX_CELLS); bench/devices.ts prints compile ms by shape.
  */
 export const MAX_RULES_ADMIN = 4096;
 export const MAX_RULES_USER = 256;
