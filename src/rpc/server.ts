@@ -84,6 +84,10 @@ interface Conn {
   streams: Promise<void>;
   /** While one is being written: the lines that wait for it to end. */
   held: string[] | null;
+  /** Requests of this connection running now (admin and others alike). */
+  running: number;
+  /** The peer half-closed: its lines are answered, then the connection is ended. */
+  ended: boolean;
 }
 
 /** Bytes of a streamed reply written at once. */
@@ -119,7 +123,7 @@ export class RpcServer {
     fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
     checkPrivateDir(dir, 'socket directory');
     await removeStaleSocket(this.o.socketPath);
-    const server = net.createServer({ allowHalfOpen: false }, (s) => this.accept(s));
+    const server = net.createServer({ allowHalfOpen: true }, (s) => this.accept(s));
     server.on('error', (err) => this.o.log.error({ err }, 'listening socket error'));
     const old = process.umask(0o177); // the socket is created 0600, with no window of a wider mode
     try {
@@ -167,13 +171,21 @@ export class RpcServer {
     this.conns.add(s);
     if (peer.role !== 'admin') this.perUid.set(peer.uid, (this.perUid.get(peer.uid) ?? 0) + 1);
     this.o.log.info({ peerPid: peer.pid, peerUid: peer.uid, role: peer.role }, 'connection accepted');
-    const c: Conn = { s, peer, inflight: 0, lines: new LineReader(MAX_LINE_BYTES), backlogged: false, pumpSoon: false, unsubscribe: null, lineTimer: null, streams: Promise.resolve(), held: null };
+    const c: Conn = { s, peer, inflight: 0, lines: new LineReader(MAX_LINE_BYTES), backlogged: false, pumpSoon: false, unsubscribe: null, lineTimer: null, streams: Promise.resolve(), held: null, running: 0, ended: false };
     s.on('data', (chunk: Buffer) => {
       c.lines.push(chunk);
       this.pump(c);
     });
     s.on('drain', () => {
       if (!c.backlogged) s.resume();
+    });
+    // `printf '%s\n' "$req" | socat - UNIX-CONNECT:...` half-closes after its
+    // last line and reads on: what it sent is answered before the agent ends its side.
+    s.on('end', () => {
+      c.ended = true;
+      if (c.lines.pending > 0) c.lines.push(Buffer.from('\n')); // a last line ended by the close itself
+      this.pump(c);
+      this.endIfDone(c);
     });
     if (peer.role !== 'admin') {
       // Idle non-admin connections are closed; a request still running or an events subscription is not idle.
@@ -314,7 +326,22 @@ export class RpcServer {
     s.end(line({ id: null, ok: false, error: { code: 'E2BIG', message: `request line longer than ${MAX_LINE_BYTES} bytes; closing the connection` } }));
   }
 
+  /** A half-closed connection with nothing left to run, stream or publish is ended. */
+  private endIfDone(c: Conn): void {
+    if (c.ended && c.running === 0 && c.held === null && !c.unsubscribe && !c.lines.hasLine() && !c.s.destroyed) c.s.end();
+  }
+
   private async onLine(c: Conn, text: string): Promise<void> {
+    c.running++;
+    try {
+      await this.runLine(c, text);
+    } finally {
+      c.running--;
+      this.endIfDone(c);
+    }
+  }
+
+  private async runLine(c: Conn, text: string): Promise<void> {
     const { s, peer } = c;
     this.counters.requests++;
     let id: string | number | null = null;

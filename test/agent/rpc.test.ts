@@ -96,3 +96,20 @@ test('with root alone allowed, another uid cannot even connect (setpriv --reuid 
   t.regex(r.stderr, /EPERM: cannot connect to cgstepd at .*EACCES/);
 });
 
+
+test.serial('a client that half-closes after its requests gets every reply, then the end of the stream', async (t) => {
+  // As `printf ... | socat - UNIX-CONNECT:sock` does; the last line is ended by the close alone.
+  const s = net.connect(ctx.agent.socket);
+  t.teardown(() => s.destroy());
+  await new Promise<void>((r, j) => s.once('connect', r).once('error', j));
+  const reqs = ['{"id":1,"op":"job.create","job":"61"}', '{"id":2,"op":"destroy","job":"61"}', '{"id":3,"op":"list"}', '{"id":4,"op":"status"}'];
+  s.end(reqs.join('\n'));
+  let text = '';
+  s.on('data', (d) => (text += d));
+  await new Promise<void>((r, j) => s.once('end', r).once('error', j));
+  const byId = new Map(text.trim().split('\n').map((l) => JSON.parse(l)).map((l) => [l.id, l]));
+  t.deepEqual([...byId.keys()].sort(), [1, 2, 3, 4], text);
+  for (const l of byId.values()) t.true(l.ok, JSON.stringify(l));
+  const after = (await raw(ctx.agent.socket, '{"id":5,"op":"list"}\n'))[0];
+  t.false(after.result.jobs.some((j: any) => j.job === '61'), 'the job made and destroyed by the half-closed client is gone');
+});
