@@ -10,6 +10,7 @@
  *   PROFILE=perf node --import tsx bench/profile.ts 1000 # on-CPU time a cycle by syscall and top frame (perf record)
  *   CYCLE=three ...                                        # the three-request cycle
  *   AGENT_FLAGS='--single-threaded-gc' ...                 # node flags added to the #! line's
+ *   AGENT_OUT=file ...                                     # the agent's stdout (its log) kept there
  */
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -33,7 +34,10 @@ const agentArgs = [path.join(REPO, 'dist/bin/cgstepd.js'), '--ignore-systemd', '
 const proc =
   mode === 'cpu'
     ? spawn(process.execPath, [...nodeFlags, '--cpu-prof', '--cpu-prof-dir', out, ...agentArgs], { stdio: 'ignore' })
-    : spawn(process.execPath, [...nodeFlags, ...(mode === 'perf' ? ['--perf-basic-prof'] : []), ...agentArgs], { stdio: 'ignore', cwd: out });
+    : spawn(process.execPath, [...nodeFlags, ...(mode === 'perf' ? ['--perf-basic-prof'] : []), ...agentArgs], {
+        stdio: ['ignore', process.env.AGENT_OUT ? fs.openSync(process.env.AGENT_OUT, 'w') : 'ignore', 'ignore'],
+        cwd: out,
+      });
 try {
   await waitReady(socket, proc);
   const park = path.join(root, 'park');

@@ -9,7 +9,7 @@
 import path from 'node:path';
 import { AgentError } from './errors.js';
 import { DevicePathResolver } from './devices/paths.js';
-import { ProcessRef, type ProcessInfo } from './proc/index.js';
+import { ProcessRef } from './proc/index.js';
 import { DEVICE_FIELDS, admitRequest, checkProcess, jobAccess, type Actor, type JobAccess, type ProcessFacts, type Protected } from './rpc/authz.js';
 import type { DeviceRequest } from './devices/request.js';
 import type { Request } from './rpc/protocol.js';
@@ -53,24 +53,34 @@ export class Gate {
     if (typeof pid === 'number') {
       proc = ProcessRef.open(pid);
       try {
-        checkProcess(actor, this.facts(proc.info), String(fields.job), this.o.protectedPids());
+        // A zombie is refused before anything is made for it: the kernel would move nothing.
+        if (proc.info.exited) throw new AgentError('ENOENT', `no process ${pid} (it has exited)`);
+        checkProcess(actor, this.facts(proc), String(fields.job), this.o.protectedPids());
       } catch (err) {
         proc.close();
         throw err;
       }
     }
     const ref = proc;
+    // Just before the move: still the process checked (not a reused pid), and not exited since.
     const beforeMove = ref
       ? () => {
-          if (!ref.alive()) throw new AgentError('ENOENT', `process ${String(pid)} exited before it was moved`);
+          if (!ref.running()) throw new AgentError('ENOENT', `process ${String(pid)} exited before it was moved`);
         }
       : undefined;
     const owner = typeof fields.owner === 'number' ? fields.owner : undefined;
     return { req: out, access: jobAccess(actor, owner, beforeMove), close: () => ref?.close() };
   }
 
-  private facts(p: ProcessInfo): ProcessFacts {
-    return { ...p, job: this.jobOfCgroup(p.cgroup) };
+  /** The facts authz decides on; the job is read from /proc only if a check asks for it (admins' do not). */
+  private facts(ref: ProcessRef): ProcessFacts {
+    const jobOf = () => this.jobOfCgroup(ref.cgroup());
+    return {
+      ...ref.info,
+      get job() {
+        return jobOf();
+      },
+    };
   }
 
   /** The job a cgroup path (as /proc shows it) lies in; null outside the scope, 'scope' in it but in no job. */

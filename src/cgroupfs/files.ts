@@ -104,13 +104,13 @@ export function removeDir(dir: string): void {
   }
 }
 
-/** Does the path exist? Only ENOENT means no; any other failure (EACCES...) is an error. */
+/** Does the path exist? Only ENOENT (or ENOTDIR) means no; any other failure (EACCES...) is an error. */
 export function exists(p: string): boolean {
   try {
-    fs.statSync(p);
-    return true;
+    // Without an exception for ENOENT: a request checks several paths about to be made.
+    return fs.statSync(p, { throwIfNoEntry: false }) !== undefined;
   } catch (err) {
-    if (isErrno(err, 'ENOENT', 'ENOTDIR')) return false;
+    if (isErrno(err, 'ENOTDIR')) return false;
     throw fromNodeError('stat', p, err);
   }
 }

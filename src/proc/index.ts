@@ -31,11 +31,13 @@ export interface ProcessInfo {
   name: string;
   uids: { real: number; effective: number; saved: number; fs: number };
   kernelThread: boolean;
-  /** Its cgroup v2 path as /proc shows it ("/a/b"), null when it has none. */
-  cgroup: string | null;
+  /** A zombie (exited, not yet reaped): the kernel moves nothing for it. */
+  exited: boolean;
 }
 
 export class ProcessRef {
+  private cg: string | null | undefined;
+
   private constructor(
     private readonly fd: number,
     readonly info: ProcessInfo,
@@ -51,8 +53,10 @@ export class ProcessRef {
       throw fromNodeError('open', `/proc/${pid}`, err);
     }
     try {
-      const read = (f: string) => readText(`/proc/self/fd/${fd}/${f}`);
-      return new ProcessRef(fd, parseProcess(pid, read('status'), read('stat'), read('cgroup')));
+      const status = readText(`/proc/self/fd/${fd}/status`);
+      // Newer kernels say Kthread: in status (comm is escaped there: no line can be forged); older ones only in stat.
+      const stat = /^Kthread:/m.test(status) ? null : readText(`/proc/self/fd/${fd}/stat`);
+      return new ProcessRef(fd, parseProcess(pid, status, stat));
     } catch (err) {
       fs.closeSync(fd);
       if (isErrno(err, 'ENOENT', 'ESRCH')) throw new AgentError('ENOENT', `no process ${pid}`);
@@ -60,14 +64,35 @@ export class ProcessRef {
     }
   }
 
-  /** Is the process that was read still there (so `pid` still names it)? One path lookup, no read. */
-  alive(): boolean {
+  /**
+   * Its cgroup v2 path as /proc shows it ("/a/b"), null when it has none. Read
+   * when first asked (only some checks need it), through the same directory.
+   */
+  cgroup(): string | null {
+    if (this.cg === undefined) {
+      try {
+        this.cg = parseProcCgroup(readText(`/proc/self/fd/${this.fd}/cgroup`));
+      } catch (err) {
+        if (isErrno(err, 'ENOENT', 'ESRCH')) throw new AgentError('ENOENT', `no process ${this.info.pid}`);
+        throw err;
+      }
+    }
+    return this.cg;
+  }
+
+  /**
+   * Is the process that was read still there (so `pid` still names it) and
+   * not exited? One read of its status through the open directory: a pid
+   * reused since names another process, whose files this directory never shows.
+   */
+  running(): boolean {
+    let status: string;
     try {
-      fs.accessSync(`/proc/self/fd/${this.fd}/stat`);
-      return true;
+      status = readText(`/proc/self/fd/${this.fd}/status`);
     } catch {
       return false;
     }
+    return !exitedState(status);
   }
 
   close(): void {
@@ -75,8 +100,13 @@ export class ProcessRef {
   }
 }
 
-/** Parse the three files of one process (exported for tests). */
-export function parseProcess(pid: number, status: string, stat: string, cgroup: string): ProcessInfo {
+/** State Z (zombie) or X (dead): the process has exited, and a cgroup.procs write would move nothing. */
+function exitedState(status: string): boolean {
+  return /^State:\s*[ZX]/m.test(status);
+}
+
+/** Parse status (and stat, for kernels whose status has no Kthread: line) of one process (exported for tests). */
+export function parseProcess(pid: number, status: string, stat: string | null): ProcessInfo {
   const field = (key: string): string => {
     const m = new RegExp(`^${key}:\\s*(.*)$`, 'm').exec(status);
     if (!m) throw new AgentError('EIO', `/proc/${pid}/status has no ${key} line`);
@@ -85,9 +115,8 @@ export function parseProcess(pid: number, status: string, stat: string, cgroup: 
   const tgid = Number(field('Tgid'));
   const ppid = Number(field('PPid'));
   const [real, effective, saved, fsUid] = field('Uid').split(/\s+/).map(Number);
-  // comm may hold spaces and parentheses: the fields start after the last ')'.
-  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const flags = Number(rest[6]);
+  // comm may hold spaces and parentheses: stat's fields start after the last ')'.
+  const flags = stat === null ? (field('Kthread') === '1' ? PF_KTHREAD : 0) : Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[6]);
   if (![tgid, ppid, real, effective, saved, fsUid, flags].every(Number.isSafeInteger)) throw new AgentError('EIO', `cannot parse /proc/${pid}/status or stat`);
   return {
     pid,
@@ -96,6 +125,6 @@ export function parseProcess(pid: number, status: string, stat: string, cgroup: 
     name: field('Name'),
     uids: { real, effective, saved, fs: fsUid },
     kernelThread: (flags & PF_KTHREAD) !== 0 || tgid === KTHREADD || ppid === KTHREADD,
-    cgroup: parseProcCgroup(cgroup),
+    exited: exitedState(status),
   };
 }

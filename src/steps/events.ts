@@ -220,9 +220,15 @@ export class TreeWatcher extends EventEmitter {
     }
   }
 
-  /** Read the watched cgroup.events files below w's directory, deepest first, publishing their changes. */
+  /**
+   * Read the watched cgroup.events files below w's directory, deepest first,
+   * publishing their changes. Only those last seen populated: an empty is
+   * published on 1 -> 0 alone, so reading one last seen empty publishes
+   * nothing (and its own notice brings any change since). This also spares
+   * unwatchDir's files, read deepest first just before, a second read.
+   */
   private settleBelow(w: Watched): void {
-    const below = (this.byJob.get(w.job) ?? []).filter((o) => o !== w && o.kind === 'cgroup' && level(o) > level(w) && (w.step === undefined || o.step === w.step));
+    const below = (this.byJob.get(w.job) ?? []).filter((o) => o !== w && o.kind === 'cgroup' && o.populated === 1 && level(o) > level(w) && (w.step === undefined || o.step === w.step));
     below.sort((a, b) => level(b) - level(a));
     for (const o of below) this.onChange(o);
   }

@@ -96,6 +96,8 @@ interface LevelPlan {
   level: DeviceLevel;
   limits: LimitPlan | null;
   devices: PreparedDevices | null;
+  /** Whether dir existed when planned, where the planner looked (planJob). */
+  existed?: boolean;
 }
 
 /** task.place: a leaf and what to make on the way to it (job*, step* only when this request makes that level). */
@@ -336,16 +338,18 @@ export class StepTree {
    */
   private planJob(job: string, limits: Limits | undefined, devices: DeviceRequest | undefined, allocation: readonly string[] | undefined, update: boolean): LevelPlan {
     const dir = this.paths.job(job);
-    if (exists(dir)) return this.planLevel(dir, 'job', update ? limits : undefined, update ? devices : undefined);
-    return this.planLevel(dir, 'job', limits, devices ?? this.opts.devices?.jobDefault(allocation) ?? undefined);
+    if (exists(dir)) return { ...this.planLevel(dir, 'job', update ? limits : undefined, update ? devices : undefined), existed: true };
+    return { ...this.planLevel(dir, 'job', limits, devices ?? this.opts.devices?.jobDefault(allocation) ?? undefined), existed: false };
   }
 
   /** A step's user/ level: limits and devices (only where the step is new unless `update`). */
   private planStep(job: string, step: string, limits: Limits | undefined, devices: DeviceRequest | undefined, jobPlan: LevelPlan, update: boolean): LevelPlan {
     const dir = this.paths.user(job, step);
-    const p = exists(dir) && !update ? this.planLevel(dir, 'step', undefined, undefined) : this.planLevel(dir, 'step', limits, devices);
+    const jobThere = jobPlan.existed ?? exists(jobPlan.dir);
+    // No job, no step: one stat fewer for a placement that makes both.
+    const p = jobThere && exists(dir) && !update ? this.planLevel(dir, 'step', undefined, undefined) : this.planLevel(dir, 'step', limits, devices);
     // A step may narrow its job's allocation, never widen it.
-    const parent = exists(jobPlan.dir) ? jobPlan.dir : jobPlan.devices;
+    const parent = jobThere ? jobPlan.dir : jobPlan.devices;
     if (p.devices && parent) this.opts.devices!.checkWithin(p.devices, [parent]);
     return p;
   }
@@ -539,7 +543,8 @@ export class StepTree {
       this.admit(u, job, access);
       this.reconfigureLeaf(job, step, leaf, devices, access);
       const tp = this.planLevel(this.paths.leaf(job, step, leaf), 'task', undefined, devices);
-      requireMovable(pid);
+      // A request through the gate had its process checked there (zombies, kernel threads) and again at the move.
+      if (!access?.beforeMove) requireMovable(pid);
       const c = this.placeIn(u, job, step, leaf, tp, pid, access);
       this.opts.log.info({ job, step, pid, leaf: path.basename(tp.dir) }, 'process attached');
       return { job, step, pid, path: tp.dir, ...c };
@@ -559,7 +564,7 @@ export class StepTree {
       const jp = this.planJob(r.job, r.jobLimits, r.jobDevices, undefined, false);
       const sp = this.planStep(r.job, r.step, r.stepLimits, r.stepDevices, jp, false);
       const tp = this.planLevel(this.paths.leaf(r.job, r.step, r.leaf), 'task', undefined, r.devices);
-      requireMovable(r.pid);
+      if (!access?.beforeMove) requireMovable(r.pid);
       const job = this.makeJob(u, r.job, jp, access);
       const step = this.makeStep(u, r.job, r.step, sp);
       const c = this.placeIn(u, r.job, r.step, r.leaf, tp, r.pid, access);
@@ -742,8 +747,13 @@ export class StepTree {
     return true;
   }
 
+  /**
+   * Remove a job: its steps as the index knows them (no listing of the job),
+   * then the job, whose rmdir lists and removes anything else left in it.
+   */
   private async removeJob(dir: string): Promise<void> {
-    for (const s of childDirs(dir)) await this.removeStep(path.join(dir, s));
+    const job = parseJobName(path.basename(dir));
+    for (const s of job === null ? [] : [...(this.index.get(job) ?? [])]) await this.removeStep(this.paths.step(job!, s));
     await removeTree(dir, this.opts.waitTimeoutMs);
   }
 
