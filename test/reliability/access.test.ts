@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
 import { CGSTEP, startAgent, type RunningAgent } from '../helpers/agent.js';
+import { asUser } from '../helpers/users.js';
 
 const ctx: { root: string; agent: RunningAgent; dir: string } = {} as any;
 
@@ -26,8 +27,8 @@ test.after.always(async () => {
 });
 
 function as(uid: number, gid: number, args: string[], groups: number[] = []) {
-  const g = groups.length ? ['--groups', groups.join(',')] : ['--clear-groups'];
-  const r = spawnSync('setpriv', ['--reuid', String(uid), '--regid', String(gid), ...g, process.execPath, CGSTEP, '--socket', ctx.agent.socket, ...args], { encoding: 'utf8' });
+  const [cmd, ...pre] = asUser({ uid, gid }, groups);
+  const r = spawnSync(cmd, [...pre, process.execPath, CGSTEP, '--socket', ctx.agent.socket, ...args], { encoding: 'utf8' });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

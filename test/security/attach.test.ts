@@ -9,8 +9,8 @@ import test from 'ava';
 import fs from 'node:fs';
 import { killPid, spawnSleeper, waitFor, type RunningAgent } from '../helpers/agent.js';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
-import { addUser, removeUser, type TestUser } from '../helpers/users.js';
-import { aKernelThread, cgroupOf, cgstepAs, socketDir, spawnAs, startMultiUser, threadsOf } from './multiuser.js';
+import { addUser, cgstepAs, removeUser, socketDir, spawnAs, startMultiUser, type TestUser } from '../helpers/users.js';
+import { aKernelThread, cgroupOf, threadsOf } from './helpers.js';
 
 const ctx: { root: string; dir: string; agent: RunningAgent; alice: TestUser; bob: TestUser; pids: number[] } = { pids: [] } as any;
 

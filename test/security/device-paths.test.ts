@@ -11,8 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { RunningAgent } from '../helpers/agent.js';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
-import { addUser, removeUser, type TestUser } from '../helpers/users.js';
-import { cgstepAs, requestsAs, socketDir, startMultiUser } from './multiuser.js';
+import { addUser, cgstepAs, removeUser, requestsAs, socketDir, startMultiUser, type TestUser } from '../helpers/users.js';
 
 const ctx: { root: string; dir: string; secret: string; links: string[]; agent: RunningAgent; alice: TestUser } = { links: [] } as any;
 

@@ -11,9 +11,8 @@ import fs from 'node:fs';
 import type { RunningAgent } from '../helpers/agent.js';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
 import { gate } from '../helpers/gate.js';
-import { addUser, removeUser, type TestUser } from '../helpers/users.js';
+import { addUser, cgstepAs, removeUser, socketDir, startMultiUser, type TestUser } from '../helpers/users.js';
 import { kernelSkipReason } from '../devices/helpers.js';
-import { cgstepAs, socketDir, startMultiUser } from './multiuser.js';
 
 const skip = kernelSkipReason();
 const kt = gate('BPF device control', { ok: !skip, reason: skip }, import.meta.url).test;

@@ -1,8 +1,10 @@
 /**
  * test/security/helpers: what the attack tests share: many live steps made
- * quickly through the protocol, and root's status latency sampled while an
- * attack runs.
+ * quickly through the protocol, root's status latency sampled while an
+ * attack runs, and the /proc facts attacks name (a process's cgroup, its
+ * threads, a kernel thread).
  */
+import fs from 'node:fs';
 import net from 'node:net';
 import { CgstepClient } from '../../src/rpc/client.js';
 
@@ -79,4 +81,33 @@ export function rawConnect(socket: string): Promise<net.Socket> {
     s.once('connect', () => resolve(s));
     s.once('error', reject);
   });
+}
+
+/** The "0::" line of /proc/PID/cgroup. */
+export function cgroupOf(pid: number): string {
+  return fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8').split('\n').find((l) => l.startsWith('0::'))!.slice(3);
+}
+
+/** The process's thread ids other than its own pid (waits until it has one). */
+export async function threadsOf(pid: number): Promise<number[]> {
+  for (let i = 0; i < 200; i++) {
+    const t = fs.readdirSync(`/proc/${pid}/task`).map(Number).filter((x) => x !== pid);
+    if (t.length) return t;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`process ${pid} has no second thread`);
+}
+
+/** Some kernel thread other than kthreadd (a child of pid 2). */
+export function aKernelThread(): number {
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d) || d === '2') continue;
+    try {
+      const st = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
+      if (st.slice(st.lastIndexOf(')') + 2).split(' ')[1] === '2') return Number(d);
+    } catch {
+      /* gone */
+    }
+  }
+  throw new Error('no kernel thread found');
 }

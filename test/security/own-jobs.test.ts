@@ -10,8 +10,8 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { CGSTEP, killPid, waitFor, type RunningAgent } from '../helpers/agent.js';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
-import { addGroup, addUser, removeGroup, removeUser, type TestUser } from '../helpers/users.js';
-import { cgroupOf, cgstepAs, requestsAs, socketDir, spawnAs, startMultiUser } from './multiuser.js';
+import { addGroup, addUser, cgstepAs, removeGroup, removeUser, requestsAs, socketDir, spawnAs, startMultiUser, type TestUser } from '../helpers/users.js';
+import { cgroupOf } from './helpers.js';
 
 const ctx: { root: string; dir: string; agent: RunningAgent; alice: TestUser; bob: TestUser; reader: TestUser; group: { name: string; gid: number }; pids: number[] } = { pids: [] } as any;
 
@@ -117,7 +117,7 @@ test.serial('list and events show a user its own jobs only; a read-only group se
   refused(t, as(ctx.reader, ['freeze', '706']), /may only use read-only requests/);
   // Both jobs freeze; bob's subscription hears only his, the reader's both.
   const listen = (u: TestUser) => {
-    const p = spawnAs(u, [process.execPath, CGSTEP, '--socket', ctx.agent.socket, '--json', 'events'], ['ignore', 'pipe', 'ignore']);
+    const p = spawnAs(u, [process.execPath, CGSTEP, '--socket', ctx.agent.socket, '--json', 'events'], { stdio: ['ignore', 'pipe', 'ignore'] });
     ctx.pids.push(p.pid!);
     const seen: any[] = [];
     let buf = '';

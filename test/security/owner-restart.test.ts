@@ -8,8 +8,7 @@ import path from 'node:path';
 import { getXattr } from '../../src/cgroupfs/index.js';
 import type { RunningAgent } from '../helpers/agent.js';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
-import { addUser, removeUser, type TestUser } from '../helpers/users.js';
-import { cgstepAs, socketDir, startMultiUser } from './multiuser.js';
+import { addUser, cgstepAs, removeUser, socketDir, startMultiUser, type TestUser } from '../helpers/users.js';
 
 const ctx: { root: string; dir: string; agent: RunningAgent; alice: TestUser; bob: TestUser } = {} as any;
 const args = () => ['--allow-uid', String(ctx.alice.uid), '--allow-uid', String(ctx.bob.uid)];

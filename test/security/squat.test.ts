@@ -15,8 +15,8 @@ import path from 'node:path';
 import { getXattr } from '../../src/cgroupfs/index.js';
 import { killPid, waitFor, type RunningAgent } from '../helpers/agent.js';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
-import { addUser, removeUser, type TestUser } from '../helpers/users.js';
-import { cgroupOf, cgstepAs, requestsAs, socketDir, spawnAs, startMultiUser } from './multiuser.js';
+import { addUser, cgstepAs, removeUser, requestsAs, socketDir, spawnAs, startMultiUser, type TestUser } from '../helpers/users.js';
+import { cgroupOf } from './helpers.js';
 
 const ctx: { root: string; dir: string; agent: RunningAgent; alice: TestUser; bob: TestUser; pids: number[] } = { pids: [] } as any;
 
