@@ -24,6 +24,7 @@ import { AgentError } from '../errors.js';
 import { compile, decideNormal, formatEntry, type Compiled, type NormalPolicy } from './compiler.js';
 import { DeviceController } from './controller.js';
 import { loadGresConf, type GresInventory } from './gres.js';
+import { GresDeviceNodes } from './paths.js';
 import { buildPolicy, type Allocated } from './policy.js';
 import { ACC_READ, ACC_WRITE } from './rules.js';
 import type { DeviceBackend, DeviceContext } from './backend-types.js';
@@ -87,6 +88,7 @@ export function ebpfDevices(ctl: DeviceController): Candidate<EbpfContext, Devic
     reason: (c) => `ConstrainDevices=yes${c.devicesRequired ? '' : ' (the default: no cgroup.conf sets it)'} and BPF device programs work here`,
     create: (c) => {
       let inventory: GresInventory | null = null;
+      let nodes: GresDeviceNodes | null = null;
       let gres: string[] = [];
       const probe = ctl.probe();
       const backend: DeviceBackend = {
@@ -96,7 +98,7 @@ export function ebpfDevices(ctl: DeviceController): Candidate<EbpfContext, Devic
         },
         enforcing: true,
         prepare(req: DeviceRequest, level: DeviceLevel): Prepared {
-          const { rules, allocated } = buildPolicy({ ...req, policy: req.policy ?? c.devicePolicy }, { inventory, log: c.log });
+          const { rules, allocated } = buildPolicy({ ...req, policy: req.policy ?? c.devicePolicy }, { inventory, log: c.log, ...(nodes ? { stat: nodes.stat } : {}) });
           return { level, compiled: compile(rules), allocated };
         },
         jobDefault(allocation) {
@@ -133,6 +135,8 @@ export function ebpfDevices(ctl: DeviceController): Candidate<EbpfContext, Devic
           if (c.gresConf) {
             inventory = loadGresConf(c.gresConf, c.nodeName ?? os.hostname().split('.')[0], c.log);
             gres = summarise(inventory);
+            nodes = new GresDeviceNodes(inventory.all().flatMap((u) => u.files));
+            await nodes.refresh();
             c.log.info({ gresConf: c.gresConf, gres }, 'gres.conf loaded');
           }
         },

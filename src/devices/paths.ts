@@ -9,11 +9,16 @@
  * unreadable or a plain file, so the agent's root stat() tells it nothing it
  * could not see itself; and at most a few of its stats are pending at once,
  * so hung paths cannot take the whole pool.
+ *
+ * GresDeviceNodes does the same for gres.conf's File= paths, which policy.ts
+ * reads (synchronously) for every policy it builds: they are stat'ed in the
+ * pool at start-up and again in the background, and a policy is built from
+ * the numbers last read.
  */
 import fs from 'node:fs';
 import { AgentError, fromNodeError } from '../errors.js';
 import type { DeviceRequest } from './request.js';
-import { accessMask, maskToAccess, splitDev, type DeviceNode } from './rules.js';
+import { accessMask, maskToAccess, splitDev, statDevice, type DeviceNode } from './rules.js';
 
 export interface PathResolverOptions {
   /** How long one stat may take, ms. */
@@ -90,4 +95,68 @@ export class DevicePathResolver {
 
 function notADevice(text: string, p: string): AgentError {
   return new AgentError('EINVAL', `device rule ${JSON.stringify(text)}: no device node at ${p}`);
+}
+
+/**
+ * The device numbers behind gres.conf's File= paths, read in libuv's pool and
+ * kept, so that building a policy never stats on the event loop (a GPU file
+ * on a hung mount would stop the agent for every job). refresh() stats every
+ * path at once with a deadline (awaited at start-up); stat() answers from the
+ * last reading and starts a new one in the background when it is older than
+ * maxAgeMs. A path whose stat has not come back yet is not asked again (one
+ * pool thread at most per hung path), and one that stops answering keeps the
+ * numbers it had: a device's numbers do not change because its mount hangs.
+ * A path it was not given (an absolute gres path without gres.conf, which
+ * only an admin may name) is stat'ed in line as before.
+ */
+export class GresDeviceNodes {
+  private nodes = new Map<string, DeviceNode | Error>();
+  private readonly inflight = new Set<string>();
+  private readAt = 0;
+  private refreshing: Promise<void> | null = null;
+
+  constructor(
+    private readonly paths: readonly string[],
+    private readonly o: { timeoutMs?: number; maxAgeMs?: number } = {},
+  ) {}
+
+  /** Read every path again (one pass at a time). */
+  refresh(): Promise<void> {
+    this.refreshing ??= Promise.all(this.paths.map((p) => this.read(p))).then(() => {
+      this.readAt = Date.now();
+      this.refreshing = null;
+    });
+    return this.refreshing;
+  }
+
+  /** statDevice's contract, from the last reading: the node, or the error its stat gave. */
+  readonly stat = (p: string): DeviceNode => {
+    const n = this.nodes.get(p);
+    if (n === undefined) return statDevice(p);
+    if (Date.now() - this.readAt > (this.o.maxAgeMs ?? 10000)) void this.refresh();
+    if (n instanceof Error) throw n;
+    return n;
+  };
+
+  private async read(p: string): Promise<void> {
+    if (this.inflight.has(p)) return;
+    this.inflight.add(p);
+    const pending = fs.promises.stat(p, { bigint: true }).finally(() => this.inflight.delete(p));
+    let timer: NodeJS.Timeout | undefined;
+    const timeoutMs = this.o.timeoutMs ?? 2000;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new AgentError('ETIMEDOUT', `stat of gres device ${p} did not answer within ${timeoutMs} ms`)), timeoutMs);
+    });
+    try {
+      const st = await Promise.race([pending, deadline]);
+      const type = st.isCharacterDevice() ? 'c' : st.isBlockDevice() ? 'b' : null;
+      this.nodes.set(p, type ? { type, ...splitDev(st.rdev) } : new AgentError('EINVAL', `${p} is not a character or block device`));
+    } catch (err) {
+      pending.catch(() => undefined);
+      const hung = err instanceof AgentError && err.code === 'ETIMEDOUT';
+      if (!(hung && this.nodes.get(p) && !(this.nodes.get(p) instanceof Error))) this.nodes.set(p, hung ? (err as Error) : fromNodeError('stat', p, err));
+    } finally {
+      clearTimeout(timer);
+    }
+  }
 }

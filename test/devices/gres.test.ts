@@ -1,12 +1,15 @@
 /**
- * gres.conf parsing and allocation entries (gres.ts), without a kernel.
+ * gres.conf parsing and allocation entries (gres.ts), without a kernel; and
+ * the device numbers of gres.conf's files, read off the event loop (paths.ts).
  */
 import test from 'ava';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { AgentError, KernelError } from '../../src/errors.js';
 import { expandList, loadGresConf, parseGresConf } from '../../src/devices/index.js';
+import { GresDeviceNodes } from '../../src/devices/paths.js';
 import { memLogger } from './helpers.js';
 
 test('expandList: ranges, lists, zero padding, several brackets, plain items', (t) => {
@@ -103,4 +106,28 @@ test('loadGresConf reads a file; a missing one is a KernelError', (t) => {
   t.deepEqual(loadGresConf(f, 'n1').units('gpu').map((u) => u.origin), [`${f}:1`, `${f}:1`]);
   const e = t.throws(() => loadGresConf(path.join(dir, 'none'), 'n1'), { instanceOf: KernelError });
   t.is(e?.errno, 'ENOENT');
+});
+
+test("gres devices are read off the event loop and kept: a policy is built from the last reading, not a stat of its own", async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-gresnodes-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const gpu0 = path.join(dir, 'nvidia0');
+  const gpu1 = path.join(dir, 'nvidia1');
+  execFileSync('mknod', [gpu0, 'c', '195', '0']);
+  fs.writeFileSync(gpu1, 'not a device');
+  const nodes = new GresDeviceNodes([gpu0, gpu1, path.join(dir, 'missing')], { maxAgeMs: 60000 });
+  await nodes.refresh();
+  t.deepEqual(nodes.stat(gpu0), { type: 'c', major: 195, minor: 0 });
+  t.throws(() => nodes.stat(gpu1), { instanceOf: AgentError, message: /not a character or block device/ });
+  t.throws(() => nodes.stat(path.join(dir, 'missing')), { instanceOf: KernelError, message: /ENOENT/ });
+  // Gone from the file system, still known until the next reading: stat() did not look.
+  fs.rmSync(gpu0);
+  execFileSync('mknod', [gpu1 + '.new', 'c', '195', '1']);
+  fs.renameSync(gpu1 + '.new', gpu1);
+  t.deepEqual(nodes.stat(gpu0), { type: 'c', major: 195, minor: 0 });
+  await nodes.refresh();
+  t.throws(() => nodes.stat(gpu0), { instanceOf: KernelError });
+  t.deepEqual(nodes.stat(gpu1), { type: 'c', major: 195, minor: 1 });
+  // A path it was not given is stat'ed as before.
+  t.throws(() => nodes.stat(path.join(dir, 'other')), { instanceOf: KernelError });
 });
