@@ -247,8 +247,14 @@ static int skip_value(struct scan *s);
 /* Called with s at a member's value, which it must consume; ctx is the caller's. */
 typedef int (*member_fn)(struct scan *s, const char *key, void *ctx);
 
-/* An object (s at its '{'), each member's value handed to fn. */
-static int scan_object(struct scan *s, member_fn fn, void *ctx)
+/* Called with s at an item of an object (a member) or an array (a value), which it must consume. */
+typedef int (*item_fn)(struct scan *s, void *ctx);
+
+/*
+ * The items of an object or an array (s at its '{' or '['), comma-separated
+ * up to close, each handed to item; nesting past 64 is refused.
+ */
+static int scan_items(struct scan *s, char close, item_fn item, void *ctx)
 {
 	int first = 1;
 
@@ -256,12 +262,10 @@ static int scan_object(struct scan *s, member_fn fn, void *ctx)
 		return -1;
 	s->p++;
 	for (;;) {
-		char key[32];
-
 		ws(s);
 		if (s->p >= s->end)
 			return -1;
-		if (*s->p == '}') {
+		if (*s->p == close) {
 			s->p++;
 			s->depth--;
 			return 0;
@@ -273,16 +277,38 @@ static int scan_object(struct scan *s, member_fn fn, void *ctx)
 			ws(s);
 		}
 		first = 0;
-		if (scan_string(s, key, sizeof(key)))
-			return -1;
-		ws(s);
-		if (s->p >= s->end || *s->p != ':')
-			return -1;
-		s->p++;
-		ws(s);
-		if (fn(s, key, ctx))
+		if (item(s, ctx))
 			return -1;
 	}
+}
+
+struct members {
+	member_fn fn;
+	void *ctx;
+};
+
+/* One member: its key, a colon, then its value handed to the object's member_fn. */
+static int member_item(struct scan *s, void *arg)
+{
+	const struct members *m = arg;
+	char key[32];
+
+	if (scan_string(s, key, sizeof(key)))
+		return -1;
+	ws(s);
+	if (s->p >= s->end || *s->p != ':')
+		return -1;
+	s->p++;
+	ws(s);
+	return m->fn(s, key, m->ctx);
+}
+
+/* An object (s at its '{'), each member's value handed to fn. */
+static int scan_object(struct scan *s, member_fn fn, void *ctx)
+{
+	struct members m = { fn, ctx };
+
+	return scan_items(s, '}', member_item, &m);
 }
 
 static int skip_member(struct scan *s, const char *key, void *ctx)
@@ -290,32 +316,9 @@ static int skip_member(struct scan *s, const char *key, void *ctx)
 	return skip_value(s);
 }
 
-/* An array (s at its '['), its values skipped. */
-static int skip_array(struct scan *s)
+static int skip_item(struct scan *s, void *ctx)
 {
-	int first = 1;
-
-	if (++s->depth > 64)
-		return -1;
-	s->p++;
-	for (;;) {
-		ws(s);
-		if (s->p >= s->end)
-			return -1;
-		if (*s->p == ']') {
-			s->p++;
-			s->depth--;
-			return 0;
-		}
-		if (!first) {
-			if (*s->p != ',')
-				return -1;
-			s->p++;
-		}
-		first = 0;
-		if (skip_value(s))
-			return -1;
-	}
+	return skip_value(s);
 }
 
 static int skip_value(struct scan *s)
@@ -326,7 +329,7 @@ static int skip_value(struct scan *s)
 	switch (*s->p) {
 	case '"': return scan_string(s, NULL, 0);
 	case '{': return scan_object(s, skip_member, NULL);
-	case '[': return skip_array(s);
+	case '[': return scan_items(s, ']', skip_item, NULL);
 	case 't': return scan_literal(s, "true");
 	case 'f': return scan_literal(s, "false");
 	case 'n': return scan_literal(s, "null");
