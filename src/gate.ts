@@ -63,13 +63,25 @@ export class Gate {
     }
     const ref = proc;
     // Just before the move: still the process checked (not a reused pid), and not exited since.
-    const beforeMove = ref
-      ? () => {
-          if (!ref.running()) throw new AgentError('ENOENT', `process ${String(pid)} exited before it was moved`);
+    // Just after it: the open /proc/PID directory is bound to the process checked
+    // (as a pidfd is; pidfd_send_signal takes either), so while it holds its pid
+    // the write cannot have moved another process. One reaped between the first
+    // check and the write, whose pid a new process took in those microseconds,
+    // would have been moved instead. That cannot be undone (where the newcomer
+    // came from is unknown): the request fails, the log names the pid, and the
+    // newcomer stays in the leaf until its job is destroyed.
+    const moveChecks = ref
+      ? {
+          beforeMove: () => {
+            if (!ref.running()) throw new AgentError('ENOENT', `process ${String(pid)} exited before it was moved`);
+          },
+          afterMove: () => {
+            if (!ref.holdsPid()) throw new AgentError('ENOENT', `process ${String(pid)} was reaped while it was moved; if a new process took its pid meanwhile, that one may have been moved in its place`);
+          },
         }
       : undefined;
     const owner = typeof fields.owner === 'number' ? fields.owner : undefined;
-    return { req: out, access: jobAccess(actor, owner, beforeMove), close: () => ref?.close() };
+    return { req: out, access: jobAccess(actor, owner, moveChecks), close: () => ref?.close() };
   }
 
   /** The facts authz decides on; the job is read from /proc only if a check asks for it (admins' do not). */

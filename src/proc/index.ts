@@ -95,6 +95,19 @@ export class ProcessRef {
     return !exitedState(status);
   }
 
+  /**
+   * Does the pid still belong to this process (not reaped yet: a zombie still
+   * holds it, so no new process can have it)? One path lookup, no read.
+   */
+  holdsPid(): boolean {
+    try {
+      fs.accessSync(`/proc/self/fd/${this.fd}/stat`);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   close(): void {
     fs.closeSync(this.fd);
   }

@@ -51,6 +51,8 @@ export interface JobAccess {
   reconfigure(what: string): void;
   /** Throws when the process checked for this request is no longer the one at its pid (just before the move). */
   beforeMove?(): void;
+  /** The same, just after the move: throws when the write may have moved another process under that pid. */
+  afterMove?(): void;
 }
 
 /** admit()'s answer for a job id an admin takes back from the user that made it. */
@@ -117,7 +119,7 @@ export function maySee(a: Actor, owner: number | null): boolean {
 }
 
 /** The JobAccess for one request (see the header). `requestedOwner` is job.create's / task.place's `owner`. */
-export function jobAccess(a: Actor, requestedOwner?: number, beforeMove?: () => void): JobAccess {
+export function jobAccess(a: Actor, requestedOwner?: number, moveChecks?: { beforeMove: () => void; afterMove: () => void }): JobAccess {
   const owner = requestedOwner ?? a.uid;
   return {
     owner,
@@ -137,7 +139,7 @@ export function jobAccess(a: Actor, requestedOwner?: number, beforeMove?: () => 
     reconfigure(what) {
       if (a.role !== 'admin') throw eperm(`${what} exists: changing its limits or device policy needs root or an operator (uid ${a.uid} may set them only when its request creates it)`);
     },
-    ...(beforeMove ? { beforeMove } : {}),
+    ...moveChecks,
   };
 }
 

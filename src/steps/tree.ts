@@ -480,6 +480,7 @@ export class StepTree {
     const c = p.devices ? this.applyLevel(u, p, made) : {};
     access?.beforeMove?.();
     moveProcess(p.dir, pid, this.opts.mountPoint, this.opts.verifyMoves);
+    access?.afterMove?.();
     return c;
   }
 
