@@ -111,13 +111,14 @@ export class TreeWatcher extends EventEmitter {
   }
 
   /**
-   * Read a watched job's or step's cgroup.events again (after a process was moved in
-   * below it by the request that made it, so its "fresh" state is stale).
+   * A process was just moved into a leaf: the leaf, its step and its job are
+   * populated now (watched before the move, so a change since, the process's
+   * exit included, is notified and read then).
    */
-  recheck(ids: { job: string; step?: string }): void {
-    const w = this.byJob.get(ids.job)?.find((o) => o.kind === 'cgroup' && o.step === ids.step && o.task === undefined);
-    // Known populated: the kernel's own notice covers whatever comes next.
-    if (w && w.populated === 0) this.onChange(w);
+  moved(ids: { job: string; step: string; task?: string }): void {
+    for (const w of this.byJob.get(ids.job) ?? []) {
+      if (w.kind === 'cgroup' && (w.step === undefined || (w.step === ids.step && (w.task === undefined || w.task === ids.task)))) w.populated = 1;
+    }
   }
 
   /**
@@ -174,8 +175,8 @@ export class TreeWatcher extends EventEmitter {
    * Stop watching everything at or below dir. Each file is read one last time
    * first, so a change the kernel made just before (the kill of a destroy) is
    * still published even if inotify's notice has not been handled yet (the
-   * kernel sends it up to 10 ms late). A step's or task's file last seen
-   * unpopulated needs no read: only populated 1 -> 0 makes its event.
+   * kernel sends it up to 10 ms late). A file last seen unpopulated needs no
+   * read: only populated 1 -> 0 makes an event.
    */
   unwatchDir(dir: string, job: string): void {
     const prefix = dir.endsWith('/') ? dir : dir + '/';
@@ -184,7 +185,7 @@ export class TreeWatcher extends EventEmitter {
     // Deepest first, so one job's events always come task -> step -> job.
     gone.sort((a, b) => level(b) - level(a));
     for (const w of gone) {
-      if (w.kind === 'cgroup' && w.step !== undefined && w.populated === 0) continue;
+      if (w.kind === 'cgroup' && w.populated === 0) continue;
       this.onChange(w);
     }
     for (const w of gone) this.drop(w);

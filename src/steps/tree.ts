@@ -467,21 +467,31 @@ export class StepTree {
     return { created, ...this.applyLevel(u, p, userMade) };
   }
 
-  /** Make the leaf if missing, confine it, then move the pid in (it never runs under a looser policy). */
-  private placeIn(u: Undo, job: string, step: string, leaf: Leaf, p: LevelPlan, pid: number, access?: JobAccess) {
-    const made = this.makeDir(u, p.dir);
-    u.onCommit(() => {
-      // The pid is in by now (it may even have exited): the leaf is read, not assumed empty,
-      // and so are a job and step this request made, so that their empties are published.
-      if (made && leaf !== 'slurm') this.watcher.watchDir(p.dir, { job, step, task: typeof leaf === 'object' ? String(leaf.task) : 'special' }, false, false);
-      this.watcher.recheck({ job, step });
-      this.watcher.recheck({ job });
-    });
-    const c = p.devices ? this.applyLevel(u, p, made) : {};
+  /**
+   * Make the leaf if missing, confine it, then move the pid in (it never runs
+   * under a looser policy). `made`: the job and step this request made.
+   */
+  private placeIn(u: Undo, job: string, step: string, leaf: Leaf, p: LevelPlan, pid: number, access?: JobAccess, made = { job: false, step: false }) {
+    const leafMade = this.makeDir(u, p.dir);
+    const c = p.devices ? this.applyLevel(u, p, leafMade) : {};
     access?.beforeMove?.();
+    // Watched before the move, so that its change and every later one is notified; a level
+    // made by this request is known empty until the move (no read).
+    const task = leaf === 'slurm' ? undefined : typeof leaf === 'object' ? String(leaf.task) : 'special';
+    this.watchMade(u, this.paths.job(job), { job }, false, made.job);
+    this.watchMade(u, this.paths.step(job, step), { job, step }, this.memory, made.step);
+    if (leafMade && task !== undefined) this.watchMade(u, p.dir, { job, step, task }, false, true);
     moveProcess(p.dir, pid, this.opts.mountPoint, this.opts.verifyMoves);
     access?.afterMove?.();
+    // The leaf, its step and its job hold the pid now; if it has exited since, its notice says so.
+    this.watcher.moved({ job, step, task });
     return c;
+  }
+
+  /** Watch a level (a no-op where it is watched already); one this request made is unwatched again if the request fails. */
+  private watchMade(u: Undo, dir: string, ids: { job: string; step?: string; task?: string }, memory: boolean, made: boolean): void {
+    this.watcher.watchDir(dir, ids, memory, made);
+    if (made) u.add(`unwatch ${dir}`, () => this.watcher.unwatchDir(dir, ids.job));
   }
 
   private requireJob(job: string): string {
@@ -568,7 +578,7 @@ export class StepTree {
       if (!access?.beforeMove) requireMovable(r.pid);
       const job = this.makeJob(u, r.job, jp, access);
       const step = this.makeStep(u, r.job, r.step, sp);
-      const c = this.placeIn(u, r.job, r.step, r.leaf, tp, r.pid, access);
+      const c = this.placeIn(u, r.job, r.step, r.leaf, tp, r.pid, access, { job: job.created, step: step.created });
       this.opts.log.info({ job: r.job, step: r.step, pid: r.pid, leaf: path.basename(tp.dir), jobCreated: job.created, stepCreated: step.created }, 'process placed');
       return {
         job: { job: r.job, path: jp.dir, ...job },
