@@ -5,8 +5,9 @@
  * subscriber while nothing else happens in the agent.
  */
 import test from 'ava';
+import { spawn } from 'node:child_process';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
-import { killPid, spawnSleeper, startAgent, waitFor, type RunningAgent } from '../helpers/agent.js';
+import { killPid, sleep, spawnSleeper, startAgent, waitFor, type RunningAgent } from '../helpers/agent.js';
 
 const ctx: { root: string; agent: RunningAgent } = {} as any;
 
@@ -74,4 +75,34 @@ test.serial('empties reach every subscriber while nothing else happens in the ag
   for (const heard of subs) {
     for (const job of jobs) t.deepEqual(heard.filter((h) => h.split(' ')[1] === job), [`task.empty ${job} 0 0`, `step.empty ${job} 0`, `job.empty ${job}`]);
   }
+});
+
+/** A node process that exits the moment it finds itself in a cgroup whose path ends with `tail`. */
+function exitsWhenIn(tail: string) {
+  const script = "const fs = require('fs'); const t = process.argv[1]; while (!fs.readFileSync('/proc/self/cgroup', 'utf8').trim().endsWith(t)); process.kill(process.pid, 'SIGKILL');";
+  return spawn(process.execPath, ['-e', script, tail], { stdio: 'ignore' });
+}
+
+test.serial('a process that ends the moment it is placed still makes its empties, in a new leaf and in one emptied before', async (t) => {
+  const heard = await subscriber(t);
+  const c = await ctx.agent.client();
+  const procs = [spawnSleeper(), exitsWhenIn('/job_97/step_0/user/task_0'), exitsWhenIn('/job_97/step_0/user/task_1')];
+  t.teardown(async () => {
+    for (const p of procs) killPid(p.pid);
+    await c.request('destroy', { job: '97', force: true }).catch(() => undefined);
+    c.close();
+  });
+  const empties = (n: number) => waitFor(() => heard.filter((h) => h === 'job.empty 97').length >= n, 5000, `job.empty 97 #${n}`);
+  // task_0 made and emptied once.
+  await c.request('task.place', { job: '97', step: '0', pid: procs[0].pid!, task: 0 });
+  killPid(procs[0].pid);
+  await empties(1);
+  // Both loop reading their cgroup by now (node has started), so each ends within microseconds of its move.
+  await sleep(500);
+  await c.request('task.place', { job: '97', step: '0', pid: procs[1].pid!, task: 0 }); // the leaf emptied before
+  await empties(2);
+  await c.request('task.place', { job: '97', step: '0', pid: procs[2].pid!, task: 1 }); // a new leaf
+  await empties(3);
+  const want = (task: string) => [`task.empty 97 0 ${task}`, 'step.empty 97 0', 'job.empty 97'];
+  t.deepEqual(heard, [...want('0'), ...want('0'), ...want('1')]);
 });
