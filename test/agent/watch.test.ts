@@ -5,6 +5,7 @@
  * of a removed directory is unwatched cleanly, and the watcher's events come out.
  */
 import test from 'ava';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Inotify, inotify } from '../../src/cgroupfs/watch.js';
@@ -12,7 +13,7 @@ import { TreeWatcher } from '../../src/steps/events.js';
 import { TreePaths } from '../../src/steps/names.js';
 import type { AgentEvent } from '../../src/rpc/protocol.js';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
-import { killPid, spawnSleeper, waitFor, sleep } from '../helpers/agent.js';
+import { REPO, killPid, spawnSleeper, waitFor, sleep } from '../helpers/agent.js';
 
 const ctx: { root: string; park: string } = {} as any;
 
@@ -113,4 +114,28 @@ test.serial('the tree watcher publishes task.empty, step.empty and job.empty, an
   t.deepEqual(events.map((e) => e.event), ['job.empty']);
   t.is(w.watchedFiles, 0);
   for (const d of [task, path.dirname(task), step, job]) fs.rmdirSync(d);
+});
+
+// A process whose only handle is the unreferenced inotify poll and a far timer: a notice's callback
+// must run the microtasks and next ticks it queues at once (as every callback from the loop does),
+// or an agent's writes to event subscribers would wait for whatever wakes it next.
+const FLUSH = `
+const { inotify } = await import(process.argv[1]);
+const far = setTimeout(() => { console.log('late'); process.exit(1); }, 4000);
+inotify().add(process.argv[2], { changed: () => void Promise.resolve().then(() => process.nextTick(() => { clearTimeout(far); console.log('flushed'); process.exit(0); })) });
+console.log('ready');
+`;
+
+test.serial("a notice's callback runs the microtasks and next ticks it queues at once, with nothing else to wake the process", async (t) => {
+  const dir = cgroup('flush');
+  const child = spawn(process.execPath, ['--input-type=module', '-e', FLUSH, path.join(REPO, 'dist/cgroupfs/watch.js'), path.join(dir, 'cgroup.events')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => killPid(child.pid));
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  await waitFor(() => out.includes('ready'), 20000, 'the watching process');
+  fs.writeFileSync(path.join(dir, 'cgroup.freeze'), '1'); // an empty cgroup is frozen at once: one notice
+  t.is(await exited, 0, out);
+  t.regex(out, /flushed/);
+  fs.rmdirSync(dir);
 });
