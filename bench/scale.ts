@@ -3,6 +3,7 @@
  * with 0, 1,000 and 10,000 live steps (RSS, cycle latency, restart to ready).
  */
 import fs from 'node:fs';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { CgstepClient } from '../src/rpc/client.js';
@@ -11,10 +12,25 @@ import { benchRoot, freePort, removeRoot, rssMiB, sleeper, startAgent, summarize
 import { StallProbe } from './stallprobe.js';
 
 /** One scrape's wall time; the body is taken as bytes (decoding it here would hold the probe's loop). */
+/**
+ * A new connection each time: a kept-alive one that the agent closes after 5 s
+ * idle can be reused by the client at that moment (a busy machine makes reading
+ * the body that slow) and the scrape fails with "other side closed".
+ */
 async function scrapeOnce(port: number): Promise<{ ms: number; body: ArrayBuffer }> {
   const t0 = performance.now();
-  const body = await (await fetch(`http://127.0.0.1:${port}/metrics`)).arrayBuffer();
-  return { ms: performance.now() - t0, body };
+  const chunks = await new Promise<Buffer[]>((resolve, reject) => {
+    http
+      .get({ host: '127.0.0.1', port, path: '/metrics', agent: false }, (res) => {
+        const got: Buffer[] = [];
+        res.on('data', (c: Buffer) => got.push(c));
+        res.on('end', () => (res.statusCode === 200 ? resolve(got) : reject(new Error(`/metrics answered ${res.statusCode}`))));
+        res.on('error', reject);
+      })
+      .on('error', reject);
+  });
+  const body = Buffer.concat(chunks);
+  return { ms: performance.now() - t0, body: body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength) };
 }
 
 export interface ScrapeFigures {
