@@ -329,7 +329,7 @@ export class DeviceController {
       this.shared.delete(key);
       this.shared.set(key, kept);
       kept.used = now;
-      this.evict(now);
+      this.evict(now, key);
       return kept;
     }
     const fd = progLoad(c.insns, this.progName, cgroupDir);
@@ -346,14 +346,15 @@ export class DeviceController {
       return { fd, id };
     }
     this.shared.set(key, { fd, id, used: now });
-    this.evict(now);
+    this.evict(now, key);
     return { fd, id };
   }
 
-  /** Close kept programs beyond shareLoaded, and those unused for SHARED_IDLE_MS (never the one just used). */
-  private evict(now: number): void {
+  /** Close kept programs beyond shareLoaded, and those unused for SHARED_IDLE_MS, oldest first (never `keep`, the one just used). */
+  private evict(now: number, keep: string): void {
     for (const [k, v] of this.shared) {
-      if (v.used === now || (this.shared.size <= this.opts.shareLoaded! && now - v.used < SHARED_IDLE_MS)) break;
+      if (k === keep) continue;
+      if (this.shared.size <= this.opts.shareLoaded! && now - v.used < SHARED_IDLE_MS) break;
       this.shared.delete(k);
       closeAll([v.fd]);
     }
