@@ -54,8 +54,9 @@ export function buildFloor(): string {
   return bin;
 }
 
-export function floorCycle(bin: string, scopeDir: string, park: string, pid: number, cycles: number, controllers: string, programFile?: string): number[] {
-  const r = spawnSync(bin, [scopeDir, park, String(pid), String(cycles), controllers, ...(programFile ? [programFile] : [])], { encoding: 'utf8', maxBuffer: 64 << 20 });
+/** once: the floor loads the program before its first cycle and attaches that one in each (the agent keeps loaded programs for reuse). */
+export function floorCycle(bin: string, scopeDir: string, park: string, pid: number, cycles: number, controllers: string, programFile?: string, once = false): number[] {
+  const r = spawnSync(bin, [scopeDir, park, String(pid), String(cycles), controllers, ...(programFile ? [programFile, ...(once ? ['once'] : [])] : [])], { encoding: 'utf8', maxBuffer: 64 << 20 });
   if (r.status !== 0) throw new Error(`floor failed: ${r.stderr}`);
   return r.stdout.trim().split('\n').map((ns) => Number(ns) / 1e6);
 }
@@ -63,8 +64,12 @@ export function floorCycle(bin: string, scopeDir: string, park: string, pid: num
 export interface CycleResult {
   /** The cycle with task.place. */
   agent: Summary;
+  /** The floor as the agent now works: with a program, loaded once and attached in each cycle. */
   floor: Summary;
   ratio: number;
+  /** With a program: the floor loading it afresh in every cycle (the yardstick before the agent kept programs), and agent / that. */
+  floorLoadEach?: Summary;
+  ratioLoadEach?: number;
   devices: boolean;
   /** The same cycle as three requests (step.create, attach, destroy). */
   three: { agent: Summary; ratio: number };
@@ -94,14 +99,22 @@ export async function cycleSection(cycles: number, programFile?: string, devices
     }
     c.close();
     const ctl = fs.readFileSync(path.join(scope, 'cgroup.subtree_control'), 'utf8').trim().split(/\s+/).filter(Boolean).map((x) => `+${x}`).join(' ');
-    floorCycle(floorBin, scope, park, p.pid!, 50, ctl, programFile);
-    const f = floorCycle(floorBin, scope, park, p.pid!, cycles, ctl, programFile);
+    floorCycle(floorBin, scope, park, p.pid!, 50, ctl, programFile, true);
+    const f = floorCycle(floorBin, scope, park, p.pid!, cycles, ctl, programFile, true);
+    const each = programFile ? summarize(floorCycle(floorBin, scope, park, p.pid!, cycles, ctl, programFile)) : undefined;
     await agent.stop();
     agent = null;
     const as = summarize(a);
     const ts = summarize(t);
     const fs_ = summarize(f);
-    return { agent: as, floor: fs_, ratio: as.median / fs_.median, devices: !!programFile, three: { agent: ts, ratio: ts.median / fs_.median } };
+    return {
+      agent: as,
+      floor: fs_,
+      ratio: as.median / fs_.median,
+      ...(each ? { floorLoadEach: each, ratioLoadEach: as.median / each.median } : {}),
+      devices: !!programFile,
+      three: { agent: ts, ratio: ts.median / fs_.median },
+    };
   } finally {
     await agent?.stop();
     p.kill('SIGKILL');

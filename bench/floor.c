@@ -7,8 +7,10 @@
  * /proc/PID/cgroup), load and attach a device program (when a program file is
  * given), move the pid out to a parking cgroup, and rmdir bottom-up.
  *
- *   floor SCOPE_DIR PARK_DIR PID CYCLES CONTROLLERS [PROGRAM.bin]
- * prints one line per cycle: the cycle time in nanoseconds.
+ *   floor SCOPE_DIR PARK_DIR PID CYCLES CONTROLLERS [PROGRAM.bin [once]]
+ * prints one line per cycle: the cycle time in nanoseconds. With `once`, the
+ * program is loaded before the first cycle and only attached in each, as the
+ * agent does since it keeps the programs it loaded for reuse by the same policy.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -76,6 +78,21 @@ static long long now_ns(void)
 	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+static int load(const char *prog, size_t len, const char *path)
+{
+	union bpf_attr a;
+	memset(&a, 0, sizeof a);
+	a.prog_type = BPF_PROG_TYPE_CGROUP_DEVICE;
+	a.insns = (unsigned long)prog;
+	a.insn_cnt = len / 8;
+	a.license = (unsigned long)"GPL";
+	a.expected_attach_type = BPF_CGROUP_DEVICE;
+	int fd = bpf(BPF_PROG_LOAD, &a);
+	if (fd < 0)
+		die("BPF_PROG_LOAD", path);
+	return fd;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 6) {
@@ -86,6 +103,7 @@ int main(int argc, char **argv)
 	int cycles = atoi(argv[4]);
 	char *prog = NULL;
 	size_t prog_len = 0;
+	int kept = -1; /* with `once`: the one loaded program */
 	if (argc > 6) {
 		FILE *f = fopen(argv[6], "rb");
 		if (!f)
@@ -93,6 +111,8 @@ int main(int argc, char **argv)
 		prog = malloc(1 << 20);
 		prog_len = fread(prog, 1, 1 << 20, f);
 		fclose(f);
+		if (argc > 7 && !strcmp(argv[7], "once"))
+			kept = load(prog, prog_len, argv[6]);
 	}
 	char job[4096], step[4096], slurm[4096], user[4096], task[4096], procpath[64], buf[4096];
 	snprintf(procpath, sizeof procpath, "/proc/%s/cgroup", pid);
@@ -118,15 +138,7 @@ int main(int argc, char **argv)
 		get(procpath, buf, sizeof buf);
 		if (prog) {
 			union bpf_attr a;
-			memset(&a, 0, sizeof a);
-			a.prog_type = BPF_PROG_TYPE_CGROUP_DEVICE;
-			a.insns = (unsigned long)prog;
-			a.insn_cnt = prog_len / 8;
-			a.license = (unsigned long)"GPL";
-			a.expected_attach_type = BPF_CGROUP_DEVICE;
-			int pfd = bpf(BPF_PROG_LOAD, &a);
-			if (pfd < 0)
-				die("BPF_PROG_LOAD", argv[6]);
+			int pfd = kept >= 0 ? kept : load(prog, prog_len, argv[6]);
 			int cfd = open(user, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 			if (cfd < 0)
 				die("open", user);
@@ -137,7 +149,8 @@ int main(int argc, char **argv)
 			a.attach_flags = BPF_F_ALLOW_MULTI;
 			if (bpf(BPF_PROG_ATTACH, &a) < 0)
 				die("BPF_PROG_ATTACH", user);
-			close(pfd);
+			if (pfd != kept)
+				close(pfd);
 			close(cfd);
 		}
 		put(park, "cgroup.procs", pid);

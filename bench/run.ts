@@ -31,7 +31,8 @@ line(`\n1-2. step cycle: agent over the socket vs the kernel floor (bench/floor.
 line('     make job, step and task 0 with a running pid in it, move it out, destroy: task.place + destroy ("place"),');
 line('     and the same as step.create + attach + destroy ("three requests")');
 const cycleLine = (what: string, r: Awaited<ReturnType<typeof cycleSection>>, target: string) => {
-  line(`  ${what}: floor median ${ms(r.floor.median)} p99 ${ms(r.floor.p99)}`);
+  line(`  ${what}: floor median ${ms(r.floor.median)} p99 ${ms(r.floor.p99)}${r.floorLoadEach ? ' (the program loaded once, attached in each cycle, as the agent does)' : ''}`);
+  if (r.floorLoadEach) line(`    (a floor loading the program in every cycle: median ${ms(r.floorLoadEach.median)}; agent/that ${r.ratioLoadEach!.toFixed(2)})`);
   line(`    place          agent median ${ms(r.agent.median)} p99 ${ms(r.agent.p99)} | agent/floor ${r.ratio.toFixed(2)}${target}`);
   line(`    three requests agent median ${ms(r.three.agent.median)} p99 ${ms(r.three.agent.p99)} | agent/floor ${r.three.ratio.toFixed(2)}`);
 };
