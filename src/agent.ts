@@ -31,7 +31,7 @@ import { ScopeGuard } from './scope/guard.js';
 import type { ScopeOptions, SystemdPort } from './scope/lifecycle.js';
 import { statusOf, type AgentStatus, type StatusFacts } from './status.js';
 import { cgroupAccounting, type AccountingBackend } from './steps/accounting.js';
-import { OrphanSweeper, StepTree } from './steps/index.js';
+import { DEFAULT_USER_CAPS, OrphanSweeper, StepTree, type UserCaps } from './steps/index.js';
 
 import { AGENT_VERSION } from './rpc/version.js';
 
@@ -104,7 +104,7 @@ async function startLocked(o: AgentOptions, root: ReturnType<typeof resolveCgrou
   const config = () =>
     configReport({
       configFile: o.configFile, gresConf: o.gresConf, conf: o.conf, unsupportedKeys: o.confUnsupported ?? [], ignoreMissingControllers: o.ignoreMissingControllers,
-      devicePolicy: o.devicePolicy, available: guard.state.controllers.available, gresFiles, exists: (f) => fs.existsSync(f),
+      devicePolicy: o.devicePolicy, available: guard.state.controllers.available, gresFiles, exists: (f) => fs.existsSync(f), userCaps: userCapsOf(o),
     });
   logConfiguration(config(), log);
 
@@ -187,7 +187,12 @@ function makeTree(o: AgentOptions, mountPoint: string, guard: ScopeGuard, regist
     accounting: registry.get<AccountingBackend>('accounting'),
     scopeControllers: () => guard.state.controllers.enabled,
     verifyMoves: o.verifyMoves,
+    userCaps: userCapsOf(o),
   });
+}
+
+function userCapsOf(o: AgentOptions): UserCaps {
+  return { jobs: o.maxUserJobs ?? DEFAULT_USER_CAPS.jobs, steps: o.maxUserSteps ?? DEFAULT_USER_CAPS.steps };
 }
 
 function makeServer(o: AgentOptions, log: Logger, tree: StepTree, handle: Dispatch, observe: ServerOptions['observe']): RpcServer {

@@ -36,6 +36,10 @@ export interface AgentOptions {
   maxConnections: number;
   /** Connections at once per uid that is neither root nor an operator. */
   maxUserConnections: number;
+  /** Live jobs one uid that is neither root nor an operator may own (its own requests are refused past it). */
+  maxUserJobs?: number;
+  /** Live steps, in all its jobs, one such uid may own. */
+  maxUserSteps?: number;
   /** Non-admin connections idle this long are closed, ms. */
   idleTimeoutMs: number;
   /** How long destroy and freeze wait for the kernel, ms. */

@@ -33,6 +33,8 @@ export interface ConfigReport {
   missingControllerLimits: 'refuse' | 'skip';
   devicePolicy: { constrainDevices: boolean; default: 'open' | 'closed' };
   gres: (GresFile & { exists: boolean })[];
+  /** What one uid that is neither root nor an operator may own live (--max-user-jobs, --max-user-steps). */
+  userCaps?: { jobs: number; steps: number };
 }
 
 export interface ReportInput {
@@ -46,6 +48,7 @@ export interface ReportInput {
   available: string[];
   gresFiles: GresFile[];
   exists: (file: string) => boolean;
+  userCaps?: { jobs: number; steps: number };
 }
 
 /** Controllers the constrain settings need on every job (others only when a request asks: pids, cpu). */
@@ -78,6 +81,7 @@ export function configReport(i: ReportInput): ConfigReport {
     missingControllerLimits: i.ignoreMissingControllers ? 'skip' : 'refuse',
     devicePolicy: { constrainDevices: c.constrainDevices, default: i.devicePolicy },
     gres: i.gresFiles.map((g) => ({ ...g, exists: i.exists(g.file) })),
+    ...(i.userCaps ? { userCaps: i.userCaps } : {}),
   };
 }
 

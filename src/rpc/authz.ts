@@ -39,6 +39,8 @@ export interface JobAccess {
   readonly checks: boolean;
   /** true when a job this request creates is the requester's own claim (a user's), not given by an admin. */
   readonly claims: boolean;
+  /** true when what this request makes counts against the per-user caps on live jobs and steps (a user's; never an admin's). */
+  readonly capped: boolean;
   /**
    * May the peer act on this existing job, owned by `owner`? Throws EPERM when
    * not; returns the owner to record when it is to change, TAKE_BACK when the
@@ -125,6 +127,7 @@ export function jobAccess(a: Actor, requestedOwner?: number, moveChecks?: { befo
     owner,
     checks: a.role === 'user' || (a.role === 'admin' && requestedOwner !== undefined),
     claims: a.role === 'user',
+    capped: a.role === 'user',
     admit(job, current, madeBy) {
       if (a.role === 'user') {
         if (current !== a.uid) throw eperm(`job ${job} belongs to uid ${current}; uid ${a.uid} may act on its own jobs only`);

@@ -10,3 +10,4 @@ export * from './signals.js';
 export { TreeWatcher } from './events.js';
 export * from './orphans.js';
 export type { LayoutIssue, LayoutReport } from './adopt.js';
+export * from './owners.js';

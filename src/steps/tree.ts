@@ -51,6 +51,7 @@ import { LayoutCheck, type LayoutReport } from './adopt.js';
 import { TreeWatcher } from './events.js';
 import { planLimits, readLimits, writeLimits, type LimitPlan } from './limits.js';
 import { KeyedLock } from './lock.js';
+import { DEFAULT_USER_CAPS, OwnerIndex, type UserCaps } from './owners.js';
 import { type Leaf, SLURM_LEAF, TreePaths, USER_DIR, parseJobName, parseStepName, parseTaskName } from './names.js';
 import { resolveSignal } from './signals.js';
 import { Undo } from './undo.js';
@@ -131,6 +132,8 @@ export interface TreeOptions {
   verifyMoves?: boolean;
   /** The controllers enabled in the scope's subtree_control, if known (a fast path for new dirs). */
   scopeControllers?: () => string[];
+  /** What one capped uid (a user's request) may own live; DEFAULT_USER_CAPS when absent. */
+  userCaps?: UserCaps;
 }
 
 /** Limits and live figures of a job (its own directory) or a step (its user/, where step limits are written). */
@@ -172,6 +175,8 @@ export class StepTree {
    * a job has few live steps, and a Set costs about 300 bytes (3 MB at 10,000 jobs).
    */
   private readonly index = new Map<string, string[]>();
+  /** The owners of the indexed jobs that are not root's, for the per-user caps. */
+  readonly owners: OwnerIndex;
 
   private readonly readStats: (dir: string) => CgroupStats;
 
@@ -185,6 +190,7 @@ export class StepTree {
     this.watcher = new TreeWatcher(this.paths, this.opts.log);
     this.layout = new LayoutCheck({ wanted: () => opts.scopeControllers?.(), locked: (job, fn) => this.lock.run(job, fn), log: opts.log });
     this.readStats = opts.accounting ? (d) => opts.accounting!.read(d) : readStats;
+    this.owners = new OwnerIndex(opts.userCaps ?? DEFAULT_USER_CAPS, (job) => this.index.get(job)?.length ?? 0);
   }
 
   get jobCount(): number {
@@ -216,6 +222,7 @@ export class StepTree {
       if (job === null) continue;
       const list: string[] = [];
       this.index.set(job, list);
+      this.owners.set(job, this.ownerOf(job) ?? 0);
       for (const sn of childDirs(this.paths.job(job))) {
         const step = parseStepName(sn);
         if (step === null) continue;
@@ -266,6 +273,7 @@ export class StepTree {
   async rescan(): Promise<ReturnType<StepTree['recover']> & Awaited<ReturnType<StepTree['watchAdopted']>>> {
     await this.watcher.close();
     this.index.clear();
+    this.owners.clear();
     const r = this.recover();
     return { ...r, ...(await this.watchAdopted()) };
   }
@@ -397,6 +405,24 @@ export class StepTree {
     const dir = this.paths.job(job);
     writeOwner(dir, owner);
     if (was !== null) u.add(`owner of job ${job} back`, () => writeOwner(dir, was));
+    u.onCommit(() => this.owners.set(job, owner));
+  }
+
+  /** The job is gone: out of the index and the owners. */
+  private forget(job: string): void {
+    this.index.delete(job);
+    this.owners.drop(job);
+  }
+
+  /**
+   * ENOSPC (nothing made) when a capped request would give its uid more live
+   * jobs or steps than the caps allow. Synchronous with the request's making and
+   * commit, so requests on other jobs cannot slip in between.
+   */
+  private checkCaps(job: string, step: string | undefined, access: JobAccess | undefined): void {
+    if (!access?.capped) return;
+    const steps = this.index.get(job);
+    this.owners.check(access.owner, steps ? 0 : 1, step !== undefined && !steps?.includes(step) ? 1 : 0);
   }
 
   /**
@@ -436,7 +462,7 @@ export class StepTree {
     }
     this.watcher.unwatchDir(dir, t.job);
     await this.removeJob(dir);
-    this.index.delete(t.job);
+    this.forget(t.job);
   }
 
   /** Make (or repair) the job directory and put its planned level in force; a job made here belongs to access.owner. */
@@ -446,6 +472,8 @@ export class StepTree {
     if (made && access && access.owner !== 0) this.recordOwner(u, job, access.owner, null); // no xattr: root's
     if (made || !this.index.has(job)) {
       u.onCommit(() => {
+        // A job directory the index lacked (made by an agent killed before its commit) has its owner on disk.
+        if (!made && !this.index.has(job)) this.owners.set(job, this.ownerOf(job) ?? 0);
         this.index.set(job, this.index.get(job) ?? []);
         this.watcher.watchDir(p.dir, { job }, false, made);
       });
@@ -523,6 +551,7 @@ export class StepTree {
   createJob(job: string, limits?: Limits, devices?: DeviceRequest, access?: JobAccess) {
     return this.change(job, (u) => {
       this.admit(u, job, access);
+      this.checkCaps(job, undefined, access);
       if ((limits || devices) && exists(this.paths.job(job))) access?.reconfigure(`job ${job}`);
       const jp = this.planJob(job, limits, devices, undefined, true);
       const { created, ...c } = this.makeJob(u, job, jp, access);
@@ -534,6 +563,7 @@ export class StepTree {
   createStep(job: string, step: string, limits?: Limits, devices?: DeviceRequest, access?: JobAccess) {
     return this.change(job, (u) => {
       this.admit(u, job, access);
+      this.checkCaps(job, step, access);
       if ((limits || devices) && exists(this.paths.user(job, step))) access?.reconfigure(`job ${job} step ${step}`);
       // A job made here is allocated the gres this step names.
       const jp = this.planJob(job, undefined, undefined, devices?.gres, false);
@@ -571,6 +601,7 @@ export class StepTree {
     this.checkPid(r.pid);
     return this.change(r.job, (u) => {
       this.admit(u, r.job, access);
+      this.checkCaps(r.job, r.step, access);
       this.reconfigureLeaf(r.job, r.step, r.leaf, r.devices, access);
       const jp = this.planJob(r.job, r.jobLimits, r.jobDevices, undefined, false);
       const sp = this.planStep(r.job, r.step, r.stepLimits, r.stepDevices, jp, false);
@@ -708,7 +739,7 @@ export class StepTree {
       const target = step === undefined ? this.paths.job(job) : this.paths.step(job, step);
       if (!exists(target)) {
         // Idempotent: a controller retrying after a crash or a lost reply gets success.
-        if (step === undefined) this.index.delete(job);
+        if (step === undefined) this.forget(job);
         else dropStep(this.index.get(job), step);
         // A retried step destroy still reaps its job (the first try may have died before it).
         const jobRemoved = step === undefined || !exists(this.paths.job(job)) || (reapJob && (await this.reapIfStepless(job)));
@@ -730,7 +761,7 @@ export class StepTree {
         dropStep(this.index.get(job), step);
         if (reapJob) jobRemoved = await this.reapIfStepless(job);
       }
-      if (jobRemoved) this.index.delete(job);
+      if (jobRemoved) this.forget(job);
       this.opts.log.info({ job, step, killed: pids.length, jobRemoved }, 'destroyed');
       return { job, step, killed: pids.length, jobRemoved, existed: true };
     });
@@ -754,7 +785,7 @@ export class StepTree {
     if (childDirs(jobDir).some((n) => parseStepName(n) !== null)) return false;
     this.watcher.unwatchDir(jobDir, job);
     await this.removeJob(jobDir);
-    this.index.delete(job);
+    this.forget(job);
     return true;
   }
 
