@@ -154,6 +154,7 @@ async function startLocked(o: AgentOptions, root: ReturnType<typeof resolveCgrou
     (err) => log.error({ err }, 'could not watch the adopted jobs, steps and tasks'),
   );
   void sweeper.sweep();
+  const counted = tree.countOwners().catch((err) => log.error({ err }, "could not read the adopted jobs' owners: user requests that make jobs or steps are refused (EBUSY)"));
 
   return {
     tree,
@@ -166,6 +167,7 @@ async function startLocked(o: AgentOptions, root: ReturnType<typeof resolveCgrou
       await metrics?.close();
       const closed = tree.close();
       await watched;
+      await counted;
       await closed;
       await registry.stop(log);
       ctl.close();

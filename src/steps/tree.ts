@@ -177,6 +177,8 @@ export class StepTree {
   private readonly index = new Map<string, string[]>();
   /** The owners of the indexed jobs that are not root's, for the per-user caps. */
   readonly owners: OwnerIndex;
+  /** Adopted jobs whose owner countOwners() has not read yet. */
+  private readonly ownersPending = new Set<string>();
 
   private readonly readStats: (dir: string) => CgroupStats;
 
@@ -222,7 +224,7 @@ export class StepTree {
       if (job === null) continue;
       const list: string[] = [];
       this.index.set(job, list);
-      this.owners.set(job, this.ownerOf(job) ?? 0);
+      this.ownersPending.add(job);
       for (const sn of childDirs(this.paths.job(job))) {
         const step = parseStepName(sn);
         if (step === null) continue;
@@ -264,6 +266,22 @@ export class StepTree {
     return { tasks, layout: this.layout.finish() };
   }
 
+  /**
+   * Read the adopted jobs' owners for the per-user caps (after recover, once
+   * the agent answers: at 10,000 jobs these reads are a few hundred ms), giving
+   * the event loop back every SLICE_MS. Until it ends a capped request is
+   * refused with EBUSY rather than counted short.
+   */
+  async countOwners(): Promise<void> {
+    const pause = slicer();
+    for (const job of [...this.ownersPending]) {
+      if (this.closed) return;
+      if (!this.ownersPending.delete(job)) continue; // removed meanwhile
+      this.owners.set(job, this.ownerOf(job) ?? 0);
+      await pause();
+    }
+  }
+
   /** Adopted directories the layout check could not repair, in words (for status's degraded). */
   layoutProblems(): string[] {
     return this.layout.problems((job) => this.index.has(job));
@@ -274,7 +292,9 @@ export class StepTree {
     await this.watcher.close();
     this.index.clear();
     this.owners.clear();
+    this.ownersPending.clear();
     const r = this.recover();
+    await this.countOwners();
     return { ...r, ...(await this.watchAdopted()) };
   }
 
@@ -412,6 +432,7 @@ export class StepTree {
   private forget(job: string): void {
     this.index.delete(job);
     this.owners.drop(job);
+    this.ownersPending.delete(job);
   }
 
   /**
@@ -421,6 +442,7 @@ export class StepTree {
    */
   private checkCaps(job: string, step: string | undefined, access: JobAccess | undefined): void {
     if (!access?.capped) return;
+    if (this.ownersPending.size) throw new AgentError('EBUSY', `the agent is still reading its adopted jobs' owners after a start (${this.ownersPending.size} left) to count uid ${access.owner}'s jobs and steps; retry in a second`);
     const steps = this.index.get(job);
     this.owners.check(access.owner, steps ? 0 : 1, step !== undefined && !steps?.includes(step) ? 1 : 0);
   }
