@@ -10,7 +10,7 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { killPid, waitFor, type RunningAgent } from '../helpers/agent.js';
+import { cli, killPid, waitFor, type RunningAgent } from '../helpers/agent.js';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
 import { addUser, cgstepAs, removeUser, requestsAs, socketDir, spawnAs, startMultiUser, type Outcome, type TestUser } from '../helpers/users.js';
 import { cgroupOf } from './helpers.js';
@@ -105,4 +105,5 @@ test.serial('the count is rebuilt from the owner xattrs when the agent restarts;
   const status = cgstepAs({ name: 'root', uid: 0, gid: 0 }, ctx.agent.socket, ['status']);
   t.is(status.result?.config?.userCaps?.jobs, 3, status.stdout);
   t.is(status.result?.config?.userCaps?.steps, 5);
+  t.regex(cli(ctx.agent.socket, ['status']).stdout, /^user caps: +3 live job\(s\), 5 step\(s\) per uid other than root and operators \(--max-user-jobs, --max-user-steps\)$/m);
 });
