@@ -55,8 +55,9 @@ export class AgentSeries {
     const hist: string[] = [];
     for (const [op, f] of ops) {
       const o = `op="${escLabel(op)}"`;
-      for (let i = 0; i < BUCKETS.length; i++) hist.push(`cgstep_request_duration_seconds_bucket${lab(`${o},le="${BUCKETS[i]}"`)} ${f.buckets[i]}\n`);
-      hist.push(`cgstep_request_duration_seconds_bucket${lab(`${o},le="+Inf"`)} ${f.count}\n`);
+      // le first, as prom-client wrote it: some parsers group a histogram's buckets by the labels before le.
+      for (let i = 0; i < BUCKETS.length; i++) hist.push(`cgstep_request_duration_seconds_bucket${lab(`le="${BUCKETS[i]}",${o}`)} ${f.buckets[i]}\n`);
+      hist.push(`cgstep_request_duration_seconds_bucket${lab(`le="+Inf",${o}`)} ${f.count}\n`);
       hist.push(`cgstep_request_duration_seconds_sum${lab(o)} ${f.sum}\n`, `cgstep_request_duration_seconds_count${lab(o)} ${f.count}\n`);
     }
     family('cgstep_request_duration_seconds', 'histogram', 'Request latency, by op', hist);

@@ -152,7 +152,7 @@ class Slicer {
 }
 
 /** Text written straight into fixed-size Buffers: no line or join strings outlive the line being written. */
-class ChunkWriter {
+export class ChunkWriter {
   readonly chunks: Buffer[] = [];
   bytes = 0;
   private buf = Buffer.allocUnsafe(CHUNK_BYTES);
