@@ -495,7 +495,11 @@ static napi_value open_dir(napi_env env, napi_callback_info info)
 
 /* ---- xattrs ------------------------------------------------------------- */
 
-/* xattrGet(path, name): Buffer (throws ENODATA when absent) */
+/*
+ * xattrGet(path, name): Buffer, or null when the file has no such xattr or its
+ * filesystem keeps none (the common case for most jobs: no exception to throw
+ * and catch per lookup)
+ */
 static napi_value xattr_get(napi_env env, napi_callback_info info)
 {
 	GET_ARGS(2);
@@ -509,6 +513,10 @@ static napi_value xattr_get(napi_env env, napi_callback_info info)
 	napi_value result = NULL;
 	for (int tries = 0; tries < 4; tries++) {
 		ssize_t n = getxattr(path, name, NULL, 0);
+		if (n < 0 && (errno == ENODATA || errno == ENOTSUP || errno == EOPNOTSUPP)) {
+			napi_get_null(env, &result);
+			break;
+		}
 		if (n < 0) {
 			result = throw_errno(env, "getxattr", errno, NULL);
 			break;

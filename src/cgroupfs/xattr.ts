@@ -10,6 +10,7 @@ import { addonCall } from '../sys/addon.js';
 /** An xattr's value; null when the directory has none of that name or its filesystem keeps no such xattrs. */
 export function getXattr(dir: string, name: string): Buffer | null {
   try {
+    // The addon answers null for an absent xattr; a build from before that throws ENODATA, caught here.
     return addonCall('getxattr', dir, (a) => a.xattrGet(dir, name));
   } catch (err) {
     if (err instanceof KernelError && isErrno(err, 'ENODATA', 'ENOTSUP', 'EOPNOTSUPP')) return null;

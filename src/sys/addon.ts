@@ -25,7 +25,8 @@ export interface Addon {
   progInfo(fd: number): RawProgInfo;
   close(fd: number): void;
   openDir(path: string): number;
-  xattrGet(path: string, name: string): Buffer;
+  /** null: no such xattr (ENODATA), or none on this filesystem (ENOTSUP). */
+  xattrGet(path: string, name: string): Buffer | null;
   xattrSet(path: string, name: string, value: Buffer): void;
   xattrRemove(path: string, name: string): void;
   /** native/inotify.c: one inotify fd, polled on the event loop; see cgroupfs/watch. */
