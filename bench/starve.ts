@@ -14,10 +14,10 @@
  * line per step count: root's worst `status` latency under that flood. The
  * user and group are removed at the end. Not a test: nothing asserts a timing.
  */
-import { spawn, spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import { CgstepClient } from '../src/rpc/client.js';
+import { startReadFlood, tallyLine } from '../test/helpers/flood.js';
+import { addUser, removeUser, type TestUser } from '../test/helpers/users.js';
 import { benchRoot, freePort, removeRoot, startAgent, summarize } from './lib.js';
 
 const STEPS = (process.env.STEPS ?? '3000,20000').split(',').map(Number);
@@ -52,66 +52,20 @@ async function sample(socket: string, seconds: number, fresh: boolean): Promise<
   return out;
 }
 
-/**
- * The flood, one process as the unprivileged user: `scrapes` loops of one
- * /metrics scrape after another (each body read to its end and dropped, as
- * `while curl ...` does) and one connection per `list` or `stats` loop, each
- * asking again as soon as its answer is in. It prints "ready" once every loop
- * has started and a summary line when its time is up. One process, so node's
- * start-up happens before the sampling starts, not during it.
- */
-const FLOOD = `
-const http = require('node:http');
-const net = require('node:net');
-const [sock, port, job, ms, scrapes, lists, stats] = process.argv.slice(1);
-let until = Infinity;
-const count = {};
-const tally = (k) => (count[k] = (count[k] || 0) + 1);
-function scrapeLoop() {
-  if (Date.now() >= until) return;
-  http.get({ host: '127.0.0.1', port, path: '/metrics', agent: false }, (res) => {
-    res.on('data', () => {});
-    res.on('end', () => { tally(res.statusCode === 200 ? '/metrics ok' : '/metrics failed'); scrapeLoop(); });
-  }).on('error', () => { tally('/metrics failed'); setTimeout(scrapeLoop, 10); });
-}
-function rpcLoop(op) {
-  const s = net.connect(sock);
-  let buf = '';
-  const ask = () => { if (Date.now() < until) s.write(JSON.stringify(op === 'stats' ? { id: 1, op, job } : { id: 1, op }) + '\\n'); else s.end(); };
-  s.on('connect', ask);
-  s.on('data', (d) => {
-    buf += d;
-    let i;
-    while ((i = buf.indexOf('\\n')) >= 0) {
-      const r = JSON.parse(buf.slice(0, i)); buf = buf.slice(i + 1);
-      tally(op + (r.ok ? ' ok' : ' ' + r.error.code));
-      ask();
-    }
-  });
-  s.on('error', () => tally(op + ' connection error'));
-}
-until = Date.now() + Number(ms);
-for (let i = 0; i < Number(scrapes); i++) scrapeLoop();
-for (let i = 0; i < Number(lists); i++) rpcLoop('list');
-for (let i = 0; i < Number(stats); i++) rpcLoop('stats');
-console.log('ready');
-setTimeout(() => { console.log(Object.entries(count).map(([k, v]) => k + ' ' + v).join(', ')); process.exit(0); }, Number(ms) + 2000);
-`;
-
 function fmt(xs: number[]): string {
   const s = summarize(xs);
   return `median ${s.median.toFixed(1)} ms, p99 ${s.p99.toFixed(1)} ms, worst ${Math.max(...xs).toFixed(1)} ms (${xs.length} samples)`;
 }
 
 /** The flood at n live steps; returns root's worst `status` latency under it (either connection kind). */
-async function one(n: number, user: { name: string; uid: number; gid: number }): Promise<number> {
+async function one(n: number, user: TestUser): Promise<number> {
   const root = benchRoot('starve');
   const port = await freePort();
-  const agent = await startAgent(root, ['--read-only-gid', String(user.gid), '--max-connections', '4096', '--metrics', `127.0.0.1:${port}`]);
+  // The reader reaches the socket through its group, as configured on a node (--socket-group), not a chmod.
+  const agent = await startAgent(root, ['--read-only-gid', String(user.gid), '--socket-group', String(user.gid), '--max-connections', '4096', '--metrics', `127.0.0.1:${port}`]);
   try {
     const dir = agent.socket.replace(/\/[^/]*$/, '');
     fs.chmodSync(dir, 0o755);
-    if ((fs.statSync(agent.socket).mode & 0o006) === 0) fs.chmodSync(agent.socket, 0o666);
     const t0 = performance.now();
     const job = await makeSteps(agent.socket, n);
     console.log(`\n${n} live steps (made in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
@@ -124,16 +78,12 @@ async function one(n: number, user: { name: string; uid: number; gid: number }):
     const body = await (await fetch(`http://127.0.0.1:${port}/metrics`)).arrayBuffer();
     console.log(`  root's own first scrape (a snapshot refresh): ${(performance.now() - t2).toFixed(0)} ms, ${body.byteLength} bytes`);
     console.log(`  status alone, kept connection:        ${fmt(await sample(agent.socket, SECONDS / 2, false))}`);
-    const flood = spawn('setpriv', ['--reuid', String(user.uid), '--regid', String(user.gid), '--clear-groups', process.execPath, '-e', FLOOD, agent.socket, String(port), job, String(SECONDS * 1000), '6', '8', '4'], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    const ready = new Promise<void>((resolve) => flood.stdout.on('data', (d) => ((out += d), /ready/.test(out) && resolve())));
-    const ended = new Promise<void>((resolve) => flood.once('exit', () => resolve()));
-    await ready;
+    const flood = startReadFlood(user, [], agent.socket, { scrapes: 6, lists: 8, stats: 4, metricsPort: port, job, ms: SECONDS * 1000 });
+    await flood.ready;
     const [kept, fresh] = await Promise.all([sample(agent.socket, SECONDS, false), sample(agent.socket, SECONDS, true)]);
     console.log(`  status under the flood, kept connection: ${fmt(kept)}`);
     console.log(`  status under the flood, new connection:  ${fmt(fresh)}`);
-    await ended;
-    console.log(`  the flood got: ${out.replace('ready', '').trim()}`);
+    console.log(`  the flood got: ${tallyLine(await flood.done)}`);
     return Math.max(...kept, ...fresh);
   } finally {
     await agent.stop();
@@ -141,15 +91,12 @@ async function one(n: number, user: { name: string; uid: number; gid: number }):
   }
 }
 
-const name = `cgs_bench_${randomBytes(3).toString('hex')}`;
-spawnSync('useradd', ['--no-create-home', '--shell', '/usr/sbin/nologin', '--user-group', name]);
-const uid = Number(spawnSync('id', ['-u', name], { encoding: 'utf8' }).stdout);
-const gid = Number(spawnSync('id', ['-g', name], { encoding: 'utf8' }).stdout);
+const user = addUser('cgs_bench');
 const worst: [number, number][] = [];
 try {
-  for (const n of STEPS) worst.push([n, await one(n, { name, uid, gid })]);
+  for (const n of STEPS) worst.push([n, await one(n, user)]);
 } finally {
-  spawnSync('userdel', [name]);
+  removeUser(user);
 }
 console.log('');
 for (const [n, w] of worst) console.log(`root's worst status latency while an unprivileged user hammers /metrics (6 loops), list (8) and stats (4) at ${n} live steps: ${w.toFixed(1)} ms`);
