@@ -10,7 +10,8 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { CGSTEP, REPO, startAgent, type RunningAgent } from './agent.js';
+import { CGSTEP, REPO, killPid, startAgent, type RunningAgent } from './agent.js';
+import { makeTestRoot, removeTestRoot } from './cgroup.js';
 
 export interface TestUser { name: string; uid: number; gid: number }
 
@@ -121,4 +122,54 @@ export function requestsAs(u: TestUser, socket: string, reqs: [op: string, args:
   const r = spawnSync(cmd, [...rest, process.execPath, '--input-type=module', '-e', BATCH, path.join(REPO, 'dist/rpc/client.js'), socket, JSON.stringify(reqs)], { encoding: 'utf8', timeout: 60000 });
   if (r.status !== 0) throw new Error(`requests as uid ${u.uid} failed: ${r.stderr}`);
   return JSON.parse(r.stdout);
+}
+
+/** Two throwaway users an agent allows (--allow-uid both), and the pids a test wants ended after it. */
+export interface TwoUsers {
+  root: string;
+  dir: string;
+  agent: RunningAgent;
+  alice: TestUser;
+  bob: TestUser;
+  pids: number[];
+  /** Stop the agent and start another on the same tree and socket, with the same options. */
+  restart(): Promise<void>;
+}
+
+/**
+ * For a test file: before its tests, two new users and a real agent on a new
+ * cgroup root that allows both (plus `args`); after them, every pid in
+ * ctx.pids ended, the agent stopped, the root, the socket directory and both
+ * users removed. `then` runs last in the same hook (ava runs a file's before
+ * hooks at once, so a second one could not rely on this one).
+ */
+export function withTwoUsers(
+  test: { before: (fn: () => Promise<void>) => void; after: { always: (fn: () => Promise<void>) => void } },
+  name: string,
+  args: string[] = [],
+  then?: (ctx: TwoUsers) => void,
+): TwoUsers {
+  const ctx = { pids: [] as number[] } as TwoUsers;
+  const all = () => ['--allow-uid', String(ctx.alice.uid), '--allow-uid', String(ctx.bob.uid), ...args];
+  ctx.restart = async () => {
+    await ctx.agent.stop();
+    ctx.agent = await startMultiUser(ctx.root, ctx.dir, all());
+  };
+  test.before(async () => {
+    ctx.alice = addUser(`cgs_${name}`);
+    ctx.bob = addUser(`cgs_${name}`);
+    ctx.root = makeTestRoot(`sec-${name}`);
+    ctx.dir = socketDir(`sec-${name}`);
+    ctx.agent = await startMultiUser(ctx.root, ctx.dir, all());
+    then?.(ctx);
+  });
+  test.after.always(async () => {
+    for (const p of ctx.pids) killPid(p);
+    await ctx.agent?.stop();
+    if (ctx.dir) fs.rmSync(ctx.dir, { recursive: true, force: true });
+    if (ctx.root) await removeTestRoot(ctx.root);
+    removeUser(ctx.alice);
+    removeUser(ctx.bob);
+  });
+  return ctx;
 }

@@ -7,29 +7,13 @@
  */
 import test from 'ava';
 import fs from 'node:fs';
-import { killPid, spawnSleeper, waitFor, type RunningAgent } from '../helpers/agent.js';
-import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
-import { addUser, cgstepAs, removeUser, socketDir, spawnAs, startMultiUser, type TestUser } from '../helpers/users.js';
+import { spawnSleeper, waitFor } from '../helpers/agent.js';
+import { cgstepAs, spawnAs, type TestUser, withTwoUsers } from '../helpers/users.js';
 import { aKernelThread, cgroupOf, threadsOf } from './helpers.js';
 
-const ctx: { root: string; dir: string; agent: RunningAgent; alice: TestUser; bob: TestUser; pids: number[] } = { pids: [] } as any;
-
-test.before(async () => {
-  ctx.alice = addUser('cgs_authz');
-  ctx.bob = addUser('cgs_authz');
-  ctx.root = makeTestRoot('sec-attach');
-  ctx.dir = socketDir('sec-attach');
-  ctx.agent = await startMultiUser(ctx.root, ctx.dir, ['--allow-uid', String(ctx.alice.uid), '--allow-uid', String(ctx.bob.uid)]);
-  const r = cgstepAs(ctx.alice, ctx.agent.socket, ['step', 'create', '601', '0']);
+const ctx = withTwoUsers(test, 'attach', [], (c) => {
+  const r = cgstepAs(c.alice, c.agent.socket, ['step', 'create', '601', '0']);
   if (r.code !== 0) throw new Error(`alice cannot create her step: ${r.stderr}`);
-});
-test.after.always(async () => {
-  for (const p of ctx.pids) killPid(p);
-  await ctx.agent?.stop();
-  fs.rmSync(ctx.dir, { recursive: true, force: true });
-  await removeTestRoot(ctx.root);
-  removeUser(ctx.alice);
-  removeUser(ctx.bob);
 });
 
 const attach = (u: TestUser, pid: number, job = '601') => cgstepAs(u, ctx.agent.socket, ['attach', job, '0', String(pid), '--task', '0']);

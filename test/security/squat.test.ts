@@ -13,28 +13,11 @@ import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { getXattr } from '../../src/cgroupfs/index.js';
-import { killPid, waitFor, type RunningAgent } from '../helpers/agent.js';
-import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
-import { addUser, cgstepAs, removeUser, requestsAs, socketDir, spawnAs, startMultiUser, type TestUser } from '../helpers/users.js';
+import { waitFor } from '../helpers/agent.js';
+import { cgstepAs, requestsAs, spawnAs, type TestUser, withTwoUsers } from '../helpers/users.js';
 import { cgroupOf } from './helpers.js';
 
-const ctx: { root: string; dir: string; agent: RunningAgent; alice: TestUser; bob: TestUser; pids: number[] } = { pids: [] } as any;
-
-test.before(async () => {
-  ctx.alice = addUser('cgs_squat');
-  ctx.bob = addUser('cgs_squat');
-  ctx.root = makeTestRoot('sec-squat');
-  ctx.dir = socketDir('sec-squat');
-  ctx.agent = await startMultiUser(ctx.root, ctx.dir, ['--allow-uid', String(ctx.alice.uid), '--allow-uid', String(ctx.bob.uid), '--ignore-missing-controllers']);
-});
-test.after.always(async () => {
-  for (const p of ctx.pids) killPid(p);
-  await ctx.agent?.stop();
-  fs.rmSync(ctx.dir, { recursive: true, force: true });
-  await removeTestRoot(ctx.root);
-  removeUser(ctx.alice);
-  removeUser(ctx.bob);
-});
+const ctx = withTwoUsers(test, 'squat', ['--ignore-missing-controllers']);
 
 const jobDir = (job: number) => path.join(ctx.root, 'system.slice/slurmstepd.scope', `job_${job}`);
 const owner = (job: number) => getXattr(jobDir(job), 'trusted.cgstep.owner')?.toString() ?? null;

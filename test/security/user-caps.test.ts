@@ -10,30 +10,12 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { cli, killPid, waitFor, type RunningAgent } from '../helpers/agent.js';
-import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
-import { addUser, cgstepAs, removeUser, requestsAs, socketDir, spawnAs, startMultiUser, type Outcome, type TestUser } from '../helpers/users.js';
+import { cli, waitFor } from '../helpers/agent.js';
+import { cgstepAs, requestsAs, spawnAs, type Outcome, type TestUser, withTwoUsers } from '../helpers/users.js';
 import { cgroupOf } from './helpers.js';
 
-const ctx: { root: string; dir: string; agent: RunningAgent; alice: TestUser; bob: TestUser; pids: number[] } = { pids: [] } as any;
-const args = () => ['--allow-uid', String(ctx.alice.uid), '--allow-uid', String(ctx.bob.uid), '--max-user-jobs', '3', '--max-user-steps', '5', '--ignore-missing-controllers'];
+const ctx = withTwoUsers(test, 'caps', ['--max-user-jobs', '3', '--max-user-steps', '5', '--ignore-missing-controllers']);
 const scope = () => path.join(ctx.root, 'system.slice/slurmstepd.scope');
-
-test.before(async () => {
-  ctx.alice = addUser('cgs_caps');
-  ctx.bob = addUser('cgs_caps');
-  ctx.root = makeTestRoot('sec-caps');
-  ctx.dir = socketDir('sec-caps');
-  ctx.agent = await startMultiUser(ctx.root, ctx.dir, args());
-});
-test.after.always(async () => {
-  for (const p of ctx.pids) killPid(p);
-  await ctx.agent?.stop();
-  fs.rmSync(ctx.dir, { recursive: true, force: true });
-  await removeTestRoot(ctx.root);
-  removeUser(ctx.alice);
-  removeUser(ctx.bob);
-});
 
 const as = (u: TestUser, reqs: [string, object][]) => requestsAs(u, ctx.agent.socket, reqs);
 const allOk = (t: any, out: Outcome[]) => out.forEach((o, i) => t.true(o.ok, `request ${i}: ${JSON.stringify(o.error)}`));
@@ -93,8 +75,7 @@ test.serial('root and operators are never capped, also when they name the user a
 });
 
 test.serial('the count is rebuilt from the owner xattrs when the agent restarts; status shows the caps', async (t) => {
-  await ctx.agent.stop();
-  ctx.agent = await startMultiUser(ctx.root, ctx.dir, args());
+  await ctx.restart();
   over(t, as(ctx.alice, [['job.create', { job: 6 }]])[0], 'jobs', 3, 5);
   t.false(fs.existsSync(path.join(scope(), 'job_6')));
   // 5 jobs (2, 3, 4, 110, 111) and 7 steps: three jobs and two steps go, and one of each fits again.
