@@ -68,14 +68,18 @@ test.serial('every line of a 400+ line corpus gets a typed error on one connecti
   ctx.peakKiB = Math.max(ctx.peakKiB ?? 0, rssKiB(ctx.agent.pid));
 });
 
-test.serial('raw bytes: NUL, invalid UTF-8, a 10 MB line, a half-written line', async (t) => {
+test.serial('raw bytes: NUL, invalid UTF-8, a 10 MB line, a half-written line ended by the close', async (t) => {
   const bin = await exchange(Buffer.from([0x00, 0xff, 0xfe, 0x7b, 0x80, 0x0a]), 1);
   t.is(bin[0].error.code, 'EINVAL');
   const big = await exchange(Buffer.alloc(10 * 1024 * 1024, 0x61), 1);
   t.is(big[0].error.code, 'E2BIG');
+  // A line cut off by the client's close is still answered (a typed error here), then the agent closes.
   const half = await connect();
+  let text = '';
+  half.on('data', (d) => (text += d));
   half.end('{"id":1,"op":"sta');
   await new Promise((r) => half.once('close', r));
+  t.is(JSON.parse(text).error.code, 'EINVAL', text);
   t.true((await exchange('{"id":2,"op":"status"}\n', 1))[0].ok);
 });
 
