@@ -114,8 +114,8 @@ export class DevNodes {
 
   add(name: string, type: 'c' | 'b', major: number, minor: number): string {
     const p = path.join(this.dir, name);
-    execFileSync('mknod', [p, type, String(major), String(minor)]);
-    fs.chmodSync(p, 0o666);
+    // Root-only (the umask's mode): the prober opens them as root, and no other user may reach a device through them.
+    execFileSync('mknod', ['-m', '0600', p, type, String(major), String(minor)]);
     this.paths[name] = p;
     return p;
   }

@@ -14,7 +14,8 @@ const ctx: { dir: string; user: TestUser } = {} as any;
 test.before(() => {
   ctx.user = addUser('cgs_rpc');
   ctx.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-spoof-'));
-  fs.chmodSync(ctx.dir, 0o777); // the attacker's writable directory, as /tmp would be
+  // The attacker's own directory (as its home or a dir it made in /tmp): it may bind a socket there, nobody else may.
+  fs.chownSync(ctx.dir, ctx.user.uid, ctx.user.gid);
 });
 test.after.always(() => {
   fs.rmSync(ctx.dir, { recursive: true, force: true });
