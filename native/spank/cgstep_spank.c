@@ -9,18 +9,18 @@
  *            [destroy_timeout_ms=N] [failure=closed|open] [devices=yes|try|no]
  *            [cpus=auto|yes|no]
  *
- * What it does, in slurmd's prolog and epilog and in slurmstepd (remote
- * context); srun, sbatch, salloc and slurmd proper load it but it does
- * nothing there. Every request names the job's owner (S_JOB_UID).
- *   slurm_spank_job_prolog (slurmd, root, once per job and node, before any
- *     of its steps): job.create {job, owner, devices:{gres: SLURM_JOB_GPUS}},
- *     the job's device allocation from slurmd's own environment.
+ * What it does, in slurmstepd (remote context) and in slurmd's epilog; srun,
+ * sbatch, salloc and slurmd proper load it but it does nothing there. Every
+ * request names the job's owner (S_JOB_UID). It has no job_prolog: with one,
+ * slurmd would fork and exec `slurmstepd spank prolog` before each job's first
+ * step on the node, the largest part of what the plugin used to add per job.
  *   slurm_spank_init (slurmstepd, root, once per step, before its tasks are
  *     forked): records the cgroup slurmstepd started in; opens the one
- *     connection it keeps; job.create {job, owner, limits from
- *     S_JOB_ALLOC_MEM/CORES}; task.place {job, step, pid: getpid(), leaf:
- *     "slurm", owner, stepLimits from S_STEP_ALLOC_*, stepDevices:{gres}}
- *     (makes the step; the extern step, which has no tasks, is done there).
+ *     connection it keeps; task.place {job, step, pid: getpid(), leaf:
+ *     "slurm", owner, jobLimits from S_JOB_ALLOC_MEM/CORES, stepLimits from
+ *     S_STEP_ALLOC_*, jobDevices and stepDevices:{gres}} (makes the job when
+ *     it is the first step here, makes the step, sets the job's limits; the
+ *     extern step, which has no tasks, is done there).
  *   slurm_spank_task_init_privileged (the forked task, root, before exec):
  *     reports a step that could not be placed, ending the task (closed).
  *   slurm_spank_task_post_fork (slurmstepd, root, each task, before Slurm
@@ -31,19 +31,21 @@
  *     destroy {job, step, force: true, reapJob: true}.
  *   slurm_spank_job_epilog (slurmd's epilog, once per job and node):
  *     destroy {job, force: true}: whatever a step could not clean.
- * GPUs: the job's from the prolog (above); the step's from SLURM_STEP_GPUS
- * (else SLURM_JOB_GPUS for the batch step, else CUDA_VISIBLE_DEVICES) in the
- * step's environment, which can only narrow the job's: the agent refuses a
- * step asking for a GPU outside its job's allocation. Each index N becomes
- * "gpu:N" (the N-th File= of gres gpu in gres.conf, which cgstepd is given
- * with --gres).
+ * GPUs: SLURM_STEP_GPUS (SLURM_JOB_GPUS in the batch and interactive steps),
+ * which slurmstepd sets from the step's signed credential, or removes, before
+ * spank_init when Slurm's gres/gpu plugin is loaded (checked in
+ * /proc/self/maps; without it no GPU). Each index N becomes "gpu:N" (the N-th
+ * File= of gres gpu in gres.conf, which cgstepd is given with --gres). The
+ * job's allocation in cgstepd is the union of what its steps here were given
+ * (only root can widen it), so that a user who may reach the agent cannot
+ * give its own steps a GPU Slurm did not.
  *
  * Failure policy: an unreachable agent, a timeout, an error reply or a server
  * that is not root (or agent_uid=) ends the task before exec (failure=closed,
  * the default; also when the plugin is listed as optional, where Slurm would
  * ignore a -1), and slurm_error() puts a line naming the socket and the error
  * in the job's stderr. failure=open logs the same line and lets the task run
- * unconfined. The prolog and epilog never fail (that would drain the node).
+ * unconfined. The epilog never fails (that would drain the node).
  *
  * The wire protocol is src/rpc/protocol.ts: one JSON object per line each way
  * over a Unix stream socket; replies {id, ok:true, result} or
@@ -316,33 +318,54 @@ static int parse_gpus(const char *var, char *val, int idx[], int max, char *msg,
 }
 
 /*
- * The step's GPUs from the step's environment. Slurm sets SLURM_STEP_GPUS for
- * a step with GPUs (SLURM_JOB_GPUS in the batch step) and
- * CUDA_VISIBLE_DEVICES. The user can reach this environment, so these only
- * narrow: the job's allocation, set from slurmd's side (job_prolog), bounds
- * them in the agent. Returns the count, 0 for none, -1 (with msg).
+ * Whether Slurm's gres/gpu plugin is loaded in this slurmstepd. Only then
+ * has Slurm set (or cleared) the GPU variables from the step's signed
+ * credential before spank_init; without it they are whatever the user's
+ * environment held.
  */
-static int gpus_from_env(spank_t sp, uint32_t stepid, int idx[], int max, char *msg, size_t msglen)
+static int slurm_sets_gpu_env(void)
 {
-	static const char *const vars_step[] = { "SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES", NULL };
-	static const char *const vars_batch[] = { "SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES", NULL };
-	const char *const *vars = stepid == SLURM_BATCH_SCRIPT ? vars_batch : vars_step;
-	char val[4096];
-	int i, n;
+	FILE *f = fopen("/proc/self/maps", "re");
+	char line[PATH_MAX + 160];
+	int found = 0;
 
-	for (i = 0; vars[i]; i++) {
-		spank_err_t rc = spank_getenv(sp, vars[i], val, sizeof(val));
+	if (!f)
+		return 0;
+	while (!found && fgets(line, sizeof(line), f)) {
+		const char *base;
 
-		if (rc == ESPANK_ENV_NOEXIST)
-			continue;
-		if (rc != ESPANK_SUCCESS) {
-			snprintf(msg, msglen, "cannot read %s: %s", vars[i], spank_strerror(rc));
-			return -1;
-		}
-		if ((n = parse_gpus(vars[i], val, idx, max, msg, msglen)) != 0)
-			return n;
+		line[strcspn(line, "\n")] = 0;
+		base = strrchr(line, '/');
+		found = base && !strcmp(base, "/gres_gpu.so");
 	}
-	return 0;
+	fclose(f);
+	return found;
+}
+
+/*
+ * The step's GPUs, as Slurm's credential gives them: slurmstepd sets
+ * SLURM_STEP_GPUS for a launched step (SLURM_JOB_GPUS for the batch and
+ * interactive steps) from the credential before spank_init, and removes it
+ * when the step has none, whatever the user exported. That holds only with
+ * gres/gpu loaded; otherwise, and for the extern step, no GPU. Returns the
+ * count, 0 for none, -1 (with msg).
+ */
+static int trusted_gpus(spank_t sp, uint32_t stepid, int idx[], int max, char *msg, size_t msglen)
+{
+	const char *var = (stepid == SLURM_BATCH_SCRIPT || stepid == SLURM_INTERACTIVE_STEP) ? "SLURM_JOB_GPUS" : "SLURM_STEP_GPUS";
+	char val[4096];
+	spank_err_t rc;
+
+	if (stepid == SLURM_EXTERN_CONT || !slurm_sets_gpu_env())
+		return 0;
+	rc = spank_getenv(sp, var, val, sizeof(val));
+	if (rc == ESPANK_ENV_NOEXIST)
+		return 0;
+	if (rc != ESPANK_SUCCESS) {
+		snprintf(msg, msglen, "cannot read %s: %s", var, spank_strerror(rc));
+		return -1;
+	}
+	return parse_gpus(var, val, idx, max, msg, msglen);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -465,6 +488,7 @@ static struct {
 	int bad_config;   /* plugstack.conf options did not parse (logged) */
 	int have_ids;     /* job, stepid, step, owner read */
 	int sent;         /* a request was sent: the step may exist */
+	int unanswered;   /* the step's placement got no reply: the agent may still carry it out */
 	uint32_t job, stepid;
 	char step[16];
 	uid_t owner;      /* the job's uid (S_JOB_UID) */
@@ -551,11 +575,12 @@ static int kept_call(const char *body, int timeout_ms, struct reply *r)
 }
 
 /*
- * The step, once per slurmstepd: the job's limits (job.create, which also
- * makes the job when slurmd's prolog could not), then the step with its
- * limits and GPUs, made by placing this slurmstepd in its slurm/ leaf
- * (task.place). Inputs are read before any connection, so that a bad one is
- * reported whether or not the agent is up. 0, or -1 after step_failed().
+ * The step, once per slurmstepd, in one request (task.place): this
+ * slurmstepd goes into the step's slurm/ leaf; the job is made if this is
+ * its first step here, its limits put in force and its GPU allocation widened
+ * to the step's; the step is made with its limits and GPUs. Inputs are read
+ * before any connection, so that a bad one is reported whether or not the
+ * agent is up. 0, or -1 after step_failed().
  */
 static int place_step(spank_t sp)
 {
@@ -575,7 +600,7 @@ static int place_step(spank_t sp)
 		job_cores = NULL;
 	if (!send_cpus(c) || spank_get_item(sp, S_STEP_ALLOC_CORES, &step_cores) != ESPANK_SUCCESS)
 		step_cores = NULL;
-	if (c->devices && (ngpus = gpus_from_env(sp, st.stepid, gpus, MAX_GPUS, msg, sizeof(msg))) < 0) {
+	if (c->devices && (ngpus = trusted_gpus(sp, st.stepid, gpus, MAX_GPUS, msg, sizeof(msg))) < 0) {
 		step_failed("reading the step's GPUs", msg);
 		return -1;
 	}
@@ -585,21 +610,18 @@ static int place_step(spank_t sp)
 		return -1;
 	}
 	memset(&b, 0, sizeof(b));
-	bput(&b, "\"op\":\"job.create\",\"job\":\"%" PRIu32 "\",\"owner\":%u", st.job, (unsigned)st.owner);
-	put_limits(&b, "limits", job_mem, job_cores);
-	if (kept_call(b.s, c->timeout_ms, NULL)) {
-		step_failed("creating the job's cgroup", st.cl.err);
-		return -1;
-	}
-
-	memset(&b, 0, sizeof(b));
 	bput(&b, "\"op\":\"task.place\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\",\"pid\":%d,\"leaf\":\"slurm\",\"owner\":%u",
 	     st.job, st.step, (int)getpid(), (unsigned)st.owner);
+	put_limits(&b, "jobLimits", job_mem, job_cores);
 	put_limits(&b, "stepLimits", step_mem, step_cores);
-	if (c->devices)
+	if (c->devices) {
+		put_gres(&b, "jobDevices", gpus, ngpus);
 		put_gres(&b, "stepDevices", gpus, ngpus);
+	}
 	if (kept_call(b.s, c->timeout_ms, &r)) {
 		step_failed("creating the step's cgroup", st.cl.err);
+		/* An error reply keeps the connection; anything else closed it. */
+		st.unanswered = st.cl.fd < 0;
 		return -1;
 	}
 	if (c->devices == DEVICES_YES && r.devices_ignored[0]) {
@@ -727,6 +749,16 @@ int slurm_spank_exit(spank_t sp, int ac, char **av)
 
 	if (!is_remote(sp) || st.bad_config || !st.have_ids || !st.sent)
 		return 0;
+	if (st.unanswered) {
+		/*
+		 * A late placement (a stalled agent) could still move this slurmstepd
+		 * into the step after a destroy was sent, and the destroy then kill it:
+		 * the job epilog removes what such a request made.
+		 */
+		slurm_error("cgstep: job %" PRIu32 " step %s left for the job epilog to remove (its placement got no reply)", st.job, st.step);
+		client_close(&st.cl);
+		return 0;
+	}
 	snprintf(suffix, sizeof(suffix), "/job_%" PRIu32 "/step_%s/slurm", st.job, st.step);
 	if (leave_step_cgroup(suffix)) {
 		/* Destroying the step now would kill this slurmstepd: the job epilog does it. */
@@ -747,9 +779,9 @@ int slurm_spank_exit(spank_t sp, int ac, char **av)
 }
 
 /* ------------------------------------------------------------------------ */
-/* slurmd's prolog and epilog, once per job and node                          */
+/* slurmd's epilog, once per job and node                                     */
 
-/* One request on its own connection; a failure is logged ("creating" job N at its "prolog" failed), never returned. */
+/* One request on its own connection; a failure is logged ("removing" job N at its "epilog" failed), never returned. */
 static void call_once(const struct config *c, const char *body, int timeout_ms, const char *doing, uint32_t job, const char *when)
 {
 	struct client cl;
@@ -757,49 +789,6 @@ static void call_once(const struct config *c, const char *body, int timeout_ms, 
 	if (client_open(&cl, c->socket, c->timeout_ms, c->agent_uid) || client_call(&cl, body, timeout_ms, NULL))
 		slurm_error("cgstep: %s job %" PRIu32 " at its %s failed (cgstepd at %s: %s)", doing, job, when, c->socket, cl.err);
 	client_close(&cl);
-}
-
-/*
- * Before any step of the job runs on this node (slurmd's prolog, as root):
- * the job, owned by its user, with the GPUs Slurm allocated it here as its
- * device allocation. SLURM_JOB_GPUS in this environment is slurmd's, from the
- * job credential (every variable a user can add here is prefixed SPANK_), so
- * the allocation does not come from anything the user controls; the steps'
- * own GPU variables only narrow it. No SLURM_JOB_GPUS: no GPU. Never fails
- * the prolog (that would drain the node): a job this could not create is made
- * by its first step with no device allocation, so that its steps' GPUs are
- * refused (fail closed).
- */
-int slurm_spank_job_prolog(spank_t sp, int ac, char **av)
-{
-	struct config c;
-	struct buf b;
-	uint32_t job = 0;
-	uid_t owner = 0;
-	int gpus[MAX_GPUS], ngpus = 0;
-	char val[4096] = "", msg[1024];
-	const char *env;
-
-	if (spank_context() != S_CTX_JOB_SCRIPT)
-		return 0;
-	if (parse_config(ac, av, &c))
-		return 0;
-	if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS || spank_get_item(sp, S_JOB_UID, &owner) != ESPANK_SUCCESS) {
-		slurm_error("cgstep: job prolog: cannot read the job id or uid from Slurm");
-		return 0;
-	}
-	if ((env = getenv("SLURM_JOB_GPUS")))
-		snprintf(val, sizeof(val), "%s", env);
-	if (c.devices && (ngpus = parse_gpus("SLURM_JOB_GPUS", val, gpus, MAX_GPUS, msg, sizeof(msg))) < 0) {
-		slurm_error("cgstep: job %" PRIu32 " prolog: %s; the job gets no GPU", job, msg);
-		ngpus = 0;
-	}
-	memset(&b, 0, sizeof(b));
-	bput(&b, "\"op\":\"job.create\",\"job\":\"%" PRIu32 "\",\"owner\":%u", job, (unsigned)owner);
-	if (c.devices)
-		put_gres(&b, "devices", gpus, ngpus);
-	call_once(&c, b.s, c.timeout_ms, "creating", job, "prolog");
-	return 0;
 }
 
 /*

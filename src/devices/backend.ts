@@ -71,12 +71,26 @@ function checkWithin(ctl: DeviceController, p: Prepared, ancestors: readonly (st
   for (const a of ancestors) {
     const policy: NormalPolicy | null = typeof a === 'string' ? ctl.readPolicy(a) : (a as Prepared).compiled.policy;
     if (!policy) continue;
-    const outside = p.allocated.filter((x) => !decideNormal(policy, x.dev, ACC_READ | ACC_WRITE));
+    const outside = p.allocated.filter((x) => !decideNormal(policy, x.dev, RW));
     if (outside.length) {
       const names = outside.map((x) => (x.gres === x.path ? x.path : `${x.gres} (${x.path})`)).join(', ');
       throw new AgentError('EPERM', `gres ${names} not allocated to the job${typeof a === 'string' ? ` (${a})` : ''}; only root or an operator can widen the job's allocation (devices.set on the job)`);
     }
   }
+}
+
+const RW = ACC_READ | ACC_WRITE;
+
+/** DevicePort.widen: the gres units the job's policy allows now, and req's. */
+function widen(ctl: DeviceController, inventory: GresInventory | null, prepare: (r: DeviceRequest) => Prepared, dir: string, req: DeviceRequest): DeviceRequest | null {
+  const policy = ctl.readPolicy(dir);
+  if (!policy) return null;
+  const want = prepare(req).allocated;
+  if (want.every((x) => decideNormal(policy, x.dev, RW))) return null;
+  const held = (inventory?.all() ?? [])
+    .map((u) => `${u.name}:${u.index}`)
+    .filter((g) => prepare({ gres: [g] }).allocated.every((x) => decideNormal(policy, x.dev, RW)));
+  return { gres: [...new Set([...held, ...want.map((x) => x.gres)])] };
 }
 
 const IDENTITY = { type: 'devices/ebpf', name: 'eBPF cgroup device programs', version: '1.0' } as const;
@@ -107,6 +121,7 @@ export function ebpfDevices(ctl: DeviceController): Candidate<EbpfContext, Devic
           return { gres: [...(allocation ?? [])] };
         },
         checkWithin: (p, ancestors) => checkWithin(ctl, p as Prepared, ancestors),
+        widen: (dir, req) => widen(ctl, inventory, (r) => backend.prepare(r, 'job') as Prepared, dir, req),
         apply(dir: string, prepared: PreparedDevices, restorable: boolean) {
           const p = prepared as Prepared;
           const held = restorable ? ctl.hold(dir) : null;

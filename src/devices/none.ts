@@ -23,6 +23,7 @@ export const noneDevices: Candidate<DeviceContext, DeviceBackend> = {
     prepare: (_req, level) => ({ level }),
     jobDefault: () => null,
     checkWithin: () => undefined,
+    widen: () => null,
     apply: () => null,
     describe: () => null,
     init: async () => {},

@@ -83,6 +83,12 @@ export interface DevicePort {
   /** EPERM unless every gres device `p` allocates is allowed by each ancestor (a directory's policy, or one about to be put on it). */
   checkWithin(p: PreparedDevices, ancestors: readonly (string | PreparedDevices)[]): void;
   /**
+   * The job-level request that widens the policy on `dir` (a job) to allow the
+   * gres `req` allocates too: the node's default with the gres units it allows
+   * now and req's. null when it allows them already or confines nothing.
+   */
+  widen(dir: string, req: DeviceRequest): DeviceRequest | null;
+  /**
    * Put the policy on dir. With `restorable` (dir existed before this request)
    * the reply carries how to put the previous policy back (undo) and how to
    * let it go once the request has succeeded (done).
@@ -362,11 +368,11 @@ export class StepTree {
    * The job level of a request. A job this request makes gets `limits` and
    * `devices`, or when it names no devices the node's default with
    * `allocation` (the gres its first request names); an existing job keeps
-   * what it has unless `update`.
+   * what it has unless `update` (true: limits and devices; 'limits': those only).
    */
-  private planJob(job: string, limits: Limits | undefined, devices: DeviceRequest | undefined, allocation: readonly string[] | undefined, update: boolean): LevelPlan {
+  private planJob(job: string, limits: Limits | undefined, devices: DeviceRequest | undefined, allocation: readonly string[] | undefined, update: boolean | 'limits'): LevelPlan {
     const dir = this.paths.job(job);
-    if (exists(dir)) return { ...this.planLevel(dir, 'job', update ? limits : undefined, update ? devices : undefined), existed: true };
+    if (exists(dir)) return { ...this.planLevel(dir, 'job', update ? limits : undefined, update === true ? devices : undefined), existed: true };
     return { ...this.planLevel(dir, 'job', limits, devices ?? this.opts.devices?.jobDefault(allocation) ?? undefined), existed: false };
   }
 
@@ -376,8 +382,8 @@ export class StepTree {
     const jobThere = jobPlan.existed ?? exists(jobPlan.dir);
     // No job, no step: one stat fewer for a placement that makes both.
     const p = jobThere && exists(dir) && !update ? this.planLevel(dir, 'step', undefined, undefined) : this.planLevel(dir, 'step', limits, devices);
-    // A step may narrow its job's allocation, never widen it.
-    const parent = jobThere ? jobPlan.dir : jobPlan.devices;
+    // A step may narrow its job's allocation (the one about to be put in force, else the job's), never widen it.
+    const parent = jobPlan.devices ?? (jobThere ? jobPlan.dir : null);
     if (p.devices && parent) this.opts.devices!.checkWithin(p.devices, [parent]);
     return p;
   }
@@ -616,8 +622,11 @@ export class StepTree {
 
   /**
    * task.place: make what is missing of job, step and leaf and move the pid
-   * in, all or nothing. An existing job or step is used as it is (its limits
-   * and devices are not rewritten), so the same placement twice is harmless.
+   * in, all or nothing. An existing step is used as it is, so the same
+   * placement twice is harmless. On an existing job, `jobLimits` are put in
+   * force and the gres of `jobDevices` widen its allocation (planJobUpdate):
+   * a step daemon places itself, sets its job's limits and brings its GPUs
+   * in one round trip, and the same values again change nothing.
    */
   place(r: Placement, access?: JobAccess) {
     this.checkPid(r.pid);
@@ -625,7 +634,8 @@ export class StepTree {
       this.admit(u, r.job, access);
       this.checkCaps(r.job, r.step, access);
       this.reconfigureLeaf(r.job, r.step, r.leaf, r.devices, access);
-      const jp = this.planJob(r.job, r.jobLimits, r.jobDevices, undefined, false);
+      const jp = this.planJob(r.job, r.jobLimits, r.jobDevices, undefined, 'limits');
+      if (jp.existed) this.planJobUpdate(jp, r, access);
       const sp = this.planStep(r.job, r.step, r.stepLimits, r.stepDevices, jp, false);
       const tp = this.planLevel(this.paths.leaf(r.job, r.step, r.leaf), 'task', undefined, r.devices);
       if (!access?.beforeMove) requireMovable(r.pid);
@@ -660,6 +670,19 @@ export class StepTree {
       }
       return { path: p.dir, ...this.applyLevel(u, p, false) };
     });
+  }
+
+  /**
+   * task.place on an existing job: its jobLimits are put in force, and the gres
+   * its jobDevices name widen its allocation (both root and operators only;
+   * nothing to change is no change).
+   */
+  private planJobUpdate(jp: LevelPlan, r: Placement, access: JobAccess | undefined): void {
+    if (r.jobLimits) access?.reconfigure(`job ${r.job}`);
+    const wider = r.jobDevices && this.opts.devices?.widen(jp.dir, r.jobDevices);
+    if (!wider) return;
+    access?.reconfigure(`job ${r.job}'s device allocation`);
+    jp.devices = this.opts.devices!.prepare(wider, 'job');
   }
 
   /** A task leaf's device policy is replaced only with the access's leave. */

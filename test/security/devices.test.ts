@@ -60,6 +60,8 @@ kt('allow rules, gres and the open policy are refused to a user, even on a level
   refused(t, as(ctx.alice, ['step', 'create', '902', '0', '--device-allow', 'c 1:5']), /allow rules need root/);
   refused(t, as(ctx.alice, ['step', 'create', '902', '0', '--gres', 'gpu:0']), /gres allocations need root/);
   refused(t, as(ctx.alice, ['step', 'create', '902', '0', '--device-policy', 'open']), /the open policy needs root/);
+  // task.place's jobDevices widen an existing job's allocation: root's only.
+  refused(t, as(ctx.alice, ['run', '902', '2', '--gres', 'gpu:0', '--', 'true']), /gres allocations need root/);
   // Narrowing a step it creates is hers to do, and the kernel enforces it.
   t.is(as(ctx.alice, ['step', 'create', '902', '1', '--device-deny', '/dev/full', '--device-policy', 'closed']).code, 0);
   t.not(runIn('902', '1', opens('/dev/full')).code, 0, 'alice opened /dev/full');

@@ -10,10 +10,9 @@
  *   driver call SOCKET MS BODY... each BODY ("\"op\":\"hello\"") on one connection,
  *                                 printing {"rc","err","us"} per call (DRV_AGENT_UID:
  *                                 the agent_uid= the client accepts besides root)
- *   driver prolog ARGS...         slurm_spank_job_prolog (job script context) with
- *                                 plugstack options ARGS; S_JOB_ID from DRV_JOB,
- *                                 S_JOB_UID from DRV_UID; the prolog environment is
- *                                 this process's. Prints {"rc","errors":[...]}.
+ *   driver epilog ARGS...         slurm_spank_job_epilog (job script context) with
+ *                                 plugstack options ARGS; S_JOB_ID from DRV_JOB.
+ *                                 Prints {"rc","errors":[...]}.
  *   driver step ARGS...           one slurmstepd's step as Slurm 22.05 runs it:
  *                                 slurm_spank_init; DRV_NTASKS (1) tasks forked, each
  *                                 running task_init_privileged and then waiting for
@@ -22,13 +21,16 @@
  *                                 DRV_JOB, DRV_STEP (hex or decimal), DRV_TASK (the
  *                                 first global task id), DRV_UID, DRV_JOB_MEM,
  *                                 DRV_STEP_MEM, DRV_JOB_CORES, DRV_STEP_CORES; the
- *                                 step's environment is this process's. A task that
+ *                                 step's environment is this process's; DRV_GRES_GPU
+ *                                 (a path) is loaded first, standing in for Slurm's
+ *                                 gres/gpu plugin (gres_gpu.so). A task that
  *                                 got the go runs DRV_EXEC with /bin/sh, else prints
  *                                 {"task","ran":true,"cgroup"}; one that ended itself
  *                                 prints {"rc":-1,"exited":N,"errors":[...]}. Last
  *                                 line: {"init","exit","errors":[...],"tasks":[{"task",
  *                                 "pid","exit","signal"}]}.
  */
+#include <dlfcn.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -229,6 +231,10 @@ static int run_step(int ac, char **av)
 
 	if (n < 1 || n > 64)
 		return 2;
+	if (getenv("DRV_GRES_GPU") && !dlopen(getenv("DRV_GRES_GPU"), RTLD_NOW)) {
+		fprintf(stderr, "driver: %s\n", dlerror());
+		return 2;
+	}
 	signal(SIGPIPE, SIG_IGN);
 	rc_init = slurm_spank_init(NULL, ac, av);
 	for (i = 0; i < n; i++) {
@@ -318,13 +324,13 @@ int main(int argc, char **argv)
 		client_close(&c);
 		return 0;
 	}
-	if (argc >= 2 && !strcmp(argv[1], "prolog")) {
+	if (argc >= 2 && !strcmp(argv[1], "epilog")) {
 		context = S_CTX_JOB_SCRIPT;
-		print_errors(slurm_spank_job_prolog(NULL, argc - 2, argv + 2));
+		print_errors(slurm_spank_job_epilog(NULL, argc - 2, argv + 2));
 		return 0;
 	}
 	if (argc >= 2 && !strcmp(argv[1], "step"))
 		return run_step(argc - 2, argv + 2);
-	fprintf(stderr, "usage: driver parse | call SOCKET MS BODY... | prolog ARGS... | step ARGS...\n");
+	fprintf(stderr, "usage: driver parse | call SOCKET MS BODY... | epilog ARGS... | step ARGS...\n");
 	return 2;
 }

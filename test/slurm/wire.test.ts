@@ -3,8 +3,9 @@
  * recording agent (a Unix socket that checks every line against the project's
  * own request schema, src/rpc/protocol.ts, and answers ok) stands in for
  * cgstepd, so the requests themselves can be asserted: ids, the owner, limits
- * from Slurm's allocation, the job's GPUs from slurmd's prolog and the step's
- * from the step (and not from a user's environment), the step daemon and
+ * from Slurm's allocation, the job's and the step's GPUs from the variable
+ * slurmstepd sets from the credential (and not from a user's environment),
+ * no request from slurmd's prolog (the plugin has none), the step daemon and
  * each task by pid over one connection per step, destroy at the step's end.
  */
 import test from 'ava';
@@ -75,7 +76,7 @@ async function epilogDone(job: string) {
   await until(() => forJob(job).some((r) => r.op === 'destroy' && r.step === undefined), 15_000, `the epilog's destroy of job ${job}`);
 }
 
-slurmTest('srun -n2 --mem=300 --gres=gpu:2: the job with its owner and GPUs from the prolog, its limits, the step daemon with the step, each task by pid on the same connection, destroy', async (t) => {
+slurmTest('srun -n2 --mem=300 --gres=gpu:2: no prolog request; the step daemon makes the job (owner, limits, GPUs) and the step in one request, each task by pid on the same connection, destroy', async (t) => {
   const r = await cluster.srun(['-n2', '--mem=300', '--gres=gpu:2', 'sh', '-c', 'echo "$SLURM_JOB_ID $SLURM_PROCID $$ $PPID $CUDA_VISIBLE_DEVICES"']);
   t.is(r.code, 0, r.stderr);
   const tasks = r.stdout.trim().split('\n').map((l) => l.split(' '));
@@ -88,30 +89,25 @@ slurmTest('srun -n2 --mem=300 --gres=gpu:2: the job with its owner and GPUs from
   const visible = tasks[0][4].split(',');
   t.is(visible.length, 2);
   const gres = visible.map((i) => `gpu:${i}`);
-  // slurmd's prolog: the job and its allocation, before any step.
-  const [prolog, limits] = reqs.filter((q) => q.op === 'job.create');
-  t.is(reqs.filter((q) => q.op === 'job.create').length, 2);
-  t.is(reqs[0], prolog, 'the prolog comes first');
-  t.deepEqual(prolog.devices, { gres }, "the job's GPUs, from slurmd's environment");
-  t.is(prolog.limits, undefined);
-  // The step daemon: the job's limits, then the step with its own, and itself in slurm/.
-  t.is(limits.limits.memory, 300 * 1024 * 1024, 'S_JOB_ALLOC_MEM (MB) in bytes');
-  t.regex(limits.limits.cpus, /^\d+(-\d+)?(,\d+(-\d+)?)*$/);
-  t.is(limits.devices, undefined);
+  t.deepEqual(reqs.filter((q) => q.op === 'job.create'), [], 'no prolog: slurmd execs no slurmstepd for the job');
+  // The step daemon, in one request: the job with its limits and GPUs, the step with its own, and itself in slurm/.
   const places = reqs.filter((q) => q.op === 'task.place');
   const stepd = places.filter((q) => q.leaf === 'slurm');
   t.is(stepd.length, 1, 'the step made once, by placing its step daemon');
+  t.is(reqs[0], stepd[0], 'it comes first');
+  t.deepEqual(stepd[0].jobDevices, { gres }, "the job's GPUs: Slurm's SLURM_STEP_GPUS, from the credential");
+  t.is(stepd[0].jobLimits.memory, 300 * 1024 * 1024, 'S_JOB_ALLOC_MEM (MB) in bytes');
+  t.regex(stepd[0].jobLimits.cpus, /^\d+(-\d+)?(,\d+(-\d+)?)*$/);
   t.is(stepd[0].pid, Number(tasks[0][3]), "the step daemon is the tasks' parent");
   t.is(stepd[0].stepLimits.memory, 300 * 1024 * 1024, 'S_STEP_ALLOC_MEM (MB) in bytes');
   t.deepEqual(stepd[0].stepDevices, { gres });
-  t.is(stepd[0].jobDevices, undefined, 'never a job allocation from the step');
   const byTask = new Map(places.filter((q) => q.task !== undefined).map((q) => [q.task, q]));
   for (const [, procid, pid] of tasks) {
     const q = byTask.get(Number(procid));
     t.is(q?.pid, Number(pid), `task ${procid} placed by its own pid`);
     t.deepEqual(Object.keys(q).sort(), ['id', 'job', 'op', 'owner', 'pid', 'step', 'task', 'v'], 'a task only attaches');
   }
-  const stepConn = seen.filter((x) => x.req.job === job && (x.req.op === 'task.place' || x.req === limits || (x.req.op === 'destroy' && x.req.step === '0')));
+  const stepConn = seen.filter((x) => x.req.job === job && (x.req.op === 'task.place' || (x.req.op === 'destroy' && x.req.step === '0')));
   t.is(new Set(stepConn.map((x) => x.conn)).size, 1, "the step's requests on one kept connection");
   await epilogDone(job);
   const all = forJob(job);
@@ -129,8 +125,7 @@ slurmTest('no --gres: an empty gres list (deny every gres device), even when the
   const [job, visible] = r.stdout.trim().split('\n');
   t.is(visible, '[]', 'Slurm itself drops them for a step without GPUs');
   await settled(job, '0');
-  t.deepEqual(forJob(job).find((q) => q.op === 'job.create').devices, { gres: [] }, 'the prolog: no GPU for the job');
-  t.deepEqual(forJob(job).find((q) => q.op === 'task.place').stepDevices, { gres: [] });
+  t.like(forJob(job).find((q) => q.op === 'task.place'), { jobDevices: { gres: [] }, stepDevices: { gres: [] } }, 'no GPU for the job nor the step');
   t.deepEqual(problems, []);
 });
 
@@ -143,7 +138,8 @@ slurmTest('sbatch --gres=gpu:1: step "batch" with the job GPU, an srun inside is
   t.is(out.length, 2, fs.readFileSync(b.err, 'utf8'));
   const steps = forJob(job).filter((q) => q.op === 'task.place' && q.leaf === 'slurm');
   t.deepEqual(steps.map((q) => q.step), ['batch', '0']);
-  t.deepEqual(forJob(job)[0].devices, { gres: [`gpu:${out[0]}`] }, "the prolog: the job's GPU");
+  t.is(forJob(job)[0], steps[0], 'the batch step daemon comes first');
+  t.deepEqual(steps[0].jobDevices, { gres: [`gpu:${out[0]}`] }, "the job's GPU: SLURM_JOB_GPUS in the batch step");
   t.deepEqual(steps[0].stepDevices, { gres: [`gpu:${out[0]}`] });
   t.deepEqual(steps[1].stepDevices, { gres: [`gpu:${out[1]}`] });
   await epilogDone(job);
@@ -159,8 +155,7 @@ slurmTest('devices=no sends no device request; bad plugstack.conf options fail t
     t.is(r.code, 0, r.stderr);
     const job = r.stdout.trim();
     await settled(job, '0');
-    t.is(forJob(job).find((q) => q.op === 'task.place').stepDevices, undefined);
-    t.is(forJob(job).find((q) => q.op === 'job.create').devices, undefined, 'nor from the prolog');
+    t.like(forJob(job).find((q) => q.op === 'task.place'), { stepDevices: undefined, jobDevices: undefined });
 
     cluster.setPluginArgs(['failure=maybe']);
     const bad = await cluster.srun(['-n1', 'true']);
