@@ -46,10 +46,13 @@ export const AGENT_NODE_FLAGS = (/^#!.*\bnode\b(.*)$/.exec(fs.readFileSync(path.
 
 export interface BenchAgent { proc: ChildProcess; socket: string; stop: () => Promise<void> }
 
-export async function startAgent(root: string, args: string[] = [], socketDir?: string): Promise<BenchAgent> {
+/** The agent for a benchmark; its log goes to `logFile` when given (else nowhere); `nodeFlags` are added to the #! line's. */
+export async function startAgent(root: string, args: string[] = [], socketDir?: string, logFile?: string, nodeFlags: string[] = []): Promise<BenchAgent> {
   const dir = socketDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-bench-'));
   const socket = path.join(dir, 's.sock');
-  const proc = spawn(process.execPath, [...AGENT_NODE_FLAGS, path.join(REPO, 'dist/bin/cgstepd.js'), '--ignore-systemd', '--cgroup-root', root, '--socket', socket, ...args], { stdio: 'ignore' });
+  const log = logFile ? fs.openSync(logFile, 'a') : 'ignore';
+  const proc = spawn(process.execPath, [...AGENT_NODE_FLAGS, ...nodeFlags, path.join(REPO, 'dist/bin/cgstepd.js'), '--ignore-systemd', '--cgroup-root', root, '--socket', socket, ...args], { stdio: ['ignore', log, log] });
+  if (typeof log === 'number') fs.closeSync(log);
   await waitReady(socket, proc);
   return {
     proc,

@@ -10,8 +10,9 @@
  *   cgstep  proctrack/pgid + task/none + the cgstep SPANK plugin, with cgstepd
  *           reading the same cgroup.conf and gres.conf.
  * slurmctld and slurmd (and cgstepd) are restarted with fresh state between
- * blocks. The first block of each mode proves the enforcement (memory.max and
- * cpuset against the formulas, a memory-cgroup OOM kill, GPU device access);
+ * blocks, after one untimed warm-up of each mode. The first block of each mode
+ * proves the enforcement (memory.max and cpuset against the formulas, a
+ * memory-cgroup OOM kill, GPU device access);
  * every block times `srun -n1 true`, `srun -n N -O true` and a burst of
  * `sbatch --wrap=true` jobs. Results go to $OUT/slurm-vm.json after every block
  * (a run cut short still leaves what it measured); progress lines go to the
@@ -39,6 +40,10 @@ export interface GuestConfig {
   realMemoryMb: number;
   /** false: skip the enforcement checks (quick timing experiments; enforced.* then read false). */
   checks: boolean;
+  /** cgstepd's log into the share as cgstepd-block<N>.log (slows the agent: for debugging, not figures). */
+  agentLog?: boolean;
+  /** cgstepd under --cpu-prof, its profiles into the share (debugging, not figures). */
+  agentProfile?: boolean;
 }
 
 export interface CheckResult { ok: boolean; detail: string[] }
@@ -195,7 +200,7 @@ async function startCluster(mode: Mode, index: number, mungeSocket: string, res:
   let agent: BenchAgent | null = null;
   if (mode === 'cgstep') {
     const a0 = performance.now();
-    agent = await startAgent(CG, ['--node-name', NODE, '--config', path.join(W, 'cgroup.conf'), '--gres', path.join(W, 'gres.conf'), '--metrics', `127.0.0.1:${METRICS_PORT}`], fs.mkdtempSync(path.join(W, 'sock-')));
+    agent = await startAgent(CG, ['--node-name', NODE, '--config', path.join(W, 'cgroup.conf'), '--gres', path.join(W, 'gres.conf'), '--metrics', `127.0.0.1:${METRICS_PORT}`], fs.mkdtempSync(path.join(W, 'sock-')), cfg.agentLog ? path.join(OUT, `cgstepd-block${index}.log`) : undefined, cfg.agentProfile ? ['--cpu-prof', '--cpu-prof-dir', OUT] : []);
     say(`block ${index} (cgstep): cgstepd ready in ${((performance.now() - a0) / 1000).toFixed(1)} s`);
   }
   fs.writeFileSync(path.join(dir, 'plugstack.conf'), mode === 'cgstep' ? `required ${cfg.plugin} socket=${agent!.socket}\n` : '');
@@ -368,6 +373,22 @@ function share(total: number, blocks: number, nth: number): number {
   return Math.floor(total / blocks) + (nth < total % blocks ? 1 : 0);
 }
 
+/**
+ * Before the first block, each mode once untimed: the guest's first launches
+ * of Slurm (and of node) after boot are slower, and without this the mode that
+ * comes first paid for it (one block 20-40 % slower than the others).
+ */
+async function warmUp(mode: Mode, index: number, mungeSocket: string, res: GuestResult): Promise<void> {
+  const c = await startCluster(mode, index, mungeSocket, res);
+  try {
+    await timeSruns(c, ['-n1', 'true'], 4);
+    await timeSruns(c, [`-n${cfg.tasks}`, '-O', 'true'], 1);
+    say(`warm-up (${mode}) done`);
+  } finally {
+    await stopCluster(c);
+  }
+}
+
 async function runBlock(mode: Mode, index: number, mungeSocket: string, res: GuestResult): Promise<void> {
   const perMode = cfg.order.filter((m) => m === mode).length;
   const nth = cfg.order.slice(0, index).filter((m) => m === mode).length;
@@ -440,6 +461,7 @@ try {
   say(`${res.slurm}, kernel ${res.kernel}, ${res.nproc} CPUs, controllers [${res.controllers}]; blocks ${cfg.order.join(' ')}`);
   const m = await nodeSetup();
   munged = m.daemon;
+  for (const [i, mode] of [...new Set(cfg.order)].entries()) await warmUp(mode, 100 + i, m.socket, res);
   for (let i = 0; i < cfg.order.length; i++) {
     await runBlock(cfg.order[i], i, m.socket, res);
     save(res);

@@ -15,6 +15,9 @@
  * BENCH_SLURM_SBATCH (sbatch jobs per mode, 100), BENCH_SLURM_CPUS (vCPUs, 2),
  * BENCH_SLURM_VM_MB (guest memory, 2048), BENCH_SLURM_TIMEOUT_S (the boot, 4500),
  * BENCH_SLURM_CHECKS=0 (skip the enforcement checks: timing experiments only),
+ * BENCH_SLURM_AGENT_LOG=1 (cgstepd's log into the share, cgstepd-block<N>.log, kept
+ * with the results when the run ends: debugging only, it slows the agent),
+ * BENCH_SLURM_AGENT_PROF=1 (cgstepd under --cpu-prof, its .cpuprofile files kept the same way),
  * BENCH_QUICK=1 (a smoke run: 4, 2, 10 per mode).
  * The multiNode field is read from bench/results-multinode.json (written by the
  * two-node test) when that file exists.
@@ -65,6 +68,8 @@ const config: GuestConfig = {
   cpus,
   realMemoryMb: Math.floor(vmMb * 0.6),
   checks: process.env.BENCH_SLURM_CHECKS !== '0',
+  agentLog: process.env.BENCH_SLURM_AGENT_LOG === '1',
+  agentProfile: process.env.BENCH_SLURM_AGENT_PROF === '1',
 };
 
 if (process.getuid?.() !== 0) fail('needs root (apt-get, qemu with the host root shared)');
@@ -96,6 +101,10 @@ const boot = await bootVm(assets, {
     if (/^vmbench:|CGSTEP-VM:/.test(l) || process.env.CGSTEP_VM_VERBOSE) process.stderr.write(`  ${l}\n`);
   },
 });
+for (const [name, text] of Object.entries(boot.files)) {
+  if (/^cgstepd-block\d+\.log$|\.cpuprofile$/.test(name)) fs.writeFileSync(path.join(os.tmpdir(), `bench-slurm-${name}`), text);
+}
+if (config.agentLog || config.agentProfile) console.error(`bench:slurm: cgstepd's logs and profiles are in ${os.tmpdir()}/bench-slurm-*`);
 const raw = boot.files['slurm-vm.json'];
 if (!raw) fail(`the guest wrote no results (qemu exit ${boot.code}${boot.timedOut ? ', timed out' : ''}); console tail:\n${boot.console.slice(-4000)}`);
 const g = JSON.parse(raw) as GuestResult;

@@ -262,7 +262,8 @@ export class DeviceController {
         this.log.info({ progId, replacedProgId, dir: cgroupDir }, 'device program replaced');
       } else {
         progAttach(dirFd, cgroupDir, fd, bpfFlags.ALLOW_MULTI);
-        this.log.info({ progId, dir: cgroupDir }, 'device program attached');
+        // On a directory the caller just made, the caller's own line names the program (one line a request).
+        this.log[opts.fresh ? 'debug' : 'info']({ progId, dir: cgroupDir }, 'device program attached');
       }
       const detachedProgIds = this.detachAll(dirFd, cgroupDir, rest);
       const policyStored = this.storePolicy(cgroupDir, stored, false);

@@ -142,6 +142,13 @@ export interface TreeOptions {
   userCaps?: UserCaps;
 }
 
+/** The device programs a request attached, by level, for its log line ({} when none). */
+function deviceProgramsOf(levels: Record<string, { deviceProgram?: number }>): { devicePrograms?: Record<string, number> } {
+  const out: Record<string, number> = {};
+  for (const [level, r] of Object.entries(levels)) if (r.deviceProgram !== undefined) out[level] = r.deviceProgram;
+  return Object.keys(out).length ? { devicePrograms: out } : {};
+}
+
 /** Limits and live figures of a job (its own directory) or a step (its user/, where step limits are written). */
 export interface LevelFigures { limits: CgroupLimits; usage: CgroupUsage }
 export interface StepInfo extends LevelFigures { step: string; path: string; populated: boolean; tasks: string[]; frozen: boolean | null }
@@ -597,10 +604,11 @@ export class StepTree {
       const jp = this.planJob(job, undefined, undefined, devices?.gres, false);
       // Step limits and devices go on user/: the step daemon in slurm/ is not confined by them.
       const sp = this.planStep(job, step, limits, devices, jp, true);
-      const jobCreated = this.makeJob(u, job, jp, access).created;
+      const j = this.makeJob(u, job, jp, access);
+      const jobCreated = j.created;
       const { created, ...c } = this.makeStep(u, job, step, sp);
       const dir = this.paths.step(job, step);
-      this.opts.log.info({ job, step, created, jobCreated, ...c }, created ? 'step created' : 'step updated');
+      this.opts.log.info({ job, step, created, jobCreated, ...c, ...(j.deviceProgram !== undefined ? { jobDeviceProgram: j.deviceProgram } : {}) }, created ? 'step created' : 'step updated');
       return { job, step, path: dir, created, jobCreated, ...c };
     });
   }
@@ -615,7 +623,7 @@ export class StepTree {
       // A request through the gate had its process checked there (zombies, kernel threads) and again at the move.
       if (!access?.beforeMove) requireMovable(pid);
       const c = this.placeIn(u, job, step, leaf, tp, pid, access);
-      this.opts.log.info({ job, step, pid, leaf: path.basename(tp.dir) }, 'process attached');
+      this.opts.log.info({ job, step, pid, leaf: path.basename(tp.dir), ...deviceProgramsOf({ leaf: c }) }, 'process attached');
       return { job, step, pid, path: tp.dir, ...c };
     });
   }
@@ -642,7 +650,8 @@ export class StepTree {
       const job = this.makeJob(u, r.job, jp, access);
       const step = this.makeStep(u, r.job, r.step, sp);
       const c = this.placeIn(u, r.job, r.step, r.leaf, tp, r.pid, access, { job: job.created, step: step.created });
-      this.opts.log.info({ job: r.job, step: r.step, pid: r.pid, leaf: path.basename(tp.dir), jobCreated: job.created, stepCreated: step.created }, 'process placed');
+      const programs = deviceProgramsOf({ job, step, leaf: c });
+      this.opts.log.info({ job: r.job, step: r.step, pid: r.pid, leaf: path.basename(tp.dir), jobCreated: job.created, stepCreated: step.created, ...programs }, 'process placed');
       return {
         job: { job: r.job, path: jp.dir, ...job },
         step: { step: r.step, path: this.paths.step(r.job, r.step), ...step },

@@ -144,18 +144,18 @@ kt('every job gets the gres policy: none allocated, every GPU denied, whether or
 kt("task.place from root widens an existing job's GPU allocation by its jobDevices (a step daemon's first request); the job's other steps keep theirs", async (t) => {
   const p = await prober();
   const q = await prober();
-  await ctx.c.request('task.place', { job: '90', step: '0', pid: p.pid, task: 0, jobDevices: { gres: ['gpu:0'] }, stepDevices: { gres: ['gpu:0'] } });
+  await ctx.c.request('task.place', { job: '95', step: '0', pid: p.pid, task: 0, jobDevices: { gres: ['gpu:0'] }, stepDevices: { gres: ['gpu:0'] } });
   t.deepEqual(await gpus(p), [A, D]);
-  await refused(t, 'task.place', { job: '90', step: '1', pid: q.pid, task: 0, stepDevices: { gres: ['gpu:1'] } }, 'EPERM');
-  const r = await ctx.c.request('task.place', { job: '90', step: '1', pid: q.pid, task: 0, jobDevices: { gres: ['gpu:1'] }, stepDevices: { gres: ['gpu:1'] } });
+  await refused(t, 'task.place', { job: '95', step: '1', pid: q.pid, task: 0, stepDevices: { gres: ['gpu:1'] } }, 'EPERM');
+  const r = await ctx.c.request('task.place', { job: '95', step: '1', pid: q.pid, task: 0, jobDevices: { gres: ['gpu:1'] }, stepDevices: { gres: ['gpu:1'] } });
   t.is(typeof r.job.deviceProgram, 'number', 'a new job program');
   t.deepEqual(await gpus(q), [D, A]);
   t.deepEqual(await gpus(p), [A, D], 'step 0 keeps its own');
   // Within the allocation now: nothing changes at the job level.
-  const same = await ctx.c.request('task.place', { job: '90', step: '2', pid: q.pid, task: 0, jobDevices: { gres: ['gpu:0', 'gpu:1'] }, stepDevices: { gres: ['gpu:0', 'gpu:1'] } });
+  const same = await ctx.c.request('task.place', { job: '95', step: '2', pid: q.pid, task: 0, jobDevices: { gres: ['gpu:0', 'gpu:1'] }, stepDevices: { gres: ['gpu:0', 'gpu:1'] } });
   t.is(same.job.deviceProgram, undefined);
   t.deepEqual(await gpus(q), [A, A]);
-  await ctx.c.request('destroy', { job: '90', force: true });
+  await ctx.c.request('destroy', { job: '95', force: true });
 });
 
 kt('refused requests leave the tree exactly as before', async (t) => {
