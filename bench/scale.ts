@@ -6,22 +6,25 @@ import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import { CgstepClient } from '../src/rpc/client.js';
 import { agentCycle } from './cycle.js';
 import { benchRoot, freePort, removeRoot, rssMiB, sleeper, startAgent, summarize, waitReady, type Summary } from './lib.js';
 import { StallProbe } from './stallprobe.js';
 
-/** One scrape's wall time; the body is taken as bytes (decoding it here would hold the probe's loop). */
 /**
- * A new connection each time: a kept-alive one that the agent closes after 5 s
- * idle can be reused by the client at that moment (a busy machine makes reading
- * the body that slow) and the scrape fails with "other side closed".
+ * One scrape's wall time; the body is taken as bytes (decoding it here would
+ * hold the probe's loop). `gzip`: asked for as Prometheus asks (Accept-Encoding:
+ * gzip), the body kept compressed. A new connection each time: a kept-alive one
+ * that the agent closes after 5 s idle can be reused by the client at that
+ * moment (a busy machine makes reading the body that slow) and the scrape fails
+ * with "other side closed".
  */
-async function scrapeOnce(port: number): Promise<{ ms: number; body: ArrayBuffer }> {
+async function scrapeOnce(port: number, gzip: boolean): Promise<{ ms: number; body: ArrayBuffer }> {
   const t0 = performance.now();
   const chunks = await new Promise<Buffer[]>((resolve, reject) => {
     http
-      .get({ host: '127.0.0.1', port, path: '/metrics', agent: false }, (res) => {
+      .get({ host: '127.0.0.1', port, path: '/metrics', agent: false, headers: gzip ? { 'Accept-Encoding': 'gzip' } : {} }, (res) => {
         const got: Buffer[] = [];
         res.on('data', (c: Buffer) => got.push(c));
         res.on('end', () => (res.statusCode === 200 ? resolve(got) : reject(new Error(`/metrics answered ${res.statusCode}`))));
@@ -34,9 +37,13 @@ async function scrapeOnce(port: number): Promise<{ ms: number; body: ArrayBuffer
 }
 
 export interface ScrapeFigures {
-  /** Median of scrapes served from the kept snapshot. */
+  /** Median of scrapes served from the kept snapshot, asking for gzip as Prometheus does. */
   median: number;
+  /** The same scrapes without gzip (the plain text). */
+  plainMedian: number;
+  /** Body bytes with gzip, and of the text. */
   bytes: number;
+  textBytes: number;
   series: number;
   /** The agent's longest event-loop stall (slowest `hello`, asked from a process of its own: bench/stallprobe.ts) during those scrapes. */
   stallMs: number;
@@ -47,31 +54,38 @@ export interface ScrapeFigures {
   refreshLongestSliceMs: number;
 }
 
-/** The first scrape (a refresh, no snapshot yet), then `times` scrapes from the snapshot, each with the agent's stall. */
+/** The first scrape (a refresh, no snapshot yet), then `times` scrapes from the snapshot with gzip and `times` without, with the agent's stall. */
 async function scrape(port: number, socket: string, times: number): Promise<ScrapeFigures> {
   const probe = await StallProbe.start(socket);
   const lat: number[] = [];
+  const plainLat: number[] = [];
   let first: Awaited<ReturnType<typeof probe.during<{ ms: number; body: ArrayBuffer }>>>;
   let kept: Awaited<ReturnType<typeof probe.during<void>>>;
   let body: ArrayBuffer;
+  let plain: ArrayBuffer;
   try {
-    first = await probe.during(() => scrapeOnce(port));
-    body = first.result.body;
+    first = await probe.during(() => scrapeOnce(port, true));
+    body = plain = first.result.body;
     kept = await probe.during(async () => {
       for (let i = 0; i < times; i++) {
-        const r = await scrapeOnce(port);
+        const r = await scrapeOnce(port, true);
         lat.push(r.ms);
         body = r.body;
+        const p = await scrapeOnce(port, false);
+        plainLat.push(p.ms);
+        plain = p.body;
       }
     });
   } finally {
     probe.close();
   }
-  const text = Buffer.from(body).toString();
+  const text = zlib.gunzipSync(Buffer.from(body)).toString();
   const slice = /^cgstep_metrics_refresh_longest_slice_seconds\{[^}]*\} (\S+)$/m.exec(text);
   return {
     median: summarize(lat).median,
+    plainMedian: summarize(plainLat).median,
     bytes: body.byteLength,
+    textBytes: plain.byteLength,
     series: text.split('\n').filter((l) => l && !l.startsWith('#')).length,
     stallMs: kept.maxStallMs,
     refreshScrapeMs: first.result.ms,

@@ -6,7 +6,8 @@
  * and the text rendered in slices, kept at most `maxAgeSec` old. A scrape never
  * walks the tree nor renders those series on the event loop: it writes the kept
  * chunks after the few dozen lines of the agent's own series (agent.ts), and many
- * scrapers cost one walk. Labels: node, jobid, step (and task only with
+ * scrapers cost one walk. A scraper that takes gzip (Prometheus does) gets the
+ * snapshot compressed once and those lines after it (gzip.ts). Labels: node, jobid, step (and task only with
  * --metrics-tasks, for cardinality). Hardening: bounded concurrent connections,
  * short header and request timeouts, and an optional bearer token. Never writes
  * to the tree.
@@ -18,6 +19,7 @@ import type { Logger } from 'pino';
 import { AgentError } from '../errors.js';
 import type { StepTree } from '../steps/index.js';
 import { AgentSeries, escLabel, type Gauge } from './agent.js';
+import { acceptsGzip, gzipPrefix, gzipWith, type GzipPrefix } from './gzip.js';
 import { parseListen } from './listen.js';
 import { takeSnapshot, type Snapshot } from './snapshot.js';
 
@@ -59,6 +61,10 @@ export class Metrics implements RequestObserver {
   private lastScrape = 0;
   private warmTimer: NodeJS.Timeout | null = null;
   private socketPath: string | null = null;
+  /** Each snapshot's text compressed for gzip scrapes, once. */
+  private readonly gzipped = new WeakMap<Snapshot, Promise<GzipPrefix>>();
+  /** When a scrape last asked for gzip: while recent, a refresh compresses before it serves. */
+  private lastGzipScrape = 0;
   private readonly constLabels: string;
   lastScrapeMs = 0;
 
@@ -88,7 +94,7 @@ export class Metrics implements RequestObserver {
 
   /** A fresh snapshot, one refresh at a time however many scrapes ask. */
   refresh(): Promise<Snapshot> {
-    this.refreshing ??= takeSnapshot({ tree: this.o.tree, perTask: this.o.perTask, constLabels: this.constLabels, ownerOf: this.o.ownerOf }).then(
+    this.refreshing ??= this.takeFresh().then(
       (s) => {
         this.snapshot = s;
         this.refreshing = null;
@@ -100,6 +106,19 @@ export class Metrics implements RequestObserver {
       },
     );
     return this.refreshing;
+  }
+
+  private async takeFresh(): Promise<Snapshot> {
+    const s = await takeSnapshot({ tree: this.o.tree, perTask: this.o.perTask, constLabels: this.constLabels, ownerOf: this.o.ownerOf });
+    // Gzip scrapers about: compressed before it is served, so that no scrape waits for it.
+    if (Date.now() - this.lastGzipScrape < KEEP_WARM_MS) await this.gzipOf(s);
+    return s;
+  }
+
+  private gzipOf(s: Snapshot): Promise<GzipPrefix> {
+    let p = this.gzipped.get(s);
+    if (!p) this.gzipped.set(s, (p = gzipPrefix(s.chunks)));
+    return p;
   }
 
   /** The snapshot to serve: the kept one while it is young enough (refreshed behind it at half its age), else a new one. */
@@ -155,12 +174,19 @@ export class Metrics implements RequestObserver {
     this.keepWarm();
     const t0 = performance.now();
     const s = await this.current();
-    const head = this.head(s);
-    res.writeHead(200, { 'Content-Type': CONTENT_TYPE, 'Content-Length': head.length + s.bytes });
+    let body: Buffer[];
+    const headers: http.OutgoingHttpHeaders = { 'Content-Type': CONTENT_TYPE, Vary: 'Accept-Encoding' };
+    if (acceptsGzip(req.headers['accept-encoding'])) {
+      this.lastGzipScrape = Date.now();
+      // The agent's own series last here: they are compressed per scrape, after the kept text.
+      body = gzipWith(await this.gzipOf(s), this.head(s));
+      headers['Content-Encoding'] = 'gzip';
+    } else body = [this.head(s), ...s.chunks];
+    headers['Content-Length'] = body.reduce((n, b) => n + b.length, 0);
+    res.writeHead(200, headers);
     // Corked: the kept chunks go out in as few writev calls as the socket takes.
     res.cork();
-    res.write(head);
-    for (const c of s.chunks) res.write(c);
+    for (const c of body) res.write(c);
     res.uncork();
     res.end();
     this.lastScrapeMs = performance.now() - t0;

@@ -3,6 +3,7 @@
  * real text-format parser, values equal to the cgroup files.
  */
 import test from 'ava';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -24,9 +25,26 @@ test('metrics: per job and step series equal the cgroup files; agent counters; n
   t.is(a.cli(['run', '7', '0', '--', process.execPath, '-e', 'const e=Date.now()+200;while(Date.now()<e);']).code, 0);
   t.is(a.cli(['step', 'create', '7', 'batch']).code, 0);
   t.is(a.cli(['status']).code, 0);
-  const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+  const url = `http://127.0.0.1:${port}/metrics`;
+  const res = await fetch(url);
   t.is(res.status, 200);
-  const families = parsePrometheusTextFormat(await res.text());
+  // fetch asks for gzip, as Prometheus does; curl --compressed reads the body whole too
+  // (one gzip member); a plain GET gets the text; all three carry the same series.
+  t.is(res.headers.get('content-encoding'), 'gzip');
+  const text = await res.text();
+  const families = parsePrometheusTextFormat(text);
+  const plain = await new Promise<{ enc: string | undefined; body: string }>((resolve, reject) =>
+    http.get(url, { agent: false }, (r) => {
+      let body = '';
+      r.on('data', (d) => (body += d)).on('end', () => resolve({ enc: r.headers['content-encoding'], body }));
+    }).on('error', reject),
+  );
+  t.is(plain.enc, undefined);
+  const curl = spawnSync('curl', ['-sS', '--compressed', url], { encoding: 'utf8' });
+  t.is(curl.status, 0, curl.stderr);
+  const series = (body: string) => body.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => l.replace(/ [^ ]+$/, '')).sort();
+  t.deepEqual(series(curl.stdout), series(text));
+  t.deepEqual(series(plain.body).filter((l) => !l.startsWith('cgstep_request')), series(text).filter((l) => !l.startsWith('cgstep_request')));
   const fam = (name: string) => families.find((f: any) => f.name === name);
   const scope = path.join(root, 'system.slice', 'm1_slurmstepd.scope');
   const cpuStat = (dir: string, key: string) => Number(new RegExp(`^${key} (\\d+)$`, 'm').exec(fs.readFileSync(path.join(dir, 'cpu.stat'), 'utf8'))![1]);
