@@ -603,7 +603,7 @@ cTest("the kernel's word: a forged GPU variable without gres/gpu gives no GPU; S
     const one = await step([sock], { DRV_JOB: '62', DRV_STEP: '0', SLURM_STEP_GPUS: '1', DRV_GRES_GPU: gresGpu, DRV_EXEC: probeCmd() });
     t.deepEqual(opened(one), [['EPERM', 'ENXIO', 'EPERM', 'EPERM']], JSON.stringify(one));
     // A second step while another runs (the job stays): Slurm gave it GPUs 1 and 2, and the job's allocation grows to both.
-    await c.request('task.place', { job: '62', step: '9', pid: holder.pid, task: 0, jobDevices: { gres: ['gpu:1'] } });
+    await c.request('task.place', { job: '62', step: '9', pid: holder.pid!, task: 0, jobDevices: { gres: ['gpu:1'] } });
     const more = await step([sock], { DRV_JOB: '62', DRV_STEP: '1', SLURM_STEP_GPUS: '1,2', DRV_GRES_GPU: gresGpu, DRV_EXEC: probeCmd() });
     t.deepEqual(opened(more), [['EPERM', 'ENXIO', 'ENXIO', 'EPERM']], JSON.stringify(more));
   } finally {
