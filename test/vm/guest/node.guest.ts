@@ -181,6 +181,20 @@ test.serial('2 memory: memory.max, memory.high and memory.swap.max follow cgroup
   }
 });
 
+test.serial("2 memory: root's task.place puts jobLimits in force on an existing job (a step daemon's one request), as job.create would", async (t) => {
+  t.teardown(() => Promise.all([destroy('23'), destroy('24')]));
+  const kids = [0, 1].map(() => spawn('sleep', ['60'], { stdio: 'ignore' }));
+  t.teardown(() => kids.forEach((k) => killPid(k.pid)));
+  const jobMax = (job: string) => read(path.join(path.dirname(stepDir(job, '0')), 'memory.max'));
+  await ctx.c.request('task.place', { job: '23', step: '0', pid: kids[0].pid!, leaf: 'slurm', jobLimits: { memory: 64 * MiB } });
+  const made = jobMax('23');
+  await ctx.c.request('task.place', { job: '23', step: '1', pid: kids[1].pid!, leaf: 'slurm', jobLimits: { memory: 128 * MiB } });
+  t.is(cli(['job', 'create', '24', '--memory', '128M']).code, 0);
+  t.not(jobMax('23'), made, 'changed by the second step');
+  t.is(jobMax('23'), jobMax('24'), 'the same as job.create with 128M');
+  t.is(read(path.join(userDir('23', '0'), '..', 'slurm', 'cgroup.procs')), String(kids[0].pid), 'the first step keeps its daemon');
+});
+
 test.serial('3 cpuset: a step limited to CPU 0 shows Cpus_allowed_list: 0; without it 0-1', async (t) => {
   t.teardown(() => destroy('3'));
   t.is(os.cpus().length, 2, 'the VM has two CPUs');
