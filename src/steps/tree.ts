@@ -604,11 +604,11 @@ export class StepTree {
       const jp = this.planJob(job, undefined, undefined, devices?.gres, false);
       // Step limits and devices go on user/: the step daemon in slurm/ is not confined by them.
       const sp = this.planStep(job, step, limits, devices, jp, true);
-      const j = this.makeJob(u, job, jp, access);
-      const jobCreated = j.created;
+      const made = this.makeJob(u, job, jp, access);
+      const jobCreated = made.created;
       const { created, ...c } = this.makeStep(u, job, step, sp);
       const dir = this.paths.step(job, step);
-      this.opts.log.info({ job, step, created, jobCreated, ...c, ...(j.deviceProgram !== undefined ? { jobDeviceProgram: j.deviceProgram } : {}) }, created ? 'step created' : 'step updated');
+      this.opts.log.info({ job, step, created, jobCreated, ...c, ...deviceProgramsOf({ job: made }) }, created ? 'step created' : 'step updated');
       return { job, step, path: dir, created, jobCreated, ...c };
     });
   }
