@@ -81,15 +81,15 @@ function checkWithin(ctl: DeviceController, p: Prepared, ancestors: readonly (st
 
 const RW = ACC_READ | ACC_WRITE;
 
-/** DevicePort.widen: the gres units the job's policy allows now, and req's. */
-function widen(ctl: DeviceController, inventory: GresInventory | null, prepare: (r: DeviceRequest) => Prepared, dir: string, req: DeviceRequest): DeviceRequest | null {
+/** DevicePort.widen: the gres units the job's policy allows now, and req's (resolved, not compiled). */
+function widen(ctl: DeviceController, inventory: GresInventory | null, allocatedOf: (r: DeviceRequest) => Allocated[], dir: string, req: DeviceRequest): DeviceRequest | null {
   const policy = ctl.readPolicy(dir);
   if (!policy) return null;
-  const want = prepare(req).allocated;
+  const want = allocatedOf(req);
   if (want.every((x) => decideNormal(policy, x.dev, RW))) return null;
   const held = (inventory?.all() ?? [])
     .map((u) => `${u.name}:${u.index}`)
-    .filter((g) => prepare({ gres: [g] }).allocated.every((x) => decideNormal(policy, x.dev, RW)));
+    .filter((g) => allocatedOf({ gres: [g] }).every((x) => decideNormal(policy, x.dev, RW)));
   return { gres: [...new Set([...held, ...want.map((x) => x.gres)])] };
 }
 
@@ -105,6 +105,7 @@ export function ebpfDevices(ctl: DeviceController): Candidate<EbpfContext, Devic
       let nodes: GresDeviceNodes | null = null;
       let gres: string[] = [];
       const probe = ctl.probe();
+      const build = (req: DeviceRequest) => buildPolicy({ ...req, policy: req.policy ?? c.devicePolicy }, { inventory, log: c.log, ...(nodes ? { stat: nodes.stat } : {}) });
       const backend: DeviceBackend = {
         ...IDENTITY,
         get support() {
@@ -112,7 +113,7 @@ export function ebpfDevices(ctl: DeviceController): Candidate<EbpfContext, Devic
         },
         enforcing: true,
         prepare(req: DeviceRequest, level: DeviceLevel): Prepared {
-          const { rules, allocated } = buildPolicy({ ...req, policy: req.policy ?? c.devicePolicy }, { inventory, log: c.log, ...(nodes ? { stat: nodes.stat } : {}) });
+          const { rules, allocated } = build(req);
           return { level, compiled: compile(rules), allocated };
         },
         jobDefault(allocation) {
@@ -121,7 +122,7 @@ export function ebpfDevices(ctl: DeviceController): Candidate<EbpfContext, Devic
           return { gres: [...(allocation ?? [])] };
         },
         checkWithin: (p, ancestors) => checkWithin(ctl, p as Prepared, ancestors),
-        widen: (dir, req) => widen(ctl, inventory, (r) => backend.prepare(r, 'job') as Prepared, dir, req),
+        widen: (dir, req) => widen(ctl, inventory, (r) => build(r).allocated, dir, req),
         apply(dir: string, prepared: PreparedDevices, restorable: boolean) {
           const p = prepared as Prepared;
           const held = restorable ? ctl.hold(dir) : null;

@@ -7,10 +7,10 @@
  * walks the tree nor renders those series on the event loop: it writes the kept
  * chunks after the few dozen lines of the agent's own series (agent.ts), and many
  * scrapers cost one walk. A scraper that takes gzip (Prometheus does) gets the
- * snapshot compressed once and those lines after it (gzip.ts). Labels: node, jobid, step (and task only with
- * --metrics-tasks, for cardinality). Hardening: bounded concurrent connections,
- * short header and request timeouts, and an optional bearer token. Never writes
- * to the tree.
+ * snapshot compressed once and those lines after it (gzip.ts). Labels: node,
+ * jobid, step (and task only with --metrics-tasks, for cardinality).
+ * Hardening: bounded concurrent connections, short header and request
+ * timeouts, and an optional bearer token. Never writes to the tree.
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
