@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CgstepClient } from '../../src/rpc/client.js';
+import { testLockDir } from './cgroup.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const REPO = path.resolve(here, '../..');
@@ -54,7 +55,8 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const socket = opts.socket ?? tmpSocket('agent');
   const ownDir = opts.socket === undefined ? path.dirname(socket) : null;
   const reach = opts.reachAt ?? socket;
-  const args = [CGSTEPD, '--socket', socket, '--cgroup-root', opts.root, '--log-level', 'debug', ...(opts.args ?? [])];
+  const own = opts.args?.includes('--lock-dir') ? [] : ['--lock-dir', testLockDir(opts.root)];
+  const args = [CGSTEPD, '--socket', socket, '--cgroup-root', opts.root, ...own, '--log-level', 'debug', ...(opts.args ?? [])];
   const [cmd, ...cmdArgs] = [...(opts.launcher ?? []), process.execPath, ...args];
   const proc = spawn(cmd, cmdArgs, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
   let out = '';

@@ -4,6 +4,7 @@
  * (which only reaches pids inside it), then rmdir bottom-up.
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { findCgroup2Mount } from '../../src/cgroupfs/mount.js';
@@ -40,7 +41,17 @@ function rmdirTree(dir: string): void {
 }
 
 /** Kill everything in the test root (agent's infinity process and steps included) and remove it. */
+/**
+ * Where the agents of a test root keep their lock files (--lock-dir, set by
+ * startAgent): beside it in the temp directory, removed with the root, so that
+ * agents a test SIGKILLs leave nothing in the host's /run/cgstepd.
+ */
+export function testLockDir(root: string): string {
+  return path.join(os.tmpdir(), `${path.basename(root)}.locks`);
+}
+
 export async function removeTestRoot(dir: string): Promise<void> {
+  fs.rmSync(testLockDir(dir), { recursive: true, force: true });
   if (!fs.existsSync(dir)) return;
   // A frozen subtree still dies on cgroup.kill.
   fs.writeFileSync(path.join(dir, 'cgroup.kill'), '1');

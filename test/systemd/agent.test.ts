@@ -43,8 +43,11 @@ async function answers(socket: string): Promise<boolean> {
 }
 
 /** The agent as a plain process inside the sandbox. */
+/** The agents' lock files in the test's own directory (removed with it), not the host's /run/cgstepd. */
+const lockDir = (c: Ctx) => ['--lock-dir', path.join(c.dir, 'locks')];
+
 async function agentInside(c: Ctx, args: string[], socket = c.socket): Promise<{ proc: ChildProcess; log: () => string }> {
-  const proc = await c.sb.spawn([NODE, CGSTEPD, '--socket', socket, '--log-level', 'debug', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = await c.sb.spawn([NODE, CGSTEPD, '--socket', socket, ...lockDir(c), '--log-level', 'debug', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout!.on('data', (d) => (out += d));
   proc.stderr!.on('data', (d) => (out += d));
@@ -100,7 +103,7 @@ maybe('1. first start creates the delegated scope over D-Bus; systemctl status s
 maybe('2. the agent as a Delegate=yes notify service: restart keeps the step and the scope, and still manages it', async (t) => {
   const c = await setup(t, 'svc');
   const t0 = performance.now();
-  const run = await c.sb.exec(['systemd-run', '--user', '--unit', 'cgstepd', '-p', 'Delegate=yes', '-p', 'Type=notify', '-p', 'KillMode=mixed', NODE, CGSTEPD, '--socket', c.socket, '--node-name', 'node1'], { timeoutMs: 30000 });
+  const run = await c.sb.exec(['systemd-run', '--user', '--unit', 'cgstepd', '-p', 'Delegate=yes', '-p', 'Type=notify', '-p', 'KillMode=mixed', NODE, CGSTEPD, '--socket', c.socket, ...lockDir(c), '--node-name', 'node1'], { timeoutMs: 30000 });
   t.is(run.code, 0, run.stderr);
   const readyMs = performance.now() - t0;
   t.log(`systemd-run to READY=1 (Type=notify): ${readyMs.toFixed(0)} ms`);
@@ -136,7 +139,7 @@ maybe('2. the agent as a Delegate=yes notify service: restart keeps the step and
 
 maybe('2b. restart with 100 live steps: time to ready again', async (t) => {
   const c = await setup(t, 'svc100');
-  const run = await c.sb.exec(['systemd-run', '--user', '--unit', 'cgstepd', '-p', 'Delegate=yes', '-p', 'Type=notify', NODE, CGSTEPD, '--socket', c.socket, '--node-name', 'node1', '--log-level', 'warn'], { timeoutMs: 30000 });
+  const run = await c.sb.exec(['systemd-run', '--user', '--unit', 'cgstepd', '-p', 'Delegate=yes', '-p', 'Type=notify', NODE, CGSTEPD, '--socket', c.socket, ...lockDir(c), '--node-name', 'node1', '--log-level', 'warn'], { timeoutMs: 30000 });
   t.is(run.code, 0, run.stderr);
   t.teardown(() => c.sb.systemctl('stop', 'cgstepd'));
   const holders = await c.sb.spawn(['sh', '-c', 'for i in $(seq 100); do sleep 300 & done; wait']);
@@ -171,7 +174,7 @@ maybe('2b. restart with 100 live steps: time to ready again', async (t) => {
 
 maybe('3. daemon-reload and reset-failed with live steps leave controllers and the tree unchanged', async (t) => {
   const c = await setup(t, 'reload');
-  const run = await c.sb.exec(['systemd-run', '--user', '--unit', 'cgstepd', '-p', 'Delegate=yes', '-p', 'Type=notify', NODE, CGSTEPD, '--socket', c.socket, '--node-name', 'node1'], { timeoutMs: 30000 });
+  const run = await c.sb.exec(['systemd-run', '--user', '--unit', 'cgstepd', '-p', 'Delegate=yes', '-p', 'Type=notify', NODE, CGSTEPD, '--socket', c.socket, ...lockDir(c), '--node-name', 'node1'], { timeoutMs: 30000 });
   t.is(run.code, 0, run.stderr);
   t.teardown(() => c.sb.systemctl('stop', 'cgstepd'));
   const sleeper = await c.sb.spawn([NODE, CGSTEP, '--socket', c.socket, 'run', '9', 'batch', '--task', '2', '--', 'sleep', '300']);
@@ -225,7 +228,7 @@ maybe('4. recovery: infinity killed, scope stopped behind the agent, D-Bus unrea
   });
   t.true(fs.readFileSync(path.join(scopeHost, 'system/cgroup.procs'), 'utf8').includes(String(status(c.socket).infinityPid)));
   // (c) D-Bus unreachable, without the option: exit non-zero naming the bus and the option.
-  const bad = await c.sb.exec([NODE, CGSTEPD, '--socket', path.join(c.dir, 'b.sock'), '--node-name', 'nobus', '--dbus-address', 'unix:path=/nonexistent/bus'], { timeoutMs: 20000 });
+  const bad = await c.sb.exec([NODE, CGSTEPD, '--socket', path.join(c.dir, 'b.sock'), ...lockDir(c), '--node-name', 'nobus', '--dbus-address', 'unix:path=/nonexistent/bus'], { timeoutMs: 20000 });
   t.is(bad.code, 1);
   t.regex(bad.stdout + bad.stderr, /unix:path=\/nonexistent\/bus/);
   t.regex(bad.stdout + bad.stderr, /IgnoreSystemdOnFailure=yes/);
