@@ -12,7 +12,7 @@ import type { Request } from './rpc/protocol.js';
 import { Streamed } from './rpc/stream.js';
 import { PROTOCOL_VERSION } from './rpc/version.js';
 import type { AgentStatus } from './status.js';
-import type { Leaf, StepTree } from './steps/index.js';
+import type { Leaf, Move, StepTree } from './steps/index.js';
 
 export interface DispatchDeps {
   version: string;
@@ -49,7 +49,7 @@ export function makeDispatch(d: DispatchDeps): Dispatch {
       case 'attach':
         return tree.attach(req.job, req.step, req.pid, leafOf(req), req.devices, access);
       case 'task.place':
-        return tree.place({ ...req, leaf: leafOf(req) }, access);
+        return placeReply(req, await tree.place({ ...req, moves: movesOf(req) }, access));
       case 'devices.set':
         return tree.setDevices(req.job, req.step, req.task, req.devices, access);
       case 'stats':
@@ -74,6 +74,30 @@ export function makeDispatch(d: DispatchDeps): Dispatch {
 export function leafOf(req: { task?: number; leaf?: 'slurm' | 'special' }): Leaf {
   if (req.task !== undefined && req.leaf !== undefined) throw new AgentError('EINVAL', 'give either task or leaf, not both');
   return req.leaf ?? { task: req.task ?? 0 };
+}
+
+type PlaceRequest = Extract<Request, { op: 'task.place' }>;
+
+/** The moves of a task.place: its pid into one leaf, or each of its tasks into its own. */
+export function movesOf(req: PlaceRequest): Move[] {
+  if (!req.tasks) {
+    if (req.pid === undefined) throw new AgentError('EINVAL', 'task.place needs pid (with task or leaf) or tasks');
+    return [{ pid: req.pid, leaf: leafOf(req) }];
+  }
+  if (req.pid !== undefined || req.task !== undefined || req.leaf !== undefined) throw new AgentError('EINVAL', 'give either tasks or pid (with task or leaf), not both');
+  const tasks = new Set<number>();
+  for (const t of req.tasks) {
+    if (tasks.has(t.task)) throw new AgentError('EINVAL', `task ${t.task} is named twice`);
+    tasks.add(t.task);
+  }
+  return req.tasks.map((t) => ({ pid: t.pid, leaf: { task: t.task } }));
+}
+
+/** task.place's reply: one placement as {leaf, pid, ...}, several as tasks: [{task, pid, leaf, ...}]. */
+function placeReply(req: PlaceRequest, r: Awaited<ReturnType<StepTree['place']>>) {
+  const { placed, ...levels } = r;
+  if (!req.tasks) return { ...levels, ...placed[0] };
+  return { ...levels, tasks: placed.map((p, i) => ({ task: req.tasks![i].task, ...p })) };
 }
 
 function unhandled(req: never): never {

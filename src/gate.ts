@@ -48,21 +48,8 @@ export class Gate {
       const resolved = await this.resolver.resolve(d, actor.role === 'admin');
       if (resolved !== d) out = { ...out, [f]: resolved };
     }
-    const pid = fields.pid;
-    let proc: ProcessRef | null = null;
-    if (typeof pid === 'number') {
-      proc = ProcessRef.open(pid);
-      try {
-        // A zombie is refused before anything is made for it: the kernel would move nothing.
-        if (proc.info.exited) throw new AgentError('ENOENT', `no process ${pid} (it has exited)`);
-        checkProcess(actor, this.facts(proc), String(fields.job), this.o.protectedPids());
-      } catch (err) {
-        proc.close();
-        throw err;
-      }
-    }
-    const ref = proc;
-    // Just before the move: still the process checked (not a reused pid), and not exited since.
+    const refs = this.openProcesses(fields, actor);
+    // Just before each move: still the process checked (not a reused pid), and not exited since.
     // Just after it: the open /proc/PID directory is bound to the process checked
     // (as a pidfd is; pidfd_send_signal takes either), so while it holds its pid
     // the write cannot have moved another process. One reaped between the first
@@ -70,18 +57,46 @@ export class Gate {
     // would have been moved instead. That cannot be undone (where the newcomer
     // came from is unknown): the request fails, the log names the pid, and the
     // newcomer stays in the leaf until its job is destroyed.
-    const moveChecks = ref
+    const refOf = (pid: number): ProcessRef => {
+      const ref = refs.get(pid);
+      if (!ref) throw new AgentError('EINTERNAL', `process ${pid} was not checked for this request`);
+      return ref;
+    };
+    const moveChecks = refs.size
       ? {
-          beforeMove: () => {
-            if (!ref.running()) throw new AgentError('ENOENT', `process ${String(pid)} exited before it was moved`);
+          beforeMove: (pid: number) => {
+            if (!refOf(pid).running()) throw new AgentError('ENOENT', `process ${pid} exited before it was moved`);
           },
-          afterMove: () => {
-            if (!ref.holdsPid()) throw new AgentError('ENOENT', `process ${String(pid)} was reaped while it was moved; if a new process took its pid meanwhile, that one may have been moved in its place`);
+          afterMove: (pid: number) => {
+            if (!refOf(pid).holdsPid()) throw new AgentError('ENOENT', `process ${pid} was reaped while it was moved; if a new process took its pid meanwhile, that one may have been moved in its place`);
           },
         }
       : undefined;
     const owner = typeof fields.owner === 'number' ? fields.owner : undefined;
-    return { req: out, access: jobAccess(actor, owner, moveChecks), close: () => ref?.close() };
+    return { req: out, access: jobAccess(actor, owner, moveChecks), close: () => closeAll(refs) };
+  }
+
+  /**
+   * Every process the request would move (its pid, or each of its tasks'),
+   * opened and checked for this peer; all closed again if one is refused.
+   */
+  private openProcesses(fields: Record<string, unknown>, actor: Actor): Map<number, ProcessRef> {
+    const refs = new Map<number, ProcessRef>();
+    const job = String(fields.job);
+    try {
+      for (const pid of pidsOf(fields)) {
+        if (refs.has(pid)) throw new AgentError('EINVAL', `pid ${pid} is named twice`);
+        const proc = ProcessRef.open(pid);
+        refs.set(pid, proc);
+        // A zombie is refused before anything is made for it: the kernel would move nothing.
+        if (proc.info.exited) throw new AgentError('ENOENT', `no process ${pid} (it has exited)`);
+        checkProcess(actor, this.facts(proc), job, this.o.protectedPids());
+      }
+    } catch (err) {
+      closeAll(refs);
+      throw err;
+    }
+    return refs;
   }
 
   /** The facts authz decides on; the job is read from /proc only if a check asks for it (admins' do not). */
@@ -105,4 +120,15 @@ export class Gate {
     const rest = cg.slice(at + scope.length + 1).split('/')[0];
     return (rest && parseJobName(rest)) || 'scope';
   }
+}
+
+/** The pids a request names: its pid, or those of its tasks. */
+function pidsOf(fields: Record<string, unknown>): number[] {
+  if (typeof fields.pid === 'number') return [fields.pid];
+  const tasks = fields.tasks as { pid: number }[] | undefined;
+  return tasks ? tasks.map((t) => t.pid) : [];
+}
+
+function closeAll(refs: Map<number, ProcessRef>): void {
+  for (const r of refs.values()) r.close();
 }

@@ -24,8 +24,10 @@
  *   slurm_spank_task_init_privileged (the forked task, root, before exec):
  *     reports a step that could not be placed, ending the task (closed).
  *   slurm_spank_task_post_fork (slurmstepd, root, each task, before Slurm
- *     lets any task exec): task.place {job, step, pid: S_TASK_PID, task:
- *     S_TASK_GLOBAL_ID, owner} on the kept connection.
+ *     lets any task exec): the task's S_TASK_PID and S_TASK_GLOBAL_ID are
+ *     kept; at the step's last task on this node (S_JOB_LOCAL_TASK_COUNT)
+ *     task.place {job, step, tasks: [{task, pid}...], owner} places them all
+ *     in one request, on the kept connection.
  *   slurm_spank_exit (once per step, after its tasks were reaped):
  *     slurmstepd leaves the step's slurm/ leaf (back to where it started),
  *     destroy {job, step, force: true, reapJob: true}.
@@ -80,6 +82,8 @@ SPANK_PLUGIN(cgstep, 1);
 #define DEFAULT_TIMEOUT_MS 10000
 #define DEFAULT_DESTROY_TIMEOUT_MS 60000
 #define MAX_GPUS 256
+/* Slurm's MAX_TASKS_PER_NODE, and the most tasks cgstepd takes in one task.place. */
+#define MAX_LOCAL_TASKS 512
 
 /* Step ids Slurm uses for its named steps (slurm.h); checked at compile time. */
 #if !defined(SLURM_BATCH_SCRIPT) || !defined(SLURM_EXTERN_CONT) || !defined(SLURM_INTERACTIVE_STEP)
@@ -476,9 +480,11 @@ static int leave_step_cgroup(const char *stepdir_suffix)
  * slurmstepd runs slurm_spank_init, forks its tasks (each runs
  * task_init_privileged, then waits for slurmstepd's go before exec), runs
  * task_post_fork for each task in the parent, then lets them exec, and runs
- * slurm_spank_exit after they were reaped. The step is placed once, from
- * init; each task is placed from task_post_fork, in the parent, over the one
- * connection, before the go: a task never execs outside its leaf. Forked
+ * slurm_spank_exit after they were reaped (Slurm 22.05 mgr.c,
+ * _fork_all_tasks: every fork, then task_post_fork for task 0 to the last in
+ * order, then the go). The step is placed once, from init; the tasks all at
+ * once from the last task_post_fork, in the parent, over the one connection,
+ * before the go: a task never execs outside its leaf. Forked
  * tasks inherit this state: a step that could not be placed is reported by
  * each task from task_init_privileged, where the message reaches the job's
  * stderr.
@@ -496,8 +502,11 @@ static struct {
 	/* Set when the step could not be placed: what failed and why. */
 	const char *what;
 	char err[1100];
-	/* Set when a task could not be placed (failure=closed): why; later tasks are not tried. */
-	char task_err[1100];
+	/* The tasks seen by task_post_fork and not yet placed. */
+	int seen;
+	int ntasks;
+	pid_t pids[MAX_LOCAL_TASKS];
+	uint32_t gtids[MAX_LOCAL_TASKS];
 } st;
 
 static int is_remote(spank_t sp)
@@ -694,17 +703,58 @@ int slurm_spank_task_init_privileged(spank_t sp, int ac, char **av)
 	return 0;
 }
 
+/* The step's tasks on this node (S_JOB_LOCAL_TASK_COUNT); 1 if Slurm does not say, so that each is placed alone. */
+static uint32_t local_tasks(spank_t sp)
+{
+	uint32_t n = 0;
+
+	if (spank_get_item(sp, S_JOB_LOCAL_TASK_COUNT, &n) != ESPANK_SUCCESS || n == 0 || n > MAX_LOCAL_TASKS)
+		return 1;
+	return n;
+}
+
+/* Kill a task that may not run (it waits for slurmstepd's go before exec: killed now, it never runs). */
+static void task_failed(pid_t pid, uint32_t gtid, const char *err)
+{
+	if (st.c.fail_open) {
+		slurm_error("cgstep: placing task %" PRIu32 " (pid %d) for job %" PRIu32 " step %s failed (cgstepd at %s: %s); failure=open: continuing without cgroup confinement",
+			    gtid, (int)pid, st.job, st.step, st.c.socket, err);
+		return;
+	}
+	slurm_error("cgstep: placing task %" PRIu32 " (pid %d) for job %" PRIu32 " step %s failed (cgstepd at %s: %s); task killed before exec (failure=closed)",
+		    gtid, (int)pid, st.job, st.step, st.c.socket, err);
+	kill(pid, SIGKILL);
+}
+
+/* The kept tasks in one task.place; each is failed by policy if it is refused. */
+static void place_tasks(void)
+{
+	struct buf b;
+	int i;
+
+	if (st.ntasks == 0)
+		return;
+	memset(&b, 0, sizeof(b));
+	bput(&b, "\"op\":\"task.place\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\",\"owner\":%u,\"tasks\":[",
+	     st.job, st.step, (unsigned)st.owner);
+	for (i = 0; i < st.ntasks; i++)
+		bput(&b, "%s{\"task\":%" PRIu32 ",\"pid\":%d}", i ? "," : "", st.gtids[i], (int)st.pids[i]);
+	bput(&b, "]");
+	if (kept_call(b.s, st.c.timeout_ms, NULL))
+		for (i = 0; i < st.ntasks; i++)
+			task_failed(st.pids[i], st.gtids[i], st.cl.err);
+	st.ntasks = 0;
+}
+
 /*
- * In slurmstepd, as root, for each forked task before any may exec: place it
- * in its leaf. A task that cannot be placed is killed before it can exec
- * (failure=closed), and so is every later task of the step.
+ * In slurmstepd, as root, for each forked task before any may exec: keep it,
+ * and at the last one place them all in their leaves. Tasks that cannot be
+ * placed are killed before they can exec (failure=closed).
  */
 int slurm_spank_task_post_fork(spank_t sp, int ac, char **av)
 {
 	pid_t pid = 0;
 	uint32_t gtid = 0;
-	struct buf b;
-	char msg[1100];
 
 	if (!is_remote(sp) || st.bad_config || !st.have_ids)
 		return 0;
@@ -716,29 +766,14 @@ int slurm_spank_task_post_fork(spank_t sp, int ac, char **av)
 		/* Placing the step failed: the task reports it itself (task_init_privileged). */
 		return 0;
 	}
-	if (spank_get_item(sp, S_TASK_GLOBAL_ID, &gtid) != ESPANK_SUCCESS) {
-		snprintf(msg, sizeof(msg), "no task id from Slurm (S_TASK_GLOBAL_ID)");
-	} else if (st.task_err[0]) {
-		snprintf(msg, sizeof(msg), "an earlier task of the step could not be placed: %.1000s", st.task_err);
-	} else {
-		memset(&b, 0, sizeof(b));
-		bput(&b, "\"op\":\"task.place\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\",\"pid\":%d,\"task\":%" PRIu32 ",\"owner\":%u",
-		     st.job, st.step, (int)pid, gtid, (unsigned)st.owner);
-		if (kept_call(b.s, st.c.timeout_ms, NULL) == 0)
-			return 0;
-		snprintf(msg, sizeof(msg), "%.1000s", st.cl.err);
+	if (spank_get_item(sp, S_TASK_GLOBAL_ID, &gtid) != ESPANK_SUCCESS)
+		task_failed(pid, 0, "no task id from Slurm (S_TASK_GLOBAL_ID)");
+	else {
+		st.pids[st.ntasks] = pid;
+		st.gtids[st.ntasks++] = gtid;
 	}
-	if (st.c.fail_open) {
-		slurm_error("cgstep: placing task %" PRIu32 " (pid %d) for job %" PRIu32 " step %s failed (cgstepd at %s: %s); failure=open: continuing without cgroup confinement",
-			    gtid, (int)pid, st.job, st.step, st.c.socket, msg);
-		return 0;
-	}
-	slurm_error("cgstep: placing task %" PRIu32 " (pid %d) for job %" PRIu32 " step %s failed (cgstepd at %s: %s); task killed before exec (failure=closed)",
-		    gtid, (int)pid, st.job, st.step, st.c.socket, msg);
-	/* It waits for slurmstepd's go before exec: killed now, it never runs. */
-	kill(pid, SIGKILL);
-	if (!st.task_err[0])
-		snprintf(st.task_err, sizeof(st.task_err), "%s", msg);
+	if (++st.seen % local_tasks(sp) == 0 || st.ntasks == MAX_LOCAL_TASKS)
+		place_tasks();
 	return 0;
 }
 

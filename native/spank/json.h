@@ -13,7 +13,8 @@
 /* Internal to the plugin: never exported from the .so, never bound to a libslurm symbol. */
 #pragma GCC visibility push(hidden)
 
-#define REQ_MAX 8192
+/* Room for task.place with a node's most tasks (512, each about 38 bytes). */
+#define REQ_MAX 32768
 
 /* A fixed-size request buffer; overflow is sticky and checked once at the end. */
 struct buf {

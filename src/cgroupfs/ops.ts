@@ -148,6 +148,22 @@ export function moveProcess(dir: string, pid: number, mountPoint: string, verify
   }
 }
 
+/**
+ * Put a process back in the cgroup it was moved out of, `from` as /proc
+ * showed it (taken under the mount: the agent's cgroup namespace root is
+ * where the mount shows it). A process gone since needs nothing.
+ */
+export function moveBack(pid: number, from: string, mountPoint: string): void {
+  const dir = path.join(mountPoint, from);
+  if (!exists(dir)) throw new AgentError('ENOENT', `cannot move ${pid} back: ${dir} does not exist`);
+  try {
+    writeText(path.join(dir, 'cgroup.procs'), String(pid));
+  } catch (err) {
+    if (err instanceof KernelError && err.errno === 'ESRCH') return;
+    throw err;
+  }
+}
+
 export function readEvents(dir: string): Record<string, number> {
   return parseFlatKeyed(readText(path.join(dir, 'cgroup.events')));
 }

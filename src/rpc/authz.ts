@@ -51,10 +51,10 @@ export interface JobAccess {
   admit(job: string, owner: number, madeBy: () => number | null): number | null | typeof TAKE_BACK;
   /** Throws EPERM when the peer may not change the limits or device policy of an existing level. */
   reconfigure(what: string): void;
-  /** Throws when the process checked for this request is no longer the one at its pid (just before the move). */
-  beforeMove?(): void;
+  /** Throws when the process checked for this request at `pid` is no longer the one there (just before its move). */
+  beforeMove?(pid: number): void;
   /** The same, just after the move: throws when the write may have moved another process under that pid. */
-  afterMove?(): void;
+  afterMove?(pid: number): void;
 }
 
 /** admit()'s answer for a job id an admin takes back from the user that made it. */
@@ -121,7 +121,7 @@ export function maySee(a: Actor, owner: number | null): boolean {
 }
 
 /** The JobAccess for one request (see the header). `requestedOwner` is job.create's / task.place's `owner`. */
-export function jobAccess(a: Actor, requestedOwner?: number, moveChecks?: { beforeMove: () => void; afterMove: () => void }): JobAccess {
+export function jobAccess(a: Actor, requestedOwner?: number, moveChecks?: { beforeMove: (pid: number) => void; afterMove: (pid: number) => void }): JobAccess {
   const owner = requestedOwner ?? a.uid;
   return {
     owner,

@@ -14,8 +14,9 @@
 import { z } from 'zod';
 import type { DeviceRequest } from '../devices/request.js';
 import { MAX_JOB_ID, STEP_NAMES, type Limits } from '../steps/model.js';
+import { MAX_PLACED_TASKS } from './version.js';
 
-export { PROTOCOL_VERSION, MAX_LINE_BYTES, READ_ONLY_OPS, majorOf } from './version.js';
+export { PROTOCOL_VERSION, MAX_LINE_BYTES, MAX_PLACED_TASKS, READ_ONLY_OPS, majorOf } from './version.js';
 
 export const jobId = z
   .union([z.string(), z.number()])
@@ -106,7 +107,10 @@ export const requestSchema = z.discriminatedUnion('op', [
     op: z.literal('task.place'),
     job: jobId,
     step: stepId,
-    pid,
+    /** One process, into task `task`'s leaf (0 when neither task nor leaf is given) or `leaf`. */
+    pid: pid.optional(),
+    /** Instead of pid: several processes, each into its task's leaf; all are placed or none. */
+    tasks: z.array(z.strictObject({ task: taskId, pid })).min(1).max(MAX_PLACED_TASKS).optional(),
     task: taskId.optional(),
     leaf: z.enum(['slurm', 'special']).optional(),
     /** The job's owner when this request makes the job (as job.create's owner). */

@@ -14,6 +14,7 @@
 import { createRequire } from 'node:module';
 import { AgentError } from '../errors.js';
 import type { Request, requestSchema } from './protocol.js';
+import { MAX_PLACED_TASKS } from './version.js';
 import { MAX_JOB_ID, STEP_NAMES } from '../steps/model.js';
 
 const BAD = Symbol('bad');
@@ -39,11 +40,16 @@ function oneOf(values: readonly string[]): Check {
   return (v) => (typeof v === 'string' && values.includes(v) ? v : BAD);
 }
 
-function array(item: Check, max: number): Check {
+function array(item: Check, max: number, min = 0): Check {
   return (v) => {
-    if (!Array.isArray(v) || v.length > max) return BAD;
-    for (const x of v) if (item(x) === BAD) return BAD;
-    return [...v];
+    if (!Array.isArray(v) || v.length > max || v.length < min) return BAD;
+    const out: unknown[] = [];
+    for (const x of v) {
+      const y = item(x);
+      if (y === BAD) return BAD;
+      out.push(y);
+    }
+    return out;
   };
 }
 
@@ -135,7 +141,8 @@ const OPS = new Map<string, Check>([
     'task.place',
     ['job', req(job)],
     ['step', req(step)],
-    ['pid', req(pid)],
+    ['pid', opt(pid)],
+    ['tasks', opt(array(object(new Map([['task', req(task)], ['pid', req(pid)]])), MAX_PLACED_TASKS, 1))],
     ['task', opt(task)],
     ['leaf', opt(oneOf(['slurm', 'special']))],
     ['owner', opt(int(0, 0xfffffffe))],

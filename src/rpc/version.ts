@@ -8,6 +8,8 @@ import type { Op } from './protocol.js';
 
 export const PROTOCOL_VERSION = '1.0';
 export const MAX_LINE_BYTES = 64 * 1024;
+/** The most tasks one task.place may carry: Slurm's MAX_TASKS_PER_NODE. */
+export const MAX_PLACED_TASKS = 512;
 
 /** Ops that only read; a read-only peer may use these. */
 export const READ_ONLY_OPS: ReadonlySet<Op> = new Set(['hello', 'status', 'list', 'stats', 'events']);

@@ -31,6 +31,8 @@ import {
   removeTree,
   removeXattr,
   requireMovable,
+  cgroupOfPid,
+  moveBack,
   setFrozen,
   setXattr,
   signalAll,
@@ -107,12 +109,17 @@ interface LevelPlan {
   existed?: boolean;
 }
 
-/** task.place: a leaf and what to make on the way to it (job*, step* only when this request makes that level). */
+/** One process and the leaf it goes into. */
+export interface Move {
+  pid: number;
+  leaf: Leaf;
+}
+
+/** task.place: leaves, their processes, and what to make on the way to them (job*, step* only when this request makes that level). */
 export interface Placement {
   job: string;
   step: string;
-  pid: number;
-  leaf: Leaf;
+  moves: Move[];
   jobLimits?: Limits;
   jobDevices?: DeviceRequest;
   stepLimits?: Limits;
@@ -534,10 +541,16 @@ export class StepTree {
    * Make the leaf if missing, confine it, then move the pid in (it never runs
    * under a looser policy). `made`: the job and step this request made.
    */
-  private placeIn(u: Undo, job: string, step: string, leaf: Leaf, p: LevelPlan, pid: number, access?: JobAccess, made = { job: false, step: false }) {
+  /**
+   * Make the leaf if missing and move pid in. With `undoable` (more moves of
+   * the same request follow) the cgroup it leaves is read first and it is
+   * moved back there if the request fails later.
+   */
+  private placeIn(u: Undo, job: string, step: string, leaf: Leaf, p: LevelPlan, pid: number, access?: JobAccess, made = { job: false, step: false }, undoable = false) {
     const leafMade = this.makeDir(u, p.dir);
     const c = p.devices ? this.applyLevel(u, p, leafMade) : {};
-    access?.beforeMove?.();
+    access?.beforeMove?.(pid);
+    const from = undoable ? cgroupOfPid(pid) : null;
     // Watched before the move, so that its change and every later one is notified; a level
     // made by this request is known empty until the move (no read).
     const task = leaf === 'slurm' ? undefined : typeof leaf === 'object' ? String(leaf.task) : 'special';
@@ -545,7 +558,8 @@ export class StepTree {
     this.watchMade(u, this.paths.step(job, step), { job, step }, this.memory, made.step);
     if (leafMade && task !== undefined) this.watchMade(u, p.dir, { job, step, task }, false, true);
     moveProcess(p.dir, pid, this.opts.mountPoint, this.opts.verifyMoves);
-    access?.afterMove?.();
+    access?.afterMove?.(pid);
+    if (from !== null) u.add(`move ${pid} back to ${from}`, () => moveBack(pid, from, this.opts.mountPoint));
     // The leaf, its step and its job hold the pid now; if it has exited since, its notice says so.
     this.watcher.moved({ job, step, task });
     return c;
@@ -629,35 +643,41 @@ export class StepTree {
   }
 
   /**
-   * task.place: make what is missing of job, step and leaf and move the pid
-   * in, all or nothing. An existing step is used as it is, so the same
+   * task.place: make what is missing of job, step and leaves and move each
+   * pid into its leaf, all or nothing (a pid already moved is moved back when
+   * a later one fails). An existing step is used as it is, so the same
    * placement twice is harmless. On an existing job, `jobLimits` are put in
    * force and the gres of `jobDevices` widen its allocation (planJobUpdate):
    * a step daemon places itself, sets its job's limits and brings its GPUs
-   * in one round trip, and the same values again change nothing.
+   * in one round trip, and the same values again change nothing; a step's
+   * tasks are placed together in one more.
    */
   place(r: Placement, access?: JobAccess) {
-    this.checkPid(r.pid);
+    for (const m of r.moves) this.checkPid(m.pid);
     return this.change(r.job, (u) => {
       this.admit(u, r.job, access);
       this.checkCaps(r.job, r.step, access);
-      this.reconfigureLeaf(r.job, r.step, r.leaf, r.devices, access);
+      for (const m of r.moves) this.reconfigureLeaf(r.job, r.step, m.leaf, r.devices, access);
       const jp = this.planJob(r.job, r.jobLimits, r.jobDevices, undefined, 'limits');
       if (jp.existed) this.planJobUpdate(jp, r, access);
       const sp = this.planStep(r.job, r.step, r.stepLimits, r.stepDevices, jp, false);
-      const tp = this.planLevel(this.paths.leaf(r.job, r.step, r.leaf), 'task', undefined, r.devices);
-      if (!access?.beforeMove) requireMovable(r.pid);
+      const tps = r.moves.map((m) => this.planLevel(this.paths.leaf(r.job, r.step, m.leaf), 'task', undefined, r.devices));
+      if (!access?.beforeMove) for (const m of r.moves) requireMovable(m.pid);
       const job = this.makeJob(u, r.job, jp, access);
       const step = this.makeStep(u, r.job, r.step, sp);
-      const c = this.placeIn(u, r.job, r.step, r.leaf, tp, r.pid, access, { job: job.created, step: step.created });
-      const programs = deviceProgramsOf({ job, step, leaf: c });
-      this.opts.log.info({ job: r.job, step: r.step, pid: r.pid, leaf: path.basename(tp.dir), jobCreated: job.created, stepCreated: step.created, ...programs }, 'process placed');
+      const last = r.moves.length - 1;
+      const placed = r.moves.map((m, i) => {
+        const made = { job: job.created && i === 0, step: step.created && i === 0 };
+        const c = this.placeIn(u, r.job, r.step, m.leaf, tps[i], m.pid, access, made, i < last);
+        return { pid: m.pid, leaf: tps[i].dir, ...c };
+      });
+      const programs = deviceProgramsOf({ job, step, ...(placed.length === 1 ? { leaf: placed[0] as { deviceProgram?: number } } : {}) });
+      const moved = placed.length === 1 ? { pid: placed[0].pid, leaf: path.basename(placed[0].leaf) } : { pids: placed.map((p) => p.pid) };
+      this.opts.log.info({ job: r.job, step: r.step, ...moved, jobCreated: job.created, stepCreated: step.created, ...programs }, 'process placed');
       return {
         job: { job: r.job, path: jp.dir, ...job },
         step: { step: r.step, path: this.paths.step(r.job, r.step), ...step },
-        leaf: tp.dir,
-        pid: r.pid,
-        ...c,
+        placed,
       };
     });
   }

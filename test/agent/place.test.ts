@@ -116,6 +116,48 @@ kt('task.place makes job, step and leaf in one request and moves the pid; the sa
   await ctx.c.request('destroy', { job: '31', force: true });
 });
 
+kt("task.place with tasks places a step's tasks in one request, each in its own leaf, all or none", async (t) => {
+  const [a, b, c] = [await prober(), await prober(), await prober()];
+  const r = await ctx.c.request('task.place', { job: '62', step: '0', tasks: [0, 1, 2].map((i) => ({ task: i, pid: [a, b, c][i].pid })), jobDevices: { gres: ['gpu:1'] }, stepDevices: { gres: ['gpu:1'] } });
+  t.true(r.job.created);
+  t.true(r.step.created);
+  const leaf = (i: number) => path.join(ctx.scope, 'job_62', 'step_0', 'user', `task_${i}`);
+  t.deepEqual(r.tasks.map((x: any) => [x.task, x.pid, x.leaf]), [0, 1, 2].map((i) => [i, [a, b, c][i].pid, leaf(i)]));
+  t.deepEqual(await Promise.all([a, b, c].map(where)), [0, 1, 2].map(leaf));
+  t.deepEqual(await gpus(c), [D, A]);
+
+  // All or none: task 1's leaf takes no process (it became an inner cgroup), so
+  // task 0's pid, already moved into a new leaf, goes back to the step daemon's
+  // leaf it came from and the new leaf is removed.
+  const d = await prober();
+  const e = await prober();
+  await ctx.c.request('task.place', { job: '63', step: '0', pid: d.pid, leaf: 'slurm' });
+  await ctx.c.request('task.place', { job: '63', step: '0', pid: e.pid, task: 1 });
+  await ctx.c.request('task.place', { job: '63', step: '0', pid: e.pid, task: 3 }); // task_1 is left empty
+  fs.mkdirSync(path.join(ctx.scope, 'job_63', 'step_0', 'user', 'task_1', 'x'));
+  fs.writeFileSync(path.join(ctx.scope, 'job_63', 'step_0', 'user', 'task_1', 'cgroup.subtree_control'), '+hugetlb');
+  const f = await prober();
+  const fWas = await where(f);
+  await refused(t, 'task.place', { job: '63', step: '0', tasks: [{ task: 0, pid: d.pid }, { task: 2, pid: f.pid }, { task: 1, pid: a.pid }] }, 'EBUSY');
+  t.is(await where(d), path.join(ctx.scope, 'job_63', 'step_0', 'slurm'), 'moved back into the leaf it came from');
+  t.is(await where(f), fWas, 'moved back out of the scope to where it was');
+  t.is(await where(a), leaf(0), 'the pid the kernel refused stayed where it was');
+  fs.rmdirSync(path.join(ctx.scope, 'job_63', 'step_0', 'user', 'task_1', 'x'));
+
+  // A pid that cannot be moved refuses the whole request before anything is made.
+  const gone = await gonePid();
+  await refused(t, 'task.place', { job: '64', step: '0', tasks: [{ task: 0, pid: d.pid }, { task: 1, pid: gone }] }, 'ENOENT');
+  await refused(t, 'task.place', { job: '64', step: '0', tasks: [{ task: 0, pid: d.pid }, { task: 1, pid: 2 }] }, 'EPERM');
+  await refused(t, 'task.place', { job: '62', step: '0', tasks: [{ task: 0, pid: d.pid }, { task: 0, pid: f.pid }] }, 'EINVAL');
+  await refused(t, 'task.place', { job: '62', step: '0', tasks: [{ task: 0, pid: d.pid }, { task: 1, pid: d.pid }] }, 'EINVAL');
+  await refused(t, 'task.place', { job: '62', step: '0', pid: d.pid, tasks: [{ task: 0, pid: f.pid }] }, 'EINVAL');
+  await refused(t, 'task.place', { job: '62', step: '0', leaf: 'slurm', tasks: [{ task: 0, pid: f.pid }] }, 'EINVAL');
+  await refused(t, 'task.place', { job: '62', step: '0' }, 'EINVAL');
+  await refused(t, 'task.place', { job: '62', step: '0', tasks: [] }, 'EINVAL');
+  await refused(t, 'task.place', { job: '62', step: '0', tasks: Array.from({ length: 513 }, (_, i) => ({ task: i, pid: d.pid })) }, 'EINVAL');
+  for (const j of ['62', '63']) await ctx.c.request('destroy', { job: j, force: true });
+});
+
 kt('every job gets the gres policy: none allocated, every GPU denied, whether or not the request names devices', async (t) => {
   const st = (await ctx.c.request('status', {})).devices;
   t.like(st, { supported: true, constrainDevices: true, everyJob: true, defaultPolicy: 'open' });

@@ -8,7 +8,7 @@
 import test from 'ava';
 import fs from 'node:fs';
 import { spawnSleeper, waitFor } from '../helpers/agent.js';
-import { cgstepAs, spawnAs, type TestUser, withTwoUsers } from '../helpers/users.js';
+import { cgstepAs, requestsAs, spawnAs, type TestUser, withTwoUsers } from '../helpers/users.js';
 import { aKernelThread, cgroupOf, threadsOf } from './helpers.js';
 
 const ctx = withTwoUsers(test, 'attach', [], (c) => {
@@ -66,6 +66,24 @@ test("a root process and another user's process are refused; the user's own is m
   const ok = attach(ctx.alice, aliceSleep.pid!);
   t.is(ok.code, 0, ok.stderr);
   t.true(cgroupOf(aliceSleep.pid!).endsWith('/job_601/step_0/user/task_0'));
+});
+
+test("several tasks in one task.place: one process that is not the user's refuses them all, and none moves", async (t) => {
+  const bobSleep = spawnAs(ctx.bob, ['sleep', '600']);
+  const mine = [spawnAs(ctx.alice, ['sleep', '600']), spawnAs(ctx.alice, ['sleep', '600'])];
+  ctx.pids.push(bobSleep.pid!, ...mine.map((p) => p.pid!));
+  await waitFor(() => [bobSleep, ...mine].every((p) => fs.readFileSync(`/proc/${p.pid}/comm`, 'utf8').trim() === 'sleep'), 5000, 'the sleeps to exec');
+  const was = [bobSleep, ...mine].map((p) => cgroupOf(p.pid!));
+  const tasks = [{ task: 0, pid: mine[0].pid! }, { task: 1, pid: bobSleep.pid! }, { task: 2, pid: mine[1].pid! }];
+  const [bad] = requestsAs(ctx.alice, ctx.agent.socket, [['task.place', { job: 601, step: 0, tasks }]]);
+  t.is(bad.error?.code, 'EPERM');
+  t.regex(bad.error?.message ?? '', new RegExp(`pid ${bobSleep.pid} belongs to uid ${ctx.bob.uid}`));
+  t.deepEqual([bobSleep, ...mine].map((p) => cgroupOf(p.pid!)), was, 'nothing moved');
+  const [good] = requestsAs(ctx.alice, ctx.agent.socket, [['task.place', { job: 601, step: 0, tasks: [tasks[0], tasks[2]] }]]);
+  t.true(good.ok, good.error?.message);
+  t.is(cgroupOf(bobSleep.pid!), was[0]);
+  t.true(cgroupOf(mine[0].pid!).endsWith('/job_601/step_0/user/task_0'));
+  t.true(cgroupOf(mine[1].pid!).endsWith('/job_601/step_0/user/task_2'));
 });
 
 test("a thread id of the user's own process is refused: the whole process would move", async (t) => {

@@ -360,7 +360,7 @@ cTest('client: a server that is not root (nor agent_uid=) is refused before any 
   t.regex(bad.errors[0], /agent_uid= needs a numeric uid, got "x"/);
 });
 
-cTest('one step of three tasks: one task.place of the step daemon (with the job limits), then one task.place per task from the parent, all on one connection, destroy last', async (t) => {
+cTest("one step of three tasks: one task.place of the step daemon (with the job limits), then one task.place of all the step's tasks from the parent at the last post_fork, all on one connection, destroy last", async (t) => {
   const r = await recorder();
   t.teardown(r.close);
   const env = { DRV_JOB: '5', DRV_STEP: '2', DRV_TASK: '4', DRV_UID: '1234', DRV_NTASKS: '3', DRV_JOB_MEM: '1024', DRV_STEP_MEM: '512', SLURM_STEP_GPUS: '1,3', DRV_GRES_GPU: gresGpu };
@@ -368,36 +368,40 @@ cTest('one step of three tasks: one task.place of the step daemon (with the job 
   t.deepEqual(s.errors, []);
   t.deepEqual(s.ran.map((x) => x.task).sort(), [0, 1, 2]);
   const reqs = r.reqs();
-  t.deepEqual(reqs.map((q) => q.op), ['task.place', 'task.place', 'task.place', 'task.place', 'destroy']);
+  t.deepEqual(reqs.map((q) => q.op), ['task.place', 'task.place', 'destroy']);
   t.deepEqual(new Set(r.seen.map((x) => x.conn)), new Set([0]), 'one connection');
   t.like(reqs[0], { job: '5', step: '2', leaf: 'slurm', owner: 1234, jobLimits: { memory: 1024 * 2 ** 20 }, stepLimits: { memory: 512 * 2 ** 20 }, jobDevices: { gres: ['gpu:1', 'gpu:3'] }, stepDevices: { gres: ['gpu:1', 'gpu:3'] } });
-  const pids = new Map(s.tasks.map((x) => [x.task + 4, x.pid]));
-  for (const q of reqs.slice(1, 4)) {
-    t.deepEqual(Object.keys(q).sort(), ['id', 'job', 'op', 'owner', 'pid', 'step', 'task', 'v'], 'a task only attaches');
-    t.is(q.pid, pids.get(q.task), `task ${q.task} by its own pid`);
-  }
-  t.like(reqs[4], { job: '5', step: '2', force: true, reapJob: true });
+  t.deepEqual(Object.keys(reqs[1]).sort(), ['id', 'job', 'op', 'owner', 'step', 'tasks', 'v'], 'the tasks only attach');
+  t.deepEqual(reqs[1].tasks, s.tasks.map((x) => ({ task: x.task + 4, pid: x.pid })), 'each task by its global id and its own pid');
+  t.like(reqs[2], { job: '5', step: '2', force: true, reapJob: true });
+
+  // Where Slurm does not give the local task count, each task is placed alone.
+  const alone = await recorder();
+  t.teardown(alone.close);
+  const a = await step([`socket=${alone.sock}`, 'devices=no'], { DRV_NTASKS: '2', DRV_NO_LOCAL_COUNT: '1' });
+  t.deepEqual(a.ran.map((x) => x.task).sort(), [0, 1]);
+  t.deepEqual(alone.reqs().slice(1, 3).map((q) => q.tasks), a.tasks.map((x) => [{ task: x.task, pid: x.pid }]));
 });
 
-cTest('post_fork: a task the agent refuses is killed before exec, and so is every later task of the step; an agent that dropped the connection is reconnected', async (t) => {
+cTest("post_fork: a step's tasks the agent refuses are all killed before exec; an agent that dropped the connection is reconnected", async (t) => {
   const r = await recorder((req, n, s) => {
-    if (req.op === 'task.place' && req.task === 1) {
+    if (req.op === 'task.place' && req.tasks) {
       s.write(JSON.stringify({ id: req.id, ok: false, error: { code: 'EBUSY', message: 'no' } }) + '\n');
       return true;
     }
   });
   t.teardown(r.close);
   const s = await step([`socket=${r.sock}`, 'devices=no'], { DRV_NTASKS: '3' });
-  t.deepEqual(s.ran.map((x) => x.task), [0]);
-  t.deepEqual(s.tasks.map((x) => x.signal), [0, 9, 9], 'tasks 1 and 2 killed (SIGKILL) before exec');
-  t.regex(s.errors[0], /^cgstep: placing task 1 \(pid \d+\) for job 1 step 0 failed \(cgstepd at .*: EBUSY: no\); task killed before exec \(failure=closed\)$/);
-  t.regex(s.errors[1], /^cgstep: placing task 2 \(pid \d+\) for job 1 step 0 failed .*EBUSY: no.*task killed before exec/);
-  t.is(r.reqs().filter((q) => q.op === 'task.place' && q.task !== undefined).length, 2, 'no request for task 2');
+  t.deepEqual(s.ran, []);
+  t.deepEqual(s.tasks.map((x) => x.signal), [9, 9, 9], 'every task killed (SIGKILL) before exec');
+  for (const i of [0, 1, 2]) t.regex(s.errors[i], new RegExp(`^cgstep: placing task ${i} \\(pid ${s.tasks[i].pid}\\) for job 1 step 0 failed \\(cgstepd at .*: EBUSY: no\\); task killed before exec \\(failure=closed\\)$`));
+  t.is(r.reqs().filter((q) => q.op === 'task.place' && q.tasks).length, 1, 'one request for the three');
 
-  // failure=open: the task runs (unplaced) and the message says so.
+  // failure=open: the tasks run (unplaced) and the message says so.
   const open = await step([`socket=${r.sock}`, 'devices=no', 'failure=open'], { DRV_NTASKS: '2' });
   t.deepEqual(open.ran.map((x) => x.task).sort(), [0, 1]);
-  t.regex(open.errors[0], /placing task 1 .*failure=open: continuing without cgroup confinement/);
+  t.regex(open.errors[0], /placing task 0 .*failure=open: continuing without cgroup confinement/);
+  t.regex(open.errors[1], /placing task 1 .*failure=open: continuing without cgroup confinement/);
 
   // The agent restarted between the step and its tasks: the kept connection is dropped, the task placed on a new one.
   const d = await recorder((req, n, s) => {
@@ -547,7 +551,7 @@ async function agentStatus(a: RunningAgent) {
   }
 }
 
-cTest('against a real cgstepd: the step daemon in slurm/, each task in its leaf before it runs, limits, the step and job removed at exit', async (t) => {
+cTest('against a real cgstepd: the step daemon in slurm/, each task in its leaf before it runs (all placed in one request), limits, the step and job removed at exit', async (t) => {
   const a = await realAgent();
   const status = await agentStatus(a);
   const env = { DRV_JOB: '77', DRV_STEP: String(0xfffffffb), DRV_TASK: '3', DRV_NTASKS: '2', DRV_JOB_MEM: '512', DRV_STEP_MEM: '256', DRV_JOB_CORES: '0-1', DRV_STEP_CORES: '1' };
@@ -559,7 +563,9 @@ cTest('against a real cgstepd: the step daemon in slurm/, each task in its leaf 
   // When each task ran, it was in its own leaf and its parent (the "slurmstepd") in slurm/.
   t.deepEqual(s.other.map((o) => o.self).sort(), [`${step0}/user/task_3`, `${step0}/user/task_4`]);
   t.deepEqual(s.other.map((o) => o.parent), [`${step0}/slurm`, `${step0}/slurm`]);
-  await until(() => a.logLines().filter((l) => l.msg === 'process placed' && l.job === '77').length === 3, 5000, 'the placement log lines');
+  // One line for the step daemon's placement, one for both tasks'.
+  await until(() => a.logLines().filter((l) => l.msg === 'process placed' && l.job === '77').length === 2, 5000, 'the placement log lines');
+  t.deepEqual(a.logLines().find((l) => l.msg === 'process placed' && l.job === '77' && l.pids)?.pids, s.tasks.map((x) => x.pid));
   t.false(fs.existsSync(path.join(status.scope, 'job_77')), 'the step and its job removed at exit');
 });
 

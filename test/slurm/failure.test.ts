@@ -219,12 +219,12 @@ slurmTest('listed as optional in plugstack.conf, the plugin still fails the task
   }
 });
 
-slurmTest('an agent that refuses to place a task: slurmstepd kills it before exec (Slurm lets no task exec before every task_post_fork ran), the job stderr says why', async (t) => {
+slurmTest("an agent that refuses to place a step's tasks: slurmstepd kills them before exec (Slurm lets no task exec before every task_post_fork ran), the job stderr says why", async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-taskrefuser-'));
   const sock = path.join(dir, 'agent.sock');
   const server = await lineServer(sock, (line, s) => {
     const req = JSON.parse(line);
-    const refuse = req.op === 'task.place' && req.task !== undefined;
+    const refuse = req.op === 'task.place' && req.tasks !== undefined;
     s.write(JSON.stringify(refuse ? { id: req.id, ok: false, error: { code: 'EBUSY', message: 'not now' } } : { id: req.id, ok: true, result: {} }) + '\n');
   });
   node().cluster.setPluginArgs([...baseArgs, `socket=${sock}`]);
@@ -233,7 +233,7 @@ slurmTest('an agent that refuses to place a task: slurmstepd kills it before exe
     t.not(r.code, 0);
     t.false(r.ran, 'the command never ran');
     t.regex(r.stderr, /cgstep: placing task 0 \(pid \d+\) for job \d+ step 0 failed \(cgstepd at .*agent\.sock: EBUSY: not now\); task killed before exec \(failure=closed\)/);
-    t.regex(r.stderr, /cgstep: placing task 1 \(pid \d+\) for job \d+ step 0 failed \(.*an earlier task of the step could not be placed: EBUSY: not now\); task killed before exec/);
+    t.regex(r.stderr, /cgstep: placing task 1 \(pid \d+\) for job \d+ step 0 failed \(cgstepd at .*agent\.sock: EBUSY: not now\); task killed before exec \(failure=closed\)/);
   } finally {
     node().cluster.setPluginArgs(baseArgs);
     await server.close();

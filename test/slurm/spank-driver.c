@@ -19,7 +19,8 @@
  *                                 the go; task_post_fork for each in this process; the
  *                                 go; the tasks reaped; slurm_spank_exit. Items from
  *                                 DRV_JOB, DRV_STEP (hex or decimal), DRV_TASK (the
- *                                 first global task id), DRV_UID, DRV_JOB_MEM,
+ *                                 first global task id; S_JOB_LOCAL_TASK_COUNT is
+ *                                 DRV_NTASKS unless DRV_NO_LOCAL_COUNT), DRV_UID, DRV_JOB_MEM,
  *                                 DRV_STEP_MEM, DRV_JOB_CORES, DRV_STEP_CORES; the
  *                                 step's environment is this process's; DRV_GRES_GPU
  *                                 (a path) is loaded first, standing in for Slurm's
@@ -113,6 +114,12 @@ spank_err_t spank_get_item(spank_t sp, spank_item_t item, ...)
 			rc = ESPANK_NOT_TASK;
 		else
 			*va_arg(ap, int *) = cur_task;
+		break;
+	case S_JOB_LOCAL_TASK_COUNT:
+		if (getenv("DRV_NO_LOCAL_COUNT"))
+			rc = ESPANK_ERROR;
+		else
+			*va_arg(ap, uint32_t *) = (uint32_t)atoi(env_or("DRV_NTASKS", "1"));
 		break;
 	case S_TASK_PID:
 		if (cur_task < 0)

@@ -76,7 +76,7 @@ async function epilogDone(job: string) {
   await until(() => forJob(job).some((r) => r.op === 'destroy' && r.step === undefined), 15_000, `the epilog's destroy of job ${job}`);
 }
 
-slurmTest('srun -n2 --mem=300 --gres=gpu:2: no prolog request; the step daemon makes the job (owner, limits, GPUs) and the step in one request, each task by pid on the same connection, destroy', async (t) => {
+slurmTest('srun -n2 --mem=300 --gres=gpu:2: no prolog request; the step daemon makes the job (owner, limits, GPUs) and the step in one request, the tasks of the node by pid in one more on the same connection, destroy', async (t) => {
   const r = await cluster.srun(['-n2', '--mem=300', '--gres=gpu:2', 'sh', '-c', 'echo "$SLURM_JOB_ID $SLURM_PROCID $$ $PPID $CUDA_VISIBLE_DEVICES"']);
   t.is(r.code, 0, r.stderr);
   const tasks = r.stdout.trim().split('\n').map((l) => l.split(' '));
@@ -101,12 +101,12 @@ slurmTest('srun -n2 --mem=300 --gres=gpu:2: no prolog request; the step daemon m
   t.is(stepd[0].pid, Number(tasks[0][3]), "the step daemon is the tasks' parent");
   t.is(stepd[0].stepLimits.memory, 300 * 1024 * 1024, 'S_STEP_ALLOC_MEM (MB) in bytes');
   t.deepEqual(stepd[0].stepDevices, { gres });
-  const byTask = new Map(places.filter((q) => q.task !== undefined).map((q) => [q.task, q]));
-  for (const [, procid, pid] of tasks) {
-    const q = byTask.get(Number(procid));
-    t.is(q?.pid, Number(pid), `task ${procid} placed by its own pid`);
-    t.deepEqual(Object.keys(q).sort(), ['id', 'job', 'op', 'owner', 'pid', 'step', 'task', 'v'], 'a task only attaches');
-  }
+  const batch = places.filter((q) => q.tasks);
+  t.is(batch.length, 1, "the node's tasks placed in one request");
+  t.deepEqual(Object.keys(batch[0]).sort(), ['id', 'job', 'op', 'owner', 'step', 'tasks', 'v'], 'the tasks only attach');
+  const byTask = new Map((batch[0].tasks as { task: number; pid: number }[]).map((x) => [x.task, x.pid]));
+  for (const [, procid, pid] of tasks) t.is(byTask.get(Number(procid)), Number(pid), `task ${procid} placed by its own pid`);
+  t.is(byTask.size, tasks.length);
   const stepConn = seen.filter((x) => x.req.job === job && (x.req.op === 'task.place' || (x.req.op === 'destroy' && x.req.step === '0')));
   t.is(new Set(stepConn.map((x) => x.conn)).size, 1, "the step's requests on one kept connection");
   await epilogDone(job);

@@ -49,6 +49,12 @@ const devices = fc.oneof(
   ),
   anyValue,
 );
+/** task.place's tasks: valid lists, empty ones, odd items. */
+const tasks = fc.oneof(
+  fc.array(fc.record({ task: fc.nat({ max: 9 }), pid: fc.integer({ min: 1, max: 99999 }) }), { minLength: 1, maxLength: 4 }),
+  fc.array(fc.record({ task: edgeInt, pid: edgeInt, extra: anyValue }, { requiredKeys: [] }), { maxLength: 3 }),
+  anyValue,
+);
 
 /** A request of a known op with each field present or not, valid or not, and now and then a field no op has. */
 const request = fc.record(
@@ -60,6 +66,7 @@ const request = fc.record(
     step: idLike,
     pid: edgeInt,
     task: edgeInt,
+    tasks,
     leaf: maybe(fc.constantFrom('slurm', 'special', 'user')),
     signal: fc.oneof(edgeInt, fc.constantFrom('TERM', 'SIGKILL', 'x'.repeat(16), 'x'.repeat(17))),
     force: maybe(fc.boolean()),
@@ -102,6 +109,7 @@ test('property: the same for requests that are valid more often (each op with it
     fc.record({ op: fc.constant('step.create'), id: fc.nat(), job: fc.integer({ min: 1, max: 99999 }), step: fc.oneof(fc.nat({ max: 9 }), fc.constant('batch')), limits: fc.option(limits, { nil: undefined }), devices: fc.option(devices, { nil: undefined }) }, { requiredKeys: ['op', 'id', 'job', 'step'] }),
     fc.record({ op: fc.constant('attach'), id: fc.string({ maxLength: 4 }), job: fc.integer({ min: 1, max: 99999 }), step: fc.nat({ max: 9 }), pid: fc.integer({ min: 1, max: 99999 }), task: fc.nat({ max: 9 }), leaf: fc.constantFrom('slurm', 'special'), devices }, { requiredKeys: ['op', 'id', 'job', 'step', 'pid'] }),
     fc.record({ op: fc.constant('task.place'), id: fc.nat(), job: fc.integer({ min: 1, max: 99999 }), step: fc.nat({ max: 9 }), pid: fc.integer({ min: 1, max: 99999 }), task: fc.nat({ max: 9 }), leaf: fc.constantFrom('slurm', 'special'), owner: fc.nat({ max: 70000 }), jobLimits: limits, jobDevices: devices, stepLimits: limits, stepDevices: devices, devices }, { requiredKeys: ['op', 'id', 'job', 'step', 'pid'] }),
+    fc.record({ op: fc.constant('task.place'), id: fc.nat(), job: fc.integer({ min: 1, max: 99999 }), step: fc.nat({ max: 9 }), tasks, owner: fc.nat({ max: 70000 }), stepDevices: devices }, { requiredKeys: ['op', 'id', 'job', 'step', 'tasks'] }),
     fc.record({ op: fc.constant('destroy'), id: fc.nat(), job: fc.integer({ min: 1, max: 99999 }), step: fc.nat({ max: 9 }), force: fc.boolean(), reapJob: fc.boolean() }, { requiredKeys: ['op', 'id', 'job'] }),
     fc.record({ op: fc.constantFrom('stats', 'freeze', 'thaw', 'signal', 'devices.set', 'job.create'), id: fc.nat(), job: fc.integer({ min: 1, max: 99999 }), step: fc.nat({ max: 9 }), signal: fc.constantFrom(9, 'TERM'), devices, limits }, { requiredKeys: ['op', 'id', 'job'] }),
   );
@@ -122,6 +130,8 @@ test('bounds the generators do not reach: the longest lists, JSON oddities', (t)
     { op: 'step.create', id: 1, job: 1, step: 0, devices: { allow: big(4096) } },
     { op: 'step.create', id: 1, job: 1, step: 0, devices: { allow: big(4097) } },
     { op: 'step.create', id: 1, job: 1, step: 0, devices: { gres: Array.from({ length: 1025 }, () => '/dev/nvidia0') } },
+    { op: 'task.place', id: 1, job: 1, step: 0, tasks: Array.from({ length: 512 }, (_, i) => ({ task: i, pid: i + 1 })) },
+    { op: 'task.place', id: 1, job: 1, step: 0, tasks: Array.from({ length: 513 }, (_, i) => ({ task: i, pid: i + 1 })) },
     JSON.parse('{"op":"hello","id":1,"__proto__":{"x":1}}'),
     JSON.parse('{"op":"destroy","id":1,"job":"7","constructor":1}'),
     [{ op: 'hello', id: 1 }],
