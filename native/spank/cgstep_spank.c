@@ -484,10 +484,11 @@ static int leave_step_cgroup(const char *stepdir_suffix)
  * _fork_all_tasks: every fork, then task_post_fork for task 0 to the last in
  * order, then the go). The step is placed once, from init; the tasks all at
  * once from the last task_post_fork, in the parent, over the one connection,
- * before the go: a task never execs outside its leaf. Forked
- * tasks inherit this state: a step that could not be placed is reported by
- * each task from task_init_privileged, where the message reaches the job's
- * stderr.
+ * before the go: a task never execs outside its leaf. Forked tasks inherit
+ * this state: a step that could not be placed before the fork (no agent, bad
+ * input) is reported by each task from task_init_privileged, where the
+ * message reaches the job's stderr; one whose reply says so after the fork
+ * is reported by slurmstepd at task_post_fork, which kills the tasks.
  */
 static struct {
 	struct config c;
@@ -495,6 +496,11 @@ static struct {
 	int have_ids;     /* job, stepid, step, owner read */
 	int sent;         /* a request was sent: the step may exist */
 	int unanswered;   /* the step's placement got no reply: the agent may still carry it out */
+	/* The step's placement, sent from init and answered later (pending: its reply is unread). */
+	int pending;
+	long long pending_id, pending_deadline;
+	char step_req[REQ_MAX];
+	int failed_after_fork; /* the step's placement failed once its tasks were forked: post_fork fails each */
 	uint32_t job, stepid;
 	char step[16];
 	uid_t owner;      /* the job's uid (S_JOB_UID) */
@@ -552,11 +558,29 @@ static void step_failed(const char *what, const char *err)
 }
 
 /*
+ * After a failed request on the kept connection: close it unless an error
+ * reply left it usable (so that a late reply is never taken for the next
+ * request's), keeping st.cl.err. 1 when the agent dropped it before replying:
+ * the request may be sent again on a new one.
+ */
+static int kept_failed(void)
+{
+	int dropped = st.cl.dropped;
+	char err[sizeof(st.cl.err)];
+
+	if (st.cl.usable)
+		return 0;
+	memcpy(err, st.cl.err, sizeof(err));
+	client_close(&st.cl);
+	memcpy(st.cl.err, err, sizeof(err));
+	return dropped;
+}
+
+/*
  * One request on the kept connection, opened when closed. A connection the
  * agent dropped before replying (a restart) is opened again and the request
- * sent once more: every request sent here is idempotent. Any other failure
- * but an error reply closes it, so that a late reply is never taken for the
- * next request's. 0, or -1 with st.cl.err set.
+ * sent once more: every request sent here is idempotent. 0, or -1 with
+ * st.cl.err set.
  */
 static int kept_call(const char *body, int timeout_ms, struct reply *r)
 {
@@ -568,17 +592,8 @@ static int kept_call(const char *body, int timeout_ms, struct reply *r)
 		st.sent = 1;
 		if (client_call(&st.cl, body, timeout_ms, r) == 0)
 			return 0;
-		if (!st.cl.usable) {
-			int dropped = st.cl.dropped;
-			char err[sizeof(st.cl.err)];
-
-			memcpy(err, st.cl.err, sizeof(err));
-			client_close(&st.cl);
-			memcpy(st.cl.err, err, sizeof(err));
-			if (dropped)
-				continue;
-		}
-		return -1;
+		if (!kept_failed())
+			return -1;
 	}
 	return -1;
 }
@@ -589,12 +604,14 @@ static int kept_call(const char *body, int timeout_ms, struct reply *r)
  * its first step here, its limits put in force and its GPU allocation widened
  * to the step's; the step is made with its limits and GPUs. Inputs are read
  * before any connection, so that a bad one is reported whether or not the
- * agent is up. 0, or -1 after step_failed().
+ * agent is up. The request is sent here; its reply is read by step_placed(),
+ * at once for the extern step (it has no tasks) and else just before the
+ * tasks are placed: the agent works while slurmstepd forks them. 0, or -1
+ * after step_failed().
  */
 static int place_step(spank_t sp)
 {
 	const struct config *c = &st.c;
-	struct reply r;
 	struct buf b;
 	uint64_t job_mem = 0, step_mem = 0;
 	char *job_cores = NULL, *step_cores = NULL, msg[1024];
@@ -614,10 +631,6 @@ static int place_step(spank_t sp)
 		return -1;
 	}
 
-	if (client_open(&st.cl, c->socket, c->timeout_ms, c->agent_uid)) {
-		step_failed("placing the task", st.cl.err);
-		return -1;
-	}
 	memset(&b, 0, sizeof(b));
 	bput(&b, "\"op\":\"task.place\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\",\"pid\":%d,\"leaf\":\"slurm\",\"owner\":%u",
 	     st.job, st.step, (int)getpid(), (unsigned)st.owner);
@@ -627,13 +640,46 @@ static int place_step(spank_t sp)
 		put_gres(&b, "jobDevices", gpus, ngpus);
 		put_gres(&b, "stepDevices", gpus, ngpus);
 	}
-	if (kept_call(b.s, c->timeout_ms, &r)) {
+	memcpy(st.step_req, b.s, sizeof(st.step_req));
+	if (client_open(&st.cl, c->socket, c->timeout_ms, c->agent_uid)) {
+		step_failed("placing the task", st.cl.err);
+		return -1;
+	}
+	st.sent = 1;
+	st.pending_deadline = now_ms() + c->timeout_ms;
+	st.pending_id = client_send(&st.cl, st.step_req, st.pending_deadline);
+	/* A failed send is retried (or reported) by step_placed(). */
+	st.pending = 1;
+	return 0;
+}
+
+/*
+ * The step placement's reply (place_step), once: read when sent, the
+ * request again on a new connection when the agent dropped it before
+ * replying (task.place is idempotent). 0, or -1 after step_failed().
+ */
+static int step_placed(void)
+{
+	struct reply r;
+	int rc = -1;
+
+	if (!st.pending)
+		return st.what ? -1 : 0;
+	st.pending = 0;
+	if (st.pending_id >= 0)
+		rc = client_reply(&st.cl, st.pending_id, st.pending_deadline, st.c.timeout_ms, &r);
+	/* A failed send, or a connection dropped before the reply: once more, on a new connection. */
+	if (rc && (kept_failed() || st.pending_id < 0))
+		rc = kept_call(st.step_req, st.c.timeout_ms, &r);
+	if (rc) {
 		step_failed("creating the step's cgroup", st.cl.err);
 		/* An error reply keeps the connection; anything else closed it. */
 		st.unanswered = st.cl.fd < 0;
 		return -1;
 	}
-	if (c->devices == DEVICES_YES && r.devices_ignored[0]) {
+	if (st.c.devices == DEVICES_YES && r.devices_ignored[0]) {
+		char msg[1024];
+
 		snprintf(msg, sizeof(msg), "%.600s; devices=try in plugstack.conf runs tasks without device confinement", r.devices_ignored);
 		step_failed("confining the step's devices", msg);
 		return -1;
@@ -672,7 +718,11 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
 		return 0;
 	}
 	st.have_ids = 1;
-	if (place_step(sp) == 0 || st.stepid != SLURM_EXTERN_CONT)
+	if (st.stepid != SLURM_EXTERN_CONT) {
+		place_step(sp);
+		return 0;
+	}
+	if (place_step(sp) == 0 && step_placed() == 0)
 		return 0;
 	/*
 	 * The extern step (PrologFlags=contain) runs no task callbacks: its
@@ -726,7 +776,27 @@ static void task_failed(pid_t pid, uint32_t gtid, const char *err)
 	kill(pid, SIGKILL);
 }
 
-/* The kept tasks in one task.place; each is failed by policy if it is refused. */
+/*
+ * The step's placement failed after its tasks were forked (its reply came
+ * late, or said no): one message, and each task kept so far is killed
+ * before exec (failure=closed) or left to run unconfined (open).
+ */
+static void step_failed_after_fork(void)
+{
+	int i;
+
+	slurm_error("cgstep: %s for job %" PRIu32 " step %s failed (cgstepd at %s: %s); %s", st.what, st.job, st.step, st.c.socket, st.err,
+		    st.c.fail_open ? "failure=open: continuing without cgroup confinement" : "tasks killed before exec (failure=closed)");
+	if (!st.c.fail_open)
+		for (i = 0; i < st.ntasks; i++)
+			kill(st.pids[i], SIGKILL);
+	st.ntasks = 0;
+}
+
+/*
+ * The kept tasks in one task.place, once the step's own placement has
+ * succeeded; each is failed by policy if it is refused.
+ */
 static void place_tasks(void)
 {
 	struct buf b;
@@ -734,6 +804,11 @@ static void place_tasks(void)
 
 	if (st.ntasks == 0)
 		return;
+	if (step_placed()) {
+		st.failed_after_fork = 1;
+		step_failed_after_fork();
+		return;
+	}
 	memset(&b, 0, sizeof(b));
 	bput(&b, "\"op\":\"task.place\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\",\"owner\":%u,\"tasks\":[",
 	     st.job, st.step, (unsigned)st.owner);
@@ -762,8 +837,8 @@ int slurm_spank_task_post_fork(spank_t sp, int ac, char **av)
 		slurm_error("cgstep: job %" PRIu32 " step %s: no task pid from Slurm (S_TASK_PID)", st.job, st.step);
 		return -1;
 	}
-	if (st.what) {
-		/* Placing the step failed: the task reports it itself (task_init_privileged). */
+	if (st.what && !st.failed_after_fork) {
+		/* Placing the step failed before the fork: the task reports it itself (task_init_privileged). */
 		return 0;
 	}
 	if (spank_get_item(sp, S_TASK_GLOBAL_ID, &gtid) != ESPANK_SUCCESS)
@@ -772,7 +847,9 @@ int slurm_spank_task_post_fork(spank_t sp, int ac, char **av)
 		st.pids[st.ntasks] = pid;
 		st.gtids[st.ntasks++] = gtid;
 	}
-	if (++st.seen % local_tasks(sp) == 0 || st.ntasks == MAX_LOCAL_TASKS)
+	if (st.failed_after_fork)
+		step_failed_after_fork();
+	else if (++st.seen % local_tasks(sp) == 0 || st.ntasks == MAX_LOCAL_TASKS)
 		place_tasks();
 	return 0;
 }
@@ -784,6 +861,8 @@ int slurm_spank_exit(spank_t sp, int ac, char **av)
 
 	if (!is_remote(sp) || st.bad_config || !st.have_ids || !st.sent)
 		return 0;
+	/* No task was placed (none forked, say): the step's placement is settled first. */
+	step_placed();
 	if (st.unanswered) {
 		/*
 		 * A late placement (a stalled agent) could still move this slurmstepd

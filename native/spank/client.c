@@ -136,15 +136,11 @@ void client_close(struct client *c)
 	c->fd = -1;
 }
 
-int client_call(struct client *c, const char *body, int timeout_ms, struct reply *rp)
+long long client_send(struct client *c, const char *body, long long deadline)
 {
 	struct buf req = { .n = 0, .overflow = 0 };
 	long long id = c->next_id++;
-	long long deadline = now_ms() + timeout_ms;
 	size_t off = 0;
-	char *nl;
-	struct reply local;
-	struct reply *r = rp ? rp : &local;
 
 	c->usable = 0;
 	c->dropped = 0;
@@ -171,11 +167,17 @@ int client_call(struct client *c, const char *body, int timeout_ms, struct reply
 		snprintf(c->err, sizeof(c->err), "sending the request: %s", strerror(errno));
 		return -1;
 	}
+	return id;
+}
+
+/* Read one whole line into c->in (kept across calls): 0, or -1 with c->err set. */
+static int read_line(struct client *c, long long deadline, int timeout_ms, char **nl)
+{
 	for (;;) {
 		ssize_t got;
 
-		if ((nl = memchr(c->in, '\n', c->in_len)))
-			break;
+		if ((*nl = memchr(c->in, '\n', c->in_len)))
+			return 0;
 		if (c->in_len >= MAX_LINE) {
 			snprintf(c->err, sizeof(c->err), "reply line longer than %d bytes", MAX_LINE);
 			return -1;
@@ -205,6 +207,18 @@ int client_call(struct client *c, const char *body, int timeout_ms, struct reply
 		snprintf(c->err, sizeof(c->err), "reading the reply: %s", strerror(errno));
 		return -1;
 	}
+}
+
+int client_reply(struct client *c, long long id, long long deadline, int timeout_ms, struct reply *rp)
+{
+	char *nl;
+	struct reply local;
+	struct reply *r = rp ? rp : &local;
+
+	c->usable = 0;
+	c->dropped = 0;
+	if (read_line(c, deadline, timeout_ms, &nl))
+		return -1;
 	{
 		size_t linelen = (size_t)(nl - c->in);
 		int bad = parse_reply(c->in, linelen, r);
@@ -230,3 +244,12 @@ int client_call(struct client *c, const char *body, int timeout_ms, struct reply
 	return -1;
 }
 
+int client_call(struct client *c, const char *body, int timeout_ms, struct reply *rp)
+{
+	long long deadline = now_ms() + timeout_ms;
+	long long id = client_send(c, body, deadline);
+
+	if (id < 0)
+		return -1;
+	return client_reply(c, id, deadline, timeout_ms, rp);
+}

@@ -22,9 +22,9 @@ struct client {
 	char in[MAX_LINE + 1];
 	size_t in_len;
 	char err[1200];
-	/* After client_call: 1 when a whole reply was read (the connection can carry another request). */
+	/* After client_call or client_reply: 1 when a whole reply was read (the connection can carry another request). */
 	int usable;
-	/* After client_call: 1 when the server closed or reset the connection before replying (it restarted, say). */
+	/* After client_call, client_send or client_reply: 1 when the server closed or reset the connection before replying (it restarted, say). */
 	int dropped;
 };
 
@@ -43,6 +43,16 @@ void client_close(struct client *c);
  * with c->err set. rp (when not NULL) gets the parsed reply.
  */
 int client_call(struct client *c, const char *body, int timeout_ms, struct reply *rp);
+
+/*
+ * client_call in two halves, for a reply read later (the agent works while
+ * the caller does): send by the deadline (now_ms() + timeout) and return the
+ * request's id, or -1 with c->err set; then read the reply to that id by its
+ * deadline (one already there is read even when the deadline has passed;
+ * timeout_ms only words the error). Returns as client_call.
+ */
+long long client_send(struct client *c, const char *body, long long deadline);
+int client_reply(struct client *c, long long id, long long deadline, int timeout_ms, struct reply *rp);
 
 #pragma GCC visibility pop
 

@@ -85,13 +85,17 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     return agent;
   }
   const deadline = Date.now() + 60000; // generous: a loaded 2-core CI machine starts node slowly
+  // An agent that never became ready leaves nothing of what this function made.
+  const failed = async (msg: string): Promise<never> => {
+    if (proc.exitCode === null) proc.kill('SIGKILL');
+    await exited;
+    if (ownDir) fs.rmSync(ownDir, { recursive: true, force: true });
+    throw new Error(msg);
+  };
   for (;;) {
-    if (proc.exitCode !== null) throw new Error(`cgstepd exited with ${proc.exitCode}:\n${out}`);
+    if (proc.exitCode !== null) return failed(`cgstepd exited with ${proc.exitCode}:\n${out}`);
     if (fs.existsSync(reach) && (await answers(reach))) return agent;
-    if (Date.now() > deadline) {
-      proc.kill('SIGKILL');
-      throw new Error(`cgstepd did not become ready:\n${out}`);
-    }
+    if (Date.now() > deadline) return failed(`cgstepd did not become ready:\n${out}`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }

@@ -419,6 +419,48 @@ cTest("post_fork: a step's tasks the agent refuses are all killed before exec; a
   t.deepEqual(d.seen.map((x) => [x.req.op, x.conn]), [['task.place', 0], ['task.place', 0], ['task.place', 1], ['destroy', 1]]);
 });
 
+cTest("the step's placement is answered while slurmstepd forks: read before the tasks are placed; refused or unanswered, the tasks are killed before exec with one message and none is placed", async (t) => {
+  // Refused: the agent's reply is read at the last post_fork.
+  const no = await recorder((req, n, s) => {
+    if (req.op === 'task.place' && req.leaf === 'slurm') {
+      s.write(JSON.stringify({ id: req.id, ok: false, error: { code: 'EPERM', message: 'not yours' } }) + '\n');
+      return true;
+    }
+  });
+  t.teardown(no.close);
+  const s = await step([`socket=${no.sock}`, 'devices=no'], { DRV_NTASKS: '2' });
+  t.deepEqual(s.ran, []);
+  t.deepEqual(s.tasks.map((x) => x.signal), [9, 9]);
+  t.deepEqual(s.errors, ["cgstep: creating the step's cgroup for job 1 step 0 failed (cgstepd at " + no.sock + ': EPERM: not yours); tasks killed before exec (failure=closed)']);
+  t.deepEqual(no.reqs().filter((q) => q.tasks), [], 'no task placed');
+  const open = await step([`socket=${no.sock}`, 'devices=no', 'failure=open'], { DRV_NTASKS: '2' });
+  t.deepEqual(open.ran.map((x) => x.task).sort(), [0, 1]);
+  t.regex(open.errors[0], /creating the step's cgroup .*EPERM: not yours\); failure=open: continuing without cgroup confinement$/);
+
+  // Dropped before the reply (an agent restart): sent again on a new connection, then the tasks.
+  const drop = await recorder((req, n, s) => {
+    if (req.op === 'task.place' && req.leaf === 'slurm' && n === 0) {
+      s.destroy();
+      return true;
+    }
+  });
+  t.teardown(drop.close);
+  const again = await step([`socket=${drop.sock}`, 'devices=no'], {});
+  t.deepEqual(again.errors, []);
+  t.deepEqual(again.ran.map((x) => x.task), [0]);
+  t.deepEqual(drop.seen.map((x) => [x.req.op, x.req.leaf ?? (x.req.tasks ? 'tasks' : ''), x.conn]), [['task.place', 'slurm', 0], ['task.place', 'slurm', 1], ['task.place', 'tasks', 1], ['destroy', '', 1]]);
+
+  // No reply at all within timeout_ms: the tasks are killed, and nothing is destroyed at exit (the epilog does it).
+  const mute = await recorder((req) => req.op === 'task.place' && req.leaf === 'slurm');
+  t.teardown(mute.close);
+  const t0 = Date.now();
+  const stalled = await step([`socket=${mute.sock}`, 'devices=no', 'timeout_ms=300'], {});
+  t.true(Date.now() - t0 >= 300);
+  t.deepEqual(stalled.ran, []);
+  t.regex(stalled.errors[0], /creating the step's cgroup for job 1 step 0 failed \(cgstepd at .*: no reply within 300 ms\); tasks killed before exec/);
+  t.deepEqual(mute.reqs().map((q) => q.op), ['task.place'], 'no destroy after an unanswered placement');
+});
+
 cTest('step: a step id Slurm never gives, GPUs that are not indices, and an unknown option fail each task before exec with a message; nothing is sent', async (t) => {
   const r = await recorder();
   t.teardown(r.close);
@@ -525,12 +567,14 @@ let gpuDir: string;
 let gpus: string[] = [];
 
 async function realAgent(): Promise<RunningAgent> {
-  if (!agent) {
+  if (!root) {
     root = makeTestRoot('spank-client');
     gpuDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-spank-gpus-'));
     gpus = [0, 1, 2, 3].map((i) => path.join(gpuDir, `nvidia${i}`));
     for (const [i, g] of gpus.entries()) spawnSync('mknod', ['-m', '0666', g, 'c', '195', String(i)]);
     fs.writeFileSync(path.join(gpuDir, 'gres.conf'), gpus.map((g) => `NodeName=node1 Name=gpu File=${g}\n`).join(''));
+  }
+  if (!agent) {
     agent = await startAgent({ root, args: ['--ignore-systemd', '--node-name', 'node1', '--gres', path.join(gpuDir, 'gres.conf'), '--ignore-missing-controllers'] });
   }
   return agent;

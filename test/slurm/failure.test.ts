@@ -120,7 +120,7 @@ slurmTest('cgstepd mute (SIGSTOP): the task fails closed after timeout_ms with "
   }
   t.not(r.code, 0);
   t.false(r.ran);
-  t.regex(r.stderr, /cgstep: creating the step's cgroup for job \d+ step 0 failed \(cgstepd at .*: no reply within 700 ms\); task not started \(failure=closed\)/);
+  t.regex(r.stderr, /cgstep: creating the step's cgroup for job \d+ step 0 failed \(cgstepd at .*: no reply within 700 ms\); tasks killed before exec \(failure=closed\)/);
   // The agent carries out the task.place it got while stopped only now, after the
   // plugin gave up on it. The step daemon sent no destroy (had that late request
   // moved it into the step, the destroy would have killed it); the job epilog's
@@ -150,7 +150,7 @@ slurmTest('an agent that refuses: its error code and message are in the job stde
     const r = await srunMarked();
     t.not(r.code, 0);
     t.false(r.ran);
-    t.regex(r.stderr, /cgstep: creating the step's cgroup for job \d+ step 0 failed \(cgstepd at .*refuser\.sock: EBUSY: node "draining" \\ try later \u2013 tab\there\); task not started/);
+    t.regex(r.stderr, /cgstep: creating the step's cgroup for job \d+ step 0 failed \(cgstepd at .*refuser\.sock: EBUSY: node "draining" \\ try later \u2013 tab\there\); tasks killed before exec \(failure=closed\)/);
     // The step daemon's task.place is the first request (no prolog request).
     const [first] = seen.map((l) => JSON.parse(l));
     t.like(first, { op: 'task.place', v: '1.0', leaf: 'slurm', step: '0', owner: process.getuid!(), jobDevices: { gres: [] } });
@@ -192,7 +192,7 @@ slurmTest('devices=yes (the default) and an agent that does not enforce device r
     const r = await srunMarked(['--gres=gpu:1']);
     t.not(r.code, 0);
     t.false(r.ran);
-    t.regex(r.stderr, /cgstep: confining the step's devices for job \d+ step 0 failed \(cgstepd at .*: device rules are not enforced.*; devices=try in plugstack.conf runs tasks without device confinement\); task not started \(failure=closed\)/);
+    t.regex(r.stderr, /cgstep: confining the step's devices for job \d+ step 0 failed \(cgstepd at .*: device rules are not enforced.*; devices=try in plugstack.conf runs tasks without device confinement\); tasks killed before exec \(failure=closed\)/);
     node().cluster.setPluginArgs(['devices=try']);
     const ok = await srunMarked(['--gres=gpu:1']);
     t.is(ok.code, 0, ok.stderr);
