@@ -559,10 +559,24 @@ export class StepTree {
     if (leafMade && task !== undefined) this.watchMade(u, p.dir, { job, step, task }, false, true);
     moveProcess(p.dir, pid, this.opts.mountPoint, this.opts.verifyMoves);
     access?.afterMove?.(pid);
-    if (from !== null) u.add(`move ${pid} back to ${from}`, () => moveBack(pid, from, this.opts.mountPoint));
+    if (from !== null) u.add(`move ${pid} back to ${from}`, () => this.moveBackIfHeld(pid, from, access));
     // The leaf, its step and its job hold the pid now; if it has exited since, its notice says so.
     this.watcher.moved({ job, step, task });
     return c;
+  }
+
+  /**
+   * Take back a move: only while the process checked for this request still
+   * holds its pid (a pid reaped since may be another process's now, which
+   * must not be moved); a reaped one needs nothing.
+   */
+  private moveBackIfHeld(pid: number, from: string, access?: JobAccess): void {
+    try {
+      access?.afterMove?.(pid);
+    } catch {
+      return;
+    }
+    moveBack(pid, from, this.opts.mountPoint);
   }
 
   /** Watch a level (a no-op where it is watched already); one this request made is unwatched again if the request fails. */
