@@ -218,7 +218,9 @@ kt('500 create/update/destroy cycles through the agent: three policies are three
   // the agent keeps the last few it loaded open (an fd each) for the next directory with that policy.
   await waitFor(() => loaded.every((id) => infoById(id) === null || fds().progs.includes(id)), 20000, 'every loaded program not kept to be freed');
   const after = fds();
-  t.is(after.other, before.other, 'no fd but kept programs left open in the agent');
+  // The other tests of this file share the agent and may hold a connection or a /proc fd of
+  // theirs for a moment at either count; a leak in the cycle would show hundreds.
+  t.true(after.other <= before.other + 4, `no fd but kept programs left open in the agent: ${before.other} before, ${after.other} after 500 cycles`);
   t.true(after.progs.length <= 32, `${after.progs.length} programs kept`);
   t.deepEqual(fs.readdirSync(ctx.scope).filter((d) => d.startsWith('job_')), []);
 });
