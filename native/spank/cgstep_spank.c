@@ -499,7 +499,7 @@ static struct {
 	/* The step's placement, sent from init and answered later (pending: its reply is unread). */
 	int pending;
 	long long pending_id, pending_deadline;
-	char step_req[REQ_MAX];
+	struct buf step_req;
 	int failed_after_fork; /* the step's placement failed once its tasks were forked: post_fork fails each */
 	uint32_t job, stepid;
 	char step[16];
@@ -612,7 +612,7 @@ static int kept_call(const char *body, int timeout_ms, struct reply *r)
 static int place_step(spank_t sp)
 {
 	const struct config *c = &st.c;
-	struct buf b;
+	struct buf *b = &st.step_req;
 	uint64_t job_mem = 0, step_mem = 0;
 	char *job_cores = NULL, *step_cores = NULL, msg[1024];
 	int gpus[MAX_GPUS], ngpus = 0;
@@ -631,23 +631,22 @@ static int place_step(spank_t sp)
 		return -1;
 	}
 
-	memset(&b, 0, sizeof(b));
-	bput(&b, "\"op\":\"task.place\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\",\"pid\":%d,\"leaf\":\"slurm\",\"owner\":%u",
+	memset(b, 0, sizeof(*b));
+	bput(b, "\"op\":\"task.place\",\"job\":\"%" PRIu32 "\",\"step\":\"%s\",\"pid\":%d,\"leaf\":\"slurm\",\"owner\":%u",
 	     st.job, st.step, (int)getpid(), (unsigned)st.owner);
-	put_limits(&b, "jobLimits", job_mem, job_cores);
-	put_limits(&b, "stepLimits", step_mem, step_cores);
+	put_limits(b, "jobLimits", job_mem, job_cores);
+	put_limits(b, "stepLimits", step_mem, step_cores);
 	if (c->devices) {
-		put_gres(&b, "jobDevices", gpus, ngpus);
-		put_gres(&b, "stepDevices", gpus, ngpus);
+		put_gres(b, "jobDevices", gpus, ngpus);
+		put_gres(b, "stepDevices", gpus, ngpus);
 	}
-	memcpy(st.step_req, b.s, sizeof(st.step_req));
 	if (client_open(&st.cl, c->socket, c->timeout_ms, c->agent_uid)) {
 		step_failed("placing the task", st.cl.err);
 		return -1;
 	}
 	st.sent = 1;
 	st.pending_deadline = now_ms() + c->timeout_ms;
-	st.pending_id = client_send(&st.cl, st.step_req, st.pending_deadline);
+	st.pending_id = client_send(&st.cl, b->s, st.pending_deadline);
 	/* A failed send is retried (or reported) by step_placed(). */
 	st.pending = 1;
 	return 0;
@@ -670,7 +669,7 @@ static int step_placed(void)
 		rc = client_reply(&st.cl, st.pending_id, st.pending_deadline, st.c.timeout_ms, &r);
 	/* A failed send, or a connection dropped before the reply: once more, on a new connection. */
 	if (rc && (kept_failed() || st.pending_id < 0))
-		rc = kept_call(st.step_req, st.c.timeout_ms, &r);
+		rc = kept_call(st.step_req.s, st.c.timeout_ms, &r);
 	if (rc) {
 		step_failed("creating the step's cgroup", st.cl.err);
 		/* An error reply keeps the connection; anything else closed it. */

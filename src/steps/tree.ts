@@ -539,12 +539,9 @@ export class StepTree {
 
   /**
    * Make the leaf if missing, confine it, then move the pid in (it never runs
-   * under a looser policy). `made`: the job and step this request made.
-   */
-  /**
-   * Make the leaf if missing and move pid in. With `undoable` (more moves of
-   * the same request follow) the cgroup it leaves is read first and it is
-   * moved back there if the request fails later.
+   * under a looser policy). `made`: the job and step this request made. With
+   * `undoable` (more moves of the same request follow) the cgroup the pid
+   * leaves is read first, and it is moved back there if the request fails.
    */
   private placeIn(u: Undo, job: string, step: string, leaf: Leaf, p: LevelPlan, pid: number, access?: JobAccess, made = { job: false, step: false }, undoable = false) {
     const leafMade = this.makeDir(u, p.dir);
@@ -680,12 +677,9 @@ export class StepTree {
       const job = this.makeJob(u, r.job, jp, access);
       const step = this.makeStep(u, r.job, r.step, sp);
       const last = r.moves.length - 1;
-      const placed = r.moves.map((m, i) => {
-        const made = { job: job.created && i === 0, step: step.created && i === 0 };
-        const c = this.placeIn(u, r.job, r.step, m.leaf, tps[i], m.pid, access, made, i < last);
-        return { pid: m.pid, leaf: tps[i].dir, ...c };
-      });
-      const programs = deviceProgramsOf({ job, step, ...(placed.length === 1 ? { leaf: placed[0] as { deviceProgram?: number } } : {}) });
+      const applied = r.moves.map((m, i) => this.placeIn(u, r.job, r.step, m.leaf, tps[i], m.pid, access, { job: job.created && i === 0, step: step.created && i === 0 }, i < last));
+      const placed = applied.map((c, i) => ({ pid: r.moves[i].pid, leaf: tps[i].dir, ...c }));
+      const programs = deviceProgramsOf(applied.length === 1 ? { job, step, leaf: applied[0] } : { job, step });
       const moved = placed.length === 1 ? { pid: placed[0].pid, leaf: path.basename(placed[0].leaf) } : { pids: placed.map((p) => p.pid) };
       this.opts.log.info({ job: r.job, step: r.step, ...moved, jobCreated: job.created, stepCreated: step.created, ...programs }, 'process placed');
       return {
