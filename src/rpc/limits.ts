@@ -4,8 +4,9 @@
  * few slots that let only a few such reads run at once for all non-admin
  * peers together, so root's requests always find the event loop nearly free.
  * Admin peers (root, operators) are never rate-limited here. And the number of
- * device rules one request may carry, which bounds the policy compile it
- * causes. Pure bookkeeping: no sockets, no cgroups.
+ * device rules and of tasks one request may carry, which bounds the policy
+ * compile and the placements it causes. Pure bookkeeping: no sockets, no
+ * cgroups.
  */
 import { AgentError } from '../errors.js';
 import type { Op } from './protocol.js';
@@ -74,6 +75,22 @@ export function checkRuleCount(req: object, admin: boolean): void {
   }
   const max = admin ? MAX_RULES_ADMIN : MAX_RULES_USER;
   if (n > max) throw new AgentError('E2BIG', `${n} device rules in one request; at most ${max}${admin ? '' : ' for a peer that is not root or an operator'}`);
+}
+
+/**
+ * Tasks one task.place may place: an admin's as many as the protocol takes (a
+ * slurmstepd places every task of its node at once); anyone else's up to 16.
+ * Each task is a /proc check, a directory and a move done in one turn of the
+ * event loop: 512 of them took ~100 ms, which a user sending them in a loop
+ * would put in front of every request of root's.
+ */
+export const MAX_TASKS_USER = 16;
+
+/** Throw E2BIG when req places more tasks at once than its sender may. */
+export function checkTaskCount(req: object, admin: boolean): void {
+  const tasks = (req as { tasks?: unknown[] }).tasks;
+  if (admin || !Array.isArray(tasks) || tasks.length <= MAX_TASKS_USER) return;
+  throw new AgentError('E2BIG', `${tasks.length} tasks in one task.place; at most ${MAX_TASKS_USER} for a peer that is not root or an operator (send them in several requests)`);
 }
 
 /** At most n holders at once; the others wait in arrival order. */

@@ -18,7 +18,7 @@ import { peerCred, roleOf, type Peer } from './peercred.js';
 import type { AgentEvent, Reply, Request } from './protocol.js';
 import { parseRequest } from './validate.js';
 import { MAX_LINE_BYTES, PROTOCOL_VERSION, READ_ONLY_OPS, majorOf } from './version.js';
-import { RateLimiter, Slots, DEFAULT_RATE, checkRuleCount, type RateOptions } from './limits.js';
+import { RateLimiter, Slots, DEFAULT_RATE, checkRuleCount, checkTaskCount, type RateOptions } from './limits.js';
 import { Streamed } from './stream.js';
 import { LineReader, TOO_LONG } from './lines.js';
 
@@ -368,6 +368,7 @@ export class RpcServer {
       op = req.op;
       if (peer.role === 'reader' && !READ_ONLY_OPS.has(req.op)) throw new AgentError('EPERM', `uid ${peer.uid} may only use read-only requests; ${req.op} needs an allowed uid`);
       checkRuleCount(req, peer.role === 'admin');
+      checkTaskCount(req, peer.role === 'admin');
       if (req.op === 'events') {
         reply = { id, ok: true, result: { subscribed: true } };
         this.write(c, reply);

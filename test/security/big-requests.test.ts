@@ -2,7 +2,9 @@
  * One request's device rules bound the policy compile it causes: a peer that
  * is neither root nor an operator may send at most 256 rules, root at most
  * 4,096 (the device benchmark's largest policy); more is refused with E2BIG
- * before anything is compiled or created.
+ * before anything is compiled or created. Likewise the tasks one task.place
+ * places at once (a /proc check, a directory and a move each, in one turn of
+ * the event loop): a user's up to 16, root's up to the protocol's 512.
  */
 import test from 'ava';
 import fs from 'node:fs';
@@ -10,7 +12,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
 import { startAgent, type RunningAgent } from '../helpers/agent.js';
-import { addUser, nodeAs, removeUser, type TestUser } from '../helpers/users.js';
+import { addUser, nodeAs, removeUser, spawnAs, type TestUser } from '../helpers/users.js';
+import { killPid, waitFor } from '../helpers/agent.js';
 
 const ctx: { root: string; dir: string; agent: RunningAgent; user: TestUser } = {} as any;
 
@@ -66,4 +69,22 @@ test('root may send the 4,096 rules of the device benchmark, not one more', asyn
   // 4,096 pass the size check (what the device backend then does with them is not this test's concern).
   const r = await c.request('job.create', { job: 34, devices: { deny: rules(4096, 200) } }).catch((err: any) => err);
   t.not(r?.code, 'E2BIG', String(r?.message));
+});
+
+test("a user may place at most 16 tasks in one task.place (root more); more are refused before anything is checked or made", async (t) => {
+  const sleeps = Array.from({ length: 17 }, () => spawnAs(ctx.user, ['sleep', '600']));
+  t.teardown(() => sleeps.forEach((p) => killPid(p.pid)));
+  await waitFor(() => sleeps.every((p) => fs.readFileSync(`/proc/${p.pid}/comm`, 'utf8').trim() === 'sleep'), 5000, 'the sleeps to exec');
+  const tasks = sleeps.map((p, i) => ({ task: i, pid: p.pid! }));
+  const r = await sendAsUser({ id: 1, op: 'task.place', job: 35, step: 0, tasks });
+  t.is(r.error?.code, 'E2BIG', JSON.stringify(r));
+  t.regex(r.error.message, /^17 tasks in one task\.place; at most 16 for a peer that is not root or an operator/);
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  t.false((await c.request('list', {})).jobs.some((j: any) => j.job === '35'), 'job 35 was created');
+  const ok = await sendAsUser({ id: 2, op: 'task.place', job: 35, step: 0, tasks: tasks.slice(0, 16) });
+  t.true(ok.ok, JSON.stringify(ok));
+  // Root: all 17 in one request.
+  t.is((await c.request('task.place', { job: 36, step: 0, tasks })).tasks.length, 17);
+  for (const job of [35, 36]) await c.request('destroy', { job, force: true });
 });
