@@ -25,6 +25,7 @@ import { DEFAULT_SOCKET } from '../rpc/client.js';
 import { findCgroup2Mount } from '../cgroupfs/mount.js';
 import { moveSelfIntoSubgroup } from '../systemd/delegate.js';
 import * as sd from '../systemd/notify.js';
+import { LogSink } from '../sys/logsink.js';
 
 /** How long a stop may take before the agent exits anyway (the unit's TimeoutStopSec is longer). */
 const STOP_LIMIT_MS = 8000;
@@ -67,7 +68,10 @@ const program = new EnvCommand('cgstepd')
 program.parse();
 const f = program.opts();
 
-const log = pino({ level: f.logLevel, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime });
+// Each line written at once, never waiting on journald (sys/logsink); what a stalled reader left is written at exit.
+const sink = new LogSink(1);
+process.on('exit', () => sink.flushSync());
+const log = pino({ level: f.logLevel, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime }, sink);
 
 /**
  * A fatal start-up error: the JSON log line, and one plain line on stderr for the

@@ -3,10 +3,11 @@
  * the project ships; ffi-napi does not build on Node 20), in one place:
  * AF_UNIX datagram sockets for sd_notify (socket, bind, sendto, recv, close;
  * Node's net/dgram modules have no datagram Unix sockets), getsockopt for
- * a stream peer's credentials and groups, and flock (Node has no file
- * locks). Loaded lazily on first use, so a process that needs none of them
- * never loads libc through FFI. Callers own the meaning;
- * this module owns only the signatures and errno names.
+ * a stream peer's credentials and groups, flock (Node has no file locks),
+ * and fcntl (O_NONBLOCK on the log's pipe or socket). Loaded lazily on
+ * first use, so a process that needs none of them never loads libc through
+ * FFI. Callers own the meaning; this module owns only the signatures and
+ * errno names.
  */
 import os from 'node:os';
 import koffi from 'koffi';
@@ -21,6 +22,9 @@ export const SO_PEERCRED = 17;
 export const SO_PEERGROUPS = 59;
 export const LOCK_EX = 2;
 export const LOCK_NB = 4;
+export const F_GETFL = 3;
+export const F_SETFL = 4;
+export const O_NONBLOCK = 0o4000;
 /** sizeof(struct sockaddr_un): sa_family_t (2 bytes) + sun_path[108]. */
 const SUN_PATH_MAX = 108;
 
@@ -32,6 +36,8 @@ interface Libc {
   close: (fd: number) => number;
   getsockopt: (fd: number, level: number, opt: number, out: Buffer, len: number[]) => number;
   flock: (fd: number, op: number) => number;
+  /** fcntl(fd, cmd, int): variadic in C, so koffi takes the argument's type before it. */
+  fcntl: (fd: number, cmd: number, ...arg: unknown[]) => number;
 }
 
 let cached: Libc | undefined;
@@ -47,6 +53,7 @@ export function libc(): Libc {
     close: lib.func('int close(int fd)'),
     getsockopt: lib.func('int getsockopt(int fd, int level, int optname, _Out_ void *optval, _Inout_ uint32_t *optlen)'),
     flock: lib.func('int flock(int fd, int op)'),
+    fcntl: lib.func('int fcntl(int fd, int cmd, ...)'),
   } as Libc;
   return cached;
 }

@@ -1,0 +1,129 @@
+/**
+ * The agent's log sink (sys/logsink) against real readers: a socket (what
+ * journald gives a service, and what Node's stdio pipes are) and a FIFO
+ * whose reader stops reading. The writer must never wait on the reader,
+ * keep every line in order while its queue has room, say how many it
+ * dropped past that, write what waits at exit, and survive a reader that
+ * is gone.
+ */
+import test from 'ava';
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { REPO } from '../helpers/agent.js';
+
+const SINK = path.join(REPO, 'dist/sys/logsink.js');
+
+/**
+ * A child that writes `lines` numbered log lines of about 200 bytes through
+ * a LogSink on its stdout (queue bound `max` bytes), then says on stderr
+ * what the sink holds ("queued BYTES DROPPED STDOUT-TYPE") and exits at once
+ * (`exit`) or when the queue is empty (and the note of dropped lines out).
+ */
+function writer(lines: number, max: number, exit: 'now' | 'drained', stdout: 'pipe' | number = 'pipe'): ChildProcess {
+  const script = `
+    const fs = require('node:fs');
+    import(${JSON.stringify(SINK)}).then(({ LogSink }) => {
+      const sink = new LogSink(1, ${max});
+      process.on('exit', () => sink.flushSync());
+      const pad = 'x'.repeat(180);
+      for (let i = 0; i < ${lines}; i++) sink.write(JSON.stringify({ level: 30, seq: i, pad }) + '\\n');
+      const st = fs.fstatSync(1);
+      process.stderr.write('queued ' + sink.pendingBytes + ' ' + sink.droppedLines + ' ' + (st.isSocket() ? 'socket' : st.isFIFO() ? 'fifo' : 'other') + '\\n');
+      if (${JSON.stringify(exit)} === 'now') process.exit(0);
+      const t = setInterval(() => { if (sink.pendingBytes === 0) { clearInterval(t); process.exit(0); } }, 5);
+    });`;
+  return spawn(process.execPath, ['-e', script], { stdio: ['ignore', stdout, 'pipe'] });
+}
+
+/** The child's "queued" line, written while nobody has read its stdout yet. */
+function queued(child: ChildProcess): Promise<{ bytes: number; dropped: number; kind: string }> {
+  return new Promise((resolve, reject) => {
+    let err = '';
+    child.stderr!.on('data', (d) => {
+      err += d;
+      const m = /queued (\d+) (\d+) (\w+)\n/.exec(err);
+      if (m) resolve({ bytes: Number(m[1]), dropped: Number(m[2]), kind: m[3] });
+    });
+    child.once('exit', (code) => reject(new Error(`writer exited ${code} before it had written: ${err}`)));
+  });
+}
+
+function exited(child: ChildProcess): Promise<number | null> {
+  return child.exitCode !== null ? Promise.resolve(child.exitCode) : new Promise((r) => child.once('exit', (code) => r(code)));
+}
+
+function readAll(stream: NodeJS.ReadableStream): Promise<string> {
+  return new Promise((resolve) => {
+    let out = '';
+    stream.setEncoding('utf8');
+    stream.on('data', (d: string) => (out += d));
+    stream.on('end', () => resolve(out));
+  });
+}
+
+test('a reader that does not read: the writer goes on, queues in order, and writes everything at exit', async (t) => {
+  // 4 MiB of lines: far past a socket's buffer, under the default bound (8 MiB).
+  const child = writer(20_000, 8 << 20, 'now');
+  child.stdout!.pause();
+  // The child reports only after its last write: had a write waited for this reader, it would never report.
+  const q = await queued(child);
+  t.is(q.kind, 'socket');
+  t.true(q.bytes > 0, 'lines wait in the queue');
+  t.is(q.dropped, 0);
+  child.stdout!.resume();
+  const [out, code] = await Promise.all([readAll(child.stdout!), exited(child)]);
+  t.is(code, 0);
+  const seqs = out.trim().split('\n').map((l) => JSON.parse(l).seq as number);
+  t.is(seqs.length, 20_000);
+  t.true(seqs.every((s, i) => s === i), 'every line, in order');
+});
+
+test('past its bound the queue drops new lines and one line says how many, once the reader is back', async (t) => {
+  const child = writer(20_000, 64 * 1024, 'drained');
+  child.stdout!.pause();
+  const q = await queued(child);
+  t.true(q.bytes <= 64 * 1024);
+  t.true(q.dropped > 0);
+  child.stdout!.resume();
+  const [out, code] = await Promise.all([readAll(child.stdout!), exited(child)]);
+  t.is(code, 0);
+  const parsed = out.trim().split('\n').map((l) => JSON.parse(l) as { seq?: number; dropped?: number; level: number });
+  const note = parsed.filter((p) => p.dropped !== undefined);
+  t.is(note.length, 1);
+  t.is(note[0].level, 40);
+  t.is(note[0].dropped, q.dropped);
+  const seqs = parsed.filter((p) => p.seq !== undefined).map((p) => p.seq!);
+  t.is(seqs.length + q.dropped, 20_000, 'each line either written or counted');
+  t.true(seqs.every((s, i) => i === 0 || s > seqs[i - 1]), 'what was written is in order');
+  t.deepEqual(seqs.slice(0, 10), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 'the first lines, not the last, are kept');
+});
+
+test('a FIFO whose reader is stopped, then continued: the same (a pipe, not a socket)', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-logsink-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const fifo = path.join(dir, 'log');
+  t.is(await exited(spawn('mkfifo', [fifo])), 0);
+  const cat = spawn('cat', [fifo], { stdio: ['ignore', 'pipe', 'ignore'] });
+  t.teardown(() => cat.exitCode === null && process.kill(cat.pid!, 'SIGKILL'));
+  const wfd = fs.openSync(fifo, 'w'); // returns once cat has the read end open
+  process.kill(cat.pid!, 'SIGSTOP');
+  const out = readAll(cat.stdout!);
+  const child = writer(5_000, 8 << 20, 'now', wfd);
+  fs.closeSync(wfd);
+  const q = await queued(child);
+  t.is(q.kind, 'fifo');
+  t.true(q.bytes > 0);
+  process.kill(cat.pid!, 'SIGCONT');
+  t.is(await exited(child), 0);
+  const seqs = (await out).trim().split('\n').map((l) => JSON.parse(l).seq as number);
+  t.true(seqs.length === 5_000 && seqs.every((s, i) => s === i));
+});
+
+test('a reader that is gone: the writer neither crashes nor stops', async (t) => {
+  const child = writer(20_000, 8 << 20, 'now');
+  child.stdout!.destroy();
+  await queued(child).catch(() => undefined);
+  t.is(await exited(child), 0);
+});
