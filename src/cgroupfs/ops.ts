@@ -169,12 +169,13 @@ export function readEvents(dir: string): Record<string, number> {
 }
 
 export function isPopulated(dir: string): boolean {
-  try {
-    return readEvents(dir).populated === 1;
-  } catch (err) {
-    if (isErrno(err, 'ENOENT')) return false;
-    throw err;
-  }
+  return populatedOf(dir) ?? false;
+}
+
+/** cgroup.events' populated, or null when the directory does not exist (one read where a stat and a read would do). */
+export function populatedOf(dir: string): boolean | null {
+  const text = readOptional(path.join(dir, 'cgroup.events'));
+  return text === null ? null : parseFlatKeyed(text).populated === 1;
 }
 
 /** Every pid in dir and below. */

@@ -176,9 +176,12 @@ export class TreeWatcher extends EventEmitter {
    * first, so a change the kernel made just before (the kill of a destroy) is
    * still published even if inotify's notice has not been handled yet (the
    * kernel sends it up to 10 ms late). A file last seen unpopulated needs no
-   * read: only populated 1 -> 0 makes an event.
+   * read: only populated 1 -> 0 makes an event. `empty`: the caller has just
+   * read dir's cgroup.events say populated 0 (or waited for it), so nothing
+   * is populated at or below it and its cgroup.events files need no read of
+   * their own: those last seen populated publish their empty from that.
    */
-  unwatchDir(dir: string, job: string): void {
+  unwatchDir(dir: string, job: string, empty = false): void {
     const prefix = dir.endsWith('/') ? dir : dir + '/';
     const gone: Watched[] = [];
     for (const w of this.byJob.get(job) ?? []) if (this.fileOf(w).startsWith(prefix)) gone.push(w);
@@ -186,7 +189,8 @@ export class TreeWatcher extends EventEmitter {
     gone.sort((a, b) => level(b) - level(a));
     for (const w of gone) {
       if (w.kind === 'cgroup' && w.populated === 0) continue;
-      this.onChange(w);
+      if (w.kind === 'cgroup' && empty) this.emptied(w);
+      else this.onChange(w);
     }
     for (const w of gone) this.drop(w);
   }
@@ -211,14 +215,19 @@ export class TreeWatcher extends EventEmitter {
       if (oomKill > before) this.emitEvent('oom', w, { oomKill });
       return;
     }
-    const { populated } = w;
-    w.populated = now.populated ?? populated;
-    if (populated === 1 && w.populated === 0) {
+    const populated = now.populated ?? w.populated;
+    if (w.populated === 1 && populated === 0) {
       // The kernel empties a task before its step and job, but their inotify
       // notices may be handled in any order: read what lies below first.
       if (w.task === undefined) this.settleBelow(w);
-      this.emitEvent(w.task !== undefined ? 'task.empty' : w.step !== undefined ? 'step.empty' : 'job.empty', w);
-    }
+      this.emptied(w);
+    } else w.populated = populated;
+  }
+
+  /** A cgroup.events file last seen populated is known to say populated 0 now: publish its empty. */
+  private emptied(w: Watched): void {
+    w.populated = 0;
+    this.emitEvent(w.task !== undefined ? 'task.empty' : w.step !== undefined ? 'step.empty' : 'job.empty', w);
   }
 
   /**

@@ -21,6 +21,7 @@ import {
   exists,
   getXattr,
   isPopulated,
+  populatedOf,
   killAll,
   makeDir,
   moveProcess,
@@ -819,7 +820,8 @@ export class StepTree {
     return this.lock.run(job, async () => {
       this.admit(null, job, access);
       const target = step === undefined ? this.paths.job(job) : this.paths.step(job, step);
-      if (!exists(target)) {
+      const populated = populatedOf(target);
+      if (populated === null) {
         // Idempotent: a controller retrying after a crash or a lost reply gets success.
         if (step === undefined) this.forget(job);
         else dropStep(this.index.get(job), step);
@@ -827,15 +829,18 @@ export class StepTree {
         const jobRemoved = step === undefined || !exists(this.paths.job(job)) || (reapJob && (await this.reapIfStepless(job)));
         return { job, step, killed: 0, jobRemoved, existed: false };
       }
-      const pids = isPopulated(target) ? procsRecursive(target) : [];
+      const pids = populated ? procsRecursive(target) : [];
+      // Known empty at and below target: read so, or emptied and waited for below.
+      let empty = !populated;
       if (pids.length > 0) {
         if (!force) {
           throw new AgentError('EBUSY', `${step === undefined ? `job ${job}` : `job ${job} step ${step}`} still has ${pids.length} process(es) (${pids.slice(0, 8).join(' ')}${pids.length > 8 ? ' ...' : ''}); destroy with force (cgstep destroy --force) to kill them`);
         }
         killAll(target);
         await waitUnpopulated(target, this.opts.waitTimeoutMs);
+        empty = true;
       }
-      this.watcher.unwatchDir(target, job);
+      this.watcher.unwatchDir(target, job, empty);
       if (step === undefined) await this.removeJob(target);
       else await this.removeStep(target);
       let jobRemoved = step === undefined;

@@ -2,10 +2,14 @@
  * Event delivery from a real agent on the real kernel: frozen/thawed for
  * every freeze request that changed a step, however quickly a thaw follows
  * (the kernel's notices coalesce then), and empties that reach every
- * subscriber while nothing else happens in the agent.
+ * subscriber while nothing else happens in the agent, and empties a destroy
+ * publishes itself (once each, in order) when the kernel's notices of them
+ * have not been handled yet.
  */
 import test from 'ava';
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
 import { killPid, sleep, spawnSleeper, startAgent, waitFor, type RunningAgent } from '../helpers/agent.js';
 
@@ -105,4 +109,39 @@ test.serial('a process that ends the moment it is placed still makes its empties
   await empties(3);
   const want = (task: string) => [`task.empty 97 0 ${task}`, 'step.empty 97 0', 'job.empty 97'];
   t.deepEqual(heard, [...want('0'), ...want('0'), ...want('1')]);
+});
+
+test.serial('a destroy right after the processes left publishes each empty once, task -> step -> job; a forced one too; a step destroy only what it emptied', async (t) => {
+  const heard = await subscriber(t);
+  const c = await ctx.agent.client();
+  const park = path.join(ctx.root, 'park-events'); // removed with the test root
+  fs.mkdirSync(park);
+  const procs = [spawnSleeper(), spawnSleeper(), spawnSleeper(), spawnSleeper()];
+  t.teardown(async () => {
+    for (const p of procs) killPid(p.pid);
+    for (const job of ['101', '102', '103']) await c.request('destroy', { job, force: true }).catch(() => undefined);
+    c.close();
+  });
+  const moveOut = (pid: number) => fs.writeFileSync(path.join(park, 'cgroup.procs'), String(pid));
+  // The destroy's request is on the wire before the agent can have handled the move's notices.
+  await c.request('task.place', { job: '101', step: '0', pid: procs[0].pid!, task: 0 });
+  moveOut(procs[0].pid!);
+  const r = await c.request('destroy', { job: '101' });
+  t.is(r.killed, 0);
+  // A forced destroy of a running task.
+  await c.request('task.place', { job: '102', step: '0', pid: procs[1].pid!, task: 3 });
+  t.is((await c.request('destroy', { job: '102', force: true })).killed, 1);
+  // A step destroy: step 1 emptied, step 0 still running, so the job is not empty.
+  await c.request('task.place', { job: '103', step: '0', pid: procs[2].pid!, task: 0 });
+  await c.request('task.place', { job: '103', step: '1', pid: procs[3].pid!, task: 0 });
+  moveOut(procs[3].pid!);
+  await c.request('destroy', { job: '103', step: '1' });
+  await waitFor(() => heard.includes('job.empty 102') && heard.includes('step.empty 103 1'), 5000, 'the destroys\' empties');
+  await sleep(300); // notices the kernel sends late must not publish anything twice
+  const of = (job: string) => heard.filter((h) => h.split(' ')[1] === job);
+  t.deepEqual(of('101'), ['task.empty 101 0 0', 'step.empty 101 0', 'job.empty 101']);
+  t.deepEqual(of('102'), ['task.empty 102 0 3', 'step.empty 102 0', 'job.empty 102']);
+  t.deepEqual(of('103'), ['task.empty 103 1 0', 'step.empty 103 1']);
+  const st = (await c.request('stats', { job: '103' })) as { steps: { step: string; populated: boolean }[] };
+  t.deepEqual(st.steps.map((s) => [s.step, s.populated]), [['0', true]]);
 });
