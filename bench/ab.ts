@@ -6,6 +6,7 @@
  *
  *   node --import tsx bench/ab.ts [cycles] [A's extra cgstepd args] [B's]
  *   AB_A=/path/to/other/checkout node --import tsx bench/ab.ts 1000   # A runs that checkout's dist/
+ *   AB_LOG=null ...   # the agents' logs to /dev/null (default: a socket this process reads, as journald does)
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -26,8 +27,10 @@ const floorBin = buildFloor();
 const progFile = path.join(out, 'prog.bin');
 fs.writeFileSync(progFile, compile(buildRuleSet(CYCLE_DEVICES)).insns);
 const procs = [0, 1].map((i) =>
-  spawn(process.execPath, [...AGENT_NODE_FLAGS, path.join(repos[i], 'dist/bin/cgstepd.js'), '--ignore-systemd', '--cgroup-root', root, '--socket', path.join(out, `${i}.sock`), '--node-name', `ab${i}`, ...extra[i]], { stdio: 'ignore' }),
+  spawn(process.execPath, [...AGENT_NODE_FLAGS, path.join(repos[i], 'dist/bin/cgstepd.js'), '--ignore-systemd', '--cgroup-root', root, '--socket', path.join(out, `${i}.sock`), '--node-name', `ab${i}`, ...extra[i]], { stdio: ['ignore', process.env.AB_LOG === 'null' ? 'ignore' : 'pipe', 'ignore'] }),
 );
+// Each agent's log goes to a pipe this process reads, as journald reads a service's stdout.
+for (const proc of procs) proc.stdout?.resume();
 try {
   for (const [i, proc] of procs.entries()) await waitReady(path.join(out, `${i}.sock`), proc);
   const park = path.join(root, 'park');

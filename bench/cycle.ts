@@ -73,6 +73,8 @@ export interface CycleResult {
   devices: boolean;
   /** The same cycle as three requests (step.create, attach, destroy). */
   three: { agent: Summary; ratio: number };
+  /** One `hello` (no work) on the same connection: what a request's round trip costs by itself, twice in a place cycle. */
+  helloRtt: Summary;
 }
 
 export async function cycleSection(cycles: number, programFile?: string, devices?: DeviceRequest): Promise<CycleResult> {
@@ -97,6 +99,12 @@ export async function cycleSection(cycles: number, programFile?: string, devices
       a.push(...(await agentCycle(c, scope, park, p.pid!, n, devices, 1 + done, 'place')));
       t.push(...(await agentCycle(c, scope, park, p.pid!, n, devices, 1_000_000 + done, 'three')));
     }
+    const rtt: number[] = [];
+    for (let i = 0; i < 1000; i++) {
+      const t0 = performance.now();
+      await c.request('hello', {});
+      rtt.push(performance.now() - t0);
+    }
     c.close();
     const ctl = fs.readFileSync(path.join(scope, 'cgroup.subtree_control'), 'utf8').trim().split(/\s+/).filter(Boolean).map((x) => `+${x}`).join(' ');
     floorCycle(floorBin, scope, park, p.pid!, 50, ctl, programFile, true);
@@ -114,6 +122,7 @@ export async function cycleSection(cycles: number, programFile?: string, devices
       ...(each ? { floorLoadEach: each, ratioLoadEach: as.median / each.median } : {}),
       devices: !!programFile,
       three: { agent: ts, ratio: ts.median / fs_.median },
+      helloRtt: summarize(rtt),
     };
   } finally {
     await agent?.stop();

@@ -46,13 +46,20 @@ export const AGENT_NODE_FLAGS = (/^#!.*\bnode\b(.*)$/.exec(fs.readFileSync(path.
 
 export interface BenchAgent { proc: ChildProcess; socket: string; stop: () => Promise<void> }
 
-/** The agent for a benchmark; its log goes to `logFile` when given (else nowhere); `nodeFlags` are added to the #! line's. */
+/**
+ * The agent for a benchmark; its log goes to `logFile` when given, else to a
+ * socket this process reads and discards, as journald reads a service's
+ * stdout (a write to /dev/null would cost the agent less than a real log
+ * does); `nodeFlags` are added to the #! line's.
+ */
 export async function startAgent(root: string, args: string[] = [], socketDir?: string, logFile?: string, nodeFlags: string[] = []): Promise<BenchAgent> {
   const dir = socketDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-bench-'));
   const socket = path.join(dir, 's.sock');
-  const log = logFile ? fs.openSync(logFile, 'a') : 'ignore';
+  const log = logFile ? fs.openSync(logFile, 'a') : 'pipe';
   const proc = spawn(process.execPath, [...AGENT_NODE_FLAGS, ...nodeFlags, path.join(REPO, 'dist/bin/cgstepd.js'), '--ignore-systemd', '--cgroup-root', root, '--socket', socket, ...args], { stdio: ['ignore', log, log] });
   if (typeof log === 'number') fs.closeSync(log);
+  proc.stdout?.resume();
+  proc.stderr?.resume();
   await waitReady(socket, proc);
   return {
     proc,

@@ -10,7 +10,8 @@
  *   PROFILE=perf node --import tsx bench/profile.ts 1000 # on-CPU time a cycle by syscall and top frame (perf record)
  *   CYCLE=three ...                                        # the three-request cycle
  *   AGENT_FLAGS='--single-threaded-gc' ...                 # node flags added to the #! line's
- *   AGENT_OUT=file ...                                     # the agent's stdout (its log) kept there
+ *   AGENT_OUT=file ...                                     # the agent's stdout (its log) kept there (else read and dropped)
+ *   PROFILE_KEEP=dir ...                                   # the profile's files copied there
  */
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -33,11 +34,13 @@ const nodeFlags = [...AGENT_NODE_FLAGS, ...(process.env.AGENT_FLAGS ?? '').split
 const agentArgs = [path.join(REPO, 'dist/bin/cgstepd.js'), '--ignore-systemd', '--cgroup-root', root, '--socket', socket, '--node-name', 'prof'];
 const proc =
   mode === 'cpu'
-    ? spawn(process.execPath, [...nodeFlags, '--cpu-prof', '--cpu-prof-dir', out, ...agentArgs], { stdio: 'ignore' })
+    ? spawn(process.execPath, [...nodeFlags, '--cpu-prof', '--cpu-prof-dir', out, ...agentArgs], { stdio: ['ignore', 'pipe', 'ignore'] })
     : spawn(process.execPath, [...nodeFlags, ...(mode === 'perf' ? ['--perf-basic-prof'] : []), ...agentArgs], {
-        stdio: ['ignore', process.env.AGENT_OUT ? fs.openSync(process.env.AGENT_OUT, 'w') : 'ignore', 'ignore'],
+        stdio: ['ignore', process.env.AGENT_OUT ? fs.openSync(process.env.AGENT_OUT, 'w') : 'pipe', 'ignore'],
         cwd: out,
       });
+// The log to a socket read here, as journald reads it (bench/lib's startAgent).
+proc.stdout?.resume();
 try {
   await waitReady(socket, proc);
   const park = path.join(root, 'park');
@@ -82,6 +85,7 @@ try {
 } finally {
   if (proc.exitCode === null) proc.kill('SIGKILL');
   p.kill('SIGKILL');
+  if (process.env.PROFILE_KEEP) fs.cpSync(out, process.env.PROFILE_KEEP, { recursive: true });
   fs.rmSync(out, { recursive: true, force: true });
   await removeRoot(root);
 }

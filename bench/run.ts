@@ -35,6 +35,7 @@ const cycleLine = (what: string, r: Awaited<ReturnType<typeof cycleSection>>, ta
   if (r.floorLoadEach) line(`    (a floor loading the program in every cycle: median ${ms(r.floorLoadEach.median)}; agent/that ${r.ratioLoadEach!.toFixed(2)})`);
   line(`    place          agent median ${ms(r.agent.median)} p99 ${ms(r.agent.p99)} | agent/floor ${r.ratio.toFixed(2)}${target}`);
   line(`    three requests agent median ${ms(r.three.agent.median)} p99 ${ms(r.three.agent.p99)} | agent/floor ${r.three.ratio.toFixed(2)}`);
+  line(`    (one empty request, hello, round trip: median ${ms(r.helloRtt.median)}; a place cycle makes two)`);
 };
 const plain = await cycleSection(N);
 cycleLine('no device program', plain, '');
@@ -67,7 +68,7 @@ if (!sbx.ok) {
 line('\n4. throughput: concurrent clients creating and destroying steps');
 const tput = await throughputSection(quick ? [1, 16] : [1, 4, 16, 64], quick ? 2 : 10);
 results.throughput = tput;
-for (const r of tput) line(`  ${String(r.clients).padStart(2)} clients: ${r.cyclesPerSec.toFixed(0).padStart(6)} cycles/s, p99 ${ms(r.p99)}`);
+for (const r of tput) line(`  ${String(r.clients).padStart(2)} clients: ${r.cyclesPerSec.toFixed(0).padStart(6)} cycles/s, median ${ms(r.median)} p99 ${ms(r.p99)} max ${ms(r.max)}`);
 
 line('\n5. scale: live steps, RSS, cycle latency, restart');
 const scale = await scaleSection(quick ? [0, 1000] : [0, 1000, 10000], quick ? 50 : 200);

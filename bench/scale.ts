@@ -94,7 +94,7 @@ async function scrape(port: number, socket: string, times: number): Promise<Scra
   };
 }
 
-export interface ThroughputRow { clients: number; cyclesPerSec: number; p99: number }
+export interface ThroughputRow { clients: number; cyclesPerSec: number; p99: number; median: number; max: number }
 
 export async function throughputSection(clientsList: number[], seconds: number): Promise<ThroughputRow[]> {
   const rows: ThroughputRow[] = [];
@@ -123,7 +123,8 @@ export async function throughputSection(clientsList: number[], seconds: number):
           c.close();
         }),
       );
-      rows.push({ clients: n, cyclesPerSec: lat.length / seconds, p99: summarize(lat).p99 });
+      const sum = summarize(lat);
+      rows.push({ clients: n, cyclesPerSec: lat.length / seconds, p99: sum.p99, median: sum.median, max: lat.reduce((a, b) => Math.max(a, b), 0) });
     }
     void scope;
   } finally {
