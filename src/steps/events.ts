@@ -195,6 +195,19 @@ export class TreeWatcher extends EventEmitter {
     for (const w of gone) this.drop(w);
   }
 
+  /** The job's watched task leaf directories, by step (a hint: a leaf may exist unwatched). */
+  taskLeaves(job: string): Map<string, string[]> {
+    const out = new Map<string, string[]>();
+    for (const w of this.byJob.get(job) ?? []) {
+      if (w.step === undefined || w.task === undefined) continue;
+      const dir = path.dirname(this.fileOf(w));
+      const mine = out.get(w.step);
+      if (mine) mine.push(dir);
+      else out.set(w.step, [dir]);
+    }
+    return out;
+  }
+
   get watchedFiles(): number {
     return this.byWd.size;
   }

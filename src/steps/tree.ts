@@ -840,9 +840,11 @@ export class StepTree {
         await waitUnpopulated(target, this.opts.waitTimeoutMs);
         empty = true;
       }
+      // The task leaves, asked of the watches before they go.
+      const leaves = this.watcher.taskLeaves(job);
       this.watcher.unwatchDir(target, job, empty);
-      if (step === undefined) await this.removeJob(target);
-      else await this.removeStep(target);
+      if (step === undefined) await this.removeJob(target, leaves);
+      else await this.removeStep(target, leaves.get(step) ?? []);
       let jobRemoved = step === undefined;
       if (step !== undefined) {
         dropStep(this.index.get(job), step);
@@ -855,13 +857,15 @@ export class StepTree {
   }
 
   /**
-   * Remove a step bottom-up knowing its layout (slurm/, user/task_*): one
-   * listing (user/) instead of a failed rmdir and a listing per level. Anything
-   * unexpected falls back to the generic walk.
+   * Remove a step bottom-up knowing its layout (slurm/, user/task_*): the
+   * task leaves the watcher knows of (`leaves`) with no listing, or else
+   * those of one listing of user/, instead of a failed rmdir and a listing per
+   * level. A leaf made unwatched is still removed: user/'s rmdir then fails
+   * and lists it. Anything unexpected falls back to the generic walk.
    */
-  private async removeStep(dir: string): Promise<void> {
+  private async removeStep(dir: string, leaves?: string[]): Promise<void> {
     const user = path.join(dir, USER_DIR);
-    for (const t of childDirs(user)) await removeTree(path.join(user, t), this.opts.waitTimeoutMs);
+    for (const t of leaves ?? childDirs(user).map((n) => path.join(user, n))) await removeTree(t, this.opts.waitTimeoutMs);
     for (const d of [user, path.join(dir, SLURM_LEAF)]) await removeTree(d, this.opts.waitTimeoutMs);
     await removeTree(dir, this.opts.waitTimeoutMs);
   }
@@ -879,10 +883,12 @@ export class StepTree {
   /**
    * Remove a job: its steps as the index knows them (no listing of the job),
    * then the job, whose rmdir lists and removes anything else left in it.
+   * `leaves`: the watched task leaves by step (see removeStep); without
+   * them every step's user/ is listed.
    */
-  private async removeJob(dir: string): Promise<void> {
+  private async removeJob(dir: string, leaves?: Map<string, string[]>): Promise<void> {
     const job = parseJobName(path.basename(dir));
-    for (const s of job === null ? [] : [...(this.index.get(job) ?? [])]) await this.removeStep(this.paths.step(job!, s));
+    for (const s of job === null ? [] : [...(this.index.get(job) ?? [])]) await this.removeStep(this.paths.step(job!, s), leaves ? (leaves.get(s) ?? []) : undefined);
     await removeTree(dir, this.opts.waitTimeoutMs);
   }
 

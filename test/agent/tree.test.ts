@@ -189,3 +189,32 @@ test.serial('destroy with reapJob removes the job with its last step, and a retr
   t.like(await c.request('destroy', { job: '73', step: '9', reapJob: true }), { existed: false, jobRemoved: true });
   t.like(await c.request('destroy', { job: '73', step: '0', reapJob: true }), { existed: false, jobRemoved: true });
 });
+
+test.serial('destroy removes task leaves it never watched or made, and copes with a watched one already gone', async (t) => {
+  const c = await ctx.agent.client();
+  const p = spawnSleeper();
+  t.teardown(async () => {
+    killPid(p.pid);
+    await c.request('destroy', { job: '74', force: true }).catch(() => undefined);
+    c.close();
+  });
+  const user = (step: string) => path.join(ctx.scope, 'job_74', `step_${step}`, 'user');
+  // Step 0: a placed task (watched) and a leaf made behind the agent. Step 1: only a leaf made behind it.
+  await c.request('task.place', { job: '74', step: '0', pid: p.pid!, task: 0 });
+  fs.mkdirSync(path.join(user('0'), 'task_7'));
+  await c.request('step.create', { job: '74', step: '1' });
+  fs.mkdirSync(path.join(user('1'), 'task_3'));
+  fs.mkdirSync(path.join(user('1'), 'task_3', 'extra'));
+  t.like(await c.request('destroy', { job: '74', step: '1' }), { existed: true });
+  t.false(fs.existsSync(path.dirname(user('1'))));
+  // Step 2: a placed task whose leaf is removed by hand after it emptied.
+  await c.request('task.place', { job: '74', step: '2', pid: p.pid!, task: 5 });
+  fs.writeFileSync(path.join(user('0'), 'task_0', 'cgroup.procs'), String(p.pid));
+  fs.rmdirSync(path.join(user('2'), 'task_5'));
+  t.like(await c.request('destroy', { job: '74', step: '2' }), { existed: true });
+  t.false(fs.existsSync(path.dirname(user('2'))));
+  killPid(p.pid);
+  await waitFor(() => !/populated 1/.test(fs.readFileSync(path.join(ctx.scope, 'job_74', 'cgroup.events'), 'utf8')), 5000, 'job 74 empty');
+  t.like(await c.request('destroy', { job: '74' }), { existed: true, jobRemoved: true });
+  t.false(fs.existsSync(path.join(ctx.scope, 'job_74')));
+});
