@@ -2,14 +2,17 @@
  * sys/logsink: the agent's log lines onto its stdout (journald's stream
  * socket under systemd; a pipe, a file or a terminal when run by hand).
  *
- * A pipe or socket is made non-blocking and each line is written at once on
- * the event loop, one write(2): no thread hop per line (an asynchronous write
- * wakes a thread of libuv's pool and then the loop, two wake-ups a line), and
- * a reader that stalls never stalls the agent. What the reader cannot take
- * yet waits in memory, in order, and is written again every RETRY_MS; past
- * maxPending bytes new lines are dropped and counted, and one line says how
- * many once the reader is back. A regular file or a terminal is written
- * synchronously (the kernel does not make those wait on a reader). At exit
+ * A pipe or socket is made non-blocking and the lines of one turn of the
+ * event loop are written together at its end, one write(2) on the loop: no
+ * thread hop per line (an asynchronous write wakes a thread of libuv's pool
+ * and then the loop, two wake-ups a line), one wake-up of the reader for all
+ * the requests a busy turn answered, and a reader that stalls never stalls
+ * the agent. A line waits at most for the rest of its turn (the replies of
+ * that turn may reach their clients just before it). What the reader cannot
+ * take yet waits in memory, in order, and is written again every RETRY_MS;
+ * past maxPending bytes new lines are dropped and counted, and one line says
+ * how many once the reader is back. A regular file or a terminal is written
+ * the same way, and there a write never waits on a reader. At exit
  * flushSync() writes what still waits, for up to FLUSH_MS.
  */
 import fs from 'node:fs';
@@ -20,6 +23,8 @@ const RETRY_MS = 10;
 /** How long an exit waits for a stalled reader to take the last lines, ms. */
 const FLUSH_MS = 2000;
 const DEFAULT_MAX_PENDING = 8 << 20;
+/** Lines of one turn written at once when they reach this many bytes (a turn that logs a lot; at most a quarter of the queue's bound). */
+const TURN_BYTES = 64 * 1024;
 
 /** Errors after which nothing more can be written: the reader is gone. */
 const GONE = new Set(['EPIPE', 'EBADF', 'ECONNRESET', 'ENOTCONN']);
@@ -30,11 +35,21 @@ export class LogSink {
   private dropped = 0;
   private timer: NodeJS.Timeout | null = null;
   private gone = false;
+  /** This turn's lines, written at its end (or at TURN_BYTES). */
+  private turn = '';
+  private turnDue = false;
+  private readonly turnBytes: number;
+  private readonly endOfTurn = () => {
+    this.turnDue = false;
+    this.flushTurn();
+  };
 
   constructor(
     private readonly fd = 1,
     private readonly maxPending = DEFAULT_MAX_PENDING,
   ) {
+    // A turn's lines fit in the queue several times over, should the reader stall at their write.
+    this.turnBytes = Math.min(TURN_BYTES, maxPending >> 2);
     const st = fs.fstatSync(fd);
     if (st.isFIFO() || st.isSocket()) setNonBlocking(fd);
   }
@@ -44,26 +59,47 @@ export class LogSink {
     return this.dropped;
   }
 
-  /** Bytes waiting for the reader. */
+  /** Bytes not written yet: waiting for the reader, or for the end of this turn. */
   get pendingBytes(): number {
-    return this.queued;
+    return this.queued + Buffer.byteLength(this.turn);
   }
 
   write(line: string): boolean {
     if (this.gone) return true;
+    // The reader is behind: after what waits, in order (the turn's lines went into the queue when it began).
     if (this.queue.length > 0) {
       this.enqueue(Buffer.from(line));
       return true;
     }
-    const n = this.attempt(line);
-    if (n < 0) return true;
-    const len = Buffer.byteLength(line);
-    if (n < len) this.enqueue(Buffer.from(line).subarray(n));
+    this.turn += line;
+    if (this.turn.length >= this.turnBytes) this.flushTurn();
+    else if (!this.turnDue) {
+      this.turnDue = true;
+      setImmediate(this.endOfTurn);
+    }
     return true;
+  }
+
+  /** This turn's lines in one write; what the reader does not take starts the queue. */
+  private flushTurn(): void {
+    const data = this.turn;
+    this.turn = '';
+    if (data === '' || this.gone) return;
+    if (this.queue.length > 0) {
+      this.enqueue(Buffer.from(data));
+      return;
+    }
+    const n = this.attempt(data);
+    if (n < 0) return;
+    if (n < data.length) {
+      const b = Buffer.from(data);
+      if (n < b.length) this.enqueue(b.subarray(n));
+    }
   }
 
   /** Write what waits, blocking for up to FLUSH_MS on a reader that does not read: for exit. */
   flushSync(): void {
+    this.flushTurn();
     const deadline = Date.now() + FLUSH_MS;
     const nap = new Int32Array(new SharedArrayBuffer(4));
     while (this.queue.length > 0 && !this.gone && Date.now() < deadline) {
@@ -79,14 +115,15 @@ export class LogSink {
       const code = (err as NodeJS.ErrnoException).code ?? '';
       if (code === 'EAGAIN') return 0;
       if (GONE.has(code)) this.gone = true;
-      else this.dropped++;
+      else this.dropped += lines(data);
       return -1;
     }
   }
 
   private enqueue(b: Buffer): void {
     if (this.queued + b.length > this.maxPending) {
-      this.dropped++;
+      this.dropped += lines(b);
+      this.schedule(); // the note of them, once the reader takes lines again
       return;
     }
     this.queue.push(b);
@@ -131,6 +168,14 @@ export class LogSink {
     this.dropped = 0;
     this.write(`${JSON.stringify({ level: 40, time: new Date().toISOString(), pid: process.pid, dropped: n, msg: "log lines dropped: the log's reader did not take them in time" })}\n`);
   }
+}
+
+/** Lines in a piece of the log (each ends in a newline; a piece may end in part of one). */
+function lines(data: string | Buffer): number {
+  const b = typeof data === 'string' ? Buffer.from(data) : data;
+  let n = 0;
+  for (let i = b.indexOf(10); i >= 0; i = b.indexOf(10, i + 1)) n++;
+  return Math.max(n, 1);
 }
 
 function setNonBlocking(fd: number): void {

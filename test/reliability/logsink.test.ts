@@ -127,3 +127,23 @@ test('a reader that is gone: the writer neither crashes nor stops', async (t) =>
   await queued(child).catch(() => undefined);
   t.is(await exited(child), 0);
 });
+
+test('a line is written by the end of its turn, not held for more lines or for exit', async (t) => {
+  const script = `import(${JSON.stringify(SINK)}).then(({ LogSink }) => { const s = new LogSink(1); s.write('one\\n'); setTimeout(() => s.write('two\\n'), 50); setInterval(() => undefined, 1000); });`;
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'ignore'] });
+  t.teardown(() => child.exitCode === null && process.kill(child.pid!, 'SIGKILL'));
+  let got = '';
+  child.stdout!.setEncoding('utf8');
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`only ${JSON.stringify(got)} after 10 s`)), 10_000);
+    child.stdout!.on('data', (d: string) => {
+      got += d;
+      if (got === 'one\ntwo\n') {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+  t.is(got, 'one\ntwo\n');
+  t.is(child.exitCode, null, 'both lines came while the writer still runs');
+});
