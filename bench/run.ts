@@ -68,7 +68,7 @@ if (!sbx.ok) {
 line('\n4. throughput: concurrent clients creating and destroying steps');
 const tput = await throughputSection(quick ? [1, 16] : [1, 4, 16, 64], quick ? 2 : 10);
 results.throughput = tput;
-for (const r of tput) line(`  ${String(r.clients).padStart(2)} clients: ${r.cyclesPerSec.toFixed(0).padStart(6)} cycles/s, median ${ms(r.median)} p99 ${ms(r.p99)} max ${ms(r.max)}`);
+for (const r of tput) line(`  ${String(r.clients).padStart(2)} clients: ${r.cyclesPerSec.toFixed(0).padStart(6)} cycles/s, median ${ms(r.median)} p99 ${ms(r.p99)} max ${ms(r.max)} (p99 after the first second ${ms(r.p99AfterFirstSecond)})`);
 
 line('\n5. scale: live steps, RSS, cycle latency, restart');
 const scale = await scaleSection(quick ? [0, 1000] : [0, 1000, 10000], quick ? 50 : 200);
@@ -92,7 +92,7 @@ const targets: [string, string, boolean | null][] = [
   ['agent / floor <= 1.5 (the place cycle with a device program, median)', dev.ratio.toFixed(2), dev.ratio <= 1.5],
   ['systemd / agent >= 3', sd.ratioToAgent === undefined ? 'skipped' : sd.ratioToAgent.toFixed(2), sd.ratioToAgent === undefined ? null : sd.ratioToAgent >= 3],
   ['>= 1,500 cycles/s with 16 clients', t16 ? t16.cyclesPerSec.toFixed(0) : 'n/a', t16 ? t16.cyclesPerSec >= 1500 : null],
-  ['p99 <= 50 ms with 64 clients', t64 ? `${t64.p99.toFixed(1)} ms` : 'n/a', t64 ? t64.p99 <= 50 : null],
+  ['p99 <= 50 ms with 64 clients', t64 ? `${t64.p99.toFixed(1)} ms (after the first second ${t64.p99AfterFirstSecond.toFixed(1)} ms)` : 'n/a', t64 ? t64.p99 <= 50 : null],
   [`RSS <= 80 MiB with ${top.steps} live steps`, `${top.rssMiB.toFixed(1)} MiB`, top.rssMiB <= 80],
   [`restart to ready <= 1 s with ${top.steps} live steps`, `${top.restartReadyMs.toFixed(0)} ms`, top.restartReadyMs <= 1000],
   [`/metrics scrape <= 50 ms with ${top.steps} live steps, gzip as Prometheus asks (agent's longest stall during it / during its refresh)`, `${top.scrape.median.toFixed(1)} ms, plain ${top.scrape.plainMedian.toFixed(1)} ms (stall ${top.scrape.stallMs.toFixed(1)} / ${top.scrape.refreshStallMs.toFixed(1)} ms)`, na(top.scrape.median) === null ? null : top.scrape.median <= 50],
