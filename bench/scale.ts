@@ -105,6 +105,34 @@ export interface ThroughputRow {
   p99AfterFirstSecond: number;
 }
 
+/**
+ * n clients, each on its own connection, creating and destroying steps
+ * (step.create, destroy) for ms: every cycle's latency, and those of the
+ * cycles begun after the first second. Job ids from jobBase, 100,000 a client.
+ */
+export async function clientsCycling(socket: string, n: number, ms: number, jobBase: number): Promise<{ lat: number[]; later: number[] }> {
+  const lat: number[] = [];
+  const later: number[] = [];
+  const start = performance.now();
+  const end = start + ms;
+  await Promise.all(
+    Array.from({ length: n }, async (_, k) => {
+      const c = await CgstepClient.connect(socket);
+      for (let i = 0; performance.now() < end; i++) {
+        const job = jobBase + k * 100_000 + i; // below Slurm's largest job id (4294967280)
+        const t0 = performance.now();
+        await c.request('step.create', { job, step: 0 });
+        await c.request('destroy', { job });
+        const took = performance.now() - t0;
+        lat.push(took);
+        if (t0 - start >= 1000) later.push(took);
+      }
+      c.close();
+    }),
+  );
+  return { lat, later };
+}
+
 export async function throughputSection(clientsList: number[], seconds: number): Promise<ThroughputRow[]> {
   const rows: ThroughputRow[] = [];
   const root = benchRoot('tput');
@@ -117,24 +145,7 @@ export async function throughputSection(clientsList: number[], seconds: number):
     const park = path.join(root, 'park');
     fs.mkdirSync(park);
     for (const n of clientsList) {
-      const lat: number[] = [];
-      const later: number[] = [];
-      const start = performance.now();
-      const end = Date.now() + seconds * 1000;
-      await Promise.all(
-        Array.from({ length: n }, async (_, k) => {
-          const c = await CgstepClient.connect(socket);
-          for (let i = 0; Date.now() < end; i++) {
-            const job = 1 + n * 10_000_000 + k * 100_000 + i; // below Slurm's largest job id (4294967280)
-            const t0 = performance.now();
-            await c.request('step.create', { job, step: 0 });
-            await c.request('destroy', { job });
-            lat.push(performance.now() - t0);
-            if (t0 - start >= 1000) later.push(performance.now() - t0);
-          }
-          c.close();
-        }),
-      );
+      const { lat, later } = await clientsCycling(socket, n, seconds * 1000, 1 + n * 10_000_000);
       const sum = summarize(lat);
       rows.push({ clients: n, cyclesPerSec: lat.length / seconds, p99: sum.p99, median: sum.median, max: lat.reduce((a, b) => Math.max(a, b), 0), p99AfterFirstSecond: summarize(later).p99 });
     }
