@@ -68,7 +68,7 @@ const program = new EnvCommand('cgstepd')
 program.parse();
 const f = program.opts();
 
-// Each line written at once, never waiting on journald (sys/logsink); what a stalled reader left is written at exit.
+// Lines written on the loop at the end of their turn, never waiting on journald (sys/logsink); what a stalled reader left is written at exit.
 const sink = new LogSink(1);
 process.on('exit', () => sink.flushSync());
 const log = pino({ level: f.logLevel, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime }, sink);
