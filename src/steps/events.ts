@@ -90,13 +90,17 @@ export class TreeWatcher extends EventEmitter {
     this.log?.error({ err, file, failedWatches: this.failed.count }, 'cannot watch a cgroup file: its empty and OOM events will not be published (ENOSPC: raise fs.inotify.max_user_watches)');
   }
 
+  /** The directory a watch is in, from its ids. */
+  private dirOf(w: Watched): string {
+    const { job, step, task } = w;
+    if (step === undefined) return this.paths.job(job);
+    if (task === undefined) return this.paths.step(job, step);
+    return this.paths.leaf(job, step, task === 'special' ? 'special' : { task: Number(task) });
+  }
+
   /** The file a watch is on, from its ids. */
   private fileOf(w: Watched): string {
-    const { job, step, task } = w;
-    if (step === undefined) return path.join(this.paths.job(job), 'cgroup.events');
-    if (w.kind === 'memory') return path.join(this.paths.step(job, step), 'memory.events');
-    if (task === undefined) return path.join(this.paths.step(job, step), 'cgroup.events');
-    return path.join(this.paths.leaf(job, step, task === 'special' ? 'special' : { task: Number(task) }), 'cgroup.events');
+    return path.join(this.dirOf(w), w.kind === 'memory' ? 'memory.events' : 'cgroup.events');
   }
 
   /**
@@ -200,7 +204,7 @@ export class TreeWatcher extends EventEmitter {
     const out = new Map<string, string[]>();
     for (const w of this.byJob.get(job) ?? []) {
       if (w.step === undefined || w.task === undefined) continue;
-      const dir = path.dirname(this.fileOf(w));
+      const dir = this.dirOf(w);
       const mine = out.get(w.step);
       if (mine) mine.push(dir);
       else out.set(w.step, [dir]);

@@ -90,11 +90,8 @@ export class LogSink {
       return;
     }
     const n = this.attempt(data);
-    if (n < 0) return;
-    if (n < data.length) {
-      const b = Buffer.from(data);
-      if (n < b.length) this.enqueue(b.subarray(n));
-    }
+    // n counts bytes: a line with multi-byte characters is longer in bytes than in characters.
+    if (n >= 0 && n < Buffer.byteLength(data)) this.enqueue(Buffer.from(data).subarray(n));
   }
 
   /** Write what waits, blocking for up to FLUSH_MS on a reader that does not read: for exit. */

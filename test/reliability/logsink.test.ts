@@ -21,13 +21,13 @@ const SINK = path.join(REPO, 'dist/sys/logsink.js');
  * what the sink holds ("queued BYTES DROPPED STDOUT-TYPE") and exits at once
  * (`exit`) or when the queue is empty (and the note of dropped lines out).
  */
-function writer(lines: number, max: number, exit: 'now' | 'drained', stdout: 'pipe' | number = 'pipe'): ChildProcess {
+function writer(lines: number, max: number, exit: 'now' | 'drained', stdout: 'pipe' | number = 'pipe', padChar = 'x'): ChildProcess {
   const script = `
     const fs = require('node:fs');
     import(${JSON.stringify(SINK)}).then(({ LogSink }) => {
       const sink = new LogSink(1, ${max});
       process.on('exit', () => sink.flushSync());
-      const pad = 'x'.repeat(180);
+      const pad = ${JSON.stringify(padChar)}.repeat(180);
       for (let i = 0; i < ${lines}; i++) sink.write(JSON.stringify({ level: 30, seq: i, pad }) + '\\n');
       const st = fs.fstatSync(1);
       process.stderr.write('queued ' + sink.pendingBytes + ' ' + sink.droppedLines + ' ' + (st.isSocket() ? 'socket' : st.isFIFO() ? 'fifo' : 'other') + '\\n');
@@ -100,7 +100,8 @@ test('past its bound the queue drops new lines and one line says how many, once 
   t.deepEqual(seqs.slice(0, 10), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 'the first lines, not the last, are kept');
 });
 
-test('a FIFO whose reader is stopped, then continued: the same (a pipe, not a socket)', async (t) => {
+/** A FIFO read by a `cat` that is stopped at once: its write end, the cat, and what cat will have printed. */
+async function stoppedFifo(t: { teardown: (f: () => void) => void; is: (a: unknown, b: unknown) => void }) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-logsink-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const fifo = path.join(dir, 'log');
@@ -109,7 +110,11 @@ test('a FIFO whose reader is stopped, then continued: the same (a pipe, not a so
   t.teardown(() => cat.exitCode === null && process.kill(cat.pid!, 'SIGKILL'));
   const wfd = fs.openSync(fifo, 'w'); // returns once cat has the read end open
   process.kill(cat.pid!, 'SIGSTOP');
-  const out = readAll(cat.stdout!);
+  return { wfd, cat, out: readAll(cat.stdout!) };
+}
+
+test('a FIFO whose reader is stopped, then continued: the same (a pipe, not a socket)', async (t) => {
+  const { wfd, cat, out } = await stoppedFifo(t);
   const child = writer(5_000, 8 << 20, 'now', wfd);
   fs.closeSync(wfd);
   const q = await queued(child);
@@ -119,6 +124,20 @@ test('a FIFO whose reader is stopped, then continued: the same (a pipe, not a so
   t.is(await exited(child), 0);
   const seqs = (await out).trim().split('\n').map((l) => JSON.parse(l).seq as number);
   t.true(seqs.length === 5_000 && seqs.every((s, i) => s === i));
+});
+
+test('a write cut inside multi-byte characters: the rest is kept, every line arrives whole', async (t) => {
+  // 200 lines of 2-byte characters, about 41,000 characters and 77,000 bytes, all in one turn: the
+  // empty FIFO (64 KiB) takes 65,536 bytes, more than the turn has characters.
+  const { wfd, cat, out } = await stoppedFifo(t);
+  const child = writer(200, 8 << 20, 'now', wfd, 'é');
+  fs.closeSync(wfd);
+  t.true((await queued(child)).bytes > 0);
+  process.kill(cat.pid!, 'SIGCONT');
+  t.is(await exited(child), 0);
+  const parsed = (await out).trim().split('\n').map((l) => JSON.parse(l) as { seq: number; pad: string });
+  t.is(parsed.length, 200);
+  t.true(parsed.every((p, i) => p.seq === i && p.pad === 'é'.repeat(180)), 'every line, whole and in order');
 });
 
 test('a reader that is gone: the writer neither crashes nor stops', async (t) => {
