@@ -446,6 +446,7 @@ export class RpcServer {
       chunk = '';
       if (s.writableLength > PAUSE_BYTES) await drained(s, stallMs);
     }
+    this.o.log.flush();
     if (!s.destroyed) s.write(chunk + head.slice(at) + '\n');
   }
 
@@ -461,6 +462,8 @@ export class RpcServer {
       }
       return;
     }
+    // The lines the request logged (its audit line) go out first: whoever holds the reply finds them in the log.
+    this.o.log.flush();
     s.write(line(msg));
     if (s.writableLength > DROP_BYTES) {
       this.o.log.warn({ pending: s.writableLength }, 'client does not read its replies; dropping the connection');

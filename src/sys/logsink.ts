@@ -7,8 +7,9 @@
  * thread hop per line (an asynchronous write wakes a thread of libuv's pool
  * and then the loop, two wake-ups a line), one wake-up of the reader for all
  * the requests a busy turn answered, and a reader that stalls never stalls
- * the agent. A line waits at most for the rest of its turn (the replies of
- * that turn may reach their clients just before it). What the reader cannot
+ * the agent. A line waits at most for the rest of its turn, or until
+ * flush(): the RPC server flushes before each reply, so a client that has
+ * its reply finds its request's line in the log already. What the reader cannot
  * take yet waits in memory, in order, and is written again every RETRY_MS;
  * past maxPending bytes new lines are dropped and counted, and one line says
  * how many once the reader is back. A regular file or a terminal is written
@@ -78,6 +79,15 @@ export class LogSink {
       setImmediate(this.endOfTurn);
     }
     return true;
+  }
+
+  /**
+   * This turn's lines now, before the end of the turn (pino's logger.flush()
+   * calls it). Never blocks: what the reader does not take waits in order.
+   */
+  flush(cb?: (err?: Error) => void): void {
+    if (this.turn !== '') this.flushTurn();
+    cb?.();
   }
 
   /** This turn's lines in one write; what the reader does not take starts the queue. */

@@ -113,3 +113,35 @@ test.serial('a client that half-closes after its requests gets every reply, then
   const after = (await raw(ctx.agent.socket, '{"id":5,"op":"list"}\n'))[0];
   t.false(after.result.jobs.some((j: any) => j.job === '61'), 'the job made and destroyed by the half-closed client is gone');
 });
+
+test.serial("a reply reaches its client after its request's log line", async (t) => {
+  // Forty requests in one write are answered within one turn of the agent's loop; each reply must follow its
+  // 'job created' line to the log, so that whoever holds a reply finds the request in the journal.
+  const jobs = Array.from({ length: 40 }, (_, i) => String(7100 + i));
+  const logged = (): Set<string> => {
+    const seen = new Set<string>();
+    for (const l of ctx.agent.log().split('\n')) {
+      if (!l.includes('"job created"')) continue;
+      try {
+        seen.add(String(JSON.parse(l).job));
+      } catch {
+        // a line still on its way
+      }
+    }
+    return seen;
+  };
+  const s = net.connect(ctx.agent.socket);
+  t.teardown(() => s.destroy());
+  const early: string[] = [];
+  // Registered before replyLines' own listener: it sees each chunk of replies first, with the log as it stood then.
+  s.on('data', (d) => {
+    const inLog = logged();
+    for (const m of String(d).matchAll(/"job":"(\d+)"/g)) if (!inLog.has(m[1])) early.push(m[1]);
+  });
+  const replies = await replyLines(s, jobs.map((j) => JSON.stringify({ id: Number(j), op: 'job.create', job: j })).join('\n') + '\n', jobs.length);
+  t.is(replies.filter((r) => r.ok && r.result.created).length, jobs.length, JSON.stringify(replies.find((r) => !r.ok)));
+  t.deepEqual(early, [], 'replies that reached the client before their log line');
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  for (const job of jobs) await c.request('destroy', { job });
+});
