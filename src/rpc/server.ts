@@ -298,6 +298,7 @@ export class RpcServer {
       this.refusedAtLastLog = this.counters.refused;
     }
     s.on('data', () => undefined);
+    this.o.log.flush();
     s.end(line({ id: null, ok: false, error: { code, message } }));
     if (this.lingering >= REFUSED_LINGER) {
       s.destroy();
