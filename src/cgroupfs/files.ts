@@ -67,10 +67,17 @@ export function readOptional(file: string): string | null {
   }
 }
 
+/**
+ * Write one value to an interface file. Opened write-only, never O_CREAT nor
+ * O_TRUNC: a file that is not there (its controller is not enabled) is
+ * ENOENT, not the EACCES a create in a kernfs directory gives, a path that
+ * is not on cgroupfs never gets a regular file made, and the kernel skips
+ * the truncate's setattr on every write.
+ */
 export function writeText(file: string, value: string): void {
   let fd: number;
   try {
-    fd = fs.openSync(file, 'w');
+    fd = fs.openSync(file, fs.constants.O_WRONLY);
   } catch (err) {
     throw fromNodeError('open', file, err);
   }

@@ -94,57 +94,17 @@ export function procsContain(dir: string, pid: number): boolean {
   return procsOf(dir).includes(pid);
 }
 
-/** A process's state letter and flags from /proc/PID/stat; null when it is gone. */
-function procStat(pid: number): { state: string; flags: number } | null {
-  let text: string | null;
-  try {
-    text = readOptional(`/proc/${pid}/stat`);
-  } catch {
-    return null;
-  }
-  if (text === null) return null;
-  // The command name may hold spaces and parentheses: the fields start after the last ')'.
-  const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  return { state: f[0], flags: Number(f[6]) };
-}
-
-const PF_KTHREAD = 0x00200000;
-
-/**
- * Refuse, before anything is made for it, a pid the kernel would not move:
- * gone or exited (ENOENT), or a kernel thread (EINVAL).
- */
-export function requireMovable(pid: number): void {
-  const st = procStat(pid);
-  if (st === null) throw new AgentError('ENOENT', `no process ${pid}`);
-  if (st.state === 'Z' || st.state === 'X') throw new AgentError('ENOENT', `no process ${pid} (it has exited)`);
-  if (st.flags & PF_KTHREAD) throw new AgentError('EINVAL', `pid ${pid} is a kernel thread; the kernel does not move those`);
-}
-
 /**
  * Move a process (all its threads) into dir. The kernel's cgroup.procs write
  * is the check: it fails (ESRCH, EBUSY, EINVAL, EACCES...) unless every
- * thread moved, so reading /proc/PID/cgroup back only costs three syscalls.
- * `verify` reads it back anyway (`mountPoint` maps dir to the path /proc shows).
- * A process that exits during a verified move (the kernel skips an exiting
- * task, which then shows the root) is ENOENT, as one gone before it.
+ * thread moved (proc's checkMoved reads /proc/PID/cgroup back where asked).
  */
-export function moveProcess(dir: string, pid: number, mountPoint: string, verify = false): void {
-  const file = path.join(dir, 'cgroup.procs');
+export function moveProcess(dir: string, pid: number): void {
   try {
-    writeText(file, String(pid));
+    writeText(path.join(dir, 'cgroup.procs'), String(pid));
   } catch (err) {
     if (err instanceof KernelError && err.errno === 'ESRCH') throw new AgentError('ENOENT', `no process ${pid}`);
     throw err;
-  }
-  if (!verify) return;
-  const want = '/' + path.relative(mountPoint, dir);
-  const got = cgroupOfPid(pid);
-  if (got === null) throw new AgentError('ENOENT', `process ${pid} exited while being moved to ${dir}`);
-  if (got !== want && !got.endsWith(want)) {
-    const st = procStat(pid);
-    if (st === null || st.state === 'Z' || st.state === 'X') throw new AgentError('ENOENT', `process ${pid} exited while being moved to ${dir}`);
-    throw new AgentError('EIO', `moved ${pid} to ${dir} but /proc/${pid}/cgroup says ${got}`);
   }
 }
 

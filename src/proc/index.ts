@@ -10,11 +10,17 @@
  * reads are synchronous, as the agent's kernfs reads are: procfs builds status,
  * stat and cgroup from memory without any lock the process could hold (cmdline
  * and environ wait on its memory map's lock; they are never read). Owns
- * /proc/PID/{status,stat} parsing; the small-file read and the cgroup line are
- * cgroupfs's. Knows nothing of jobs or peers.
+ * /proc/PID/{status,stat,comm} parsing; the small-file read and the cgroup
+ * line are cgroupfs's. Knows nothing of jobs or peers.
+ *
+ * The by-number helpers below (statOf, isRunning, nameOf, requireMovable,
+ * checkMoved) describe whatever process has the pid now: for pids the agent
+ * started itself, found in a leaf only root writes to, or checks just before
+ * the kernel acts on the same number.
  */
 import fs from 'node:fs';
-import { parseProcCgroup, readText } from '../cgroupfs/index.js';
+import path from 'node:path';
+import { cgroupOfPid, parseProcCgroup, readOptional, readText } from '../cgroupfs/index.js';
 import { AgentError, fromNodeError, isErrno } from '../errors.js';
 
 /** PF_KTHREAD in include/linux/sched.h: the task is a kernel thread. */
@@ -128,8 +134,7 @@ export function parseProcess(pid: number, status: string, stat: string | null): 
   const tgid = Number(field('Tgid'));
   const ppid = Number(field('PPid'));
   const [real, effective, saved, fsUid] = field('Uid').split(/\s+/).map(Number);
-  // comm may hold spaces and parentheses: stat's fields start after the last ')'.
-  const flags = stat === null ? (field('Kthread') === '1' ? PF_KTHREAD : 0) : Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[6]);
+  const flags = stat === null ? (field('Kthread') === '1' ? PF_KTHREAD : 0) : parseStat(stat).flags;
   if (![tgid, ppid, real, effective, saved, fsUid, flags].every(Number.isSafeInteger)) throw new AgentError('EIO', `cannot parse /proc/${pid}/status or stat`);
   return {
     pid,
@@ -140,4 +145,70 @@ export function parseProcess(pid: number, status: string, stat: string | null): 
     kernelThread: (flags & PF_KTHREAD) !== 0 || tgid === KTHREADD || ppid === KTHREADD,
     exited: exitedState(status),
   };
+}
+
+export interface ProcStat {
+  /** R, S, D, Z (zombie), X (dead)... */
+  state: string;
+  /** The task's PF_* flags. */
+  flags: number;
+}
+
+/** The state letter and flags in the text of /proc/PID/stat. */
+export function parseStat(text: string): ProcStat {
+  // comm may hold spaces and parentheses: the fields start after the last ')'.
+  const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  return { state: f[0], flags: Number(f[6]) };
+}
+
+/** /proc/PID/stat of whatever process has `pid` now; null when none has. */
+export function statOf(pid: number): ProcStat | null {
+  let text: string | null;
+  try {
+    text = readOptional(`/proc/${pid}/stat`);
+  } catch {
+    return null;
+  }
+  return text === null ? null : parseStat(text);
+}
+
+/** A process has `pid` and has not exited (a zombie answers kill(0) but is dead for every purpose here). */
+export function isRunning(pid: number): boolean {
+  const st = statOf(pid);
+  return st !== null && st.state !== 'Z' && st.state !== 'X';
+}
+
+/** The name the kernel keeps for the process (its comm), null when there is none. */
+export function nameOf(pid: number): string | null {
+  try {
+    return readOptional(`/proc/${pid}/comm`)?.trim() ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Refuse, before anything is made for it, a pid the kernel would not move:
+ * gone or exited (ENOENT), or a kernel thread (EINVAL).
+ */
+export function requireMovable(pid: number): void {
+  const st = statOf(pid);
+  if (st === null) throw new AgentError('ENOENT', `no process ${pid}`);
+  if (st.state === 'Z' || st.state === 'X') throw new AgentError('ENOENT', `no process ${pid} (it has exited)`);
+  if (st.flags & PF_KTHREAD) throw new AgentError('EINVAL', `pid ${pid} is a kernel thread; the kernel does not move those`);
+}
+
+/**
+ * After a cgroup.procs write, read /proc/PID/cgroup back (`mountPoint` maps
+ * dir to the path /proc shows). The write's own result already says whether
+ * every thread moved; this is the extra check a flag asks for. A process that
+ * exited during the move (the kernel skips an exiting task, which then shows
+ * the root) is ENOENT, as one gone before it.
+ */
+export function checkMoved(pid: number, dir: string, mountPoint: string): void {
+  const want = '/' + path.relative(mountPoint, dir);
+  const got = cgroupOfPid(pid);
+  if (got !== null && (got === want || got.endsWith(want))) return;
+  if (got === null || !isRunning(pid)) throw new AgentError('ENOENT', `process ${pid} exited while being moved to ${dir}`);
+  throw new AgentError('EIO', `moved ${pid} to ${dir} but /proc/${pid}/cgroup says ${got}`);
 }

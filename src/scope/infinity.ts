@@ -15,21 +15,6 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 /** The same relative path works from src/scope (tsx) and dist/scope (built). */
 export const INFINITY_BIN = path.resolve(here, '../../build/Release/cgstep-infinity');
 
-export function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  // A zombie answers kill(0) but is dead for our purpose.
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-}
-
 /** Start a detached infinity process; it outlives the agent. */
 export async function startInfinity(bin = INFINITY_BIN): Promise<number> {
   if (!fs.existsSync(bin)) throw new AgentError('ENOENT', `infinity helper ${bin} is missing; run npm install (it builds native/infinity.c)`);

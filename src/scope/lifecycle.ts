@@ -7,7 +7,8 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { controllersOf, enableControllers, enableTopDown, enabledIn, exists, isDir, isPopulated, makeDir, moveProcess, procsOf, removeTree } from '../cgroupfs/index.js';
 import { AgentError } from '../errors.js';
-import { isAlive, startInfinity } from './infinity.js';
+import { startInfinity } from './infinity.js';
+import { isRunning } from '../proc/index.js';
 
 /** The scope's leaf for the infinity process; never a job. */
 export const SYSTEM_LEAF = 'system';
@@ -121,10 +122,10 @@ function makeScopeDirs(root: string, scopeDir: string): void {
 async function finish(scopeDir: string, mode: ScopeMode, infinityPid: number, adopted: boolean, o: ScopeOptions): Promise<ScopeState> {
   const system = path.join(scopeDir, SYSTEM_LEAF);
   makeDir(system);
-  if (!procsOf(system).includes(infinityPid)) moveProcess(system, infinityPid, o.mountPoint);
+  if (!procsOf(system).includes(infinityPid)) moveProcess(system, infinityPid);
   // Processes left in the scope's own directory (systemd put the infinity pid there)
   // would block subtree_control: the no-internal-process rule.
-  for (const pid of procsOf(scopeDir)) moveProcess(system, pid, o.mountPoint);
+  for (const pid of procsOf(scopeDir)) moveProcess(system, pid);
   const wanted = controllersOf(o.mountPoint === scopeDir ? scopeDir : path.dirname(scopeDir));
   let res;
   if (mode === 'mkdir' || o.enableControllers) {
@@ -142,11 +143,11 @@ async function finish(scopeDir: string, mode: ScopeMode, infinityPid: number, ad
 /** Find the live infinity process in system/, or start one and put it there. */
 export async function ensureInfinity(scopeDir: string, mountPoint: string, log: Logger): Promise<number> {
   const system = path.join(scopeDir, SYSTEM_LEAF);
-  const alive = procsOf(system).filter(isAlive);
+  const alive = procsOf(system).filter(isRunning);
   if (alive.length > 0) return alive[0];
   const pid = await startInfinity();
   makeDir(system);
-  moveProcess(system, pid, mountPoint);
+  moveProcess(system, pid);
   log.warn({ scope: scopeDir, infinityPid: pid }, 'infinity process was missing; started a new one in system/');
   return pid;
 }
@@ -164,7 +165,7 @@ export async function repairScope(o: ScopeOptions, state: ScopeState, create: ()
   const dir = state.path;
   if (exists(dir)) {
     const system = path.join(dir, SYSTEM_LEAF);
-    const alive = procsOf(system).filter(isAlive);
+    const alive = procsOf(system).filter(isRunning);
     if (alive.includes(state.infinityPid)) return { action: 'ok', state };
     if (alive.length > 0) {
       state.infinityPid = alive[0];

@@ -8,10 +8,10 @@
  * killed: only a controller decides to end processes. Task leaves that are
  * empty are NOT orphans: they hold the task's accounting until the step goes.
  */
-import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { childDirsAsync, isPopulated, procsOf, removeTree } from '../cgroupfs/index.js';
+import { nameOf } from '../proc/index.js';
 import { SLURM_LEAF, SYSTEM_LEAF, USER_DIR, parseJobName, parseStepName, parseTaskName } from './names.js';
 
 export interface OrphanReport {
@@ -72,12 +72,7 @@ export async function collectOrphans(scopeDir: string, infinityPid: number, time
 
 /** Only an infinity helper is ever ended here, recognised by its executable name. */
 function isOurInfinity(pid: number): boolean {
-  try {
-    const comm = fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-    return comm === 'cgstep-infinity';
-  } catch {
-    return false;
-  }
+  return nameOf(pid) === 'cgstep-infinity';
 }
 
 /**

@@ -31,7 +31,6 @@ import {
   removeDir,
   removeTree,
   removeXattr,
-  requireMovable,
   cgroupOfPid,
   moveBack,
   setFrozen,
@@ -52,6 +51,7 @@ import { TAKE_BACK, type JobAccess } from '../rpc/authz.js';
 import type { Limits } from './model.js';
 import { LayoutCheck, type LayoutReport } from './adopt.js';
 import { TreeWatcher } from './events.js';
+import { checkMoved, requireMovable } from '../proc/index.js';
 import { planLimits, readLimits, writeLimits, type LimitPlan } from './limits.js';
 import { KeyedLock } from './lock.js';
 import { DEFAULT_USER_CAPS, OwnerIndex, type UserCaps } from './owners.js';
@@ -555,7 +555,8 @@ export class StepTree {
     this.watchMade(u, this.paths.job(job), { job }, false, made.job);
     this.watchMade(u, this.paths.step(job, step), { job, step }, this.memory, made.step);
     if (leafMade && task !== undefined) this.watchMade(u, p.dir, { job, step, task }, false, true);
-    moveProcess(p.dir, pid, this.opts.mountPoint, this.opts.verifyMoves);
+    moveProcess(p.dir, pid);
+    if (this.opts.verifyMoves) checkMoved(pid, p.dir, this.opts.mountPoint);
     access?.afterMove?.(pid);
     if (from !== null) u.add(`move ${pid} back to ${from}`, () => this.moveBackIfHeld(pid, from, access));
     // The leaf, its step and its job hold the pid now; if it has exited since, its notice says so.

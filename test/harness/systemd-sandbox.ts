@@ -65,7 +65,7 @@ import { spawn as spawnChild, type ChildProcess, type SpawnOptions, type StdioOp
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { isAlive as alive } from '../../src/scope/infinity.js';
+import { isRunning as alive } from '../../src/proc/index.js';
 import { connectSystemd, type SystemdManager } from '../../src/systemd/manager.js';
 import { which } from '../helpers/which.js';
 
