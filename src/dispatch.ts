@@ -6,7 +6,8 @@
  */
 import { AgentError } from './errors.js';
 import type { Gate } from './gate.js';
-import { maySee, type JobAccess } from './rpc/authz.js';
+import { maySee } from './rpc/authz.js';
+import type { JobAccess } from './steps/index.js';
 import type { Peer } from './rpc/peercred.js';
 import type { Request } from './rpc/protocol.js';
 import { Streamed } from './rpc/stream.js';

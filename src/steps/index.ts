@@ -8,6 +8,7 @@ export * from './limits.js';
 export * from './tree.js';
 export * from './signals.js';
 export { TreeWatcher } from './events.js';
+export { TAKE_BACK, type JobAccess } from './access.js';
 export * from './orphans.js';
 export type { LayoutIssue, LayoutReport } from './adopt.js';
 export * from './owners.js';

@@ -47,7 +47,7 @@ import {
 import type { CgroupConf } from '../config/cgroupconf.js';
 import { AgentError, KernelError } from '../errors.js';
 import type { DeviceRequest } from '../devices/request.js';
-import { TAKE_BACK, type JobAccess } from '../rpc/authz.js';
+import { TAKE_BACK, type JobAccess } from './access.js';
 import type { Limits } from './model.js';
 import { LayoutCheck, type LayoutReport } from './adopt.js';
 import { TreeWatcher } from './events.js';
