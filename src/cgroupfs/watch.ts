@@ -18,10 +18,16 @@ const IN_IGNORED = 0x8000;
 /** struct inotify_event: wd, mask, cookie, len, then len bytes of name (none for a file watch). */
 const EVENT_HEADER = 16;
 
-/** Told of a watched file: it changed (read it), or it is gone (its directory was removed). */
+/**
+ * Told of a watched file: it changed (read it), or it is gone (its directory
+ * was removed). `drained` follows the last `changed` of one read of the
+ * queue: every notice told before it was queued before any of them was told,
+ * so a file read since that read's start needs no second read for them.
+ */
 export interface WatchListener {
   changed(wd: number): void;
   gone?(wd: number): void;
+  drained?(): void;
 }
 
 export class Inotify {
@@ -96,7 +102,17 @@ export class Inotify {
     }
     // Lost notices: every watched file may have changed.
     if (overflow) for (const wd of this.listeners.keys()) changed.add(wd);
-    for (const wd of changed) for (const l of this.listenersOf(wd)) l.changed(wd);
+    const told = new Set<WatchListener>();
+    try {
+      for (const wd of changed) {
+        for (const l of this.listenersOf(wd)) {
+          told.add(l);
+          l.changed(wd);
+        }
+      }
+    } finally {
+      for (const l of told) l.drained?.();
+    }
     for (const wd of gone) {
       const ls = this.listenersOf(wd);
       this.listeners.delete(wd);

@@ -56,10 +56,22 @@ export class TreeWatcher extends EventEmitter {
    * only, not the node's.
    */
   private byJob = new Map<string, Watched[]>();
+  /**
+   * The files read since the notices being handled were read from inotify
+   * (null between drains): a job's, step's and task's notices come together
+   * when a task empties, and the first one read settles the others (see
+   * settleBelow), so their own notices need no second read.
+   */
+  private readInDrain: Set<Watched> | null = null;
   private readonly listener: WatchListener = {
     changed: (wd) => {
       const w = this.byWd.get(wd);
-      if (w) this.onChange(w);
+      if (!w) return;
+      this.readInDrain ??= new Set();
+      if (!this.readInDrain.has(w)) this.onChange(w);
+    },
+    drained: () => {
+      this.readInDrain = null;
     },
     gone: (wd) => {
       const w = this.byWd.get(wd);
@@ -217,6 +229,7 @@ export class TreeWatcher extends EventEmitter {
   }
 
   private onChange(w: Watched): void {
+    this.readInDrain?.add(w);
     let text: string | null;
     try {
       text = readOptional(this.fileOf(w));
