@@ -14,7 +14,7 @@ import { DEVICE_FIELDS, admitRequest, checkProcess, jobAccess, type Actor, type 
 import type { JobAccess } from './steps/index.js';
 import type { DeviceRequest } from './devices/request.js';
 import type { Request } from './rpc/protocol.js';
-import { parseJobName } from './steps/names.js';
+import { TreePaths, parseJobName, type Leaf } from './steps/names.js';
 
 export interface GateOptions {
   mountPoint: string;
@@ -91,7 +91,7 @@ export class Gate {
         refs.set(pid, proc);
         // A zombie is refused before anything is made for it: the kernel would move nothing.
         if (proc.info.exited) throw new AgentError('ENOENT', `no process ${pid} (it has exited)`);
-        checkProcess(actor, this.facts(proc), job, this.o.protectedPids());
+        checkProcess(actor, this.facts(proc), job, this.targetOf(fields, pid), this.o.protectedPids());
       }
     } catch (err) {
       closeAll(refs);
@@ -100,26 +100,40 @@ export class Gate {
     return refs;
   }
 
-  /** The facts authz decides on; the job is read from /proc only if a check asks for it (admins' do not). */
+  /** The facts authz decides on; the cgroup is read from /proc only if a check asks for it (admins' do not). */
   private facts(ref: ProcessRef): ProcessFacts {
-    const jobOf = () => this.jobOfCgroup(ref.cgroup());
+    const placeOf = () => this.placeOfCgroup(ref.cgroup());
     return {
       ...ref.info,
       get job() {
-        return jobOf();
+        return placeOf().job;
+      },
+      get at() {
+        return placeOf().at;
       },
     };
   }
 
-  /** The job a cgroup path (as /proc shows it) lies in; null outside the scope, 'scope' in it but in no job. */
-  private jobOfCgroup(cg: string | null): string | null | 'scope' {
-    if (cg === null) return null;
+  /**
+   * Where a cgroup path (as /proc shows it) lies: its job (null outside the
+   * scope, 'scope' in it but in no job) and its path below the scope.
+   */
+  private placeOfCgroup(cg: string | null): { job: string | null | 'scope'; at: string | null } {
+    if (cg === null) return { job: null, at: null };
     const scope = '/' + path.relative(this.o.mountPoint, this.o.scopeDir());
     // /proc shows paths from the agent's cgroup namespace root, which may sit below the mount.
-    const at = cg.endsWith(scope) ? cg.length - scope.length : cg.indexOf(scope + '/');
-    if (at < 0) return null;
-    const rest = cg.slice(at + scope.length + 1).split('/')[0];
-    return (rest && parseJobName(rest)) || 'scope';
+    const i = cg.endsWith(scope) ? cg.length - scope.length : cg.indexOf(scope + '/');
+    if (i < 0) return { job: null, at: null };
+    const at = cg.slice(i + scope.length + 1);
+    return { job: (at && parseJobName(at.split('/')[0])) || 'scope', at };
+  }
+
+  /** The leaf a request moves `pid` to, below the scope (as placeOfCgroup's `at`). */
+  private targetOf(fields: Record<string, unknown>, pid: number): string {
+    const tasks = fields.tasks as { pid: number; task: number }[] | undefined;
+    const leaf: Leaf = fields.leaf === 'slurm' || fields.leaf === 'special' ? fields.leaf : { task: Number(tasks?.find((t) => t.pid === pid)?.task ?? fields.task ?? 0) };
+    const scope = this.o.scopeDir();
+    return path.relative(scope, new TreePaths(scope).leaf(String(fields.job), String(fields.step), leaf));
   }
 }
 

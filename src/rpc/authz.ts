@@ -10,8 +10,8 @@
  *  - user (--allow-uid): owns the jobs it creates (job.create, or implicitly
  *    step.create / task.place) and acts only on those. It may move only its own
  *    processes (every uid of the process is its uid), named by their process id
- *    (not a thread id), from outside every job or from within the job they go
- *    to. It may set limits or a device policy only on a level its request
+ *    (not a thread id), from outside every job, into task leaves (never the step
+ *    daemon's slurm/). It may set limits or a device policy only on a level its request
  *    creates, and only device options that narrow: deny rules and the closed
  *    policy, device paths under /dev only. It sees only its own jobs in list,
  *    stats and events.
@@ -61,6 +61,8 @@ export function admitRequest(a: Actor, req: { op: string } & Record<string, unkn
   if (!READ_JOB_OPS.has(req.op) && !ACT_JOB_OPS.has(req.op)) throw eperm(`${req.op} needs root or an operator (uid ${a.uid} may act on its own jobs only)`);
   if (req.owner !== undefined && req.owner !== a.uid) throw eperm(`only root or an operator may name a job's owner (uid ${a.uid} asked for owner ${String(req.owner)})`);
   for (const f of DEVICE_FIELDS) if (req[f] !== undefined) checkNarrowing(a, req[f] as DeviceRequest);
+  // slurm/ holds the step daemon: the step's limits, device program, signals and freeze do not reach it.
+  if (req.leaf === 'slurm') throw eperm(`the step daemon's leaf (slurm/) is for root or an operator: the step's limits, devices and signals do not reach it (uid ${a.uid} places tasks)`);
 }
 
 /**
@@ -128,12 +130,17 @@ export interface ProcessFacts {
   kernelThread: boolean;
   /** The job it is in now; null outside every job; 'scope' in the scope but in no job. */
   job: string | null | 'scope';
+  /** Its cgroup below the scope ("job_5/step_0/user/task_0"); null outside the scope. */
+  at: string | null;
 }
 
 export interface Protected { agent: number; infinity: number }
 
-/** May this peer move this process into job `job`? Throws EPERM naming why not. */
-export function checkProcess(a: Actor, p: ProcessFacts, job: string, prot: Protected): void {
+/**
+ * May this peer move this process into job `job`, to `target` (its leaf below
+ * the scope, as ProcessFacts.at)? Throws EPERM naming why not.
+ */
+export function checkProcess(a: Actor, p: ProcessFacts, job: string, target: string, prot: Protected): void {
   const what = `pid ${p.pid}`;
   if (p.tgid === 1) throw eperm(`${what} is PID 1${p.tgid !== p.pid ? ` (a thread of it)` : ''} and cannot be moved`);
   if (p.tgid === prot.agent) throw eperm(`${what} is cgstepd itself${p.tgid !== p.pid ? ` (one of its threads)` : ''} and cannot be moved`);
@@ -146,7 +153,10 @@ export function checkProcess(a: Actor, p: ProcessFacts, job: string, prot: Prote
   if (![real, effective, saved, fs].every((u) => u === a.uid)) {
     throw eperm(`${what} belongs to uid ${real}${effective !== real || saved !== real || fs !== real ? ` (effective ${effective}, saved ${saved})` : ''}; uid ${a.uid} may move only its own processes`);
   }
-  if (p.job !== null && p.job !== job) {
-    throw eperm(`${what} is in ${p.job === 'scope' ? "the agent's scope" : `job ${p.job}`}; uid ${a.uid} may move a process into a job only from outside every job or from within that job`);
+  // Inside a job, each step and leaf may carry limits and devices root set there (a step's memory, a task's GPU):
+  // a user's move would take the process out of them. Placing it again where it is changes nothing.
+  if (p.job !== null && p.at !== target) {
+    const where = p.job === 'scope' ? "the agent's scope" : `job ${p.job} (${p.at})`;
+    throw eperm(`${what} is in ${where}; uid ${a.uid} may move a process into a job only from outside every job (moves within and between jobs are for root or an operator)`);
   }
 }

@@ -7,6 +7,7 @@
  */
 import test from 'ava';
 import fs from 'node:fs';
+import path from 'node:path';
 import { spawnSleeper, waitFor } from '../helpers/agent.js';
 import { cgstepAs, requestsAs, spawnAs, type TestUser, withTwoUsers } from '../helpers/users.js';
 import { aKernelThread, cgroupOf, threadsOf } from './helpers.js';
@@ -105,6 +106,42 @@ test("a process in root's job cannot be pulled into the user's own job (out of r
   await c.request('attach', { job: 602, step: 0, pid: s.pid!, task: 0 });
   refused(t, attach(ctx.alice, s.pid!), /is in job 602/);
   t.true(cgroupOf(s.pid!).endsWith('/job_602/step_0/user/task_0'));
-  // Nor may she act on root's job itself.
-  refused(t, cgstepAs(ctx.alice, ctx.agent.socket, ['attach', '602', '0', String(s.pid), '--task', '1']), /job 602 belongs to uid 0/);
+  // Nor to another leaf of root's job (out of what root set on task_0) ...
+  refused(t, cgstepAs(ctx.alice, ctx.agent.socket, ['attach', '602', '0', String(s.pid), '--task', '1']), /is in job 602 \(job_602\/step_0\/user\/task_0\); .* only from outside every job/);
+  // ... nor may she act on root's job itself, with a process of hers from outside every job.
+  const fresh = spawnAs(ctx.alice, ['sleep', '600']);
+  ctx.pids.push(fresh.pid!);
+  await waitFor(() => fs.readFileSync(`/proc/${fresh.pid}/comm`, 'utf8').trim() === 'sleep', 5000, 'sleep to exec');
+  refused(t, cgstepAs(ctx.alice, ctx.agent.socket, ['attach', '602', '0', String(fresh.pid), '--task', '1']), /job 602 belongs to uid 0/);
+});
+
+test("a user cannot move its task out of the leaf it was placed in, nor into the step daemon's slurm/ leaf", async (t) => {
+  // Root gives alice job 604, whose step 0 denies /dev/zero; her task is placed from outside every job.
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  await c.request('job.create', { job: 604, owner: ctx.alice.uid });
+  await c.request('step.create', { job: 604, step: 0, devices: { deny: ['c 1:5 rwm'] } });
+  const s = spawnAs(ctx.alice, ['sleep', '600']);
+  ctx.pids.push(s.pid!);
+  await waitFor(() => fs.readFileSync(`/proc/${s.pid}/comm`, 'utf8').trim() === 'sleep', 5000, 'sleep to exec');
+  const [placed] = requestsAs(ctx.alice, ctx.agent.socket, [['attach', { job: 604, step: 0, pid: s.pid!, task: 1 }]]);
+  t.true(placed.ok, JSON.stringify(placed.error));
+  const home = cgroupOf(s.pid!);
+  t.true(home.endsWith('/job_604/step_0/user/task_1'), home);
+  const tries = requestsAs(ctx.alice, ctx.agent.socket, [
+    ['attach', { job: 604, step: 0, pid: s.pid!, leaf: 'slurm' }],
+    ['task.place', { job: 604, step: 0, pid: s.pid!, leaf: 'slurm' }],
+    ['attach', { job: 604, step: 0, pid: s.pid!, task: 2 }],
+    ['task.place', { job: 604, step: 1, pid: s.pid!, task: 0 }],
+  ]);
+  for (const r of tries) t.is(r.error?.code, 'EPERM', JSON.stringify(r));
+  t.regex(tries[0].error!.message, /slurm\/\) is for root or an operator/);
+  t.regex(tries[2].error!.message, /is in job 604 \(job_604\/step_0\/user\/task_1\)/);
+  t.is(cgroupOf(s.pid!), home, 'the task stayed where root confined it');
+  t.false(fs.existsSync(path.join(ctx.root, 'system.slice/slurmstepd.scope', 'job_604', 'step_1')), 'the refused task.place made no step');
+  t.false(fs.existsSync(path.join(ctx.root, 'system.slice/slurmstepd.scope', 'job_604', 'step_0', 'user', 'task_2')), 'nor a leaf');
+  // Placing it again where it is changes nothing, and is not refused.
+  const [again] = requestsAs(ctx.alice, ctx.agent.socket, [['attach', { job: 604, step: 0, pid: s.pid!, task: 1 }]]);
+  t.true(again.ok, JSON.stringify(again.error));
+  await c.request('destroy', { job: 604, force: true });
 });
