@@ -212,3 +212,15 @@ export function checkMoved(pid: number, dir: string, mountPoint: string): void {
   if (got === null || !isRunning(pid)) throw new AgentError('ENOENT', `process ${pid} exited while being moved to ${dir}`);
   throw new AgentError('EIO', `moved ${pid} to ${dir} but /proc/${pid}/cgroup says ${got}`);
 }
+
+/** The real and saved uids of whatever process has `pid` now (from its status); null when none has. */
+export function uidsOf(pid: number): { real: number; saved: number } | null {
+  let status: string | null;
+  try {
+    status = readOptional(`/proc/${pid}/status`);
+  } catch {
+    return null;
+  }
+  const m = status === null ? null : /^Uid:\s*(\d+)\s+\d+\s+(\d+)/m.exec(status);
+  return m ? { real: Number(m[1]), saved: Number(m[2]) } : null;
+}

@@ -114,6 +114,17 @@ export function jobAccess(a: Actor, requestedOwner?: number, moveChecks?: { befo
       if (madeBy() === current) return TAKE_BACK;
       throw eperm(`job ${job} already belongs to uid ${current}, given by root or an operator; it cannot be given to uid ${requestedOwner} (destroy it first)`);
     },
+    // kill(2)'s own rule: a user signals a process whose real or saved uid is its uid (not the step daemon, not root's helpers).
+    ...(a.role === 'admin'
+      ? {}
+      : {
+          mayKill(pids: readonly number[], uidsOf: (pid: number) => { real: number; saved: number } | null) {
+            for (const pid of pids) {
+              const u = uidsOf(pid);
+              if (u !== null && u.real !== a.uid && u.saved !== a.uid) throw eperm(`pid ${pid} in the job belongs to uid ${u.real}; uid ${a.uid} may kill or signal only its own processes (root or an operator may destroy the job)`);
+            }
+          },
+        }),
     reconfigure(what) {
       if (a.role !== 'admin') throw eperm(`${what} exists: changing its limits or device policy needs root or an operator (uid ${a.uid} may set them only when its request creates it)`);
     },

@@ -25,6 +25,12 @@ export interface JobAccess {
   admit(job: string, owner: number, madeBy: () => number | null): number | null | typeof TAKE_BACK;
   /** Throws EPERM when the peer may not change the limits or device policy of an existing level. */
   reconfigure(what: string): void;
+  /**
+   * Throws EPERM unless the peer may kill or signal every one of these
+   * processes (absent for admins). `uidsOf` reads a process's real and saved
+   * uids, null once it is gone.
+   */
+  mayKill?(pids: readonly number[], uidsOf: (pid: number) => { real: number; saved: number } | null): void;
   /** Throws when the process checked for this request at `pid` is no longer the one there (just before its move). */
   beforeMove?(pid: number): void;
   /** The same, just after the move: throws when the write may have moved another process under that pid. */

@@ -51,7 +51,7 @@ import { TAKE_BACK, type JobAccess } from './access.js';
 import type { Limits } from './model.js';
 import { LayoutCheck, type LayoutReport } from './adopt.js';
 import { TreeWatcher } from './events.js';
-import { checkMoved, requireMovable } from '../proc/index.js';
+import { checkMoved, requireMovable, uidsOf } from '../proc/index.js';
 import { planLimits, readLimits, writeLimits, type LimitPlan } from './limits.js';
 import { KeyedLock } from './lock.js';
 import { DEFAULT_USER_CAPS, OwnerIndex, type UserCaps } from './owners.js';
@@ -749,7 +749,9 @@ export class StepTree {
     const { name, number } = resolveSignal(sig);
     this.admit(null, job, access);
     let count = 0;
-    for (const dir of this.userDirs(job, step)) {
+    const dirs = this.userDirs(job, step);
+    access?.mayKill?.(dirs.flatMap((d) => procsRecursive(d)), uidsOf);
+    for (const dir of dirs) {
       if (name === 'SIGKILL') {
         count += procsRecursive(dir).length;
         killAll(dir);
@@ -837,6 +839,7 @@ export class StepTree {
         if (!force) {
           throw new AgentError('EBUSY', `${step === undefined ? `job ${job}` : `job ${job} step ${step}`} still has ${pids.length} process(es) (${pids.slice(0, 8).join(' ')}${pids.length > 8 ? ' ...' : ''}); destroy with force (cgstep destroy --force) to kill them`);
         }
+        access?.mayKill?.(pids, uidsOf);
         killAll(target);
         await waitUnpopulated(target, this.opts.waitTimeoutMs);
         empty = true;

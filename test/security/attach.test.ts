@@ -145,3 +145,38 @@ test("a user cannot move its task out of the leaf it was placed in, nor into the
   t.true(again.ok, JSON.stringify(again.error));
   await c.request('destroy', { job: 604, force: true });
 });
+
+test("a user's signal and forced destroy kill only its own processes: root's step daemon and helpers in its job refuse them", async (t) => {
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  await c.request('job.create', { job: 605, owner: ctx.alice.uid });
+  await c.request('step.create', { job: 605, step: 0 });
+  const daemon = spawnSleeper(); // root's, as slurmstepd is
+  ctx.pids.push(daemon.pid!);
+  await c.request('attach', { job: 605, step: 0, pid: daemon.pid!, leaf: 'slurm' });
+  const hers = spawnAs(ctx.alice, ['sleep', '600']);
+  ctx.pids.push(hers.pid!);
+  await waitFor(() => fs.readFileSync(`/proc/${hers.pid}/comm`, 'utf8').trim() === 'sleep', 5000, 'sleep to exec');
+  const [placed] = requestsAs(ctx.alice, ctx.agent.socket, [['attach', { job: 605, step: 0, pid: hers.pid!, task: 0 }]]);
+  t.true(placed.ok, JSON.stringify(placed.error));
+  // Her forced destroy would kill the step daemon: refused, nothing killed.
+  const [destroy] = requestsAs(ctx.alice, ctx.agent.socket, [['destroy', { job: 605, force: true }]]);
+  t.is(destroy.error?.code, 'EPERM', JSON.stringify(destroy));
+  t.regex(destroy.error!.message, new RegExp(`pid ${daemon.pid} in the job belongs to uid 0`));
+  t.is(daemon.exitCode ?? daemon.signalCode, null, "root's process is alive");
+  t.is(hers.exitCode ?? hers.signalCode, null, 'hers too: nothing was killed');
+  // Signals reach user/ only: her own process there is hers to signal.
+  const [stop] = requestsAs(ctx.alice, ctx.agent.socket, [['signal', { job: 605, step: 0, signal: 'CONT' }]]);
+  t.true(stop.ok, JSON.stringify(stop.error));
+  // A root helper placed in user/ is not hers: the signal is refused before any is sent.
+  const helper = spawnSleeper();
+  ctx.pids.push(helper.pid!);
+  await c.request('attach', { job: 605, step: 0, pid: helper.pid!, task: 1 });
+  const [term] = requestsAs(ctx.alice, ctx.agent.socket, [['signal', { job: 605, step: 0, signal: 'TERM' }]]);
+  t.is(term.error?.code, 'EPERM', JSON.stringify(term));
+  await new Promise((r) => setTimeout(r, 100));
+  t.is(hers.exitCode ?? hers.signalCode, null, 'no signal went out');
+  t.is(helper.exitCode ?? helper.signalCode, null);
+  // Root may.
+  t.is((await c.request('destroy', { job: 605, force: true })).killed, 3);
+});
