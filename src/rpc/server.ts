@@ -104,6 +104,10 @@ export class RpcServer {
   /** Open connections per non-admin uid. */
   private perUid = new Map<number, number>();
   private lastRefusalLog = 0;
+  /** Non-admin connections accepted (all, and at the last line that said so), and when that line was written. */
+  private accepted = 0;
+  private acceptedAtLastLog = 0;
+  private lastAcceptLog = 0;
   /** Refused connections still waiting for their peer to read the reason. */
   private lingering = 0;
   private refusedAtLastLog = 0;
@@ -151,6 +155,25 @@ export class RpcServer {
     return this.conns.size;
   }
 
+  /**
+   * Every admin connection is logged; other peers' at most one line a second
+   * (with how many were accepted since), so a user's connect loop cannot
+   * flood journald and push root's audit lines out of its rate limit.
+   */
+  private logAccepted(peer: Peer): void {
+    const line = { peerPid: peer.pid, peerUid: peer.uid, role: peer.role };
+    if (peer.role === 'admin') {
+      this.o.log.info(line, 'connection accepted');
+      return;
+    }
+    this.accepted++;
+    const now = Date.now();
+    if (now - this.lastAcceptLog < 1000) return;
+    this.lastAcceptLog = now;
+    this.o.log.info({ ...line, acceptedSinceLastLog: this.accepted - this.acceptedAtLastLog }, 'connection accepted');
+    this.acceptedAtLastLog = this.accepted;
+  }
+
   private accept(s: net.Socket): void {
     // Before anything else: a peer that resets must never become an unhandled 'error'.
     s.on('error', (err) => this.o.log.debug({ err }, 'connection error'));
@@ -170,7 +193,7 @@ export class RpcServer {
     this.counters.connections++;
     this.conns.add(s);
     if (peer.role !== 'admin') this.perUid.set(peer.uid, (this.perUid.get(peer.uid) ?? 0) + 1);
-    this.o.log.info({ peerPid: peer.pid, peerUid: peer.uid, role: peer.role }, 'connection accepted');
+    this.logAccepted(peer);
     const c: Conn = { s, peer, inflight: 0, lines: new LineReader(MAX_LINE_BYTES), backlogged: false, pumpSoon: false, unsubscribe: null, lineTimer: null, streams: Promise.resolve(), held: null, running: 0, ended: false };
     s.on('data', (chunk: Buffer) => {
       c.lines.push(chunk);
