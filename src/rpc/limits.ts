@@ -1,18 +1,31 @@
 /**
  * rpc/limits: what one non-admin peer may cost the agent. Per-uid token
- * buckets for the reads whose cost grows with the tree (list, stats), and a
- * few slots that let only a few such reads run at once for all non-admin
- * peers together, so root's requests always find the event loop nearly free.
+ * buckets for the reads whose cost grows with the tree (list, stats) and for
+ * requests that compile a device policy, and slots that let only a few such
+ * requests run at once for all non-admin peers together, so root's requests
+ * always find the event loop nearly free.
  * Admin peers (root, operators) are never rate-limited here. And the number of
  * device rules and of tasks one request may carry, which bounds the policy
  * compile and the placements it causes. Pure bookkeeping: no sockets, no
  * cgroups.
  */
 import { AgentError } from '../errors.js';
+import { DEVICE_FIELDS } from './authz.js';
 import type { Op } from './protocol.js';
 
 /** Tokens each op costs; ops not listed cost nothing. */
 const COST: Partial<Record<Op, number>> = { list: 10, stats: 1 };
+/**
+ * Tokens a request carrying a device policy costs on top: its compile may
+ * take tens of ms (overlapping wildcard rules), so a user gets 10 in a burst
+ * and 5 a second, and they compile one at a time (see RpcServer).
+ */
+const DEVICES_COST = 4;
+
+/** Does the request carry a device policy (to compile)? */
+export function carriesDevices(req: object): boolean {
+  return DEVICE_FIELDS.some((f) => (req as Record<string, unknown>)[f] !== undefined);
+}
 
 export interface RateOptions {
   /** Tokens a uid may spend in a burst. */
@@ -32,9 +45,8 @@ export class RateLimiter {
 
   constructor(private readonly o: RateOptions = DEFAULT_RATE) {}
 
-  /** Spend what op costs for uid, or throw EBUSY saying when to retry. */
-  take(uid: number, op: Op, now = Date.now()): void {
-    const cost = COST[op] ?? 0;
+  /** Spend what the request costs for uid (`cost`, by default its op's), or throw EBUSY saying when to retry. */
+  take(uid: number, op: Op, now = Date.now(), cost = COST[op] ?? 0): void {
     if (cost === 0) return;
     const b = this.buckets.get(uid) ?? { tokens: this.o.burst, at: now };
     b.tokens = Math.min(this.o.burst, b.tokens + ((now - b.at) / 1000) * this.o.perSecond);
@@ -42,7 +54,7 @@ export class RateLimiter {
     if (b.tokens < cost) {
       this.buckets.set(uid, b);
       const wait = Math.ceil(((cost - b.tokens) / this.o.perSecond) * 1000);
-      throw new AgentError('EBUSY', `uid ${uid} is reading too fast (${op}: ${this.o.perSecond} tokens a second, ${op} costs ${cost}); retry in ${wait} ms`);
+      throw new AgentError('EBUSY', `uid ${uid} is sending too fast (${this.o.perSecond} tokens a second, this ${op} costs ${cost}); retry in ${wait} ms`);
     }
     b.tokens -= cost;
     this.buckets.set(uid, b);
@@ -50,9 +62,9 @@ export class RateLimiter {
     if (this.buckets.size > 4096) for (const [u, x] of this.buckets) if (x.tokens + ((now - x.at) / 1000) * this.o.perSecond >= this.o.burst) this.buckets.delete(u);
   }
 
-  /** Whether op is one of the limited reads. */
-  static limited(op: Op): boolean {
-    return (COST[op] ?? 0) > 0;
+  /** What a request costs a non-admin peer in tokens (0: not limited). */
+  static costOf(req: { op: Op }): number {
+    return (COST[req.op] ?? 0) + (carriesDevices(req) ? DEVICES_COST : 0);
   }
 }
 
@@ -69,7 +81,7 @@ export const MAX_RULES_USER = 256;
 /** Throw E2BIG when req carries more device rules than its sender may send. */
 export function checkRuleCount(req: object, admin: boolean): void {
   let n = 0;
-  for (const key of ['devices', 'jobDevices', 'stepDevices'] as const) {
+  for (const key of DEVICE_FIELDS) {
     const d = (req as Record<string, { allow?: unknown[]; deny?: unknown[] } | undefined>)[key];
     if (d && typeof d === 'object') n += (d.allow?.length ?? 0) + (d.deny?.length ?? 0);
   }
@@ -107,7 +119,8 @@ export class Slots {
       return await fn();
     } finally {
       const next = this.waiting.shift();
-      if (next) next();
+      // Handed on in a later turn, not a microtask: what the loop has waiting (root's requests) goes first.
+      if (next) setImmediate(next);
       else this.holders--;
     }
   }

@@ -18,7 +18,7 @@ import { peerCred, roleOf, type Peer } from './peercred.js';
 import type { AgentEvent, Reply, Request } from './protocol.js';
 import { parseRequest } from './validate.js';
 import { MAX_LINE_BYTES, PROTOCOL_VERSION, READ_ONLY_OPS, majorOf } from './version.js';
-import { RateLimiter, Slots, DEFAULT_RATE, checkRuleCount, checkTaskCount, type RateOptions } from './limits.js';
+import { RateLimiter, Slots, DEFAULT_RATE, carriesDevices, checkRuleCount, checkTaskCount, type RateOptions } from './limits.js';
 import { Streamed } from './stream.js';
 import { LineReader, TOO_LONG } from './lines.js';
 
@@ -117,6 +117,7 @@ export class RpcServer {
   readonly counters = { connections: 0, requests: 0, errors: 0, refused: 0 };
   private readonly rate: RateLimiter;
   private readonly expensive = new Slots(EXPENSIVE_AT_ONCE);
+  private readonly compiling = new Slots(1);
 
   constructor(private readonly o: ServerOptions) {
     this.rate = new RateLimiter(o.rate ?? DEFAULT_RATE);
@@ -400,9 +401,12 @@ export class RpcServer {
         return;
       }
       let result: unknown;
-      if (peer.role !== 'admin' && RateLimiter.limited(req.op)) {
-        this.rate.take(peer.uid, req.op);
-        result = await this.expensive.run(async () => this.finish(c, id, await this.o.handle(req, peer)));
+      const cost = peer.role === 'admin' ? 0 : RateLimiter.costOf(req);
+      if (cost > 0) {
+        this.rate.take(peer.uid, req.op, Date.now(), cost);
+        // A device policy compiles on the loop: one such request of all non-admin peers at a time.
+        const slots = carriesDevices(req) ? this.compiling : this.expensive;
+        result = await slots.run(async () => this.finish(c, id, await this.o.handle(req, peer)));
       } else {
         result = await this.o.handle(req, peer);
         if (result instanceof Streamed) result = await this.finish(c, id, result);

@@ -15,7 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
 import { startAgent, type RunningAgent } from '../helpers/agent.js';
-import { addGroup, addUser, asUser, removeGroup, removeUser, type TestUser } from '../helpers/users.js';
+import { addGroup, addUser, asUser, removeGroup, removeUser, requestsAs, type TestUser } from '../helpers/users.js';
 import { makeSteps, sampleRootStatus } from './helpers.js';
 
 const ctx: { root: string; dir: string; agent: RunningAgent; allowed: TestUser; reader: TestUser; group: { name: string; gid: number } } = {} as any;
@@ -53,7 +53,9 @@ test.after.always(async () => {
 const FLOODER = `
 import socket, sys, threading, time
 path, kind, conns, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-line = {'junk': b'x\\n', 'empty': b'{}\\n', 'hello': b'{"id":1,"op":"hello"}\\n'}[kind]
+rules = ','.join(['"c %d:* rwm"' % i for i in range(1, 91)] + ['"c *:%d rwm"' % i for i in range(1, 91)])
+devices = ('{"id":1,"op":"step.create","job":300,"step":0,"devices":{"policy":"closed","deny":[%s]}}\\n' % rules).encode()
+line = {'junk': b'x\\n', 'empty': b'{}\\n', 'hello': b'{"id":1,"op":"hello"}\\n', 'devices': devices}[kind]
 chunk = line * (65536 // len(line))
 end = time.time() + secs
 got = [0]
@@ -85,10 +87,10 @@ ts = [threading.Thread(target=run) for _ in range(conns)]
 print('replies', got[0])
 `;
 
-function flood(u: TestUser, groups: number[], kind: string, conns: number, secs: number): Promise<number> {
+function flood(u: TestUser, groups: number[], kind: string, conns: number, secs: number, nice = 19): Promise<number> {
   const [cmd, ...args] = asUser(u, groups);
   return new Promise((resolve, reject) => {
-    const p = spawn(cmd, [...args, 'nice', '-n', '19', '/usr/bin/python3', '-c', FLOODER, ctx.agent.socket, kind, String(conns), String(secs)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(cmd, [...args, 'nice', '-n', String(nice), '/usr/bin/python3', '-c', FLOODER, ctx.agent.socket, kind, String(conns), String(secs)], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     p.stdout.on('data', (d) => (out += d));
     p.stderr.on('data', (d) => (out += d));
@@ -100,7 +102,7 @@ function flood(u: TestUser, groups: number[], kind: string, conns: number, secs:
   });
 }
 
-test('pipelined junk, empty objects and hellos from a reader and an allowed uid leave root answered', async (t) => {
+test.serial('pipelined junk, empty objects and hellos from a reader and an allowed uid leave root answered', async (t) => {
   const sampler = sampleRootStatus(ctx.agent.socket, { intervalMs: 50 });
   const got = await Promise.all([
     flood(ctx.reader, [ctx.group.gid], 'empty', 4, 4),
@@ -117,4 +119,30 @@ test('pipelined junk, empty objects and hellos from a reader and an allowed uid 
   t.teardown(() => c.close());
   const st = await c.request('status', {});
   t.is(st.steps, 50, 'nothing was created or removed');
+});
+
+test.serial('requests that carry device rules cost an allowed uid tokens: 10 in a burst, then EBUSY before any compile', (t) => {
+  const deny = [...Array.from({ length: 90 }, (_, i) => `c ${i + 1}:* rwm`), ...Array.from({ length: 90 }, (_, i) => `c *:${i + 1} rwm`)];
+  const out = requestsAs(ctx.allowed, ctx.agent.socket, Array.from({ length: 16 }, () => ['step.create', { job: 301, step: 0, devices: { policy: 'closed', deny } }] as [string, object]));
+  const compiled = out.filter((o) => o.error?.code === 'E2BIG');
+  const busy = out.filter((o) => o.error?.code === 'EBUSY');
+  t.is(compiled.length + busy.length, 16, JSON.stringify(out.find((o) => !['E2BIG', 'EBUSY'].includes(o.error?.code ?? ''))));
+  t.true(compiled.length >= 10, `${compiled.length} compiled`);
+  t.true(busy.length >= 1, 'the uid ran out of tokens');
+  t.regex(busy[0].error!.message, /is sending too fast .* retry in \d+ ms/);
+});
+
+test.serial("pipelined requests whose device rules overlap (a compile of tens of ms each) from an allowed uid leave root answered", async (t) => {
+  const sampler = sampleRootStatus(ctx.agent.socket, { intervalMs: 50 });
+  // At nice 0: the compiles are the agent's work, not the flooder's.
+  const got = await flood(ctx.allowed, [], 'devices', 30, 4, 0);
+  const { worstMs, samples, failures } = await sampler.stop();
+  t.log(`root's worst status: ${worstMs} ms over ${samples} samples; reply bytes ${got}`);
+  t.is(ctx.agent.proc.exitCode, null, `the agent exited:\n${ctx.agent.log().slice(-2000)}`);
+  t.true(got > 0, 'the flooder was answered');
+  t.deepEqual(failures, []);
+  t.true(worstMs < 500, `root's status took ${worstMs} ms during the flood`);
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  t.is((await c.request('status', {})).steps, 50, 'nothing was created');
 });

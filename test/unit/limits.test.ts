@@ -3,7 +3,7 @@
  * count per request, and the role a peer's credentials give it.
  */
 import test from 'ava';
-import { RateLimiter, checkRuleCount } from '../../src/rpc/limits.js';
+import { RateLimiter, Slots, checkRuleCount } from '../../src/rpc/limits.js';
 import { roleOf } from '../../src/rpc/peercred.js';
 
 test('a uid gets 4 lists in a burst, then 2 a second; stats are cheap; uids do not share a bucket', (t) => {
@@ -40,4 +40,25 @@ test('roles: root and operators admin, allowed uids user, read-only groups (prim
   t.is(roleOf({ pid: 1, uid: 1001, gid: 500, groups: [] }, p), 'reader');
   t.is(roleOf({ pid: 1, uid: 1002, gid: 1002, groups: [20, 500] }, p), 'reader');
   t.is(roleOf({ pid: 1, uid: 1003, gid: 1003, groups: [20] }, p), null);
+});
+
+test('a freed slot is handed on in a later turn: what the loop has waiting runs between two holders', async (t) => {
+  const slots = new Slots(1);
+  const order: string[] = [];
+  const first = slots.run(async () => {
+    order.push('first');
+    setImmediate(() => order.push('waiting on the loop'));
+  });
+  const second = slots.run(async () => {
+    order.push('second');
+  });
+  await Promise.all([first, second]);
+  t.deepEqual(order, ['first', 'waiting on the loop', 'second']);
+});
+
+test('a request carrying a device policy costs a user 4 tokens on top of its op', (t) => {
+  t.is(RateLimiter.costOf({ op: 'step.create' }), 0);
+  t.is(RateLimiter.costOf({ op: 'step.create', devices: { deny: [] } } as never), 4);
+  t.is(RateLimiter.costOf({ op: 'task.place', stepDevices: {} } as never), 4);
+  t.is(RateLimiter.costOf({ op: 'list' }), 10);
 });
