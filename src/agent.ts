@@ -194,7 +194,7 @@ function makeTree(o: AgentOptions, mountPoint: string, guard: ScopeGuard, regist
 }
 
 function userCapsOf(o: AgentOptions): UserCaps {
-  return { jobs: o.maxUserJobs ?? DEFAULT_USER_CAPS.jobs, steps: o.maxUserSteps ?? DEFAULT_USER_CAPS.steps };
+  return { jobs: o.maxUserJobs ?? DEFAULT_USER_CAPS.jobs, steps: o.maxUserSteps ?? DEFAULT_USER_CAPS.steps, tasks: o.maxUserTasks ?? DEFAULT_USER_CAPS.tasks };
 }
 
 function makeServer(o: AgentOptions, log: Logger, tree: StepTree, handle: Dispatch, observe: ServerOptions['observe']): RpcServer {

@@ -130,7 +130,7 @@ function configLines(c: any): string[] {
     `limits need: ${c.controllers.required.join(' ') || 'nothing'}${missing}; a limit on a missing controller is ${c.missingControllerLimits === 'skip' ? 'skipped' : 'refused'}`,
     `device default: ${c.devicePolicy.constrainDevices ? `policy ${c.devicePolicy.default}` : 'none (ConstrainDevices=no)'}`,
     ...c.gres.map((g: any) => `gres:        ${g.name}:${g.index} ${g.file}${g.exists ? '' : ' (MISSING: no such file)'}`),
-    ...(c.userCaps ? [`user caps:   ${c.userCaps.jobs} live job(s), ${c.userCaps.steps} step(s) per uid other than root and operators (--max-user-jobs, --max-user-steps)`] : []),
+    ...(c.userCaps ? [`user caps:   ${c.userCaps.jobs} live job(s), ${c.userCaps.steps} step(s), ${c.userCaps.tasks} task leaves per uid other than root and operators (--max-user-jobs, --max-user-steps, --max-user-tasks)`] : []),
   ];
 }
 

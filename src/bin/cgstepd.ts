@@ -55,6 +55,7 @@ const program = new EnvCommand('cgstepd')
   .addOption(opt('--max-user-connections <n>', 'concurrent connections per non-root, non-operator uid').argParser(intArg('max user connections', 1, 100000)).default(32))
   .addOption(opt('--max-user-jobs <n>', 'live jobs a non-root, non-operator uid may own (its requests that would make more are refused)').argParser(intArg('max user jobs', 1, 1000000)).default(64))
   .addOption(opt('--max-user-steps <n>', 'live steps, in all its jobs, a non-root, non-operator uid may own').argParser(intArg('max user steps', 1, 1000000)).default(1024))
+  .addOption(opt('--max-user-tasks <n>', 'live task leaves, in all its steps, a non-root, non-operator uid may own').argParser(intArg('max user tasks', 1, 1000000)).default(4096))
   .addOption(opt('--idle-timeout <ms>', 'close non-root, non-operator connections idle this long (a request line must end within min(this, 10 s))').argParser(intArg('idle timeout', 100, 86400000)).default(60000))
   .addOption(opt('--wait-timeout <ms>', 'how long destroy/freeze wait for the kernel').argParser(intArg('wait timeout', 1, 3600000)).default(10000))
   .addOption(opt('--orphan-interval <ms>', 'how often orphan cgroups are collected').argParser(intArg('orphan interval', 1000, 86400000)).default(60000))
@@ -149,6 +150,7 @@ const options: AgentOptions = {
   maxUserConnections: f.maxUserConnections,
   maxUserJobs: f.maxUserJobs,
   maxUserSteps: f.maxUserSteps,
+  maxUserTasks: f.maxUserTasks,
   idleTimeoutMs: f.idleTimeout,
   waitTimeoutMs: f.waitTimeout,
   orphanIntervalMs: f.orphanInterval,

@@ -40,6 +40,7 @@ export interface AgentOptions {
   maxUserJobs?: number;
   /** Live steps, in all its jobs, one such uid may own. */
   maxUserSteps?: number;
+  maxUserTasks?: number;
   /** Non-admin connections idle this long are closed, ms. */
   idleTimeoutMs: number;
   /** How long destroy and freeze wait for the kernel, ms. */

@@ -33,8 +33,8 @@ export interface ConfigReport {
   missingControllerLimits: 'refuse' | 'skip';
   devicePolicy: { constrainDevices: boolean; default: 'open' | 'closed' };
   gres: (GresFile & { exists: boolean })[];
-  /** What one uid that is neither root nor an operator may own live (--max-user-jobs, --max-user-steps). */
-  userCaps?: { jobs: number; steps: number };
+  /** What one uid that is neither root nor an operator may own live (--max-user-jobs, --max-user-steps, --max-user-tasks). */
+  userCaps?: { jobs: number; steps: number; tasks: number };
 }
 
 export interface ReportInput {
@@ -48,7 +48,7 @@ export interface ReportInput {
   available: string[];
   gresFiles: GresFile[];
   exists: (file: string) => boolean;
-  userCaps?: { jobs: number; steps: number };
+  userCaps?: { jobs: number; steps: number; tasks: number };
 }
 
 /** Controllers the constrain settings need on every job (others only when a request asks: pids, cpu). */

@@ -211,6 +211,13 @@ export class TreeWatcher extends EventEmitter {
     for (const w of gone) this.drop(w);
   }
 
+  /** How many of the job's task leaves are watched (the agent made them: a user's count for its cap). */
+  taskCount(job: string): number {
+    let n = 0;
+    for (const w of this.byJob.get(job) ?? []) if (w.task !== undefined && w.kind === 'cgroup') n++;
+    return n;
+  }
+
   /** The job's watched task leaf directories, by step (a hint: a leaf may exist unwatched). */
   taskLeaves(job: string): Map<string, string[]> {
     const out = new Map<string, string[]>();

@@ -12,9 +12,11 @@ import { AgentError } from '../errors.js';
 export interface UserCaps {
   jobs: number;
   steps: number;
+  /** Task leaves, in all its steps: each a directory, three inotify watches' share, and a device program when it has its own. */
+  tasks: number;
 }
 
-export const DEFAULT_USER_CAPS: UserCaps = { jobs: 64, steps: 1024 };
+export const DEFAULT_USER_CAPS: UserCaps = { jobs: 64, steps: 1024, tasks: 4096 };
 
 export class OwnerIndex {
   /** job -> owner, for jobs not root's. */
@@ -22,10 +24,11 @@ export class OwnerIndex {
   /** uid -> its jobs. */
   private readonly jobs = new Map<number, Set<string>>();
 
-  /** `stepsOf(job)`: the job's live steps as the tree's index knows them. */
+  /** `stepsOf(job)`, `tasksOf(job)`: the job's live steps and task leaves as the tree knows them. */
   constructor(
     private readonly caps: UserCaps,
     private readonly stepsOf: (job: string) => number,
+    private readonly tasksOf: (job: string) => number,
   ) {}
 
   /** Record a job's owner (0: root's, not kept). */
@@ -53,26 +56,36 @@ export class OwnerIndex {
     this.jobs.clear();
   }
 
-  /** Live jobs and steps owned by uid. */
-  count(uid: number): { jobs: number; steps: number } {
+  /** Live jobs, steps and task leaves owned by uid. */
+  count(uid: number): { jobs: number; steps: number; tasks: number } {
     const mine = this.jobs.get(uid);
     let steps = 0;
-    if (mine) for (const j of mine) steps += this.stepsOf(j);
-    return { jobs: mine?.size ?? 0, steps };
+    let tasks = 0;
+    if (mine) {
+      for (const j of mine) {
+        steps += this.stepsOf(j);
+        tasks += this.tasksOf(j);
+      }
+    }
+    return { jobs: mine?.size ?? 0, steps, tasks };
   }
 
   /**
-   * ENOSPC when uid may not own `newJobs` more jobs and `newSteps` more steps
-   * (what one request would make); called before anything is made.
+   * ENOSPC when uid may not own `newJobs` more jobs, `newSteps` more steps
+   * and `newTasks` more task leaves (what one request would make); called
+   * before anything is made.
    */
-  check(uid: number, newJobs: number, newSteps: number): void {
-    if (newJobs === 0 && newSteps === 0) return;
+  check(uid: number, newJobs: number, newSteps: number, newTasks = 0): void {
+    if (newJobs === 0 && newSteps === 0 && newTasks === 0) return;
     const c = this.count(uid);
     if (newJobs && c.jobs + newJobs > this.caps.jobs) {
       throw new AgentError('ENOSPC', `uid ${uid} owns ${c.jobs} live job(s), the most a user may own (--max-user-jobs ${this.caps.jobs}); destroy one first`);
     }
     if (newSteps && c.steps + newSteps > this.caps.steps) {
       throw new AgentError('ENOSPC', `uid ${uid} owns ${c.steps} live step(s), the most a user may own (--max-user-steps ${this.caps.steps}); destroy one first`);
+    }
+    if (newTasks && c.tasks + newTasks > this.caps.tasks) {
+      throw new AgentError('ENOSPC', `uid ${uid} owns ${c.tasks} live task leaves, the most a user may own (--max-user-tasks ${this.caps.tasks}); destroy a step first`);
     }
   }
 }

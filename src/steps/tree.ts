@@ -213,7 +213,7 @@ export class StepTree {
     this.watcher = new TreeWatcher(this.paths, this.opts.log);
     this.layout = new LayoutCheck({ wanted: () => opts.scopeControllers?.(), locked: (job, fn) => this.lock.run(job, fn), log: opts.log });
     this.readStats = opts.accounting ? (d) => opts.accounting!.read(d) : readStats;
-    this.owners = new OwnerIndex(opts.userCaps ?? DEFAULT_USER_CAPS, (job) => this.index.get(job)?.length ?? 0);
+    this.owners = new OwnerIndex(opts.userCaps ?? DEFAULT_USER_CAPS, (job) => this.index.get(job)?.length ?? 0, (job) => this.watcher.taskCount(job));
   }
 
   get jobCount(): number {
@@ -461,11 +461,12 @@ export class StepTree {
    * jobs or steps than the caps allow. Synchronous with the request's making and
    * commit, so requests on other jobs cannot slip in between.
    */
-  private checkCaps(job: string, step: string | undefined, access: JobAccess | undefined): void {
+  private checkCaps(job: string, step: string | undefined, access: JobAccess | undefined, leaves: readonly Leaf[] = []): void {
     if (!access?.capped) return;
     if (this.ownersPending.size) throw new AgentError('EBUSY', `the agent is still reading its adopted jobs' owners after a start (${this.ownersPending.size} left) to count uid ${access.owner}'s jobs and steps; retry in a second`);
     const steps = this.index.get(job);
-    this.owners.check(access.owner, steps ? 0 : 1, step !== undefined && !steps?.includes(step) ? 1 : 0);
+    const newLeaves = step === undefined ? 0 : new Set(leaves.map((l) => this.paths.leaf(job, step, l)).filter((d) => !exists(d))).size;
+    this.owners.check(access.owner, steps ? 0 : 1, step !== undefined && !steps?.includes(step) ? 1 : 0, newLeaves);
   }
 
   /**
@@ -645,6 +646,7 @@ export class StepTree {
     return this.change(job, (u) => {
       if (!exists(this.paths.user(job, step))) this.requireStep(job, step); // names what is missing
       this.admit(u, job, access);
+      this.checkCaps(job, step, access, [leaf]);
       this.reconfigureLeaf(job, step, leaf, devices, access);
       const tp = this.planLevel(this.paths.leaf(job, step, leaf), 'task', undefined, devices);
       // A request through the gate had its process checked there (zombies, kernel threads) and again at the move.
@@ -669,7 +671,7 @@ export class StepTree {
     for (const m of r.moves) this.checkPid(m.pid);
     return this.change(r.job, (u) => {
       this.admit(u, r.job, access);
-      this.checkCaps(r.job, r.step, access);
+      this.checkCaps(r.job, r.step, access, r.moves.map((m) => m.leaf));
       for (const m of r.moves) this.reconfigureLeaf(r.job, r.step, m.leaf, r.devices, access);
       const jp = this.planJob(r.job, r.jobLimits, r.jobDevices, undefined, 'limits');
       if (jp.existed) this.planJobUpdate(jp, r, access);

@@ -86,5 +86,6 @@ test.serial('the count is rebuilt from the owner xattrs when the agent restarts;
   const status = cgstepAs({ name: 'root', uid: 0, gid: 0 }, ctx.agent.socket, ['status']);
   t.is(status.result?.config?.userCaps?.jobs, 3, status.stdout);
   t.is(status.result?.config?.userCaps?.steps, 5);
-  t.regex(cli(ctx.agent.socket, ['status']).stdout, /^user caps: +3 live job\(s\), 5 step\(s\) per uid other than root and operators \(--max-user-jobs, --max-user-steps\)$/m);
+  t.is(status.result?.config?.userCaps?.tasks, 4096, 'the default');
+  t.regex(cli(ctx.agent.socket, ['status']).stdout, /^user caps: +3 live job\(s\), 5 step\(s\), 4096 task leaves per uid other than root and operators \(--max-user-jobs, --max-user-steps, --max-user-tasks\)$/m);
 });
