@@ -101,7 +101,7 @@ export function degradedOf(f: StatusFacts): string[] {
   // (--ignore-missing-controllers); refused limits fail loudly, and the config
   // section of status names the missing controllers either way.
   if (f.config?.missingControllerLimits === 'skip') {
-    for (const c of f.config.controllers.missing) out.push(`the ${c} controller that cgroup.conf's constrain settings need is not available: limits on it are skipped (NOT enforced)`);
+    for (const c of f.config.controllers.missing) out.push(`the ${c} controller that the Constrain* settings (cgroup.conf, or its defaults) need is not available: limits on it are skipped (NOT enforced)`);
   }
   if (f.constrainDevices && !f.devices.supported) out.push(`device control unavailable (devices/none): ${f.devices.reason}`);
   if (f.orphans.populated.length) out.push(`${f.orphans.populated.length} orphan cgroup(s) still hold processes`);

@@ -120,14 +120,16 @@ function configLines(c: any): string[] {
   const yn = (b: boolean) => (b ? 'yes' : 'no');
   const k = c.constrain;
   const set = (key: string) => (k.explicit.includes(key.toLowerCase()) ? '' : ' (default)');
-  const missing = c.controllers.missing.length
-    ? `; MISSING ${c.controllers.missing.join(' ')}: limits on ${c.controllers.missing.length > 1 ? 'them' : 'it'} are ${c.missingControllerLimits === 'skip' ? 'skipped and NOT enforced (--ignore-missing-controllers)' : 'refused (ENOTSUP; --ignore-missing-controllers would accept them unenforced)'}`
-    : '';
+  // The Constrain* settings need their controllers; --pids and --cpu-max/--cpu-weight need theirs whatever the settings.
+  const perLimit = ['pids', 'cpu'].filter((x) => !c.controllers.required.includes(x));
+  const absent = [...c.controllers.missing, ...perLimit.filter((x) => !c.controllers.available.includes(x))];
+  const mode = c.missingControllerLimits === 'skip' ? 'skipped and NOT enforced (--ignore-missing-controllers)' : 'refused (ENOTSUP; --ignore-missing-controllers would accept them unenforced)';
+  const missing = absent.length ? `; MISSING ${absent.join(' ')}: limits on ${absent.length > 1 ? 'them' : 'it'} are ${mode}` : '';
   return [
     `config:      cgroup.conf ${c.files.cgroupConf ?? 'none (defaults)'}; gres.conf ${c.files.gresConf ?? 'none'}`,
     `constrain:   ConstrainCores=${yn(k.cores)}${set('constrainCores')}, ConstrainRAMSpace=${yn(k.ramSpace)}${set('constrainRAMSpace')} (AllowedRAMSpace=${k.allowedRAMSpacePercent}%, MaxRAMPercent=${k.maxRAMPercent}%, MinRAMSpace=${k.minRAMSpaceMiB} MiB), ConstrainSwapSpace=${yn(k.swapSpace)}${set('constrainSwapSpace')} (AllowedSwapSpace=${k.allowedSwapSpacePercent}%, MaxSwapPercent=${k.maxSwapPercent}%), ConstrainDevices=${yn(k.devices)}${set('constrainDevices')}`,
     ...(c.unsupportedKeys.length ? [`unsupported: ${c.unsupportedKeys.join(', ')} (in cgroup.conf, ignored)`] : []),
-    `limits need: ${c.controllers.required.join(' ') || 'nothing'}${missing}; a limit on a missing controller is ${c.missingControllerLimits === 'skip' ? 'skipped' : 'refused'}`,
+    `limits need: ${c.controllers.required.join(' ') || 'nothing'} (Constrain* settings), ${perLimit.map((x) => (x === 'pids' ? 'pids (--pids)' : 'cpu (--cpu-max, --cpu-weight)')).join(', ') || 'nothing more'} (limits asked for)${missing}`,
     `device default: ${c.devicePolicy.constrainDevices ? `policy ${c.devicePolicy.default}` : 'none (ConstrainDevices=no)'}`,
     ...c.gres.map((g: any) => `gres:        ${g.name}:${g.index} ${g.file}${g.exists ? '' : ' (MISSING: no such file)'}`),
     ...(c.userCaps ? [`user caps:   ${c.userCaps.jobs} live job(s), ${c.userCaps.steps} step(s), ${c.userCaps.tasks} task leaves per uid other than root and operators (--max-user-jobs, --max-user-steps, --max-user-tasks)`] : []),
@@ -177,22 +179,28 @@ program
     }),
   );
 
-/** Limits the agent skipped (--ignore-missing-controllers): said, never hidden. */
-function notEnforced(r: any): string {
+/** Limits the agent skipped (--ignore-missing-controllers): said on stderr (stdout stays the result), never hidden. */
+function warnNotEnforced(r: any): void {
   const skipped: string[] = [...(r.skipped ?? []), ...(r.job?.skipped ?? []), ...(r.step?.skipped ?? [])];
-  return skipped.length ? `\nWARNING: not enforced (controller missing on this node): ${[...new Set(skipped)].join(', ')}` : '';
+  if (skipped.length) process.stderr.write(`cgstep: WARNING: not enforced (controller missing on this node): ${[...new Set(skipped)].join(', ')}\n`);
+}
+
+/** print(), after the warning of what the agent skipped. */
+function printChecked(result: any, human: (r: any) => string): void {
+  warnNotEnforced(result);
+  print(result, human);
 }
 
 const job = program.command('job').description('job commands');
 addLimitOptions(job.command('create <job>').description('create a job (or update its limits)'))
   .option('--owner <uid>', 'the uid the job belongs to (root and operators only)', intArg('--owner', 0, 0xfffffffe))
   .action((j, o) =>
-    withClient(async (c) => print(await c.request('job.create', withArgs({ job: j }, { limits: limitsOf(o), devices: devicesOf(o), owner: o.owner })), (r) => `job ${r.job} ${r.created ? 'created' : 'updated'}: ${r.path}${notEnforced(r)}`)),
+    withClient(async (c) => printChecked(await c.request('job.create', withArgs({ job: j }, { limits: limitsOf(o), devices: devicesOf(o), owner: o.owner })), (r) => `job ${r.job} ${r.created ? 'created' : 'updated'}: ${r.path}`)),
   );
 
 const step = program.command('step').description('step commands');
 addLimitOptions(step.command('create <job> <step>').description('create a step (and its job) or update its limits')).action((j, s, o) =>
-  withClient(async (c) => print(await c.request('step.create', withArgs({ job: j, step: s }, { limits: limitsOf(o), devices: devicesOf(o) })), (r) => `step ${r.job}.${r.step} ${r.created ? 'created' : 'updated'}: ${r.path}${notEnforced(r)}`)),
+  withClient(async (c) => printChecked(await c.request('step.create', withArgs({ job: j, step: s }, { limits: limitsOf(o), devices: devicesOf(o) })), (r) => `step ${r.job}.${r.step} ${r.created ? 'created' : 'updated'}: ${r.path}`)),
 );
 
 program
@@ -346,8 +354,7 @@ async function runCommand(job: string, step: string, cmd: string[], o: any): Pro
       // One request: a job made here is allocated the gres named, the step gets the limits and devices.
       const devices = devicesOf(o);
       const placed = await c.request('task.place', withArgs({ job, step, pid: child.pid!, task: o.task ?? 0 }, { stepLimits: limitsOf(o), stepDevices: devices, jobDevices: devices?.gres ? { gres: devices.gres } : undefined }));
-      const dropped = notEnforced(placed);
-      if (dropped) process.stderr.write(`cgstep: ${dropped.trim()}\n`);
+      warnNotEnforced(placed);
     } catch (err) {
       process.kill(child.pid!, 'SIGKILL');
       await exited;
