@@ -22,7 +22,7 @@ import { loadGresConf } from '../devices/gres.js';
 import { parseListen } from '../metrics/listen.js';
 import type { AgentOptions } from '../config/options.js';
 import { DEFAULT_SOCKET } from '../rpc/client.js';
-import { findCgroup2Mount } from '../cgroupfs/mount.js';
+import { findCgroup2Mount, resolveCgroupRoot } from '../cgroupfs/mount.js';
 import { moveSelfIntoSubgroup } from '../systemd/delegate.js';
 import * as sd from '../systemd/notify.js';
 import { LogSink } from '../sys/logsink.js';
@@ -98,8 +98,25 @@ try {
   if (f.gres) checkGresConf(f.gres);
   if (f.metrics) parseListen(f.metrics);
   if (f.metricsTokenFile) metricsToken = readToken(f.metricsTokenFile);
+  if (f.cgroupRoot) checkCgroupRoot(f.cgroupRoot);
 } catch (err) {
   fatal(err);
+}
+
+/** --cgroup-root must be a directory on cgroup2: a wrong path is the admin's to fix (exit 2), said with where the mount is. */
+function checkCgroupRoot(dir: string): void {
+  try {
+    resolveCgroupRoot(dir);
+  } catch (err) {
+    let where = '';
+    try {
+      where = ` (here ${findCgroup2Mount().mountPoint})`;
+    } catch {
+      // no cgroup2 mount at all: the error says so at start
+    }
+    const msg = (err as Error).message;
+    throw new ConfigError(msg.startsWith('--cgroup-root') ? msg : `--cgroup-root ${dir}: ${msg}`, `give a directory under the cgroup2 mount${where} (CGSTEP_CGROUP_ROOT)`);
+  }
 }
 
 /** The bearer token for /metrics, from a file (a token on the command line would show in ps). */

@@ -7,7 +7,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { enableTopDown, controllersOf, enabledIn } from '../../src/cgroupfs/index.js';
-import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
+import { MOUNT, makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
 import { startAgent } from '../helpers/agent.js';
 
 test('enableTopDown enables on every level and reports what the kernel lacks', async (t) => {
@@ -39,8 +39,11 @@ test('a limit whose controller is missing is refused with ENOTSUP naming it, or 
   t.deepEqual(JSON.parse(ok.stdout).skipped, ['memory.high', 'memory.max', 'pids.max']);
 });
 
-test('the agent refuses a --cgroup-root that is not on cgroup2', async (t) => {
+test('the agent refuses a --cgroup-root that is not on cgroup2 or not there: exit 2, saying where the mount is', async (t) => {
   const a = await startAgent({ root: '/tmp', args: ['--ignore-systemd'], expectExit: true });
-  t.regex(a.log(), /--cgroup-root \/tmp is not on a cgroup2 filesystem/);
-  t.is(a.proc.exitCode, 1);
+  t.regex(a.log(), new RegExp(`cgstepd: --cgroup-root /tmp is not on a cgroup2 filesystem; give a directory under the cgroup2 mount \\(here ${MOUNT}\\)`));
+  t.is(a.proc.exitCode, 2);
+  const b = await startAgent({ root: '/nonexistent-cgstep-root', args: ['--ignore-systemd'], expectExit: true });
+  t.regex(b.log(), /cgstepd: --cgroup-root \/nonexistent-cgstep-root: stat \/nonexistent-cgstep-root: ENOENT/);
+  t.is(b.proc.exitCode, 2);
 });
