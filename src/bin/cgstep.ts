@@ -8,7 +8,7 @@
 import { spawn } from 'node:child_process';
 import os from 'node:os';
 import type { Command as Cmd } from 'commander';
-import { EnvCommand, USAGE_EXIT, UsageError, intArg, opt, sizeArg, strList, usageLine } from '../config/cli.js';
+import { EnvCommand, USAGE_EXIT, UsageError, commandPath, intArg, opt, sizeArg, strList, usageLine } from '../config/cli.js';
 import { AGENT_VERSION } from '../rpc/version.js';
 import { SORT_KEYS, runTop } from './top.js';
 import { formatSize } from '../config/size.js';
@@ -371,11 +371,19 @@ async function runCommand(job: string, step: string, cmd: string[], o: any): Pro
 }
 
 /**
- * Exit status: 2 for a usage error found here (one line naming the --help to
- * read), 1 for anything the agent refused or that failed on the way, whatever
+ * Exit status: 2 for a usage error found here or an argument the protocol's
+ * schema refuses (one line naming the --help to read), 1 for anything the agent refused or that failed on the way, whatever
  * its code (`cgstep: CODE: message`), else 0 (or CMD's status for run).
  */
+// The command being run, for a usage line about its arguments.
+let running = 'cgstep';
+program.hook('preAction', (_top, action) => {
+  running = commandPath(action);
+});
+
 program.parseAsync().catch((err: unknown) => {
+  // An id or value the protocol's schema refuses is the caller's typing, found by the agent's check: a usage error.
+  if (err instanceof AgentError && err.code === 'EINVAL' && err.message.startsWith('invalid request: ')) err = new UsageError(err.message.slice('invalid request: '.length), running);
   if (err instanceof UsageError) {
     process.stderr.write(usageLine(err.command, err.message) + '\n');
     process.exitCode = USAGE_EXIT;

@@ -49,6 +49,9 @@ test('cgstep: usage errors are one line with the --help to read and exit 2', asy
   usage(['--bogus', 'status'], /unknown option '--bogus'/, 'cgstep');
   usage(['job', 'create', '1', '--memory', 'lots'], /--memory: expected a size/, 'cgstep job create');
   usage(['job', 'create', '1', '--device-policy', 'ajar'], /--device-policy must be open or closed/, 'cgstep');
+  // Ids the protocol's schema refuses are the caller's typing too (checked by the agent, the one schema).
+  usage(['job', 'create', 'abc'], /^cgstep job create: job: job id must be/, 'cgstep job create');
+  usage(['step', 'create', '1', 'Batch'], /^cgstep step create: step: /, 'cgstep step create');
 });
 
 test('cgstep: refusals by the agent exit 1 with CODE: message; destroy of nothing says so; EBUSY names --force; --wait fails once', async (t) => {
