@@ -355,6 +355,9 @@ async function runCommand(job: string, step: string, cmd: string[], o: any): Pro
       const devices = devicesOf(o);
       const placed = await c.request('task.place', withArgs({ job, step, pid: child.pid!, task: o.task ?? 0 }, { stepLimits: limitsOf(o), stepDevices: devices, jobDevices: devices?.gres ? { gres: devices.gres } : undefined }));
       warnNotEnforced(placed);
+      // An existing step keeps what it has (task.place never reconfigures one): said, so the flags are not thought in force.
+      const asked = limitsOf(o) ?? devices;
+      if (asked && !placed.step.created) process.stderr.write(`cgstep: note: step ${job}.${step} exists: its limits and devices are used as they are (the ones given here are not applied)\n`);
     } catch (err) {
       process.kill(child.pid!, 'SIGKILL');
       await exited;

@@ -72,6 +72,11 @@ test('cgstep: refusals by the agent exit 1 with CODE: message; destroy of nothin
   t.is(d.stdout.trim(), 'job 999 did not exist: nothing to destroy');
   // EBUSY names the real flag.
   t.is(a.cli(['run', '31', '0', '--', 'true']).code, 0);
+  // Flags for a step that exists are not applied, and the client says so.
+  const again = a.cli(['run', '31', '0', '--task', '1', '--device-deny', 'c 1:3 rwm', '--', 'true']);
+  t.is(again.code, 0, again.stderr);
+  t.regex(again.stderr, /^cgstep: note: step 31\.0 exists: its limits and devices are used as they are/);
+  t.is(a.cli(['run', '31', '0', '--task', '1', '--', 'true']).stderr, '', 'no note without flags');
   const sleeper = a.cli(['run', '31', '0', '--', 'sh', '-c', 'sleep 60 </dev/null >/dev/null 2>&1 & echo $!']);
   t.is(sleeper.code, 0);
   t.teardown(() => { try { process.kill(Number(sleeper.stdout.trim()), 'SIGKILL'); } catch { /* gone */ } });
