@@ -201,6 +201,7 @@ export class RpcServer {
       this.pump(c);
     });
     s.on('drain', () => {
+      this.pump(c);
       if (!c.backlogged) s.resume();
     });
     // `printf '%s\n' "$req" | socat - UNIX-CONNECT:...` half-closes after its
@@ -244,7 +245,8 @@ export class RpcServer {
   private pump(c: Conn): void {
     const admin = c.peer.role === 'admin';
     const max = admin ? Infinity : USER_INFLIGHT;
-    while (c.inflight < max) {
+    // A peer that does not read its replies starts no more requests: lines it sent wait, costing no replies.
+    while (c.inflight < max && (admin || c.s.writableLength <= PAUSE_BYTES)) {
       const text = c.lines.next();
       if (text === null) break;
       if (text === TOO_LONG) {

@@ -14,7 +14,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
-import { startAgent, type RunningAgent } from '../helpers/agent.js';
+import { startAgent, waitFor, type RunningAgent } from '../helpers/agent.js';
 import { addGroup, addUser, asUser, removeGroup, removeUser, requestsAs, type TestUser } from '../helpers/users.js';
 import { makeSteps, sampleRootStatus } from './helpers.js';
 
@@ -145,4 +145,61 @@ test.serial("pipelined requests whose device rules overlap (a compile of tens of
   const c = await ctx.agent.client();
   t.teardown(() => c.close());
   t.is((await c.request('status', {})).steps, 50, 'nothing was created');
+});
+
+// One connection that sends status requests until the agent stops reading, waits `secs` without reading,
+// then reads every reply; prints what it sent and got.
+const HOARDER = `
+import socket, sys, time
+path, secs = sys.argv[1], float(sys.argv[2])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(path)
+s.setblocking(False)
+line = b'{"id":1,"op":"status"}\\n'
+sent = 0
+for _ in range(8):
+    try:
+        sent += s.send(line * 2800)
+    except OSError:
+        pass
+print('sent', sent // len(line), flush=True)
+time.sleep(secs)
+s.setblocking(True)
+s.settimeout(2)
+got = b''
+try:
+    while got.count(b'\\n') < sent // len(line):
+        d = s.recv(1 << 20)
+        if not d:
+            break
+        got += d
+except OSError:
+    pass
+print('got', got.count(b'\\n'), flush=True)
+`;
+
+test.serial("a reader that sends requests and never reads its replies stops being served at about a MiB of replies, and gets them all once it reads", async (t) => {
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  const ran = async () => (await c.request('status', {})).requests.requests as number;
+  const before = await ran();
+  const [cmd, ...args] = asUser(ctx.reader, [ctx.group.gid]);
+  const p = spawn(cmd, [...args, '/usr/bin/python3', '-c', HOARDER, ctx.agent.socket, '2'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => p.kill('SIGKILL'));
+  let out = '';
+  p.stdout!.on('data', (d) => (out += d));
+  const exited = new Promise((r) => p.once('exit', r));
+  await waitFor(() => out.includes('sent'), 10000, 'the requests to be sent');
+  await new Promise((r) => setTimeout(r, 1000));
+  const whileUnread = (await ran()) - before - 1;
+  const replyBytes = JSON.stringify({ id: 1, ok: true, result: await c.request('status', {}) }).length;
+  await exited;
+  const sent = Number(/sent (\d+)/.exec(out)![1]);
+  const got = Number(/got (\d+)/.exec(out)?.[1]);
+  t.log(`${whileUnread} of ${sent} requests ran while their replies (${replyBytes} bytes each) went unread; ${got} replies once read`);
+  // The agent reads one socket buffer of lines before it pauses; answering all of those would hold
+  // thousands of replies. It stops once a MiB waits (plus what the kernel holds).
+  t.true(sent > 3000, `only ${sent} lines sent`);
+  t.true(whileUnread < (2 * 2 ** 20) / replyBytes, `${whileUnread} requests ran`);
+  t.is(got, sent, 'every request is answered once the reader reads');
 });
