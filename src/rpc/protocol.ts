@@ -81,7 +81,10 @@ export const devicesSchema = z.strictObject({
   policy: z.enum(['open', 'closed']).optional(),
 }) satisfies z.ZodType<DeviceRequest>;
 
-const base = { v: z.string().regex(/^\d+\.\d+$/).optional(), id: z.union([z.string().max(128), z.number().int()]) };
+const base = {
+  v: z.string().regex(/^\d+\.\d+$/).optional(),
+  id: z.union([z.string().max(128), z.number().int()], { message: 'every request needs an id: a string (up to 128 characters) or an integer' }),
+};
 
 export const requestSchema = z.discriminatedUnion('op', [
   z.strictObject({ ...base, op: z.literal('hello') }),

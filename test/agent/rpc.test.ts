@@ -145,3 +145,9 @@ test.serial("a reply reaches its client after its request's log line", async (t)
   t.teardown(() => c.close());
   for (const job of jobs) await c.request('destroy', { job });
 });
+
+test('a request without an id is told it needs one', async (t) => {
+  const [r] = await raw(ctx.agent.socket, '{"op":"status"}\n');
+  t.is(r.error?.code, 'EINVAL');
+  t.is(r.error?.message, 'invalid request: id: every request needs an id: a string (up to 128 characters) or an integer');
+});
