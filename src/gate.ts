@@ -50,6 +50,7 @@ export class Gate {
       if (resolved !== d) out = { ...out, [f]: resolved };
     }
     const refs = this.openProcesses(fields, actor);
+    const job = String(fields.job);
     // Just before each move: still the process checked (not a reused pid), and not exited since.
     // Just after it: the open /proc/PID directory is bound to the process checked
     // (as a pidfd is; pidfd_send_signal takes either), so while it holds its pid
@@ -66,7 +67,10 @@ export class Gate {
     const moveChecks = refs.size
       ? {
           beforeMove: (pid: number) => {
-            if (!refOf(pid).running()) throw new AgentError('ENOENT', `process ${pid} exited before it was moved`);
+            const ref = refOf(pid);
+            if (!ref.running()) throw new AgentError('ENOENT', `process ${pid} exited before it was moved`);
+            // Inside the job's lock: where the process is now, not where it was when admitted (root may have placed it since).
+            if (actor.role !== 'admin') checkProcess(actor, this.facts(ref, true), job, this.targetOf(fields, pid), this.o.protectedPids());
           },
           afterMove: (pid: number) => {
             if (!refOf(pid).holdsPid()) throw new AgentError('ENOENT', `process ${pid} was reaped while it was moved; if a new process took its pid meanwhile, that one may have been moved in its place`);
@@ -101,8 +105,9 @@ export class Gate {
   }
 
   /** The facts authz decides on; the cgroup is read from /proc only if a check asks for it (admins' do not). */
-  private facts(ref: ProcessRef): ProcessFacts {
-    const placeOf = () => this.placeOfCgroup(ref.cgroup());
+  private facts(ref: ProcessRef, fresh = false): ProcessFacts {
+    let place: { job: string | null | 'scope'; at: string | null } | undefined;
+    const placeOf = () => (place ??= this.placeOfCgroup(ref.cgroup(fresh)));
     return {
       ...ref.info,
       get job() {

@@ -72,10 +72,11 @@ export class ProcessRef {
 
   /**
    * Its cgroup v2 path as /proc shows it ("/a/b"), null when it has none. Read
-   * when first asked (only some checks need it), through the same directory.
+   * when first asked (only some checks need it), through the same directory;
+   * `fresh` reads it again (it may have been moved since).
    */
-  cgroup(): string | null {
-    if (this.cg === undefined) {
+  cgroup(fresh = false): string | null {
+    if (this.cg === undefined || fresh) {
       try {
         this.cg = parseProcCgroup(readText(`/proc/self/fd/${this.fd}/cgroup`));
       } catch (err) {

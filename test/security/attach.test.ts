@@ -9,7 +9,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSleeper, waitFor } from '../helpers/agent.js';
-import { cgstepAs, requestsAs, spawnAs, type TestUser, withTwoUsers } from '../helpers/users.js';
+import { cgstepAs, nodeOutputAs, requestsAs, spawnAs, type TestUser, withTwoUsers } from '../helpers/users.js';
 import { aKernelThread, cgroupOf, threadsOf } from './helpers.js';
 
 const ctx = withTwoUsers(test, 'attach', [], (c) => {
@@ -179,4 +179,42 @@ test("a user's signal and forced destroy kill only its own processes: root's ste
   t.is(helper.exitCode ?? helper.signalCode, null);
   // Root may.
   t.is((await c.request('destroy', { job: 605, force: true })).killed, 3);
+});
+
+/** As u: send these request lines in one write on one connection, print the replies as a JSON array. */
+const PIPELINED = `
+const net = require('node:net');
+const [socket, lines] = process.argv.slice(1);
+const want = JSON.parse(lines);
+const s = net.connect(socket);
+let buf = '';
+const done = () => { console.log(JSON.stringify(buf.split('\\n').filter(Boolean).map((l) => JSON.parse(l)))); s.destroy(); };
+s.on('data', (d) => {
+  buf += d;
+  if (buf.endsWith('\\n') && buf.split('\\n').filter(Boolean).length >= want.length) done();
+});
+s.on('error', (e) => { console.error(String(e)); process.exit(1); });
+s.on('end', done);
+s.write(want.map((r) => JSON.stringify(r)).join('\\n') + '\\n');`;
+
+test.serial("the move rule is checked again inside the job's lock: two placements of one process sent together move it once", async (t) => {
+  const s = spawnAs(ctx.alice, ['sleep', '600']);
+  ctx.pids.push(s.pid!);
+  await waitFor(() => fs.readFileSync(`/proc/${s.pid}/comm`, 'utf8').trim() === 'sleep', 5000, 'sleep to exec');
+  // Both are admitted while the process is outside every job; the second finds it in the first's job.
+  const out = JSON.parse(
+    await nodeOutputAs(ctx.alice, [], PIPELINED, [ctx.agent.socket, JSON.stringify([
+      { id: 1, op: 'task.place', job: 606, step: 0, pid: s.pid, task: 0 },
+      { id: 2, op: 'task.place', job: 607, step: 0, pid: s.pid, task: 0 },
+    ])]),
+  ) as { id: number; ok: boolean; error?: { code: string; message: string } }[];
+  const byId = new Map(out.map((r) => [r.id, r]));
+  t.true(byId.get(1)!.ok, JSON.stringify(byId.get(1)));
+  t.is(byId.get(2)!.error?.code, 'EPERM', JSON.stringify(byId.get(2)));
+  t.regex(byId.get(2)!.error!.message, /is in job 606 \(job_606\/step_0\/user\/task_0\)/);
+  t.true(cgroupOf(s.pid!).endsWith('/job_606/step_0/user/task_0'));
+  t.false(fs.existsSync(path.join(ctx.root, 'system.slice/slurmstepd.scope', 'job_607')), 'the refused placement left nothing');
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  await c.request('destroy', { job: 606, force: true });
 });
