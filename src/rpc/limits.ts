@@ -13,12 +13,30 @@ import { AgentError } from '../errors.js';
 import { DEVICE_FIELDS } from './authz.js';
 import type { Op } from './protocol.js';
 
-/** Tokens each op costs; ops not listed cost nothing. */
-const COST: Partial<Record<Op, number>> = { list: 10, stats: 1 };
+/**
+ * Tokens each op costs; ops not listed cost nothing. Reads that grow with the
+ * tree cost more; every request that changes something (each a few cgroup
+ * calls and an audit line) costs one, so a uid gets 20 a second: far more
+ * than a user starts tasks, far less than a loop of them costs root.
+ */
+const COST: Partial<Record<Op, number>> = {
+  list: 10,
+  stats: 1,
+  'job.create': 1,
+  'step.create': 1,
+  attach: 1,
+  'task.place': 1,
+  destroy: 1,
+  signal: 1,
+  freeze: 1,
+  thaw: 1,
+};
+/** Ops whose cost grows with the tree: a few slots for all non-admin peers together. */
+const SLOTTED: ReadonlySet<Op> = new Set(['list', 'stats']);
 /**
  * Tokens a request carrying a device policy costs on top: its compile may
- * take tens of ms (overlapping wildcard rules), so a user gets 10 in a burst
- * and 5 a second, and they compile one at a time (see RpcServer).
+ * take tens of ms (overlapping wildcard rules), so a user gets 8 in a burst
+ * and 4 a second, and they compile one at a time (see RpcServer).
  */
 const DEVICES_COST = 4;
 
@@ -60,6 +78,11 @@ export class RateLimiter {
     this.buckets.set(uid, b);
     // Full buckets carry no information: forget them so the map stays small.
     if (this.buckets.size > 4096) for (const [u, x] of this.buckets) if (x.tokens + ((now - x.at) / 1000) * this.o.perSecond >= this.o.burst) this.buckets.delete(u);
+  }
+
+  /** Does the request hold one of the few slots non-admin peers share (a read that grows with the tree)? */
+  static slotted(op: Op): boolean {
+    return SLOTTED.has(op);
   }
 
   /** What a request costs a non-admin peer in tokens (0: not limited). */

@@ -407,8 +407,8 @@ export class RpcServer {
       if (cost > 0) {
         this.rate.take(peer.uid, req.op, Date.now(), cost);
         // A device policy compiles on the loop: one such request of all non-admin peers at a time.
-        const slots = carriesDevices(req) ? this.compiling : this.expensive;
-        result = await slots.run(async () => this.finish(c, id, await this.o.handle(req, peer)));
+        const slots = carriesDevices(req) ? this.compiling : RateLimiter.slotted(req.op) ? this.expensive : null;
+        result = slots ? await slots.run(async () => this.finish(c, id, await this.o.handle(req, peer))) : await this.finish(c, id, await this.o.handle(req, peer));
       } else {
         result = await this.o.handle(req, peer);
         if (result instanceof Streamed) result = await this.finish(c, id, result);

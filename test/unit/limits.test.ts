@@ -56,9 +56,12 @@ test('a freed slot is handed on in a later turn: what the loop has waiting runs 
   t.deepEqual(order, ['first', 'waiting on the loop', 'second']);
 });
 
-test('a request carrying a device policy costs a user 4 tokens on top of its op', (t) => {
-  t.is(RateLimiter.costOf({ op: 'step.create' }), 0);
-  t.is(RateLimiter.costOf({ op: 'step.create', devices: { deny: [] } } as never), 4);
-  t.is(RateLimiter.costOf({ op: 'task.place', stepDevices: {} } as never), 4);
+test('what a request costs a user: a change 1, a device policy 4 on top, list 10; hello and status nothing', (t) => {
+  for (const op of ['job.create', 'step.create', 'attach', 'task.place', 'destroy', 'signal', 'freeze', 'thaw'] as const) t.is(RateLimiter.costOf({ op }), 1, op);
+  t.is(RateLimiter.costOf({ op: 'step.create', devices: { deny: [] } } as never), 5);
+  t.is(RateLimiter.costOf({ op: 'task.place', stepDevices: {} } as never), 5);
   t.is(RateLimiter.costOf({ op: 'list' }), 10);
+  t.is(RateLimiter.costOf({ op: 'hello' }), 0);
+  t.is(RateLimiter.costOf({ op: 'status' }), 0);
+  t.true(RateLimiter.slotted('list') && RateLimiter.slotted('stats') && !RateLimiter.slotted('task.place'));
 });
