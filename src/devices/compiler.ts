@@ -189,7 +189,7 @@ function tooBig(what: string): AgentError {
  * added). A worklist meets every new cell with every cell there is, once, so
  * the cost follows the intersections that exist, not the rounds.
  */
-function closeUnderIntersection(keys: Keys, start: Iterable<number>): Set<number> {
+function closeUnderIntersection(keys: Keys, start: Iterable<number>, maxCells = MAX_CELLS): Set<number> {
   const all = new Set<number>();
   const ofShape: number[][] = Array.from({ length: 8 }, () => []);
   const index = new Map<number, Map<number, number[]>>(); // shape * 8 + common -> projection -> cells
@@ -202,7 +202,7 @@ function closeUnderIntersection(keys: Keys, start: Iterable<number>): Set<number
   };
   const add = (k: number) => {
     all.add(k);
-    if (all.size > MAX_CELLS) throw tooBig(`more than ${MAX_CELLS} overlapping patterns (wildcard-major rules such as "c *:3" combined with many majors)`);
+    if (all.size > maxCells) throw tooBig(`more than ${maxCells} overlapping patterns (wildcard-major rules such as "c *:3" combined with many majors)`);
     const s = keys.shape(k);
     ofShape[s].push(k);
     for (let c = 0; c < 8; c++) {
@@ -342,6 +342,16 @@ function bySpecificity(keys: Keys, ks: Iterable<number>, mostFirst: boolean): In
 }
 
 /** The order-independent normal form of a rule set (see the header). */
+/**
+ * E2BIG when the rules overlap into more than maxCells patterns: the first
+ * step of normalize alone, so a bound below MAX_CELLS costs at most what it
+ * allows (what a compile of them would cost grows with the patterns).
+ */
+export function checkOverlap(rs: RuleSet, maxCells: number): void {
+  const { keys, named } = byPattern(rs);
+  closeUnderIntersection(keys, named.keys(), maxCells);
+}
+
 export function normalize(rs: RuleSet): NormalPolicy {
   if (rs.default !== 'allow' && rs.default !== 'deny') throw new AgentError('EINVAL', `device policy default must be allow or deny, got ${JSON.stringify(rs.default)}`);
   const { keys, named } = byPattern(rs);

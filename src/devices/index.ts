@@ -32,9 +32,10 @@ export {
   type Wild,
 } from './rules.js';
 export { GresInventory, expandList, loadGresConf, parseGresConf, type GresParseOptions, type GresUnit } from './gres.js';
-export { PSEUDO_DEVICES, buildRuleSet, type PolicyOptions } from './policy.js';
+export { PSEUDO_DEVICES, buildRuleSet, checkRequestOverlap, type PolicyOptions } from './policy.js';
 export {
   MAX_INSNS,
+  checkOverlap,
   compile,
   decideNormal,
   emit,

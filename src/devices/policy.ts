@@ -24,6 +24,7 @@ import { AgentError } from '../errors.js';
 import type { DeviceRequest } from './request.js';
 import type { GresInventory, GresUnit } from './gres.js';
 import { parseRule, statDevice, type DeviceNode, type DeviceRule, type RuleSet } from './rules.js';
+import { checkOverlap } from './compiler.js';
 
 /**
  * What `closed` allows without being asked: systemd's DevicePolicy=closed list
@@ -139,3 +140,13 @@ export function buildPolicy(req: DeviceRequest, opts: PolicyOptions = {}): { rul
   return { rules: { default: mode === 'closed' ? 'deny' : 'allow', rules }, allocated: [...allocated.values()] };
 }
 
+
+/**
+ * E2BIG when a request's own allow and deny rules overlap into more than
+ * maxCells patterns (checkOverlap): a bound on what compiling them can cost,
+ * checked before anything is planned.
+ */
+export function checkRequestOverlap(req: DeviceRequest, maxCells: number): void {
+  const rules = [...(req.allow ?? []).map((t) => parseRule(t, true)), ...(req.deny ?? []).map((t) => parseRule(t, false))];
+  checkOverlap({ default: 'allow', rules }, maxCells);
+}

@@ -121,6 +121,9 @@ test.serial('pipelined junk, empty objects and hellos from a reader and an allow
   t.is(st.steps, 50, 'nothing was created or removed');
 });
 
+/** The allowed uid's token bucket full again (40 tokens, 20 a second) after a test that spent it. */
+const refilled = () => new Promise((r) => setTimeout(r, 2100));
+
 test.serial('requests that carry device rules cost an allowed uid tokens: 8 in a burst, then EBUSY before any compile', (t) => {
   const deny = [...Array.from({ length: 90 }, (_, i) => `c ${i + 1}:* rwm`), ...Array.from({ length: 90 }, (_, i) => `c *:${i + 1} rwm`)];
   const out = requestsAs(ctx.allowed, ctx.agent.socket, Array.from({ length: 16 }, () => ['step.create', { job: 301, step: 0, devices: { policy: 'closed', deny } }] as [string, object]));
@@ -133,6 +136,7 @@ test.serial('requests that carry device rules cost an allowed uid tokens: 8 in a
 });
 
 test.serial('requests that change something cost an allowed uid a token each: a loop of them gets EBUSY, and root is never counted', async (t) => {
+  await refilled();
   const [made] = requestsAs(ctx.allowed, ctx.agent.socket, [['job.create', { job: 302 }]]);
   t.true(made.ok, JSON.stringify(made.error));
   const out = requestsAs(ctx.allowed, ctx.agent.socket, Array.from({ length: 80 }, (_, i) => [i % 2 ? 'thaw' : 'freeze', { job: 302 }] as [string, object]));
@@ -144,6 +148,23 @@ test.serial('requests that change something cost an allowed uid a token each: a 
   t.teardown(() => c.close());
   for (let i = 0; i < 80; i++) await c.request(i % 2 ? 'thaw' : 'freeze', { job: 302 });
   await c.request('destroy', { job: 302 });
+});
+
+test.serial("a user's device rules may overlap into 512 patterns at most (their compile runs on the loop); root's into 8,192", async (t) => {
+  const grid = (n: number) => [...Array.from({ length: n }, (_, i) => `c ${i + 1}:* rw`), ...Array.from({ length: n }, (_, i) => `c *:${i + 1} m`)];
+  await refilled();
+  const [fits, over] = requestsAs(ctx.allowed, ctx.agent.socket, [
+    ['step.create', { job: 303, step: 0, devices: { deny: grid(21) } }],
+    ['step.create', { job: 303, step: 1, devices: { deny: grid(23) } }],
+  ]);
+  t.true(fits.ok, JSON.stringify(fits.error));
+  t.is(over.error?.code, 'E2BIG', JSON.stringify(over));
+  t.regex(over.error!.message, /more than 512 overlapping patterns.*at most 512 for a peer that is not root or an operator/);
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  t.true((await c.request('step.create', { job: 304, step: 0, devices: { deny: grid(23) } })).created);
+  await c.request('destroy', { job: 303 });
+  await c.request('destroy', { job: 304 });
 });
 
 test.serial("pipelined requests whose device rules overlap (a compile of tens of ms each) from an allowed uid leave root answered", async (t) => {
