@@ -812,10 +812,18 @@ export function compile(rs: RuleSet): Compiled {
   return { policy: hit.policy, insns: Buffer.from(hit.program.insns), labels: hit.program.labels, key: hit.key };
 }
 
+/** Programs of normal forms, by their serialized text (LRU of CACHE_SIZE): stats checks every leaf's program against its policy. */
+const normalCache = new Map<string, Program>();
+
 /** The program of a normal form as it stands (a stored policy put back, or checked against its program). */
 export function compileNormal(policy: NormalPolicy): Compiled {
-  const program = emit(policy);
-  return { policy, insns: program.insns, labels: program.labels, key: serializePolicy(policy) };
+  const key = serializePolicy(policy);
+  let program = normalCache.get(key);
+  if (program) normalCache.delete(key); // refresh its place in the LRU order
+  else program = emit(policy);
+  normalCache.set(key, program);
+  while (normalCache.size > CACHE_SIZE) normalCache.delete(normalCache.keys().next().value as string);
+  return { policy, insns: Buffer.from(program.insns), labels: program.labels, key };
 }
 
 /** Entries in the compile cache (tests). */

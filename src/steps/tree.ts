@@ -784,21 +784,23 @@ export class StepTree {
     if (step !== undefined) this.requireStep(job, step);
     const head = step === undefined ? { total: this.readStats(jobDir), limits: readLimits(jobDir), devices: this.devicesOf(jobDir) } : {};
     const pause = slicer();
-    const out: ReturnType<StepTree['stepStats']>[] = [];
+    const out: Awaited<ReturnType<StepTree['stepStats']>>[] = [];
     for (const s of steps) {
       await pause();
-      out.push(this.stepStats(job, s));
+      out.push(await this.stepStats(job, s, pause));
     }
     return { job, ...head, steps: out };
   }
 
-  private stepStats(job: string, step: string) {
+  /** One step's figures; `pause` between task leaves too (a step may have thousands, each with its own program). */
+  private async stepStats(job: string, step: string, pause: () => Promise<void>) {
     const dir = this.paths.step(job, step);
     const user = this.paths.user(job, step);
     const tasks: Record<string, CgroupStats & { pids: CgroupStats['pids']; procs: number[] }> = {};
     for (const tn of childDirs(user)) {
       const t = parseTaskName(tn);
       if (t === null) continue;
+      await pause();
       const tdir = path.join(user, tn);
       const dev = this.devicesOf(tdir);
       tasks[String(t)] = { ...this.readStats(tdir), procs: procsOf(tdir), ...(dev ? { devices: dev } : {}) };

@@ -16,6 +16,7 @@ import fc from 'fast-check';
 import {
   ACC_ALL,
   compile,
+  compileNormal,
   decide,
   decideNormal,
   disassemble,
@@ -478,4 +479,15 @@ test('property: no unreachable instruction, forward jumps only, at most two exit
     { numRuns: 1000 },
   );
   t.pass();
+});
+
+test('compileNormal gives the same program for a policy asked again (kept by its text), each caller its own buffer', (t) => {
+  const policy = normalize({ default: 'deny', rules: [parseRule('c 1:* rw', true), parseRule('c *:3 m', true), parseRule('b 8:0 r', true)] });
+  const a = compileNormal(policy);
+  const b = compileNormal(parsePolicy(serializePolicy(policy)));
+  t.true(a.insns.equals(b.insns));
+  t.is(a.key, b.key);
+  a.insns.fill(0);
+  t.false(a.insns.equals(compileNormal(policy).insns), "a caller's buffer is its own");
+  t.true(b.insns.equals(compileNormal(policy).insns));
 });
