@@ -65,6 +65,8 @@ export type DeviceLevel = 'job' | 'step' | 'task';
 export const OWNER_XATTR = 'trusted.cgstep.owner';
 /** On a job a user (not an admin) made for itself: that uid. Written before the owner, so a crash between leaves a root's job. */
 export const MADE_BY_XATTR = 'trusted.cgstep.made-by';
+/** On a step's user/ an admin froze (a suspend): its owner may not thaw it. */
+export const FROZEN_BY_ADMIN_XATTR = 'trusted.cgstep.frozen-by-admin';
 
 /** A device request checked and compiled for one level, on no directory yet (opaque to the tree). */
 export interface PreparedDevices {
@@ -767,6 +769,13 @@ export class StepTree {
     return this.lock.run(job, async () => {
       this.admit(null, job, access);
       const dirs = this.userDirs(job, step);
+      // Freezing stops processes as SIGSTOP does: a user's reaches its own alone, and it does not undo an admin's suspend.
+      access?.mayKill?.(dirs.flatMap((d) => procsRecursive(d)), uidsOf);
+      const admin = !access?.capped;
+      if (!frozen && !admin && dirs.some((d) => getXattr(d, FROZEN_BY_ADMIN_XATTR) !== null)) {
+        throw new AgentError('EPERM', `job ${job}${step === undefined ? '' : ` step ${step}`} was frozen by root or an operator; only they may thaw it`);
+      }
+      if (admin) for (const d of dirs) frozen ? setXattr(d, FROZEN_BY_ADMIN_XATTR, Buffer.from('1')) : removeXattr(d, FROZEN_BY_ADMIN_XATTR);
       // Each step's frozen/thawed is published here, once the kernel says so, and only if it changed.
       await Promise.all(dirs.map(async (d) => {
         if (await setFrozen(d, frozen, this.opts.waitTimeoutMs)) this.watcher.frozenChanged({ job, step: parseStepName(path.basename(path.dirname(d)))! }, frozen);

@@ -218,3 +218,34 @@ test.serial("the move rule is checked again inside the job's lock: two placement
   t.teardown(() => c.close());
   await c.request('destroy', { job: 606, force: true });
 });
+
+test.serial("a user's freeze reaches only its own processes, and a step root froze (a suspend) stays frozen until root thaws it", async (t) => {
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  await c.request('job.create', { job: 608, owner: ctx.alice.uid });
+  await c.request('step.create', { job: 608, step: 0 });
+  const hers = spawnAs(ctx.alice, ['sleep', '600']);
+  ctx.pids.push(hers.pid!);
+  await waitFor(() => fs.readFileSync(`/proc/${hers.pid}/comm`, 'utf8').trim() === 'sleep', 5000, 'sleep to exec');
+  t.true(requestsAs(ctx.alice, ctx.agent.socket, [['attach', { job: 608, step: 0, pid: hers.pid!, task: 0 }]])[0].ok);
+  const frozen = () => fs.readFileSync(path.join(ctx.root, 'system.slice/slurmstepd.scope/job_608/step_0/user/cgroup.freeze'), 'utf8').trim() === '1';
+  // Her own freeze and thaw.
+  const [f1, t1] = requestsAs(ctx.alice, ctx.agent.socket, [['freeze', { job: 608, step: 0 }], ['thaw', { job: 608, step: 0 }]]);
+  t.true(f1.ok && t1.ok, JSON.stringify([f1, t1]));
+  // Root's suspend: she may not undo it.
+  await c.request('freeze', { job: 608, step: 0 });
+  const [undo] = requestsAs(ctx.alice, ctx.agent.socket, [['thaw', { job: 608 }]]);
+  t.is(undo.error?.code, 'EPERM', JSON.stringify(undo));
+  t.regex(undo.error!.message, /frozen by root or an operator/);
+  t.true(frozen());
+  await c.request('thaw', { job: 608, step: 0 });
+  t.false(frozen());
+  // A root helper in the step: her freeze would stop it too.
+  const helper = spawnSleeper();
+  ctx.pids.push(helper.pid!);
+  await c.request('attach', { job: 608, step: 0, pid: helper.pid!, task: 1 });
+  const [f2] = requestsAs(ctx.alice, ctx.agent.socket, [['freeze', { job: 608, step: 0 }]]);
+  t.is(f2.error?.code, 'EPERM', JSON.stringify(f2));
+  t.false(frozen());
+  await c.request('destroy', { job: 608, force: true });
+});
