@@ -202,6 +202,8 @@ export class StepTree {
   readonly owners: OwnerIndex;
   /** Adopted jobs whose owner countOwners() has not read yet. */
   private readonly ownersPending = new Set<string>();
+  /** Adopted jobs whose task leaves watchAdopted has not watched (so counted) yet. */
+  private readonly leavesPending = new Set<string>();
 
   private readonly readStats: (dir: string) => CgroupStats;
 
@@ -248,6 +250,7 @@ export class StepTree {
       const list: string[] = [];
       this.index.set(job, list);
       this.ownersPending.add(job);
+      this.leavesPending.add(job);
       for (const sn of childDirs(this.paths.job(job))) {
         const step = parseStepName(sn);
         if (step === null) continue;
@@ -285,7 +288,9 @@ export class StepTree {
           this.watcher.watchDir(path.join(user, tn), { job, step, task: String(task) });
         }
       }
+      this.leavesPending.delete(job);
     }
+    this.leavesPending.clear(); // stopped early (closing): nothing will count them
     return { tasks, layout: this.layout.finish() };
   }
 
@@ -316,6 +321,7 @@ export class StepTree {
     this.index.clear();
     this.owners.clear();
     this.ownersPending.clear();
+    this.leavesPending.clear();
     const r = this.recover();
     await this.countOwners();
     return { ...r, ...(await this.watchAdopted()) };
@@ -456,6 +462,7 @@ export class StepTree {
     this.index.delete(job);
     this.owners.drop(job);
     this.ownersPending.delete(job);
+    this.leavesPending.delete(job);
   }
 
   /**
@@ -468,6 +475,7 @@ export class StepTree {
     if (this.ownersPending.size) throw new AgentError('EBUSY', `the agent is still reading its adopted jobs' owners after a start (${this.ownersPending.size} left) to count uid ${access.owner}'s jobs and steps; retry in a second`);
     const steps = this.index.get(job);
     const newLeaves = step === undefined ? 0 : new Set(leaves.map((l) => this.paths.leaf(job, step, l)).filter((d) => !exists(d))).size;
+    if (newLeaves && this.leavesPending.size) throw new AgentError('EBUSY', `the agent is still watching its adopted task leaves after a start (${this.leavesPending.size} job(s) left) to count uid ${access.owner}'s; retry in a second`);
     this.owners.check(access.owner, steps ? 0 : 1, step !== undefined && !steps?.includes(step) ? 1 : 0, newLeaves);
   }
 

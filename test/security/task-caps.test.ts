@@ -54,3 +54,22 @@ test.serial('a user past --max-user-tasks is refused with ENOSPC and no leaf is 
   t.true(after.ok, JSON.stringify(after.error));
   await c.request('destroy', { job: 11, force: true });
 });
+
+test.serial('the task leaves a user owns are counted again after a restart: a user at the cap stays there', async (t) => {
+  const pids = [await sleeperOf(ctx.alice), await sleeperOf(ctx.alice), await sleeperOf(ctx.alice), await sleeperOf(ctx.alice)];
+  const ok = requestsAs(ctx.alice, ctx.agent.socket, [0, 1, 2].map((i) => ['task.place', { job: 13, step: 0, pid: pids[i], task: i }] as [string, object]));
+  for (const o of ok) t.true(o.ok, JSON.stringify(o.error));
+  await ctx.restart();
+  // Until the adopted leaves are watched (counted) a request for a new one is EBUSY; after, ENOSPC. Never a fourth leaf.
+  const deadline = Date.now() + 10000;
+  let last;
+  do {
+    [last] = requestsAs(ctx.alice, ctx.agent.socket, [['task.place', { job: 13, step: 0, pid: pids[3], task: 3 }]]);
+    t.not(last.ok, true, 'a fourth leaf was made');
+  } while (last.error?.code === 'EBUSY' && Date.now() < deadline);
+  t.is(last.error?.code, 'ENOSPC', JSON.stringify(last));
+  t.false(fs.existsSync(path.join(user(13, 0), 'task_3')));
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  await c.request('destroy', { job: 13, force: true });
+});
