@@ -424,6 +424,7 @@ class SandboxImpl implements Sandbox {
     this.holderPid = holder.pid!;
     // Into the sandbox cgroup first, so that unshare --cgroup makes it the namespace root.
     fs.writeFileSync(path.join(this.cgroupDir, 'cgroup.procs'), String(this.holderPid));
+    holder.stdin!.on('error', () => undefined); // a holder that died is reported below
     holder.stdin!.end('go\n');
     const timeout = o.startTimeoutMs ?? 20000;
     await waitUntil(() => out.includes('started') || exited !== null, timeout, 'the sandbox holder to set up').catch((e) => {
@@ -505,6 +506,8 @@ class SandboxImpl implements Sandbox {
         clearTimeout(timer);
         resolve({ code, signal, stdout, stderr });
       });
+      // A child that exits before reading its input (an agent refusing its options) makes the write EPIPE.
+      child.stdin!.on('error', () => undefined);
       child.stdin!.end(opts.input ?? '');
     });
   }
