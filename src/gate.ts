@@ -8,8 +8,8 @@
  */
 import path from 'node:path';
 import { AgentError } from './errors.js';
-import { DevicePathResolver, checkRequestOverlap } from './devices/index.js';
-import { MAX_CELLS_USER } from './rpc/limits.js';
+import { DevicePathResolver } from './devices/index.js';
+import { checkRuleOverlap } from './rpc/limits.js';
 import { ProcessRef } from './proc/index.js';
 import { DEVICE_FIELDS, admitRequest, checkProcess, jobAccess, type Actor, type ProcessFacts, type Protected } from './rpc/authz.js';
 import type { JobAccess } from './steps/index.js';
@@ -48,7 +48,7 @@ export class Gate {
       const d = fields[f] as DeviceRequest | undefined;
       if (!d) continue;
       const resolved = await this.resolver.resolve(d, actor.role === 'admin');
-      if (actor.role !== 'admin') checkUserOverlap(resolved);
+      checkRuleOverlap(resolved, actor.role === 'admin');
       if (resolved !== d) out = { ...out, [f]: resolved };
     }
     const refs = this.openProcesses(fields, actor);
@@ -141,16 +141,6 @@ export class Gate {
     const leaf: Leaf = fields.leaf === 'slurm' || fields.leaf === 'special' ? fields.leaf : { task: Number(tasks?.find((t) => t.pid === pid)?.task ?? fields.task ?? 0) };
     const scope = this.o.scopeDir();
     return path.relative(scope, new TreePaths(scope).leaf(String(fields.job), String(fields.step), leaf));
-  }
-}
-
-/** A non-admin peer's rules may overlap only so far (MAX_CELLS_USER): their compile runs on the loop. */
-function checkUserOverlap(d: DeviceRequest): void {
-  try {
-    checkRequestOverlap(d, MAX_CELLS_USER);
-  } catch (err) {
-    if (err instanceof AgentError && err.code === 'E2BIG') throw new AgentError('E2BIG', `${err.message}; at most ${MAX_CELLS_USER} for a peer that is not root or an operator`);
-    throw err;
   }
 }
 

@@ -375,7 +375,8 @@ async function runCommand(job: string, step: string, cmd: string[], o: any): Pro
 
 /**
  * Exit status: 2 for a usage error found here or an argument the protocol's
- * schema refuses (one line naming the --help to read), 1 for anything the agent refused or that failed on the way, whatever
+ * schema refuses (one line naming the --help to read), 1 for anything the
+ * agent refused or that failed on the way, whatever
  * its code (`cgstep: CODE: message`), else 0 (or CMD's status for run).
  */
 // The command being run, for a usage line about its arguments.

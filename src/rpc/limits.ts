@@ -11,6 +11,8 @@
  */
 import { AgentError } from '../errors.js';
 import { DEVICE_FIELDS } from './authz.js';
+import { checkRequestOverlap } from '../devices/index.js';
+import type { DeviceRequest } from '../devices/request.js';
 import type { Op } from './protocol.js';
 
 /**
@@ -107,6 +109,20 @@ export const MAX_RULES_USER = 256;
  * access took 50-80 ms to compile on the loop; 512 patterns cost a few ms.
  */
 export const MAX_CELLS_USER = 512;
+
+/**
+ * E2BIG when a non-admin peer's rules (their paths resolved to numbers) overlap
+ * past MAX_CELLS_USER; an admin's are bounded by the compiler itself.
+ */
+export function checkRuleOverlap(d: DeviceRequest, admin: boolean): void {
+  if (admin) return;
+  try {
+    checkRequestOverlap(d, MAX_CELLS_USER);
+  } catch (err) {
+    if (err instanceof AgentError && err.code === 'E2BIG') throw new AgentError('E2BIG', `${err.message}; at most ${MAX_CELLS_USER} for a peer that is not root or an operator`);
+    throw err;
+  }
+}
 
 /** Throw E2BIG when req carries more device rules than its sender may send. */
 export function checkRuleCount(req: object, admin: boolean): void {
