@@ -77,27 +77,72 @@ export interface CycleResult {
   helloRtt: Summary;
 }
 
-export async function cycleSection(cycles: number, programFile?: string, devices?: DeviceRequest): Promise<CycleResult> {
+/** An agent, a parked sleeping process and a client: what the place cycle needs (section 3 runs it beside systemd). */
+export interface CycleRig {
+  client: CgstepClient;
+  scope: string;
+  park: string;
+  pid: number;
+  /** `cycles` place cycles (or three-request ones), jobs numbered from `jobBase`. */
+  run: (cycles: number, jobBase: number, kind?: CycleKind) => Promise<number[]>;
+  stop: () => Promise<void>;
+}
+
+export async function cycleRig(devices?: DeviceRequest): Promise<CycleRig> {
   const root = benchRoot('cycle');
   const p = sleeper();
-  const floorBin = buildFloor();
   let agent: Awaited<ReturnType<typeof startAgent>> | null = null;
+  const stop = async () => {
+    await agent?.stop();
+    agent = null;
+    p.kill('SIGKILL');
+    await removeRoot(root);
+  };
   try {
     agent = await startAgent(root, ['--node-name', 'bench']);
     const scope = path.join(root, 'system.slice', 'bench_slurmstepd.scope');
     const park = path.join(root, 'park');
     fs.mkdirSync(park);
     fs.writeFileSync(path.join(park, 'cgroup.procs'), String(p.pid));
-    const c = await CgstepClient.connect(agent.socket);
-    await agentCycle(c, scope, park, p.pid!, 50, devices, 500000, 'place'); // warm up
-    await agentCycle(c, scope, park, p.pid!, 50, devices, 600000, 'three');
-    // The two kinds in alternating blocks, so a burst of load elsewhere on the machine weighs on both.
+    const client = await CgstepClient.connect(agent.socket);
+    const run = (cycles: number, jobBase: number, kind: CycleKind = 'place') => agentCycle(client, scope, park, p.pid!, cycles, devices, jobBase, kind);
+    return {
+      client,
+      scope,
+      park,
+      pid: p.pid!,
+      run,
+      stop: async () => {
+        client.close();
+        await stop();
+      },
+    };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+export async function cycleSection(cycles: number, programFile?: string, devices?: DeviceRequest): Promise<CycleResult> {
+  const floorBin = buildFloor();
+  let rig: CycleRig | null = null;
+  try {
+    rig = await cycleRig(devices);
+    const { client: c, scope, park, pid } = rig;
+    const ctl = fs.readFileSync(path.join(scope, 'cgroup.subtree_control'), 'utf8').trim().split(/\s+/).filter(Boolean).map((x) => `+${x}`).join(' ');
+    await rig.run(50, 500000, 'place'); // warm up
+    await rig.run(50, 600000, 'three');
+    floorCycle(floorBin, scope, park, pid, 50, ctl, programFile, true);
+    // The agent's two kinds and the floor in alternating blocks, so a burst of
+    // load elsewhere on the machine (or the machine slowing) weighs on all three.
     const a: number[] = [];
     const t: number[] = [];
+    const f: number[] = [];
     for (let done = 0; done < cycles; done += 100) {
       const n = Math.min(100, cycles - done);
-      a.push(...(await agentCycle(c, scope, park, p.pid!, n, devices, 1 + done, 'place')));
-      t.push(...(await agentCycle(c, scope, park, p.pid!, n, devices, 1_000_000 + done, 'three')));
+      a.push(...(await rig.run(n, 1 + done, 'place')));
+      t.push(...(await rig.run(n, 1_000_000 + done, 'three')));
+      f.push(...floorCycle(floorBin, scope, park, pid, n, ctl, programFile, true));
     }
     const rtt: number[] = [];
     for (let i = 0; i < 1000; i++) {
@@ -105,13 +150,7 @@ export async function cycleSection(cycles: number, programFile?: string, devices
       await c.request('hello', {});
       rtt.push(performance.now() - t0);
     }
-    c.close();
-    const ctl = fs.readFileSync(path.join(scope, 'cgroup.subtree_control'), 'utf8').trim().split(/\s+/).filter(Boolean).map((x) => `+${x}`).join(' ');
-    floorCycle(floorBin, scope, park, p.pid!, 50, ctl, programFile, true);
-    const f = floorCycle(floorBin, scope, park, p.pid!, cycles, ctl, programFile, true);
-    const each = programFile ? summarize(floorCycle(floorBin, scope, park, p.pid!, cycles, ctl, programFile)) : undefined;
-    await agent.stop();
-    agent = null;
+    const each = programFile ? summarize(floorCycle(floorBin, scope, park, pid, cycles, ctl, programFile)) : undefined;
     const as = summarize(a);
     const ts = summarize(t);
     const fs_ = summarize(f);
@@ -125,9 +164,7 @@ export async function cycleSection(cycles: number, programFile?: string, devices
       helloRtt: summarize(rtt),
     };
   } finally {
-    await agent?.stop();
-    p.kill('SIGKILL');
+    await rig?.stop();
     fs.rmSync(floorBin, { force: true });
-    await removeRoot(root);
   }
 }
