@@ -19,21 +19,13 @@
  * process still in the unit's own cgroup (the service's own children). It
  * never touches the node scope (src/scope) nor anything outside the unit.
  */
-import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { getXattr, isWritable, makeDir, ownCgroup, procsOf, writeText } from '../cgroupfs/index.js';
 import { AgentError, isErrno } from '../errors.js';
+import { nameOf } from '../proc/index.js';
 
 export const AGENT_SUBGROUP = 'agent';
-
-function comm(pid: number): string {
-  try {
-    return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-  } catch {
-    return '?';
-  }
-}
 
 export type DelegationEvidence = 'xattr' | 'invocation-id' | null;
 
@@ -91,7 +83,7 @@ export async function moveSelfIntoSubgroup(mountPoint: string, log: Logger): Pro
   for (const pid of procsOf(unitDir)) {
     try {
       writeText(path.join(target, 'cgroup.procs'), String(pid));
-      others.push(`${pid} (${comm(pid)})`);
+      others.push(`${pid} (${nameOf(pid) ?? '?'})`);
     } catch (err) {
       // Exited meanwhile (ESRCH): nothing to move.
       if (!isErrno(err, 'ESRCH')) throw err;
