@@ -189,6 +189,8 @@ export interface JobInfo extends LevelFigures { job: string; path: string; popul
 export class StepTree {
   readonly paths: TreePaths;
   readonly watcher: TreeWatcher;
+  /** The job whose take-back is being rehearsed: planning treats it as gone (see change). */
+  private assumedGone: string | null = null;
   private readonly lock = new KeyedLock();
   private closed = false;
   /** The check of adopted directories after a restart, and what it found. */
@@ -395,7 +397,7 @@ export class StepTree {
    */
   private planJob(job: string, limits: Limits | undefined, devices: DeviceRequest | undefined, allocation: readonly string[] | undefined, update: boolean | 'limits'): LevelPlan {
     const dir = this.paths.job(job);
-    if (exists(dir)) return { ...this.planLevel(dir, 'job', update ? limits : undefined, update === true ? devices : undefined), existed: true };
+    if (this.jobThere(job)) return { ...this.planLevel(dir, 'job', update ? limits : undefined, update === true ? devices : undefined), existed: true };
     return { ...this.planLevel(dir, 'job', limits, devices ?? this.opts.devices?.jobDefault(allocation) ?? undefined), existed: false };
   }
 
@@ -608,29 +610,59 @@ export class StepTree {
     return dir;
   }
 
-  /** Every request that changes the tree runs here: one job at a time, all or nothing. */
-  private change<T>(job: string, fn: (u: Undo) => T): Promise<T> {
+  /**
+   * Every request that changes the tree runs here: one job at a time, all or
+   * nothing. A request that may take a job id back (an admin naming an owner)
+   * gives `plan`: its planning alone, which is run first as if the job were
+   * already gone, so that a request refused for its own content (gres the
+   * node lacks, limits it cannot put in force, a process gone) kills nothing
+   * and removes nothing. Only what the kernel refuses while making the job
+   * afresh can still fail after the take-back.
+   */
+  private change<T>(job: string, fn: (u: Undo) => T, plan?: () => void): Promise<T> {
     return this.lock.run(job, () => {
       try {
         return Undo.run(this.opts.log, fn);
       } catch (err) {
         // Thrown by admit() before anything was touched; the job is gone after it.
-        if (err instanceof TakeBack) return this.takeBack(err).then(() => Undo.run(this.opts.log, fn));
-        throw err;
+        if (!(err instanceof TakeBack)) throw err;
+        this.rehearse(job, plan);
+        return this.takeBack(err).then(() => Undo.run(this.opts.log, fn));
       }
     });
   }
 
+  /** Run a request's planning as if `job` did not exist (no state is read from it, nothing is written). */
+  private rehearse(job: string, plan: (() => void) | undefined): void {
+    if (!plan) return;
+    this.assumedGone = job;
+    try {
+      plan();
+    } finally {
+      this.assumedGone = null;
+    }
+  }
+
+  /** Does the job's directory exist (as far as planning goes: not while its take-back is rehearsed)? */
+  private jobThere(job: string): boolean {
+    return this.assumedGone !== job && exists(this.paths.job(job));
+  }
+
   createJob(job: string, limits?: Limits, devices?: DeviceRequest, access?: JobAccess) {
-    return this.change(job, (u) => {
-      this.admit(u, job, access);
-      this.checkCaps(job, undefined, access);
-      if ((limits || devices) && exists(this.paths.job(job))) access?.reconfigure(`job ${job}`);
-      const jp = this.planJob(job, limits, devices, undefined, true);
-      const { created, ...c } = this.makeJob(u, job, jp, access);
-      this.opts.log.info({ job, created, ...c }, created ? 'job created' : 'job updated');
-      return { job, path: jp.dir, created, ...c };
-    });
+    const plan = () => this.planJob(job, limits, devices, undefined, true);
+    return this.change(
+      job,
+      (u) => {
+        this.admit(u, job, access);
+        this.checkCaps(job, undefined, access);
+        if ((limits || devices) && exists(this.paths.job(job))) access?.reconfigure(`job ${job}`);
+        const jp = plan();
+        const { created, ...c } = this.makeJob(u, job, jp, access);
+        this.opts.log.info({ job, created, ...c }, created ? 'job created' : 'job updated');
+        return { job, path: jp.dir, created, ...c };
+      },
+      plan,
+    );
   }
 
   createStep(job: string, step: string, limits?: Limits, devices?: DeviceRequest, access?: JobAccess) {
@@ -662,7 +694,8 @@ export class StepTree {
       // A request through the gate had its process checked there (zombies, kernel threads) and again at the move.
       if (!access?.beforeMove) requireMovable(pid);
       const c = this.placeIn(u, job, step, leaf, tp, pid, access);
-      this.opts.log.info({ job, step, pid, leaf: path.basename(tp.dir), ...deviceProgramsOf({ leaf: c }) }, 'process attached');
+      // movedPid: the line's own pid is the agent's (the logger's base).
+      this.opts.log.info({ job, step, movedPid: pid, leaf: path.basename(tp.dir), ...deviceProgramsOf({ leaf: c }) }, 'process attached');
       return { job, step, pid, path: tp.dir, ...c };
     });
   }
@@ -679,29 +712,41 @@ export class StepTree {
    */
   place(r: Placement, access?: JobAccess) {
     for (const m of r.moves) this.checkPid(m.pid);
-    return this.change(r.job, (u) => {
-      this.admit(u, r.job, access);
-      this.checkCaps(r.job, r.step, access, r.moves.map((m) => m.leaf));
-      for (const m of r.moves) this.reconfigureLeaf(r.job, r.step, m.leaf, r.devices, access);
-      const jp = this.planJob(r.job, r.jobLimits, r.jobDevices, undefined, 'limits');
-      if (jp.existed) this.planJobUpdate(jp, r, access);
-      const sp = this.planStep(r.job, r.step, r.stepLimits, r.stepDevices, jp, false);
-      const tps = r.moves.map((m) => this.planLevel(this.paths.leaf(r.job, r.step, m.leaf), 'task', undefined, r.devices));
-      if (!access?.beforeMove) for (const m of r.moves) requireMovable(m.pid);
-      const job = this.makeJob(u, r.job, jp, access);
-      const step = this.makeStep(u, r.job, r.step, sp);
-      const last = r.moves.length - 1;
-      const applied = r.moves.map((m, i) => this.placeIn(u, r.job, r.step, m.leaf, tps[i], m.pid, access, { job: job.created && i === 0, step: step.created && i === 0 }, i < last));
-      const placed = applied.map((c, i) => ({ pid: r.moves[i].pid, leaf: tps[i].dir, ...c }));
-      const programs = deviceProgramsOf(applied.length === 1 ? { job, step, leaf: applied[0] } : { job, step });
-      const moved = placed.length === 1 ? { pid: placed[0].pid, leaf: path.basename(placed[0].leaf) } : { pids: placed.map((p) => p.pid) };
-      this.opts.log.info({ job: r.job, step: r.step, ...moved, jobCreated: job.created, stepCreated: step.created, ...programs }, 'process placed');
-      return {
-        job: { job: r.job, path: jp.dir, ...job },
-        step: { step: r.step, path: this.paths.step(r.job, r.step), ...step },
-        placed,
-      };
-    });
+    return this.change(
+      r.job,
+      (u) => this.placeNow(u, r, access),
+      () => this.planPlacement(r, access),
+    );
+  }
+
+  /** task.place's levels, each checked (and, for a job already there, its update); the processes checked movable. */
+  private planPlacement(r: Placement, access: JobAccess | undefined) {
+    const jp = this.planJob(r.job, r.jobLimits, r.jobDevices, undefined, 'limits');
+    if (jp.existed) this.planJobUpdate(jp, r, access);
+    const sp = this.planStep(r.job, r.step, r.stepLimits, r.stepDevices, jp, false);
+    const tps = r.moves.map((m) => this.planLevel(this.paths.leaf(r.job, r.step, m.leaf), 'task', undefined, r.devices));
+    if (!access?.beforeMove) for (const m of r.moves) requireMovable(m.pid);
+    return { jp, sp, tps };
+  }
+
+  private placeNow(u: Undo, r: Placement, access: JobAccess | undefined) {
+    this.admit(u, r.job, access);
+    this.checkCaps(r.job, r.step, access, r.moves.map((m) => m.leaf));
+    for (const m of r.moves) this.reconfigureLeaf(r.job, r.step, m.leaf, r.devices, access);
+    const { jp, sp, tps } = this.planPlacement(r, access);
+    const job = this.makeJob(u, r.job, jp, access);
+    const step = this.makeStep(u, r.job, r.step, sp);
+    const last = r.moves.length - 1;
+    const applied = r.moves.map((m, i) => this.placeIn(u, r.job, r.step, m.leaf, tps[i], m.pid, access, { job: job.created && i === 0, step: step.created && i === 0 }, i < last));
+    const placed = applied.map((c, i) => ({ pid: r.moves[i].pid, leaf: tps[i].dir, ...c }));
+    const programs = deviceProgramsOf(applied.length === 1 ? { job, step, leaf: applied[0] } : { job, step });
+    const moved = placed.length === 1 ? { movedPid: placed[0].pid, leaf: path.basename(placed[0].leaf) } : { movedPids: placed.map((p) => p.pid) };
+    this.opts.log.info({ job: r.job, step: r.step, ...moved, jobCreated: job.created, stepCreated: step.created, ...programs }, 'process placed');
+    return {
+      job: { job: r.job, path: jp.dir, ...job },
+      step: { step: r.step, path: this.paths.step(r.job, r.step), ...step },
+      placed,
+    };
   }
 
   setDevices(job: string, step: string | undefined, task: number | undefined, devices: DeviceRequest, access?: JobAccess) {

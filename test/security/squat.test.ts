@@ -67,6 +67,30 @@ test.serial("root's job.create for alice takes back an id bob made and placed a 
   await c.request('destroy', { job: 901, force: true });
 });
 
+test.serial("a take-back request refused for its own content (gres the node lacks) kills nothing and removes nothing", async (t) => {
+  const bobs = await sleeper(ctx.bob);
+  const [squat] = requestsAs(ctx.bob, ctx.agent.socket, [['task.place', { job: 906, step: 0, pid: bobs.pid, task: 0 }]]);
+  t.true(squat.ok, JSON.stringify(squat.error));
+  const alices = await sleeper(ctx.alice);
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  // Both requests would take the id back, and both are refused by their planning (no gres on this node).
+  const byCreate = await t.throwsAsync(c.request('job.create', { job: 906, owner: ctx.alice.uid, devices: { gres: ['gpu:1'] } }));
+  t.is((byCreate as any).code, 'EINVAL', byCreate?.message);
+  const byPlace = await t.throwsAsync(c.request('task.place', { job: 906, step: 0, pid: alices.pid, task: 0, owner: ctx.alice.uid, stepDevices: { gres: ['gpu:1'] } }));
+  t.is((byPlace as any).code, 'EINVAL', byPlace?.message);
+  t.deepEqual(takenBack(906), [], 'nothing was taken back');
+  t.true(fs.readFileSync(`/proc/${bobs.pid}/stat`, 'utf8').split(' ')[2] !== 'Z', "bob's process lives");
+  t.true(cgroupOf(bobs.pid).endsWith('/job_906/step_0/user/task_0'), "and stays in bob's job");
+  t.is(owner(906), String(ctx.bob.uid), "the job is still bob's");
+  t.false(cgroupOf(alices.pid).includes('/job_906/'), "alice's process was not moved");
+  // The same request without the refused part takes the id back as before.
+  await c.request('job.create', { job: 906, owner: ctx.alice.uid });
+  t.is(await bobs.exited, 'SIGKILL');
+  t.is(takenBack(906).length, 1);
+  await c.request('destroy', { job: 906, force: true });
+});
+
 test.serial("root's task.place for alice takes back an id bob claimed with task.place; her task runs in it", async (t) => {
   const bobs = await sleeper(ctx.bob);
   const [squat] = requestsAs(ctx.bob, ctx.agent.socket, [['task.place', { job: 902, step: 0, pid: bobs.pid, task: 0 }]]);

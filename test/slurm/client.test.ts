@@ -609,7 +609,7 @@ cTest('against a real cgstepd: the step daemon in slurm/, each task in its leaf 
   t.deepEqual(s.other.map((o) => o.parent), [`${step0}/slurm`, `${step0}/slurm`]);
   // One line for the step daemon's placement, one for both tasks'.
   await until(() => a.logLines().filter((l) => l.msg === 'process placed' && l.job === '77').length === 2, 5000, 'the placement log lines');
-  t.deepEqual(a.logLines().find((l) => l.msg === 'process placed' && l.job === '77' && l.pids)?.pids, s.tasks.map((x) => x.pid));
+  t.deepEqual(a.logLines().find((l) => l.msg === 'process placed' && l.job === '77' && l.movedPids)?.movedPids, s.tasks.map((x) => x.pid));
   t.false(fs.existsSync(path.join(status.scope, 'job_77')), 'the step and its job removed at exit');
 });
 
