@@ -8,7 +8,7 @@
     },
     {
       "target_name": "cgstep_bpf",
-      "sources": ["native/bpf.c", "native/inotify.c"],
+      "sources": ["native/bpf.c", "native/inotify.c", "native/poll.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11"],
       "defines": ["NAPI_VERSION=8"]
     }

@@ -24,7 +24,9 @@ int arg_buffer(napi_env env, napi_value v, void **data, size_t *len);
 napi_value num(napi_env env, double d);
 napi_value undef(napi_env env);
 
-/* native/inotify.c: adds inotifyOpen/Add/Remove/Read/Close to exports. */
+/* native/inotify.c: adds inotifyOpen/Add/Remove/Read to exports. */
 napi_status inotify_define(napi_env env, napi_value exports);
+/* native/poll.c: adds pollStart/pollStop to exports. */
+napi_status poll_define(napi_env env, napi_value exports);
 
 #endif

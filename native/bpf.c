@@ -619,7 +619,7 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "xattrRemove", NULL, xattr_remove, NULL, NULL, NULL, napi_enumerable, NULL },
 	};
 	if (napi_define_properties(env, exports, sizeof(fns) / sizeof(fns[0]), fns) != napi_ok ||
-	    inotify_define(env, exports) != napi_ok)
+	    inotify_define(env, exports) != napi_ok || poll_define(env, exports) != napi_ok)
 		return NULL;
 	napi_value c;
 	napi_create_object(env, &c);

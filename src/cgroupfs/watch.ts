@@ -1,7 +1,7 @@
 /**
  * cgroupfs/watch: change notices for cgroup files (cgroup.events,
- * memory.events) from one inotify fd for the whole process, polled by one
- * libuv handle in the addon (native/inotify.c).
+ * memory.events) from one inotify fd for the whole process (native/inotify.c),
+ * polled by one libuv handle (native/poll.c).
  *
  * A watch is a kernel mark and a number here: Node's fs.watch costs a libuv
  * handle and a JS object per file (about 1.3 KB each, two per live step).
@@ -39,8 +39,16 @@ export class Inotify {
 
   /** Open the fd now (it is opened on first use otherwise); throws when the addon cannot. */
   open(): number {
-    if (this.fd === null) this.fd = this.addon.inotifyOpen(() => this.drain());
-    return this.fd;
+    if (this.fd !== null) return this.fd;
+    const fd = this.addon.inotifyOpen();
+    try {
+      // Unreferenced: watches alone never keep the process alive (fs.watch's persistent: false).
+      this.addon.pollStart(fd, () => this.drain(), false);
+    } catch (err) {
+      this.addon.close(fd);
+      throw err;
+    }
+    return (this.fd = fd);
   }
 
   /** Watch a file; returns its watch descriptor. Throws a KernelError (ENOENT when it does not exist). */
@@ -127,7 +135,8 @@ export class Inotify {
 
   close(): void {
     if (this.fd === null) return;
-    this.addon.inotifyClose(this.fd);
+    this.addon.pollStop(this.fd);
+    this.addon.close(this.fd);
     this.fd = null;
     this.listeners.clear();
   }

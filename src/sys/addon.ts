@@ -1,11 +1,13 @@
 /**
- * sys/addon: loads the project's N-API addon (native/bpf.c and inotify.c, built to
- * build/Release/cgstep_bpf.node) and turns its thrown errors into typed ones.
+ * sys/addon: loads the project's N-API addon (native/bpf.c, inotify.c and
+ * poll.c, built to build/Release/cgstep_bpf.node) and turns its thrown errors
+ * into typed ones.
  *
  * The one place the addon is required: src/devices wraps its bpf() calls,
- * src/cgroupfs its xattr and inotify calls. A failed call throws a KernelError naming the
- * syscall, the path it was made for and the errno name; a failed program load
- * a VerifierError carrying the verifier's log. Holds no policy.
+ * src/cgroupfs its xattr and inotify calls, src/sys/listener its poll. A
+ * failed call throws a KernelError naming the syscall, the path it was made
+ * for and the errno name; a failed program load a VerifierError carrying the
+ * verifier's log. Holds no policy.
  */
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -29,12 +31,15 @@ export interface Addon {
   xattrGet(path: string, name: string): Buffer | null;
   xattrSet(path: string, name: string, value: Buffer): void;
   xattrRemove(path: string, name: string): void;
-  /** native/inotify.c: one inotify fd, polled on the event loop; see cgroupfs/watch. */
-  inotifyOpen(onReadable: () => void): number;
+  /** native/inotify.c: one inotify fd (non-blocking); see cgroupfs/watch. */
+  inotifyOpen(): number;
   inotifyAdd(fd: number, path: string, mask: number): number;
   inotifyRemove(fd: number, wd: number): void;
   inotifyRead(fd: number, buf: Buffer): number;
-  inotifyClose(fd: number): void;
+  /** native/poll.c: onReadable runs on the event loop while fd is readable; keepAlive false never holds the process up. */
+  pollStart(fd: number, onReadable: () => void, keepAlive: boolean): void;
+  /** Stops polling fd (which stays open: its owner closes it). */
+  pollStop(fd: number): void;
   constants: Record<AddonConstant, number>;
 }
 
@@ -42,7 +47,7 @@ export interface Addon {
 export const ADDON_PATH = fileURLToPath(new URL('../../build/Release/cgstep_bpf.node', import.meta.url));
 
 /** Every function of Addon: a build older than this code lacks some, and is refused whole. */
-const FUNCTIONS = ['progLoad', 'progAttach', 'progDetach', 'progQuery', 'progGetFdById', 'progGetNextId', 'progInfo', 'close', 'openDir', 'xattrGet', 'xattrSet', 'xattrRemove', 'inotifyOpen', 'inotifyAdd', 'inotifyRemove', 'inotifyRead', 'inotifyClose'] as const satisfies readonly (keyof Addon)[];
+const FUNCTIONS = ['progLoad', 'progAttach', 'progDetach', 'progQuery', 'progGetFdById', 'progGetNextId', 'progInfo', 'close', 'openDir', 'xattrGet', 'xattrSet', 'xattrRemove', 'inotifyOpen', 'inotifyAdd', 'inotifyRemove', 'inotifyRead', 'pollStart', 'pollStop'] as const satisfies readonly (keyof Addon)[];
 
 let addon: Addon | null = null;
 let loadError: string | null = null;
