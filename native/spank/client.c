@@ -81,50 +81,83 @@ static int connected(struct client *c, int fd, uid_t agent_uid)
 	return 0;
 }
 
+/* sun for path; -1 when it does not fit. */
+static int address_of(struct sockaddr_un *sa, const char *path, const char *suffix)
+{
+	memset(sa, 0, sizeof(*sa));
+	sa->sun_family = AF_UNIX;
+	if (strlen(path) + strlen(suffix) >= sizeof(sa->sun_path))
+		return -1;
+	strcpy(sa->sun_path, path);
+	strcat(sa->sun_path, suffix);
+	return 0;
+}
+
+/* One connect() to sa, waited for until deadline: the connected fd, or -1 with errno set. */
+static int connect_once(const struct sockaddr_un *sa, long long deadline)
+{
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	int e;
+
+	if (fd < 0)
+		return -1;
+	if (connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) == 0)
+		return fd;
+	if (errno == EINPROGRESS) {
+		int soerr = 0;
+		socklen_t sl = sizeof(soerr);
+		if (wait_fd(fd, POLLOUT, deadline) == 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0)
+			return fd;
+		if (soerr)
+			errno = soerr;
+	}
+	e = errno;
+	close(fd);
+	errno = e;
+	return -1;
+}
+
 int client_open(struct client *c, const char *path, int timeout_ms, uid_t agent_uid)
 {
 	struct sockaddr_un sa;
 	long long deadline = now_ms() + timeout_ms;
 	int delay_ms = 1;
+	int fd;
 
 	memset(c, 0, sizeof(*c));
 	c->fd = -1;
 	c->socket = path;
 	c->next_id = 1;
-	memset(&sa, 0, sizeof(sa));
-	sa.sun_family = AF_UNIX;
-	if (strlen(path) >= sizeof(sa.sun_path)) {
+	/*
+	 * As root, the agent's own socket for root (PATH.root, mode 0600) first:
+	 * no other user's connections queued on the shared socket come before ours.
+	 * Not there (an older agent): the shared socket.
+	 */
+	if (geteuid() == 0 && address_of(&sa, path, ".root") == 0) {
+		fd = connect_once(&sa, deadline);
+		if (fd >= 0)
+			return connected(c, fd, agent_uid);
+		if (errno != ENOENT && errno != ECONNREFUSED) {
+			snprintf(c->err, sizeof(c->err), "cannot connect to %s.root: %s", path, strerror(errno));
+			return -1;
+		}
+	}
+	if (address_of(&sa, path, "")) {
 		snprintf(c->err, sizeof(c->err), "socket path too long");
 		return -1;
 	}
-	strcpy(sa.sun_path, path);
 	for (;;) {
-		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-		if (fd < 0) {
-			snprintf(c->err, sizeof(c->err), "socket(): %s", strerror(errno));
-			return -1;
-		}
-		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+		fd = connect_once(&sa, deadline);
+		if (fd >= 0)
 			return connected(c, fd, agent_uid);
-		if (errno == EINPROGRESS) {
-			int soerr = 0;
-			socklen_t sl = sizeof(soerr);
-			if (wait_fd(fd, POLLOUT, deadline) == 0 &&
-			    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0)
-				return connected(c, fd, agent_uid);
-			if (soerr)
-				errno = soerr;
-		}
 		/* A full listen backlog: back off and retry within the deadline. */
 		if (errno == EAGAIN && now_ms() + delay_ms < deadline) {
-			close(fd);
 			usleep((useconds_t)delay_ms * 1000);
 			delay_ms = delay_ms < 128 ? delay_ms * 2 : 250;
 			continue;
 		}
 		snprintf(c->err, sizeof(c->err), "cannot connect: %s%s", strerror(errno),
 			 errno == ENOENT || errno == ECONNREFUSED ? " (is cgstepd running?)" : "");
-		close(fd);
 		return -1;
 	}
 }

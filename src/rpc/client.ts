@@ -14,7 +14,7 @@ import type { z } from 'zod';
 import { AgentError, type ErrorCode } from '../errors.js';
 import { peerUcred } from './peercred.js';
 import type { AgentEvent, Op, requestSchema } from './protocol.js';
-import { PROTOCOL_VERSION } from './version.js';
+import { PROTOCOL_VERSION, rootSocketPath } from './version.js';
 
 export const DEFAULT_SOCKET = '/run/cgstepd/cgstepd.sock';
 
@@ -67,7 +67,7 @@ export class CgstepClient {
     const waitUntil = Date.now() + (opts.waitMs ?? 0);
     for (let delay = 1; ; delay = Math.min(delay * 2, 250)) {
       try {
-        return await CgstepClient.connectOnce(socketPath, Math.max(1, deadline - Date.now()), opts.agentUid ?? agentUidFromEnv());
+        return await CgstepClient.connectEither(socketPath, Math.max(1, deadline - Date.now()), opts.agentUid ?? agentUidFromEnv());
       } catch (err) {
         const errno = (err as { errno?: string }).errno;
         const retry = errno === 'EAGAIN' ? Date.now() + delay < deadline : (errno === 'ENOENT' || errno === 'ECONNREFUSED') && Date.now() + delay < waitUntil;
@@ -78,6 +78,23 @@ export class CgstepClient {
         await new Promise((r) => setTimeout(r, delay));
       }
     }
+  }
+
+  /**
+   * As root, root's own socket beside the shared one first (no other user's
+   * queued connections before ours); the shared one when it is not there (an
+   * agent older than it, or not started).
+   */
+  private static async connectEither(socketPath: string, timeoutMs: number, agentUid: number): Promise<CgstepClient> {
+    if (process.geteuid?.() === 0) {
+      try {
+        return await CgstepClient.connectOnce(rootSocketPath(socketPath), timeoutMs, agentUid);
+      } catch (err) {
+        const errno = (err as { errno?: string }).errno;
+        if (errno !== 'ENOENT' && errno !== 'ECONNREFUSED') throw err;
+      }
+    }
+    return CgstepClient.connectOnce(socketPath, timeoutMs, agentUid);
   }
 
   private static connectOnce(socketPath: string, timeoutMs: number, agentUid: number): Promise<CgstepClient> {

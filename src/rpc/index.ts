@@ -7,4 +7,4 @@ export * from './protocol.js';
 export * from './client.js';
 export { RpcServer, type ServerOptions } from './server.js';
 export { Streamed } from './stream.js';
-export { peerCred, roleOf, type Peer, type PeerCred, type Role } from './peercred.js';
+export { roleOf, ucredOf, type Peer, type Role, type Ucred } from './peercred.js';

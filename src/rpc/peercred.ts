@@ -15,7 +15,6 @@ import { KernelError } from '../errors.js';
 import { SOL_SOCKET, SO_PEERCRED, SO_PEERGROUPS, lastErrno, libc } from '../sys/libc.js';
 
 export interface Ucred { pid: number; uid: number; gid: number }
-export interface PeerCred extends Ucred { groups: number[] }
 
 /**
  * admin: root or an operator uid (acts on everything); user: an allowed uid
@@ -23,7 +22,7 @@ export interface PeerCred extends Ucred { groups: number[] }
  */
 export type Role = 'admin' | 'user' | 'reader';
 
-export interface Peer extends PeerCred { role: Role }
+export interface Peer extends Ucred { role: Role }
 
 export interface RolePolicy {
   operatorUids: readonly number[];
@@ -31,11 +30,16 @@ export interface RolePolicy {
   readOnlyGids: readonly number[];
 }
 
-/** The peer's role, or null when it may not use the agent at all. */
-export function roleOf(cred: PeerCred, p: RolePolicy): Role | null {
+/**
+ * The peer's role, or null when it may not use the agent at all. `groups`
+ * (its supplementary groups) is asked for only when its uid and gid alone do
+ * not decide: one system call fewer for most connections.
+ */
+export function roleOf(cred: Ucred, groups: () => readonly number[], p: RolePolicy): Role | null {
   if (cred.uid === 0 || p.operatorUids.includes(cred.uid)) return 'admin';
   if (p.allowUids.includes(cred.uid)) return 'user';
-  if (p.readOnlyGids.includes(cred.gid) || cred.groups.some((g) => p.readOnlyGids.includes(g))) return 'reader';
+  if (p.readOnlyGids.length === 0) return null;
+  if (p.readOnlyGids.includes(cred.gid) || groups().some((g) => p.readOnlyGids.includes(g))) return 'reader';
   return null;
 }
 
@@ -51,7 +55,11 @@ const u32 = (b: Buffer, at: number) => (le ? b.readUInt32LE(at) : b.readUInt32BE
 
 /** SO_PEERCRED alone: what a client needs to know about its server. */
 export function peerUcred(socket: net.Socket): Ucred {
-  const fd = socketFd(socket);
+  return ucredOf(socketFd(socket));
+}
+
+/** SO_PEERCRED of a connected socket's fd. */
+export function ucredOf(fd: number): Ucred {
   const out = Buffer.alloc(12); // struct ucred { pid_t pid; uid_t uid; gid_t gid; }
   const len = [out.length];
   if (libc().getsockopt(fd, SOL_SOCKET, SO_PEERCRED, out, len) !== 0) {
@@ -60,12 +68,8 @@ export function peerUcred(socket: net.Socket): Ucred {
   return { pid: le ? out.readInt32LE(0) : out.readInt32BE(0), uid: u32(out, 4), gid: u32(out, 8) };
 }
 
-export function peerCred(socket: net.Socket): PeerCred {
-  return { ...peerUcred(socket), groups: peerGroups(socketFd(socket)) };
-}
-
-/** Supplementary groups (gid_t[]); on ERANGE the kernel says the size it needs, so the second call fits. */
-function peerGroups(fd: number): number[] {
+/** Supplementary groups (gid_t[]) of a connected socket's peer; on ERANGE the kernel says the size it needs, so the second call fits. */
+export function peerGroups(fd: number): number[] {
   const len = [64 * 4];
   for (let attempt = 0; attempt < 3; attempt++) {
     const out = Buffer.alloc(len[0]);

@@ -1,7 +1,9 @@
 /**
- * rpc/server: the agent's Unix stream socket.
+ * rpc/server: the agent's Unix stream sockets: the shared one, and root's own
+ * beside it (PATH.root, 0600), which no other user's queued connections can
+ * stand in front of.
  *
- * Owns the socket file, connections, line framing, limits, peer checks and
+ * Owns the socket files, connections, line framing, limits, peer checks and
  * request validation; hands each valid request to a handler and writes its
  * reply. One bad line never harms another connection or the agent: a line
  * that is not JSON or fails the schema gets a typed error; an over-long line
@@ -14,10 +16,12 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { AgentError, type ErrorCode } from '../errors.js';
 import { checkPrivateDir } from '../sys/privdir.js';
-import { peerCred, roleOf, type Peer } from './peercred.js';
+import { peerGroups, roleOf, ucredOf, type Peer, type Role, type Ucred } from './peercred.js';
+import { UnixListener } from './listener.js';
+import { libc } from '../sys/libc.js';
 import type { AgentEvent, Reply, Request } from './protocol.js';
 import { parseRequest } from './validate.js';
-import { MAX_LINE_BYTES, PROTOCOL_VERSION, READ_ONLY_OPS, majorOf } from './version.js';
+import { MAX_LINE_BYTES, PROTOCOL_VERSION, READ_ONLY_OPS, majorOf, rootSocketPath } from './version.js';
 import { RateLimiter, Slots, DEFAULT_RATE, carriesDevices, checkRuleCount, checkTaskCount, type RateOptions } from './limits.js';
 import { Streamed } from './stream.js';
 import { LineReader, TOO_LONG } from './lines.js';
@@ -66,6 +70,16 @@ const LINE_TIMEOUT_MS = 10_000;
 const USER_INFLIGHT = 4;
 /** list/stats requests of all non-admin peers together that run at once. */
 const EXPENSIVE_AT_ONCE = 4;
+/**
+ * Connections the shared socket accepts a second (in bursts of a second's
+ * worth). Beyond it the kernel's listen queue holds them, and a connect loop
+ * sleeps in connect() once that is full, instead of costing the agent a peer
+ * lookup and a refusal per connection as fast as it can connect. Root's own
+ * socket has no rate: root never waits behind that queue.
+ */
+const SHARED_ACCEPTS_PER_SECOND = 1000;
+/** The kernel's queue of connections not yet accepted: a burst of connects waits there instead of failing with EAGAIN. */
+const LISTEN_BACKLOG = 4096;
 
 /** One accepted connection. */
 interface Conn {
@@ -99,7 +113,8 @@ const HELD_MAX = 10_000;
 const STREAMED = Symbol('streamed');
 
 export class RpcServer {
-  private server: net.Server | null = null;
+  /** The shared socket (every peer the socket mode lets in), and root's own (0600, named by rootSocketPath). */
+  private listeners: UnixListener[] = [];
   private conns = new Set<net.Socket>();
   /** Open connections per non-admin uid. */
   private perUid = new Map<number, number>();
@@ -114,6 +129,7 @@ export class RpcServer {
   private inflight = 0;
   /** The inode of the socket file this server made: only that file is removed at close. */
   private socketIno = -1;
+  private rootSocketIno = -1;
   readonly counters = { connections: 0, requests: 0, errors: 0, refused: 0 };
   private readonly rate: RateLimiter;
   private readonly expensive = new Slots(EXPENSIVE_AT_ONCE);
@@ -128,28 +144,36 @@ export class RpcServer {
     fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
     checkPrivateDir(dir, 'socket directory');
     await removeStaleSocket(this.o.socketPath);
-    const server = net.createServer({ allowHalfOpen: true }, (s) => this.accept(s));
-    server.on('error', (err) => this.o.log.error({ err }, 'listening socket error'));
-    const old = process.umask(0o177); // the socket is created 0600, with no window of a wider mode
-    try {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        // A deep backlog: a burst of connects waits in the kernel instead of failing with EAGAIN.
-        server.listen({ path: this.o.socketPath, backlog: 4096 }, () => {
-          server.off('error', reject);
-          resolve();
-        });
-      });
-    } finally {
-      process.umask(old);
-    }
+    const shared = this.listenOn(this.o.socketPath, SHARED_ACCEPTS_PER_SECOND);
     // Group first, then mode: the socket never has a wider mode with the wrong group.
     if (this.o.socketGroup !== undefined) fs.chownSync(this.o.socketPath, process.getuid?.() ?? 0, this.o.socketGroup);
     const mode = socketModeFor(this.o);
     fs.chmodSync(this.o.socketPath, mode);
     this.socketIno = fs.lstatSync(this.o.socketPath).ino;
-    this.o.log.info({ socket: this.o.socketPath, mode: mode.toString(8), gid: this.o.socketGroup ?? process.getgid?.() }, 'socket access');
-    this.server = server;
+    this.listeners.push(shared);
+    const own = rootSocketPath(this.o.socketPath);
+    await removeStaleSocket(own);
+    this.listeners.push(this.listenOn(own));
+    this.rootSocketIno = fs.lstatSync(own).ino;
+    this.o.log.info({ socket: this.o.socketPath, mode: mode.toString(8), gid: this.o.socketGroup ?? process.getgid?.(), rootSocket: own }, 'socket access');
+  }
+
+  /** A listener on file, made 0600 (umask: no window of a wider mode), at perSecond accepts a second or without a rate. */
+  private listenOn(file: string, perSecond?: number): UnixListener {
+    const l = new UnixListener({
+      path: file,
+      backlog: LISTEN_BACKLOG,
+      perSecond,
+      onAccept: (fd) => this.onConnect(fd),
+      onError: (err) => this.o.log.error({ err, socket: file }, 'accepting a connection failed; accepting again shortly'),
+    });
+    const old = process.umask(0o177);
+    try {
+      l.listen();
+    } finally {
+      process.umask(old);
+    }
+    return l;
   }
 
   get connectionCount(): number {
@@ -175,22 +199,41 @@ export class RpcServer {
     this.acceptedAtLastLog = this.accepted;
   }
 
-  private accept(s: net.Socket): void {
-    // Before anything else: a peer that resets must never become an unhandled 'error'.
-    s.on('error', (err) => this.o.log.debug({ err }, 'connection error'));
-    let peer: Peer;
+  /** A connection just accepted: its peer's credentials and role decide whether it is served or told why not. */
+  private onConnect(fd: number): void {
+    let cred: Ucred;
+    let role: Role | null;
     try {
-      const cred = peerCred(s);
-      const role = roleOf(cred, this.o);
-      if (!role) return this.refuse(s, cred.pid, cred.uid, 'EPERM', `uid ${cred.uid} is not allowed to use cgstepd (see --allow-uid, --operator-uid, --read-only-gid)`);
-      peer = { ...cred, role };
-      const full = this.full(peer);
-      if (full) return this.refuse(s, cred.pid, cred.uid, 'EMFILE', full);
+      cred = ucredOf(fd);
+      role = roleOf(cred, () => peerGroups(fd), this.o);
     } catch (err) {
       this.o.log.error({ err }, 'cannot identify peer');
-      s.destroy();
+      libc().close(fd);
       return;
     }
+    const s = this.socketOf(fd);
+    if (!s) return;
+    if (role) return this.accept(s, { ...cred, role });
+    s.on('error', (err) => this.o.log.debug({ err }, 'connection error'));
+    this.refuse(s, cred.pid, cred.uid, 'EPERM', `uid ${cred.uid} is not allowed to use cgstepd (see --allow-uid, --operator-uid, --read-only-gid)`);
+  }
+
+  /** The accepted fd as a Socket (it owns the fd from here); null, the fd closed, when Node cannot take it. */
+  private socketOf(fd: number): net.Socket | null {
+    try {
+      return new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
+    } catch (err) {
+      this.o.log.error({ err }, 'cannot open an accepted connection');
+      libc().close(fd);
+      return null;
+    }
+  }
+
+  private accept(s: net.Socket, peer: Peer): void {
+    // Before anything else: a peer that resets must never become an unhandled 'error'.
+    s.on('error', (err) => this.o.log.debug({ err }, 'connection error'));
+    const full = this.full(peer);
+    if (full) return this.refuse(s, peer.pid, peer.uid, 'EMFILE', full);
     this.counters.connections++;
     this.conns.add(s);
     if (peer.role !== 'admin') this.perUid.set(peer.uid, (this.perUid.get(peer.uid) ?? 0) + 1);
@@ -507,9 +550,8 @@ export class RpcServer {
    * Then close the connections and remove the socket file.
    */
   async close(graceMs = 5000): Promise<void> {
-    const server = this.server;
-    this.server = null;
-    if (server) server.close();
+    for (const l of this.listeners) l.close();
+    this.listeners = [];
     const deadline = Date.now() + graceMs;
     let seen = -1;
     while (Date.now() < deadline && (this.inflight > 0 || seen !== this.counters.requests)) {
@@ -519,6 +561,7 @@ export class RpcServer {
     for (const s of this.conns) s.end();
     for (const s of this.conns) s.destroy();
     removeOwnSocket(this.o.socketPath, this.socketIno);
+    removeOwnSocket(rootSocketPath(this.o.socketPath), this.rootSocketIno);
   }
 }
 

@@ -11,6 +11,15 @@ export const MAX_LINE_BYTES = 64 * 1024;
 /** The most tasks one task.place may carry: Slurm's MAX_TASKS_PER_NODE. */
 export const MAX_PLACED_TASKS = 512;
 
+/**
+ * Root's own socket beside the shared one (mode 0600, accepted without a
+ * rate): clients running as root try it first, so that no other user's
+ * connections queued on the shared socket stand before root's.
+ */
+export function rootSocketPath(socket: string): string {
+  return `${socket}.root`;
+}
+
 /** Ops that only read; a read-only peer may use these. */
 export const READ_ONLY_OPS: ReadonlySet<Op> = new Set(['hello', 'status', 'list', 'stats', 'events']);
 

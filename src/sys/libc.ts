@@ -2,8 +2,9 @@
  * sys/libc: the libc calls Node does not offer, bound through koffi (the FFI
  * the project ships; ffi-napi does not build on Node 20), in one place:
  * AF_UNIX datagram sockets for sd_notify (socket, bind, sendto, recv, close;
- * Node's net/dgram modules have no datagram Unix sockets), getsockopt for
- * a stream peer's credentials and groups, flock (Node has no file locks),
+ * Node's net/dgram modules have no datagram Unix sockets), the RPC socket's
+ * listen and accept4 (net.Server accepts every queued connection in one turn,
+ * in the kernel's order), getsockopt for a stream peer's credentials and groups, flock (Node has no file locks),
  * and fcntl (O_NONBLOCK on the log's pipe or socket). Loaded lazily on
  * first use, so a process that needs none of them never loads libc through
  * FFI. Callers own the meaning; this module owns only the signatures and
@@ -13,8 +14,10 @@ import os from 'node:os';
 import koffi from 'koffi';
 
 export const AF_UNIX = 1;
+export const SOCK_STREAM = 1;
 export const SOCK_DGRAM = 2;
 export const SOCK_CLOEXEC = 0o2000000;
+export const SOCK_NONBLOCK = 0o4000;
 export const MSG_DONTWAIT = 0x40;
 export const MSG_NOSIGNAL = 0x4000;
 export const SOL_SOCKET = 1;
@@ -34,6 +37,9 @@ interface Libc {
   sendto: (fd: number, buf: Buffer, len: number, flags: number, addr: Buffer, addrlen: number) => number;
   recv: (fd: number, buf: Buffer, len: number, flags: number) => number;
   close: (fd: number) => number;
+  listen: (fd: number, backlog: number) => number;
+  /** accept4 with no peer address asked for (null, null). */
+  accept4: (fd: number, addr: null, len: null, flags: number) => number;
   getsockopt: (fd: number, level: number, opt: number, out: Buffer, len: number[]) => number;
   flock: (fd: number, op: number) => number;
   /** fcntl(fd, cmd, int): variadic in C, so koffi takes the argument's type before it. */
@@ -51,6 +57,8 @@ export function libc(): Libc {
     sendto: lib.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)'),
     recv: lib.func('intptr_t recv(int fd, _Out_ void *buf, size_t len, int flags)'),
     close: lib.func('int close(int fd)'),
+    listen: lib.func('int listen(int fd, int backlog)'),
+    accept4: lib.func('int accept4(int fd, void *addr, void *addrlen, int flags)'),
     getsockopt: lib.func('int getsockopt(int fd, int level, int optname, _Out_ void *optval, _Inout_ uint32_t *optlen)'),
     flock: lib.func('int flock(int fd, int op)'),
     fcntl: lib.func('int fcntl(int fd, int cmd, ...)'),

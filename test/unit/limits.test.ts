@@ -34,12 +34,21 @@ test('device rules per request: 4,096 for admin, 256 for others, counted over ev
 
 test('roles: root and operators admin, allowed uids user, read-only groups (primary or supplementary) reader, others none', (t) => {
   const p = { operatorUids: [64030], allowUids: [1000], readOnlyGids: [500] };
-  t.is(roleOf({ pid: 1, uid: 0, gid: 0, groups: [] }, p), 'admin');
-  t.is(roleOf({ pid: 1, uid: 64030, gid: 64030, groups: [] }, p), 'admin');
-  t.is(roleOf({ pid: 1, uid: 1000, gid: 1000, groups: [500] }, p), 'user');
-  t.is(roleOf({ pid: 1, uid: 1001, gid: 500, groups: [] }, p), 'reader');
-  t.is(roleOf({ pid: 1, uid: 1002, gid: 1002, groups: [20, 500] }, p), 'reader');
-  t.is(roleOf({ pid: 1, uid: 1003, gid: 1003, groups: [20] }, p), null);
+  // Supplementary groups are read only when uid and gid do not decide (one getsockopt fewer a connection).
+  t.is(roleOf({ pid: 1, uid: 1000, gid: 1000 }, () => {
+    t.fail('groups read for an allowed uid');
+    return [];
+  }, p), 'user');
+  t.is(roleOf({ pid: 1, uid: 1003, gid: 1003 }, () => {
+    t.fail('groups read with no read-only group configured');
+    return [];
+  }, { ...p, readOnlyGids: [] }), null);
+  t.is(roleOf({ pid: 1, uid: 0, gid: 0 }, () => [], p), 'admin');
+  t.is(roleOf({ pid: 1, uid: 64030, gid: 64030 }, () => [], p), 'admin');
+  t.is(roleOf({ pid: 1, uid: 1000, gid: 1000 }, () => [500], p), 'user');
+  t.is(roleOf({ pid: 1, uid: 1001, gid: 500 }, () => [], p), 'reader');
+  t.is(roleOf({ pid: 1, uid: 1002, gid: 1002 }, () => [20, 500], p), 'reader');
+  t.is(roleOf({ pid: 1, uid: 1003, gid: 1003 }, () => [20], p), null);
 });
 
 test('a freed slot is handed on in a later turn: what the loop has waiting runs between two holders', async (t) => {
