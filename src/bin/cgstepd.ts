@@ -22,6 +22,7 @@ import { loadGresConf } from '../devices/gres.js';
 import { parseListen } from '../metrics/listen.js';
 import type { AgentOptions } from '../config/options.js';
 import { DEFAULT_SOCKET } from '../rpc/client.js';
+import { prepareSocketDir } from '../rpc/server.js';
 import { findCgroup2Mount, resolveCgroupRoot } from '../cgroupfs/mount.js';
 import { moveSelfIntoSubgroup } from '../systemd/delegate.js';
 import * as sd from '../systemd/notify.js';
@@ -99,6 +100,7 @@ try {
   if (f.metrics) parseListen(f.metrics);
   if (f.metricsTokenFile) metricsToken = readToken(f.metricsTokenFile);
   if (f.cgroupRoot) checkCgroupRoot(f.cgroupRoot);
+  checkSocketDir(f.socket);
 } catch (err) {
   fatal(err);
 }
@@ -116,6 +118,15 @@ function checkCgroupRoot(dir: string): void {
     }
     const msg = (err as Error).message;
     throw new ConfigError(msg.startsWith('--cgroup-root') ? msg : `--cgroup-root ${dir}: ${msg}`, `give a directory under the cgroup2 mount${where} (CGSTEP_CGROUP_ROOT)`);
+  }
+}
+
+/** The socket's directory must be one only root can change (a symlink, or one others may write, is refused). */
+function checkSocketDir(socket: string): void {
+  try {
+    prepareSocketDir(socket);
+  } catch (err) {
+    throw new ConfigError(`--socket ${socket}: ${(err as Error).message}`, 'give a socket path in a directory only root can write, e.g. /run/cgstepd/cgstepd.sock (CGSTEP_SOCKET)');
   }
 }
 

@@ -140,9 +140,7 @@ export class RpcServer {
   }
 
   async listen(): Promise<void> {
-    const dir = path.dirname(this.o.socketPath);
-    fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
-    checkPrivateDir(dir, 'socket directory');
+    prepareSocketDir(this.o.socketPath);
     await removeStaleSocket(this.o.socketPath);
     const shared = this.listenOn(this.o.socketPath, SHARED_ACCEPTS_PER_SECOND);
     // Group first, then mode: the socket never has a wider mode with the wrong group.
@@ -601,6 +599,17 @@ export function socketModeFor(o: Pick<ServerOptions, 'socketMode' | 'socketGroup
   if (o.socketGroup !== undefined) return 0o660;
   const others = o.allowUids.length > 0 || o.readOnlyGids.length > 0 || o.operatorUids.some((u) => u !== 0);
   return others ? 0o666 : 0o600;
+}
+
+/**
+ * Make the socket's directory if missing and check that only root can change
+ * it (see sys/privdir); run at start before anything else is made, and again
+ * when listening.
+ */
+export function prepareSocketDir(socketPath: string): void {
+  const dir = path.dirname(socketPath);
+  fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+  checkPrivateDir(dir, 'socket directory');
 }
 
 /** Remove the socket file only if it is still the one this server made (never a link or a stranger's file). */

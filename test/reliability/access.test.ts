@@ -72,7 +72,7 @@ test.serial('any other uid is refused outright', (t) => {
   t.regex(r.stderr, /EPERM: uid 5001 is not allowed/);
 });
 
-test('the agent refuses a socket in /tmp (writable by everyone, sticky), as a newcomer might first try, and a symlinked directory', async (t) => {
+test('the agent refuses a socket in /tmp (writable by everyone, sticky), as a newcomer might first try, and a symlinked directory: a configuration error (exit 2) before anything is made', async (t) => {
   const root = makeTestRoot('access2');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-link-'));
   const inTmp = path.join('/tmp', `cgstep-access-${process.pid}.sock`);
@@ -83,13 +83,16 @@ test('the agent refuses a socket in /tmp (writable by everyone, sticky), as a ne
   });
   t.is(fs.statSync('/tmp').mode & 0o7777, 0o1777, "this machine's /tmp, as every Linux has it");
   const a = await startAgent({ root, socket: inTmp, args: ['--ignore-systemd'], expectExit: true });
-  t.is(a.proc.exitCode, 1);
-  t.regex(a.log(), /socket directory \/tmp is writable by others \(mode 1777\)/);
+  t.is(a.proc.exitCode, 2);
+  t.regex(a.log(), /--socket \/tmp\/cgstep-access-\d+\.sock: socket directory \/tmp is writable by others \(mode 1777\)/);
   t.false(fs.existsSync(inTmp), 'no socket made there');
+  const made = () => fs.readdirSync(root, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name);
+  t.deepEqual(made(), [], 'no scope (and so no infinity process) was made');
   fs.mkdirSync(path.join(dir, 'real'));
   fs.symlinkSync(path.join(dir, 'real'), path.join(dir, 'link'));
   const b = await startAgent({ root, socket: path.join(dir, 'link', 's.sock'), args: ['--ignore-systemd'], expectExit: true });
-  t.is(b.proc.exitCode, 1);
+  t.is(b.proc.exitCode, 2);
   t.regex(b.log(), /is a symbolic link/);
+  t.deepEqual(made(), []);
   t.false(fs.existsSync(path.join(dir, 'real', 's.sock')));
 });
