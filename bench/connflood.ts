@@ -8,7 +8,9 @@
  *
  * Each loop is a python3 process as the throwaway uid (Node cannot set
  * SO_LINGER on a Unix socket). Prints, per role, the connections the loops
- * made and root's median, p99 and worst `status` (every 20 ms) while they ran.
+ * made and root's median, p99 and worst `status` (every 20 ms, on a kept
+ * connection and on a new connection each time: as root, through root's own
+ * socket) while they ran.
  * The users are removed at the end. Not a test: nothing asserts a timing.
  */
 import { spawn } from 'node:child_process';
@@ -47,26 +49,38 @@ function loopAs(u: TestUser, socket: string): Promise<[number, number]> {
   return new Promise((resolve) => p.once('exit', () => resolve(out.trim().split(' ').map(Number) as [number, number])));
 }
 
-async function flood(socket: string, u: TestUser, role: string): Promise<void> {
-  const c = await CgstepClient.connect(socket, { timeoutMs: 60000 });
+/** Root's `status` every 20 ms while `running()`, on one kept connection or on a new one each time. */
+async function sample(socket: string, fresh: boolean, running: () => boolean): Promise<number[]> {
+  const kept = fresh ? null : await CgstepClient.connect(socket, { timeoutMs: 60000 });
   const lat: number[] = [];
-  let running = true;
-  const sampler = (async () => {
-    while (running) {
-      const t0 = performance.now();
-      await c.request('status', {});
-      lat.push(performance.now() - t0);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  })();
-  const made = await Promise.all(Array.from({ length: LOOPS }, () => loopAs(u, socket)));
-  running = false;
-  await sampler;
-  c.close();
+  while (running()) {
+    const t0 = performance.now();
+    const c = kept ?? (await CgstepClient.connect(socket, { timeoutMs: 60000 }));
+    await c.request('status', {});
+    if (!kept) c.close();
+    lat.push(performance.now() - t0);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  kept?.close();
+  return lat;
+}
+
+function fmt(lat: number[]): string {
   const s = summarize(lat);
+  return `median ${s.median.toFixed(2)} ms, p99 ${s.p99.toFixed(1)} ms, worst ${Math.max(...lat).toFixed(1)} ms (${lat.length} samples)`;
+}
+
+async function flood(socket: string, u: TestUser, role: string): Promise<void> {
+  let on = true;
+  const samplers = [sample(socket, false, () => on), sample(socket, true, () => on)];
+  const made = await Promise.all(Array.from({ length: LOOPS }, () => loopAs(u, socket)));
+  on = false;
+  const [kept, fresh] = await Promise.all(samplers);
   const conns = made.reduce((a, [n]) => a + n, 0);
   const failed = made.reduce((a, [, f]) => a + f, 0);
-  console.log(`${role}: ${LOOPS} loops, ${conns} connections in ${SECONDS} s (${failed} connects failed); root's status median ${s.median.toFixed(2)} ms, p99 ${s.p99.toFixed(1)} ms, worst ${Math.max(...lat).toFixed(1)} ms (${lat.length} samples)`);
+  console.log(`${role}: ${LOOPS} loops, ${conns} connections in ${SECONDS} s (${failed} connects failed)`);
+  console.log(`  root's status, kept connection: ${fmt(kept)}`);
+  console.log(`  root's status, new connection:  ${fmt(fresh)}`);
 }
 
 const root = benchRoot('connflood');
