@@ -8,6 +8,8 @@
  * "<name>:<index>", 0-based in file order, as Slurm numbers
  * CUDA_VISIBLE_DEVICES) to the unit's files. Devices are stat'ed by policy.ts,
  * not here: this module reads the config file and nothing else.
+ * Lines slurmd stops on are errors here too (a Count= that does not match
+ * File=, a MultipleFiles= of one file), so a file Slurm refuses is not run.
  * AutoDetect= is not supported (devices found by NVML and friends are unknown
  * to cgstep): it is ignored with a warning, list File= explicitly.
  */
@@ -135,6 +137,25 @@ function pairs(s: string, where: string): [string, string][] {
   return out;
 }
 
+/** Gres whose Count= is shares of the files (Slurm's shared gres), not one unit per file. */
+const SHARED = new Set(['mps', 'shard']);
+
+/**
+ * Count= as slurmd reads it (digits, then an optional k/m/g/t/p multiplier of
+ * 1024s). With device files it must equal the units they make (one per File=
+ * path, one per MultipleFiles= line), except for shared gres: slurmd stops on
+ * a mismatch, so a line whose Count and File disagree is an error here too.
+ */
+function checkCount(count: string | undefined, name: string, units: number, where: string): void {
+  if (count === undefined) return;
+  const m = /^(\d+)([kmgtp]?)$/i.exec(count);
+  if (!m) throw einval(`${where}: invalid Count=${count} (a number, optionally with k, m, g, t or p)`);
+  const n = BigInt(m[1]) * 1024n ** BigInt(' kmgtp'.indexOf(m[2].toLowerCase() || ' '));
+  if (units > 0 && n !== BigInt(units) && !SHARED.has(name.toLowerCase())) {
+    throw einval(`${where}: Count=${count} does not match File value (${units} device unit(s)); drop Count= or make it ${units}`);
+  }
+}
+
 const KNOWN = new Set(['name', 'type', 'file', 'files', 'multiplefiles', 'nodename', 'count', 'cores', 'cpus', 'links', 'flags', 'autodetect']);
 
 export class GresInventory {
@@ -243,8 +264,13 @@ export function parseGresConf(text: string, opts: GresParseOptions): GresInvento
       counts.set(name, index + 1);
       return { name, ...(type !== undefined ? { type } : {}), index, files, origin: where };
     };
-    if (file !== undefined) for (const f of expandList(file, `${where} File`)) units.push(mk([f]));
-    else if (multiple !== undefined) units.push(mk(expandList(multiple, `${where} MultipleFiles`)));
+    const files = file !== undefined ? expandList(file, `${where} File`) : [];
+    const group = multiple !== undefined ? expandList(multiple, `${where} MultipleFiles`) : [];
+    // As slurmd, which stops on both: a one-file MultipleFiles= is a File= written wrong.
+    if (multiple !== undefined && group.length < 2) throw einval(`${where}: MultipleFiles= names one file; use File= for a single device file`);
+    checkCount(get('count'), name, file !== undefined ? files.length : multiple !== undefined ? 1 : 0, where);
+    for (const f of files) units.push(mk([f]));
+    if (multiple !== undefined) units.push(mk(group));
     // Name= with only Count= (a gres with no device files) confines nothing.
   }
   return new GresInventory(opts.nodeName, units, warnings);

@@ -93,6 +93,28 @@ test('bad lines: EINVAL naming file and line', (t) => {
   for (const [text, re] of bad) t.throws(() => parseGresConf(text, { nodeName: 'n1' }), { instanceOf: AgentError, message: re }, text);
 });
 
+test("lines slurmd refuses: Count= that does not match File=, a one-file MultipleFiles=, a bad Count=", (t) => {
+  const bad: [string, RegExp][] = [
+    ['Name=gpu Count=4 File=/dev/nvidia[0-1]\n', /^gres.conf:1: Count=4 does not match File value \(2 device unit\(s\)\)/],
+    ['Name=gpu File=/dev/nvidia0 Count=0\n', /gres.conf:1: Count=0 does not match File value/],
+    ['\nName=rocm Count=2 MultipleFiles=/dev/dri/card0,/dev/dri/renderD128\n', /gres.conf:2: Count=2 does not match File value \(1 device unit/],
+    ['Name=rocm MultipleFiles=/dev/dri/card0\n', /^gres.conf:1: MultipleFiles= names one file; use File=/],
+    ['Name=rocm MultipleFiles=/dev/dri/card[0-0]\n', /MultipleFiles= names one file/],
+    ['Name=gpu Count=2x File=/dev/nvidia[0-1]\n', /gres.conf:1: invalid Count=2x/],
+    ['Name=mps Count=-1\n', /invalid Count=-1/],
+  ];
+  for (const [text, re] of bad) t.throws(() => parseGresConf(text, { nodeName: 'n1' }), { instanceOf: AgentError, message: re }, text);
+  // A line for another node is not checked, as slurmd skips it before reading it.
+  t.deepEqual(parseGresConf('NodeName=other Name=gpu Count=4 File=/dev/nvidia[0-1]\nName=gpu File=/dev/nvidia0\n', { nodeName: 'n1' }).units('gpu').length, 1);
+  // What slurmd accepts: a matching Count (with a multiplier too), shares of shared gres, Count= alone.
+  const ok = parseGresConf(
+    'Name=gpu Count=2 File=/dev/nvidia[0-1]\nName=mps Count=200 File=/dev/nvidia[0-1]\nName=shard Count=1k File=/dev/nvidia0\nName=rocm Count=1 MultipleFiles=/dev/a,/dev/b\nName=bandwidth Count=4g\n',
+    { nodeName: 'n1' },
+  );
+  t.deepEqual(ok.names(), ['gpu', 'mps', 'shard', 'rocm']);
+  t.is(parseGresConf('Name=gpu Count=1k File=/dev/nvidia[0-1023]\n', { nodeName: 'n1' }).units('gpu').length, 1024);
+});
+
 test('comments, quotes, CRLF and escaped #', (t) => {
   const inv = parseGresConf('Name=gpu File="/dev/nvidia0"  # c\r\n# Name=gpu File=/dev/x\r\nName=gpu File=/dev/a\\#b\n', { nodeName: 'n' });
   t.deepEqual(inv.units('gpu').map((u) => u.files[0]), ['/dev/nvidia0', '/dev/a#b']);

@@ -136,6 +136,14 @@ test('cgstepd: a fatal configuration error is one stderr line (file:line, how to
   t.is(g.code, 2);
   t.regex(g.stderr, new RegExp(`^cgstepd: .*${gres}:1\\b.*runs backwards; correct gres.conf`));
   t.false(fs.existsSync(path.join(root, 'system.slice')), 'a gres.conf error is reported before the scope is set up');
+  // Lines slurmd stops on stop the agent the same way.
+  for (const [text, re] of [['Name=gpu Count=4 File=/dev/nvidia[0-1]\n', /Count=4 does not match File value/], ['Name=gpu MultipleFiles=/dev/nvidia0\n', /MultipleFiles= names one file/]] as const) {
+    fs.writeFileSync(gres, text);
+    const x = run(['--gres', gres]);
+    t.is(x.code, 2, x.stderr);
+    t.regex(x.stderr, new RegExp(`^cgstepd: ${gres}:1: ${re.source}.*; correct gres.conf`));
+  }
+  t.false(fs.existsSync(path.join(root, 'system.slice')));
   const m = run(['--metrics', 'nonsense']);
   t.is(m.code, 2);
   t.regex(m.stderr, /^cgstepd: --metrics: expected \[ADDR:\]PORT, got "nonsense"; give PORT, ADDR:PORT/);
