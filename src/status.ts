@@ -104,6 +104,7 @@ export function degradedOf(f: StatusFacts): string[] {
     for (const c of f.config.controllers.missing) out.push(`the ${c} controller that the Constrain* settings (cgroup.conf, or its defaults) need is not available: limits on it are skipped (NOT enforced)`);
   }
   if (f.constrainDevices && !f.devices.supported) out.push(`device control unavailable (devices/none): ${f.devices.reason}`);
+  out.push(...(f.devices.problems ?? []));
   if (f.orphans.populated.length) out.push(`${f.orphans.populated.length} orphan cgroup(s) still hold processes`);
   const lp = f.layoutProblems;
   if (lp.length) out.push(...lp.slice(0, 20), ...(lp.length > 20 ? [`(+${lp.length - 20} more directories not repaired)`] : []));

@@ -21,6 +21,8 @@ export interface DeviceSupport {
    * inventory or in closed mode.
    */
   everyJob?: boolean;
+  /** Why the gres devices are not confined as gres.conf seems to mean, in words (status lists them as degraded). */
+  problems?: string[];
 }
 
 export interface DeviceBackend extends Backend, DevicePort {

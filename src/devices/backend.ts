@@ -93,6 +93,17 @@ function widen(ctl: DeviceController, inventory: GresInventory | null, allocated
   return { gres: [...new Set([...held, ...want.map((x) => x.gres)])] };
 }
 
+/**
+ * What a node without gres devices means for its jobs. Open: nothing is
+ * denied, so every GPU is open to every job. Closed still confines (only
+ * pseudo-devices and explicit allows), but no gres can be allocated by name.
+ */
+function unconfinedMeans(policy: 'open' | 'closed'): string {
+  return policy === 'open'
+    ? 'no gres device is denied, so every device is open to every job (--device-policy open)'
+    : 'no gres can be allocated by name; jobs get the closed policy (--device-policy closed) without any gres device';
+}
+
 const IDENTITY = { type: 'devices/ebpf', name: 'eBPF cgroup device programs', version: '1.0' } as const;
 
 export function ebpfDevices(ctl: DeviceController): Candidate<EbpfContext, DeviceBackend> {
@@ -104,12 +115,13 @@ export function ebpfDevices(ctl: DeviceController): Candidate<EbpfContext, Devic
       let inventory: GresInventory | null = null;
       let nodes: GresDeviceNodes | null = null;
       let gres: string[] = [];
+      let problems: string[] = [];
       const probe = ctl.probe();
       const build = (req: DeviceRequest) => buildPolicy({ ...req, policy: req.policy ?? c.devicePolicy }, { inventory, log: c.log, ...(nodes ? { stat: nodes.stat } : {}) });
       const backend: DeviceBackend = {
         ...IDENTITY,
         get support() {
-          return { supported: probe.supported, replace: probe.replace, ...(probe.reason ? { reason: probe.reason } : {}), defaultPolicy: c.devicePolicy, gres, constrainDevices: true, everyJob: backend.jobDefault(undefined) !== null };
+          return { supported: probe.supported, replace: probe.replace, ...(probe.reason ? { reason: probe.reason } : {}), defaultPolicy: c.devicePolicy, gres, constrainDevices: true, everyJob: backend.jobDefault(undefined) !== null, ...(problems.length ? { problems } : {}) };
         },
         enforcing: true,
         prepare(req: DeviceRequest, level: DeviceLevel): Prepared {
@@ -151,6 +163,7 @@ export function ebpfDevices(ctl: DeviceController): Candidate<EbpfContext, Devic
           if (c.gresConf) {
             inventory = loadGresConf(c.gresConf, c.nodeName ?? os.hostname().split('.')[0], c.log);
             gres = summarise(inventory);
+            problems = inventory.unconfined.map((p) => `${p}: ${unconfinedMeans(c.devicePolicy)}`);
             nodes = new GresDeviceNodes(inventory.all().flatMap((u) => u.files));
             await nodes.refresh();
             c.log.info({ gresConf: c.gresConf, gres }, 'gres.conf loaded');

@@ -166,6 +166,11 @@ export class GresInventory {
     units: GresUnit[],
     /** What the parser skipped or could not honour, in words (also logged). */
     readonly warnings: string[] = [],
+    /**
+     * Why this node has no gres device although gres.conf has gres lines (all
+     * for other nodes, or none with File=), in words (also logged); empty otherwise.
+     */
+    readonly unconfined: string[] = [],
   ) {
     for (const u of units) {
       const list = this.byName.get(u.name) ?? [];
@@ -232,6 +237,9 @@ export function parseGresConf(text: string, opts: GresParseOptions): GresInvento
   };
   const units: GresUnit[] = [];
   const counts = new Map<string, number>();
+  // What the node gets no devices from: device lines for other nodes, lines without File=.
+  const elsewhere = new Set<string>();
+  const fileless = new Set<string>();
   for (const { line, text: l } of logicalLines(text)) {
     const where = `${source}:${line}`;
     const kv = pairs(l, where);
@@ -243,9 +251,13 @@ export function parseGresConf(text: string, opts: GresParseOptions): GresInvento
     // As Slurm's own parser: an unknown key (a typo such as Flie=) is an error, not a warning.
     for (const [k] of kv) if (!KNOWN.has(k)) throw einval(`${where}: unknown key ${k} (known: Name, Type, File, MultipleFiles, NodeName, Count, Cores, CPUs, Links, Flags, AutoDetect)`);
     const nodes = get('nodename');
-    if (nodes !== undefined && !expandList(nodes, `${where} NodeName`).includes(opts.nodeName)) continue;
+    if (nodes !== undefined && !expandList(nodes, `${where} NodeName`).includes(opts.nodeName)) {
+      if (kv.some(([k]) => k === 'file' || k === 'files' || k === 'multiplefiles')) elsewhere.add(nodes);
+      continue;
+    }
     const auto = get('autodetect');
     if (auto !== undefined && auto.toLowerCase() !== 'off') {
+      fileless.add(`AutoDetect=${auto}`);
       warn(`${where}: AutoDetect=${auto} ignored: cgstep only knows devices listed with File= or MultipleFiles=`);
     }
     const name = get('name');
@@ -272,8 +284,28 @@ export function parseGresConf(text: string, opts: GresParseOptions): GresInvento
     for (const f of files) units.push(mk([f]));
     if (multiple !== undefined) units.push(mk(group));
     // Name= with only Count= (a gres with no device files) confines nothing.
+    if (file === undefined && multiple === undefined) fileless.add(`Name=${name}`);
   }
-  return new GresInventory(opts.nodeName, units, warnings);
+  const unconfined = units.length ? [] : noDevices(source, opts.nodeName, elsewhere, fileless);
+  for (const msg of unconfined) opts.log?.warn({ source, nodeName: opts.nodeName, nodeNamesSeen: [...elsewhere] }, msg);
+  return new GresInventory(opts.nodeName, units, warnings, unconfined);
+}
+
+/**
+ * Why a gres.conf that has gres lines gives this node no device file, in
+ * words an admin can act on; empty when it has none at all. Slurm cannot get
+ * here (slurmd parses with its own NodeName, and slurmctld drains a node whose
+ * gres.conf yields fewer devices than slurm.conf's Gres=), but cgstepd's node
+ * name is an option that defaults to the short host name, and a shared
+ * gres.conf is the rule, so a wrong name would otherwise confine nothing.
+ */
+function noDevices(source: string, node: string, elsewhere: Set<string>, fileless: Set<string>): string[] {
+  const out: string[] = [];
+  if (elsewhere.size) {
+    out.push(`${source}: every device line (File=, MultipleFiles=) is for another node (NodeName=${[...elsewhere].join(', NodeName=')}) and none for ${node}, the node name this agent uses (--node-name; by default the short host name)`);
+  }
+  if (fileless.size) out.push(`${source}: no File= is known for ${node} (only ${[...fileless].join(', ')}): cgstep knows gres devices only from File= and MultipleFiles=`);
+  return out;
 }
 
 /** Read and parse a gres.conf file. */

@@ -115,6 +115,25 @@ test("lines slurmd refuses: Count= that does not match File=, a one-file Multipl
   t.is(parseGresConf('Name=gpu Count=1k File=/dev/nvidia[0-1023]\n', { nodeName: 'n1' }).units('gpu').length, 1024);
 });
 
+test('a gres.conf whose device lines are all for other nodes, or that has no File=, says why this node has no devices (logged and kept)', (t) => {
+  const mem = memLogger();
+  const other = parseGresConf('NodeName=node1 Name=gpu File=/dev/nvidia[0-1]\nNodeName=gpu[01-02] Name=gpu File=/dev/nvidia[2-3]\nNodeName=vm Name=mps Count=100\n', { nodeName: 'vm', source: '/etc/gres.conf', log: mem.log });
+  t.deepEqual(other.all(), []);
+  t.is(other.unconfined.length, 2);
+  t.regex(other.unconfined[0], /^\/etc\/gres.conf: every device line \(File=, MultipleFiles=\) is for another node \(NodeName=node1, NodeName=gpu\[01-02\]\) and none for vm, the node name this agent uses \(--node-name/);
+  t.regex(other.unconfined[1], /no File= is known for vm \(only Name=mps\)/);
+  const warned = mem.lines().filter((l) => l.level === 40);
+  t.is(warned.length, 2);
+  t.deepEqual(warned[0].nodeNamesSeen, ['node1', 'gpu[01-02]']);
+  t.is(warned[0].nodeName, 'vm');
+  const auto = parseGresConf('AutoDetect=nvml\nName=gpu Count=4\n', { nodeName: 'n1' });
+  t.deepEqual(auto.unconfined.map((u) => /only (.*)\)/.exec(u)![1]), ['AutoDetect=nvml, Name=gpu']);
+  // A node with devices, or a gres.conf with no gres lines at all, has nothing to say.
+  t.deepEqual(parseGresConf(CONF, { nodeName: 'gpu01' }).unconfined, []);
+  t.deepEqual(parseGresConf('NodeName=node1 Name=gpu File=/dev/nvidia0\nName=gpu File=/dev/nvidia1\n', { nodeName: 'vm' }).unconfined, []);
+  t.deepEqual(parseGresConf('# empty\n', { nodeName: 'vm' }).unconfined, []);
+});
+
 test('comments, quotes, CRLF and escaped #', (t) => {
   const inv = parseGresConf('Name=gpu File="/dev/nvidia0"  # c\r\n# Name=gpu File=/dev/x\r\nName=gpu File=/dev/a\\#b\n', { nodeName: 'n' });
   t.deepEqual(inv.units('gpu').map((u) => u.files[0]), ['/dev/nvidia0', '/dev/a#b']);
