@@ -18,7 +18,8 @@ import { AGENT_VERSION, startAgent } from '../agent.js';
 import { defaultCgroupConf, loadCgroupConf } from '../config/cgroupconf.js';
 import { EnvCommand, USAGE_EXIT, groupArg, intArg, intList, modeArg, opt } from '../config/cli.js';
 import { ConfigError } from '../errors.js';
-import { loadGresConf } from '../devices/gres.js';
+import { loadGresConf, type GresInventory } from '../devices/gres.js';
+import { waitForGresFiles } from '../devices/paths.js';
 import { parseListen } from '../metrics/listen.js';
 import type { AgentOptions } from '../config/options.js';
 import { DEFAULT_SOCKET } from '../rpc/client.js';
@@ -46,6 +47,7 @@ const program = new EnvCommand('cgstepd')
   .addOption(opt('--dbus-address <addr>', 'D-Bus address of systemd (default: the system bus)'))
   .addOption(opt('--config <file>', "Slurm's cgroup.conf"))
   .addOption(opt('--gres <file>', "Slurm's gres.conf (device files of the node's gres)"))
+  .addOption(opt('--gres-wait <ms>', "how long start-up waits for a gres.conf File= that does not exist yet before refusing to start (slurmd waits 20 s)").argParser(intArg('gres wait', 0, 600000)).default(20000))
   .addOption(opt('--device-policy <mode>', 'open (deny only what is denied) or closed (pseudo-devices plus allowed)').choices(['open', 'closed']).default('open'))
   .addOption(opt('--log-level <level>', 'the least level logged').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'))
   .addOption(opt('--operator-uid <uid>', 'uid that may act on everything, as root (repeatable; e.g. SlurmUser)').argParser(intList('uid')))
@@ -96,11 +98,14 @@ let confUnsupported: string[] = [];
 let metricsToken: string | undefined;
 try {
   if (f.config) ({ conf, warnings: confWarnings, unsupported: confUnsupported } = loadCgroupConf(f.config));
-  if (f.gres) checkGresConf(f.gres);
+  const gres = f.gres ? checkGresConf(f.gres) : null;
   if (f.metrics) parseListen(f.metrics);
   if (f.metricsTokenFile) metricsToken = readToken(f.metricsTokenFile);
   if (f.cgroupRoot) checkCgroupRoot(f.cgroupRoot);
   checkSocketDir(f.socket);
+  // Last, so that a mistake elsewhere is said at once, not after the wait. A gres
+  // file that is not there cannot be denied, so the agent does not start without it.
+  if (gres) await waitForGresFiles(gres.all(), { waitMs: f.gresWait, log });
 } catch (err) {
   fatal(err);
 }
@@ -143,9 +148,9 @@ function readToken(file: string): string {
 }
 
 /** Parse gres.conf once up front (the devices backend reads it again for use). */
-function checkGresConf(file: string): void {
+function checkGresConf(file: string): GresInventory {
   try {
-    loadGresConf(file, f.nodeName ?? os.hostname().split('.')[0]);
+    return loadGresConf(file, f.nodeName ?? os.hostname().split('.')[0]);
   } catch (err) {
     if (err instanceof ConfigError) throw err;
     throw new ConfigError((err as Error).message, "correct gres.conf (syntax as in Slurm's gres.conf(5)) or the path given to --gres (CGSTEP_GRES)");

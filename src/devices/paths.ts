@@ -16,7 +16,9 @@
  * the numbers last read.
  */
 import fs from 'node:fs';
-import { AgentError, fromNodeError } from '../errors.js';
+import type { Logger } from 'pino';
+import { AgentError, ConfigError, fromNodeError, isErrno } from '../errors.js';
+import type { GresUnit } from './gres.js';
 import type { DeviceRequest } from './request.js';
 import { accessMask, maskToAccess, splitDev, statDevice, type DeviceNode } from './rules.js';
 
@@ -159,4 +161,76 @@ export class GresDeviceNodes {
       clearTimeout(timer);
     }
   }
+}
+
+/** A stat in libuv's pool that gives up after timeoutMs (ETIMEDOUT); a hung stat keeps its pool thread, not the caller. */
+async function statWithin(p: string, timeoutMs: number): Promise<fs.BigIntStats> {
+  const pending = fs.promises.stat(p, { bigint: true });
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new AgentError('ETIMEDOUT', `stat of gres device ${p} did not answer within ${timeoutMs} ms`)), timeoutMs);
+  });
+  try {
+    return await Promise.race([pending, deadline]);
+  } catch (err) {
+    pending.catch(() => undefined);
+    throw err instanceof AgentError ? err : fromNodeError('stat', p, err);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export interface GresWaitOptions {
+  /** How long to wait for files that do not exist yet, ms (slurmd waits 20 s). */
+  waitMs: number;
+  /** How often they are looked for again, ms. */
+  intervalMs?: number;
+  /** How long one stat may take, ms. */
+  timeoutMs?: number;
+  log?: Logger;
+}
+
+const GRES_HINT = 'make the device nodes (load the driver) or correct File= in gres.conf; --gres-wait (CGSTEP_GRES_WAIT) sets how long start-up waits for them';
+
+/**
+ * Start-up's check of gres.conf's device files, as slurmd's: a file that does
+ * not exist yet is waited for (a driver may still be making its nodes) for at
+ * most waitMs in all, then the agent refuses to start (ConfigError naming
+ * FILE:LINE). A path that is not a device node, or whose stat fails otherwise,
+ * is refused at once: neither can be denied to a job, and a device the agent
+ * cannot deny would be open to every job.
+ */
+export async function waitForGresFiles(units: readonly GresUnit[], o: GresWaitOptions): Promise<void> {
+  const deadline = Date.now() + o.waitMs;
+  let pending = units.flatMap((u) => u.files.map((path) => ({ path, origin: u.origin })));
+  const waited = new Set<string>();
+  for (;;) {
+    const missing = (await Promise.all(pending.map(async (f) => ((await gresFileMissing(f.path, f.origin, o.timeoutMs ?? 2000)) ? [f] : [])))).flat();
+    for (const f of pending) if (waited.has(f.path) && !missing.includes(f)) o.log?.info({ path: f.path, origin: f.origin }, 'gres device file now exists');
+    if (!missing.length) return;
+    const left = deadline - Date.now();
+    if (left <= 0) {
+      const names = missing.map((f) => `${f.origin}: File= ${f.path}`).join(', ');
+      throw new ConfigError(`${names}: no such device file (waited ${o.waitMs / 1000} s for ${missing.length > 1 ? 'them' : 'it'}, as slurmd does)`, GRES_HINT);
+    }
+    for (const f of missing) {
+      if (!waited.has(f.path)) o.log?.warn({ path: f.path, origin: f.origin, waitMs: o.waitMs }, 'waiting for a gres device file that does not exist yet');
+      waited.add(f.path);
+    }
+    await new Promise((r) => setTimeout(r, Math.min(o.intervalMs ?? 500, left)));
+    pending = missing;
+  }
+}
+
+/** True when p does not exist (yet); throws a ConfigError when it cannot be a gres device; false when it is one. */
+async function gresFileMissing(p: string, origin: string, timeoutMs: number): Promise<boolean> {
+  let st: fs.BigIntStats;
+  try {
+    st = await statWithin(p, timeoutMs);
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return true;
+    throw new ConfigError(`${origin}: File= ${p}: ${(err as Error).message}`, GRES_HINT);
+  }
+  if (!st.isCharacterDevice() && !st.isBlockDevice()) throw new ConfigError(`${origin}: File= ${p} is not a character or block device`, GRES_HINT);
+  return false;
 }

@@ -1,11 +1,14 @@
 /**
- * gres.conf as a real cgstepd reads it at start-up: a gres.conf that gives
- * this node no device (lines only for other NodeNames, or no File=) is logged
- * and listed as degraded in `cgstep status`.
+ * gres.conf as a real cgstepd reads it at start-up: a File= that does not
+ * exist is waited for (--gres-wait) and then stops the agent before anything
+ * is made, as slurmd stops; one that appears during the wait is denied to the
+ * first job. A gres.conf that gives this node no device (lines only for other
+ * NodeNames, or no File=) is logged and listed as degraded in `cgstep status`.
  * Each test makes its own cgroup root, temp dir and fake device nodes (mknod)
  * and removes them; agents are stopped by pid.
  */
 import test from 'ava';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -54,4 +57,48 @@ kt('gres.conf with AutoDetect= and Count= only: a degraded entry saying no File=
   const s = JSON.parse(a.cli(['--json', 'status']).stdout);
   const d = s.degraded.filter((x: string) => x.startsWith(gres));
   t.deepEqual(d, [`${gres}: no File= is known for gn2 (only AutoDetect=nvml, Name=gpu): cgstep knows gres devices only from File= and MultipleFiles=: no gres can be allocated by name; jobs get the closed policy (--device-policy closed) without any gres device`]);
+});
+
+kt('a File= that does not exist: the agent waits --gres-wait for it, then refuses to start (FILE:LINE, exit 2) with nothing made', async (t) => {
+  const { root, dir } = scratch(t, 'gresmissing');
+  execFileSync('mknod', ['-m', '0600', path.join(dir, 'nvidia0'), 'c', '195', '0']);
+  const gres = path.join(dir, 'gres.conf');
+  fs.writeFileSync(gres, `# GPUs\nName=gpu File=${dir}/nvidia[0-2]\n`);
+  const t0 = Date.now();
+  const a = await startAgent({ root, args: ['--ignore-systemd', '--gres', gres, '--gres-wait', '600'], expectExit: true });
+  t.true(Date.now() - t0 >= 600, 'it waited');
+  t.is(a.proc.exitCode, 2, a.log());
+  const stderr = a.log().split('\n').filter((l) => l.startsWith('cgstepd: '));
+  t.deepEqual(stderr, [
+    `cgstepd: ${gres}:2: File= ${dir}/nvidia1, ${gres}:2: File= ${dir}/nvidia2: no such device file (waited 0.6 s for them, as slurmd does); make the device nodes (load the driver) or correct File= in gres.conf; --gres-wait (CGSTEP_GRES_WAIT) sets how long start-up waits for them`,
+  ]);
+  t.is(a.logLines().filter((l) => l.msg === 'waiting for a gres device file that does not exist yet').length, 2, 'one warning per file');
+  t.deepEqual(fs.readdirSync(root, { withFileTypes: true }).filter((e) => e.isDirectory()), [], 'no scope, no infinity process');
+  // Not a device node: refused at once, whatever the wait.
+  fs.writeFileSync(path.join(dir, 'nvidia1'), 'a plain file');
+  fs.writeFileSync(gres, `Name=gpu File=${dir}/nvidia[0-1]\n`);
+  const b = await startAgent({ root, args: ['--ignore-systemd', '--gres', gres, '--gres-wait', '60000'], expectExit: true });
+  t.is(b.proc.exitCode, 2);
+  t.regex(b.log(), new RegExp(`cgstepd: ${gres}:1: File= ${dir}/nvidia1 is not a character or block device; make the device nodes`));
+  t.deepEqual(fs.readdirSync(root, { withFileTypes: true }).filter((e) => e.isDirectory()), []);
+});
+
+kt('a File= that appears while the agent waits: it starts, and the first job denies that device', async (t) => {
+  const { root, dir } = scratch(t, 'greslate');
+  execFileSync('mknod', ['-m', '0600', path.join(dir, 'nvidia0'), 'c', '195', '0']);
+  const gres = path.join(dir, 'gres.conf');
+  fs.writeFileSync(gres, `Name=gpu File=${dir}/nvidia[0-1]\n`);
+  const late = setTimeout(() => execFileSync('mknod', ['-m', '0600', path.join(dir, 'nvidia1'), 'c', '195', '1']), 700);
+  t.teardown(() => clearTimeout(late));
+  const a = await startAgent({ root, args: ['--ignore-systemd', '--gres', gres, '--gres-wait', '30000'] });
+  t.teardown(() => a.stop());
+  const lines = a.logLines();
+  t.truthy(lines.find((l) => l.msg === 'waiting for a gres device file that does not exist yet' && l.path === `${dir}/nvidia1`));
+  t.truthy(lines.find((l) => l.msg === 'gres device file now exists' && l.origin === `${gres}:1`));
+  const c = await a.client();
+  t.teardown(() => c.close());
+  await c.request('job.create', { job: '61' });
+  const st = await c.request('stats', { job: '61' });
+  t.deepEqual([...st.devices.rules].sort(), ['c 195:0 -', 'c 195:1 -']);
+  await c.request('destroy', { job: '61', force: true });
 });
