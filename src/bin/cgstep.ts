@@ -131,7 +131,7 @@ function configLines(c: any): string[] {
     ...(c.unsupportedKeys.length ? [`unsupported: ${c.unsupportedKeys.join(', ')} (in cgroup.conf, ignored)`] : []),
     `limits need: ${c.controllers.required.join(' ') || 'nothing'} (Constrain* settings), ${perLimit.map((x) => (x === 'pids' ? 'pids (--pids)' : 'cpu (--cpu-max, --cpu-weight)')).join(', ') || 'nothing more'} (limits asked for)${missing}`,
     `device default: ${c.devicePolicy.constrainDevices ? `policy ${c.devicePolicy.default}` : 'none (ConstrainDevices=no)'}`,
-    ...c.gres.map((g: any) => `gres:        ${g.name}:${g.index} ${g.file}${g.exists ? '' : ' (MISSING: no such file)'}`),
+    ...c.gres.map((g: any) => `gres:        ${g.name}:${g.index} ${g.file}${g.exists ? '' : ' (MISSING: no such file now; device policies deny the numbers it had when last seen, and are refused if it was never seen)'}`),
     ...(c.userCaps ? [`user caps:   ${c.userCaps.jobs} live job(s), ${c.userCaps.steps} step(s), ${c.userCaps.tasks} task leaves per uid other than root and operators (--max-user-jobs, --max-user-steps, --max-user-tasks)`] : []),
   ];
 }

@@ -94,5 +94,5 @@ export function logConfiguration(r: ConfigReport, log: Logger): void {
     log.warn({ controller: ctl, available: r.controllers.available }, `${keys} but the ${ctl} controller is not available in the scope (a hybrid node?): ${then}`);
   }
   const missing = r.gres.filter((g) => !g.exists);
-  if (missing.length) log.warn({ gresConf: r.files.gresConf, missing: missing.map((g) => g.file) }, `gres.conf names ${missing.length} of ${r.gres.length} device file(s) that do not exist: ${missing.map((g) => `${g.name}:${g.index} ${g.file}`).join(', ')}`);
+  if (missing.length) log.warn({ gresConf: r.files.gresConf, missing: missing.map((g) => g.file) }, `gres.conf names ${missing.length} of ${r.gres.length} device file(s) that do not exist: ${missing.map((g) => `${g.name}:${g.index} ${g.file}`).join(', ')}; device policies deny the numbers they had when last seen, and are refused for one never seen`);
 }

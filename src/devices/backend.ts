@@ -117,7 +117,7 @@ export function ebpfDevices(ctl: DeviceController): Candidate<EbpfContext, Devic
       let gres: string[] = [];
       let problems: string[] = [];
       const probe = ctl.probe();
-      const build = (req: DeviceRequest) => buildPolicy({ ...req, policy: req.policy ?? c.devicePolicy }, { inventory, log: c.log, ...(nodes ? { stat: nodes.stat } : {}) });
+      const build = (req: DeviceRequest) => buildPolicy({ ...req, policy: req.policy ?? c.devicePolicy }, { inventory, log: c.log, ...(nodes ? { stat: nodes.stat, lastKnown: nodes.lastKnown } : {}) });
       const backend: DeviceBackend = {
         ...IDENTITY,
         get support() {

@@ -13,7 +13,9 @@
  * GresDeviceNodes does the same for gres.conf's File= paths, which policy.ts
  * reads (synchronously) for every policy it builds: they are stat'ed in the
  * pool at start-up and again in the background, and a policy is built from
- * the numbers last read.
+ * the numbers last read, except that a path last read as missing is looked at
+ * again before it is used. waitForGresFiles is start-up's check that every
+ * File= is a device node.
  */
 import fs from 'node:fs';
 import type { Logger } from 'pino';
@@ -101,18 +103,26 @@ function notADevice(text: string, p: string): AgentError {
 
 /**
  * The device numbers behind gres.conf's File= paths, read in libuv's pool and
- * kept, so that building a policy never stats on the event loop (a GPU file
- * on a hung mount would stop the agent for every job). refresh() stats every
- * path at once with a deadline (awaited at start-up); stat() answers from the
- * last reading and starts a new one in the background when it is older than
- * maxAgeMs. A path whose stat has not come back yet is not asked again (one
- * pool thread at most per hung path), and one that stops answering keeps the
- * numbers it had: a device's numbers do not change because its mount hangs.
+ * kept, so that building a policy does not stat a device that answered on the
+ * event loop (a GPU file on a hung mount would stop the agent for every job).
+ * refresh() stats every path at once with a deadline (awaited at start-up);
+ * stat() answers from the last reading and starts a new one in the background
+ * when it is older than maxAgeMs. A path whose stat has not come back yet is
+ * not asked again (one pool thread at most per hung path), and one that stops
+ * answering keeps the numbers it had: a device's numbers do not change because
+ * its mount hangs.
+ * A path last read as missing (or not a device) is stat'ed again in line before
+ * stat() answers for it, unless its stat is pending or timed out: a stale
+ * "missing" would leave a device that has come back undenied in the policy
+ * built from it, and a missing node is not a hung mount (it answered). lastKnown()
+ * gives the numbers a path had when last seen, so that a device that is gone
+ * can still be denied by them.
  * A path it was not given (an absolute gres path without gres.conf, which
  * only an admin may name) is stat'ed in line as before.
  */
 export class GresDeviceNodes {
   private nodes = new Map<string, DeviceNode | Error>();
+  private readonly last = new Map<string, DeviceNode>();
   private readonly inflight = new Set<string>();
   private readAt = 0;
   private refreshing: Promise<void> | null = null;
@@ -131,14 +141,31 @@ export class GresDeviceNodes {
     return this.refreshing;
   }
 
-  /** statDevice's contract, from the last reading: the node, or the error its stat gave. */
+  /** statDevice's contract, from the last reading: the node, or the error its stat gave (read again now, see above). */
   readonly stat = (p: string): DeviceNode => {
     const n = this.nodes.get(p);
     if (n === undefined) return statDevice(p);
     if (Date.now() - this.readAt > (this.o.maxAgeMs ?? 10000)) void this.refresh();
-    if (n instanceof Error) throw n;
-    return n;
+    if (!(n instanceof Error)) return n;
+    if (this.inflight.has(p) || (n instanceof AgentError && n.code === 'ETIMEDOUT')) throw n;
+    let now: DeviceNode | Error;
+    try {
+      now = statDevice(p);
+    } catch (err) {
+      now = err as Error;
+    }
+    this.record(p, now);
+    if (now instanceof Error) throw now;
+    return now;
   };
+
+  /** The numbers p had when it was last read as a device node, if ever. */
+  readonly lastKnown = (p: string): DeviceNode | undefined => this.last.get(p);
+
+  private record(p: string, n: DeviceNode | Error): void {
+    this.nodes.set(p, n);
+    if (!(n instanceof Error)) this.last.set(p, n);
+  }
 
   private async read(p: string): Promise<void> {
     if (this.inflight.has(p)) return;
@@ -152,7 +179,7 @@ export class GresDeviceNodes {
     try {
       const st = await Promise.race([pending, deadline]);
       const type = st.isCharacterDevice() ? 'c' : st.isBlockDevice() ? 'b' : null;
-      this.nodes.set(p, type ? { type, ...splitDev(st.rdev) } : new AgentError('EINVAL', `${p} is not a character or block device`));
+      this.record(p, type ? { type, ...splitDev(st.rdev) } : new AgentError('EINVAL', `${p} is not a character or block device`));
     } catch (err) {
       pending.catch(() => undefined);
       const hung = err instanceof AgentError && err.code === 'ETIMEDOUT';

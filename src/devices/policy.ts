@@ -51,6 +51,8 @@ export interface PolicyOptions {
   inventory?: GresInventory | null;
   /** How device paths are resolved (tests pass a fake); statDevice by default. */
   stat?: (path: string) => DeviceNode;
+  /** The numbers a gres file had when it was last seen (GresDeviceNodes.lastKnown), to deny a device whose node is gone. */
+  lastKnown?: (path: string) => DeviceNode | undefined;
   log?: Logger;
 }
 
@@ -105,14 +107,7 @@ export function buildPolicy(req: DeviceRequest, opts: PolicyOptions = {}): { rul
   for (const u of inv?.all() ?? []) {
     if (allocatedUnits.has(u)) continue;
     for (const p of u.files) {
-      let dev: DeviceNode;
-      try {
-        dev = stat(p);
-      } catch (err) {
-        // A gres file that does not exist cannot be opened either; say so, confine the rest.
-        opts.log?.warn({ path: p, gres: `${u.name}:${u.index}`, err }, 'gres device not found; not denied');
-        continue;
-      }
+      const dev = unallocatedDevice(u, p, stat, opts);
       if (allocated.has(devKey(dev))) continue;
       denied.set(devKey(dev), { dev, path: p, unit: u });
       rules.push({ ...dev, access: 'rwm', allow: false });
@@ -140,6 +135,28 @@ export function buildPolicy(req: DeviceRequest, opts: PolicyOptions = {}): { rul
   return { rules: { default: mode === 'closed' ? 'deny' : 'allow', rules }, allocated: [...allocated.values()] };
 }
 
+
+/**
+ * The device an unallocated gres file stands for, to deny. A file that cannot
+ * be stat'ed now (a driver reload removes and remakes its nodes) is denied by
+ * the numbers it had when last seen: leaving it out would open the device to
+ * the job the moment its node is back. A file never seen as a device refuses
+ * the request (EIO): no policy is built that could not deny it.
+ */
+function unallocatedDevice(u: GresUnit, p: string, stat: (path: string) => DeviceNode, opts: PolicyOptions): DeviceNode {
+  const gres = `${u.name}:${u.index}`;
+  try {
+    return stat(p);
+  } catch (err) {
+    const last = opts.lastKnown?.(p);
+    if (last) {
+      opts.log?.warn({ path: p, gres, err, denied: devKey(last) }, 'gres device not found; denied by the numbers it had when last seen');
+      return last;
+    }
+    opts.log?.warn({ path: p, gres, err }, 'gres device not found and never seen: device policy refused');
+    throw new AgentError('EIO', `gres ${gres} (${u.origin}): ${(err as Error).message}; a gres device the agent cannot stat cannot be denied, so no device policy is built until ${p} is back`);
+  }
+}
 
 /**
  * E2BIG when a request's own allow and deny rules overlap into more than

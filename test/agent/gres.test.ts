@@ -2,7 +2,9 @@
  * gres.conf as a real cgstepd reads it at start-up: a File= that does not
  * exist is waited for (--gres-wait) and then stops the agent before anything
  * is made, as slurmd stops; one that appears during the wait is denied to the
- * first job. A gres.conf that gives this node no device (lines only for other
+ * first job. A device node that goes away while the agent runs (a driver
+ * reload) is still denied, by the numbers it had, and when it is back by the
+ * numbers it has then. A gres.conf that gives this node no device (lines only for other
  * NodeNames, or no File=) is logged and listed as degraded in `cgstep status`.
  * Each test makes its own cgroup root, temp dir and fake device nodes (mknod)
  * and removes them; agents are stopped by pid.
@@ -13,7 +15,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
-import { startAgent } from '../helpers/agent.js';
+import { sleep, startAgent } from '../helpers/agent.js';
 import { gate } from '../helpers/gate.js';
 import { kernelSkipReason } from '../devices/helpers.js';
 
@@ -101,4 +103,32 @@ kt('a File= that appears while the agent waits: it starts, and the first job den
   const st = await c.request('stats', { job: '61' });
   t.deepEqual([...st.devices.rules].sort(), ['c 195:0 -', 'c 195:1 -']);
   await c.request('destroy', { job: '61', force: true });
+});
+
+kt('a gres device node removed while the agent runs is denied by the numbers it had; made again, by its new numbers on the next job', async (t) => {
+  const { root, dir } = scratch(t, 'gresreload');
+  for (const i of [0, 1]) execFileSync('mknod', ['-m', '0600', path.join(dir, `nvidia${i}`), 'c', '195', String(i)]);
+  const gres = path.join(dir, 'gres.conf');
+  fs.writeFileSync(gres, `Name=gpu File=${dir}/nvidia[0-1]\n`);
+  const a = await startAgent({ root, args: ['--ignore-systemd', '--gres', gres] });
+  t.teardown(() => a.stop());
+  const c = await a.client();
+  t.teardown(() => c.close());
+  const denied = async (job: string) => {
+    await c.request('job.create', { job });
+    const rules = (await c.request('stats', { job })).devices.rules as string[];
+    await c.request('destroy', { job, force: true });
+    return [...rules].sort();
+  };
+  fs.rmSync(path.join(dir, 'nvidia1'));
+  t.regex(a.cli(['status']).stdout, /gres: +gpu:1 \S+nvidia1 \(MISSING: no such file now; device policies deny the numbers it had when last seen, and are refused if it was never seen\)/);
+  t.deepEqual(await denied('71'), ['c 195:0 -', 'c 195:1 -']);
+  // Past the cache's age (10 s) the next job starts a new reading, which finds nvidia1 gone.
+  await sleep(10500);
+  t.deepEqual(await denied('72'), ['c 195:0 -', 'c 195:1 -']);
+  t.deepEqual(await denied('73'), ['c 195:0 -', 'c 195:1 -'], 'gone: denied by the numbers it had');
+  t.truthy(a.logLines().find((l) => l.level === 40 && l.msg === 'gres device not found; denied by the numbers it had when last seen' && l.denied === 'c 195:1'));
+  execFileSync('mknod', ['-m', '0600', path.join(dir, 'nvidia1'), 'c', '195', '5']);
+  t.deepEqual(await denied('74'), ['c 195:0 -', 'c 195:5 -'], 'back with other numbers: the first job after denies them');
+  t.notRegex(a.cli(['status']).stdout, /gres:.*MISSING/);
 });

@@ -172,3 +172,28 @@ test("gres devices are read off the event loop and kept: a policy is built from 
   // A path it was not given is stat'ed as before.
   t.throws(() => nodes.stat(path.join(dir, 'other')), { instanceOf: KernelError });
 });
+
+test('a gres device last read as missing is stat-ed again before it is used; one that is gone keeps the numbers it had when last seen', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-gresnodes-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const gpu0 = path.join(dir, 'nvidia0');
+  const gpu1 = path.join(dir, 'nvidia1');
+  execFileSync('mknod', [gpu0, 'c', '195', '0']);
+  const nodes = new GresDeviceNodes([gpu0, gpu1], { maxAgeMs: 60000 });
+  await nodes.refresh();
+  t.throws(() => nodes.stat(gpu1), { instanceOf: KernelError, message: /ENOENT/ });
+  t.is(nodes.lastKnown(gpu1), undefined, 'never seen');
+  // The node appears (a driver making it lazily): the very next use sees it, with no refresh in between.
+  execFileSync('mknod', [gpu1, 'c', '195', '1']);
+  t.deepEqual(nodes.stat(gpu1), { type: 'c', major: 195, minor: 1 });
+  t.deepEqual(nodes.lastKnown(gpu1), { type: 'c', major: 195, minor: 1 });
+  // Gone (a driver reload): the reading says so, and the numbers it had are kept.
+  fs.rmSync(gpu0);
+  await nodes.refresh();
+  t.throws(() => nodes.stat(gpu0), { instanceOf: KernelError, message: /ENOENT/ });
+  t.deepEqual(nodes.lastKnown(gpu0), { type: 'c', major: 195, minor: 0 });
+  // Back with other numbers: used at once.
+  execFileSync('mknod', [gpu0, 'c', '195', '7']);
+  t.deepEqual(nodes.stat(gpu0), { type: 'c', major: 195, minor: 7 });
+  t.deepEqual(nodes.lastKnown(gpu0), { type: 'c', major: 195, minor: 7 });
+});

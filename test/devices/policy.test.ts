@@ -20,7 +20,9 @@ const stat = (p: string): DeviceNode => {
   if (!d) throw new KernelError('stat', p, 'ENOENT');
   return d;
 };
-const inventory = parseGresConf('Name=gpu File=/dev/nvidia[0-3]\nName=gpu File=/dev/nvidia9\n', { nodeName: 'n1' });
+const inventory = parseGresConf('Name=gpu File=/dev/nvidia[0-3]\n', { nodeName: 'n1' });
+/** The same, plus gpu:4 at /dev/nvidia9, which does not exist. */
+const withGone = parseGresConf('Name=gpu File=/dev/nvidia[0-3]\nName=gpu File=/dev/nvidia9\n', { nodeName: 'n1' });
 const gpu = (i: number) => DEVS[`/dev/nvidia${i}`];
 const NULL: DeviceNode = { type: 'c', major: 1, minor: 3 };
 const RW = ACC_READ | ACC_WRITE;
@@ -41,8 +43,25 @@ test("open (Slurm's policy): allocated allowed, the node's other gres denied, th
   t.true(both(rs, gpu(3), ACC_ALL));
   t.true(both(rs, NULL, ACC_ALL));
   t.true(both(rs, DEVS['/dev/nvidiactl'], RW));
-  // gpu:4 is /dev/nvidia9, which does not exist: warned about, not denied (nothing to stat).
-  t.truthy(mem.lines().find((l) => l.level === 40 && l.path === '/dev/nvidia9' && l.gres === 'gpu:4'));
+  t.deepEqual(mem.lines().filter((l) => l.level >= 40), []);
+});
+
+test('a gres device that cannot be stat-ed is denied by the numbers it last had, and with none known the request is refused', (t) => {
+  const mem = memLogger();
+  // gpu:4 is /dev/nvidia9, which does not exist now; it was c 195:9 when last seen.
+  const lastKnown = (p: string): DeviceNode | undefined => (p === '/dev/nvidia9' ? { type: 'c', major: 195, minor: 9 } : undefined);
+  const rs = buildRuleSet({ gres: ['gpu:1'] }, { inventory: withGone, stat, lastKnown, log: mem.log });
+  t.false(both(rs, { type: 'c', major: 195, minor: 9 }, ACC_READ));
+  t.false(both(rs, gpu(0), ACC_READ));
+  t.true(both(rs, gpu(1), ACC_ALL));
+  t.truthy(mem.lines().find((l) => l.level === 40 && l.path === '/dev/nvidia9' && l.gres === 'gpu:4' && l.denied === 'c 195:9' && l.err));
+  for (const opts of [{ inventory: withGone, stat }, { inventory: withGone, stat, lastKnown: () => undefined }]) {
+    const e = t.throws(() => buildRuleSet({ gres: ['gpu:1'] }, opts), { instanceOf: AgentError });
+    t.is(e?.code, 'EIO');
+    t.regex(e!.message, /^gres gpu:4 \(gres.conf:2\): stat \/dev\/nvidia9: ENOENT; a gres device the agent cannot stat cannot be denied, so no device policy is built until \/dev\/nvidia9 is back/);
+  }
+  // In the closed policy too: a device it cannot name is not left to the default.
+  t.throws(() => buildRuleSet({ policy: 'closed' }, { inventory: withGone, stat }), { message: /cannot be denied/ });
 });
 
 test('closed: pseudo-devices and allocated gres only, plus explicit allows', (t) => {
@@ -90,11 +109,11 @@ test('a device that is both allocated and listed for another gres stays allowed'
 });
 
 test('input errors: unknown gres, name:index without gres.conf, bad rules, missing allocated device', (t) => {
-  t.throws(() => buildRuleSet({ gres: ['gpu:7'] }, { inventory, stat }), { message: /indices 0-4/ });
+  t.throws(() => buildRuleSet({ gres: ['gpu:7'] }, { inventory: withGone, stat }), { message: /indices 0-4/ });
   t.throws(() => buildRuleSet({ gres: ['gpu:0'] }, { stat }), { message: /no gres.conf is loaded/ });
   t.throws(() => buildRuleSet({ allow: ['c 1:3 rwx'] }, { stat }), { message: /"c 1:3 rwx"/ });
   t.throws(() => buildRuleSet({ deny: ['/dev/nope'] }, { stat }), { instanceOf: KernelError, message: /stat \/dev\/nope: ENOENT/ });
-  t.throws(() => buildRuleSet({ gres: ['gpu:4'] }, { inventory, stat }), { instanceOf: KernelError, message: /nvidia9/ }, 'an allocated device that cannot be stat-ed is an error');
+  t.throws(() => buildRuleSet({ gres: ['gpu:4'] }, { inventory: withGone, stat, lastKnown: () => gpu(3) }), { instanceOf: KernelError, message: /nvidia9/ }, 'an allocated device that cannot be stat-ed is an error, whatever it was');
   const noConf = buildRuleSet({ gres: ['/dev/nvidia2'], policy: 'closed' }, { stat });
   t.true(both(noConf, gpu(2), ACC_ALL));
 });

@@ -51,7 +51,7 @@ test('status: files, settings, controllers required vs available, dropped-limits
   t.regex(human, /constrain: +ConstrainCores=yes, ConstrainRAMSpace=yes \(default\) \(AllowedRAMSpace=110%/);
   t.regex(human, /unsupported: MemorySwappiness/);
   t.regex(human, /limits need: cpuset memory \(Constrain\* settings\), pids \(--pids\), cpu \(--cpu-max, --cpu-weight\) \(limits asked for\); MISSING cpuset memory pids cpu: limits on them are skipped and NOT enforced/);
-  t.regex(human, /gres: +gpu:1 .*nvidia1 \(MISSING: no such file\)/);
+  t.regex(human, /gres: +gpu:1 .*nvidia1 \(MISSING: no such file now; device policies deny the numbers it had when last seen/);
   t.regex(human, /devices\/ebpf .*ConstrainDevices=yes \(the default: no cgroup.conf sets it\)/);
   // A limit dropped for a missing controller is said in the human output, not only in --json.
   const made = a.cli(['job', 'create', '71', '--cpus', '0']);
