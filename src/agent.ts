@@ -213,7 +213,7 @@ function makeServer(o: AgentOptions, log: Logger, tree: StepTree, handle: Dispat
     handle,
     subscribe: (send, peer) => {
       // A user hears about its own jobs only.
-      const listener = peer.role === 'user' ? (e: AgentEvent) => void (maySee(peer, tree.ownerOf(e.job)) && send(e)) : send;
+      const listener = peer.role === 'user' ? (e: AgentEvent) => void (maySee(peer, tree.knownOwnerOf(e.job)) && send(e)) : send;
       tree.watcher.on('event', listener);
       return () => tree.watcher.off('event', listener);
     },

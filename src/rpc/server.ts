@@ -57,6 +57,8 @@ export interface ServerOptions {
 /** Output a client has not read, past which we stop reading from it, and past which we drop it. */
 const PAUSE_BYTES = 1 << 20;
 const DROP_BYTES = 8 << 20;
+/** Events a non-admin subscriber has not read, past which it is dropped (see publish). */
+const EVENTS_DROP_BYTES = 256 << 10;
 /** Slots only admin peers may take, so that no number of other connections locks root out. */
 export const ADMIN_RESERVED = 64;
 const DEFAULT_USER_CONNECTIONS = 32;
@@ -130,6 +132,9 @@ export class RpcServer {
   /** The inode of the socket file this server made: only that file is removed at close. */
   private socketIno = -1;
   private rootSocketIno = -1;
+  /** The event being published, and its line (see publish). */
+  private lastEvent: AgentEvent | null = null;
+  private lastEventLine = '';
   readonly counters = { connections: 0, requests: 0, errors: 0, refused: 0 };
   private readonly rate: RateLimiter;
   private readonly expensive = new Slots(EXPENSIVE_AT_ONCE);
@@ -440,7 +445,7 @@ export class RpcServer {
       if (req.op === 'events') {
         reply = { id, ok: true, result: { subscribed: true } };
         this.write(c, reply);
-        c.unsubscribe ??= this.o.subscribe((e) => this.write(c, e), peer);
+        c.unsubscribe ??= this.o.subscribe((e) => this.publish(c, e), peer);
         return;
       }
       let result: unknown;
@@ -521,12 +526,31 @@ export class RpcServer {
     if (!s.destroyed) s.write(chunk + head.slice(at) + '\n');
   }
 
-  private write(c: Conn, msg: unknown): void {
+  /**
+   * An event to one subscriber. Serialized once for all of them (the same
+   * object comes to each in turn); a non-admin subscriber that lets events
+   * pile up unread is dropped early, at EVENTS_DROP_BYTES, since every event
+   * is a small write that costs several times its size while it waits.
+   */
+  private publish(c: Conn, e: AgentEvent): void {
+    if (c.peer.role !== 'admin' && c.s.writableLength > EVENTS_DROP_BYTES) {
+      this.o.log.debug({ peerUid: c.peer.uid, pending: c.s.writableLength }, 'events subscriber does not read; dropping the connection');
+      c.s.destroy();
+      return;
+    }
+    if (e !== this.lastEvent) {
+      this.lastEvent = e;
+      this.lastEventLine = line(e);
+    }
+    this.write(c, e, this.lastEventLine);
+  }
+
+  private write(c: Conn, msg: unknown, text = line(msg)): void {
     const { s } = c;
     if (s.destroyed || !s.writable) return;
     // A streamed reply is one line written in pieces: nothing may land inside it.
     if (c.held) {
-      c.held.push(line(msg));
+      c.held.push(text);
       if (c.held.length > HELD_MAX) {
         this.o.log.warn({ held: c.held.length }, 'client does not read its replies; dropping the connection');
         s.destroy();
@@ -535,7 +559,7 @@ export class RpcServer {
     }
     // The lines the request logged (its audit line) go out first: whoever holds the reply finds them in the log.
     this.o.log.flush();
-    s.write(line(msg));
+    s.write(text);
     if (s.writableLength > DROP_BYTES) {
       this.o.log.warn({ pending: s.writableLength }, 'client does not read its replies; dropping the connection');
       s.destroy();

@@ -41,6 +41,11 @@ export class OwnerIndex {
     mine.add(job);
   }
 
+  /** The job's owner as recorded (0: root's, or not recorded). */
+  get(job: string): number {
+    return this.owner.get(job) ?? 0;
+  }
+
   /** The job is gone. */
   drop(job: string): void {
     const uid = this.owner.get(job);

@@ -432,6 +432,15 @@ export class StepTree {
   }
 
   /**
+   * The job's owner from memory (no xattr read: each event is checked for
+   * every subscriber); from its xattr for a job not in the index, or while the
+   * owners are still being read after a start.
+   */
+  knownOwnerOf(job: string): number | null {
+    return this.ownersPending.has(job) || !this.index.has(job) ? this.ownerOf(job) : this.owners.get(job);
+  }
+
+  /**
    * The job's owner uid (its xattr; root when it has none), or null when there
    * is no such job. Read each time (one getxattr): nothing to keep per job.
    */
