@@ -23,11 +23,11 @@ import { waitForGresFiles } from '../devices/paths.js';
 import { parseListen } from '../metrics/listen.js';
 import type { AgentOptions } from '../config/options.js';
 import { DEFAULT_SOCKET } from '../rpc/client.js';
-import { prepareSocketDir } from '../rpc/server.js';
 import { findCgroup2Mount, resolveCgroupRoot } from '../cgroupfs/mount.js';
 import { moveSelfIntoSubgroup } from '../systemd/delegate.js';
 import * as sd from '../systemd/notify.js';
 import { LogSink } from '../sys/logsink.js';
+import { prepareSocketDir } from '../sys/privdir.js';
 
 /** How long a stop may take before the agent exits anyway (the unit's TimeoutStopSec is longer). */
 const STOP_LIMIT_MS = 8000;
@@ -99,7 +99,7 @@ let metricsToken: string | undefined;
 try {
   if (f.config) ({ conf, warnings: confWarnings, unsupported: confUnsupported } = loadCgroupConf(f.config));
   const gres = f.gres ? checkGresConf(f.gres) : null;
-  if (f.metrics) parseListen(f.metrics);
+  if (f.metrics) checkMetricsListen(f.metrics);
   if (f.metricsTokenFile) metricsToken = readToken(f.metricsTokenFile);
   if (f.cgroupRoot) checkCgroupRoot(f.cgroupRoot);
   checkSocketDir(f.socket);
@@ -129,9 +129,20 @@ function checkCgroupRoot(dir: string): void {
 /** The socket's directory must be one only root can change (a symlink, or one others may write, is refused). */
 function checkSocketDir(socket: string): void {
   try {
-    prepareSocketDir(socket);
+    prepareSocketDir(socket, 'socket directory');
   } catch (err) {
     throw new ConfigError(`--socket ${socket}: ${(err as Error).message}`, 'give a socket path in a directory only root can write, e.g. /run/cgstepd/cgstepd.sock (CGSTEP_SOCKET)');
+  }
+}
+
+/** --metrics parses; a unix:PATH must sit in a directory only root can change, as the control socket. */
+function checkMetricsListen(listen: string): void {
+  const where = parseListen(listen);
+  if (!('path' in where)) return;
+  try {
+    prepareSocketDir(where.path, 'metrics socket directory');
+  } catch (err) {
+    throw new ConfigError(`--metrics ${listen}: ${(err as Error).message}`, 'give a socket path in a directory only root can write, e.g. /run/cgstepd/metrics.sock');
   }
 }
 

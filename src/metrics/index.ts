@@ -21,6 +21,7 @@ import type { StepTree } from '../steps/index.js';
 import { AgentSeries, escLabel, type Gauge } from './agent.js';
 import { acceptsGzip, gzipPrefix, gzipWith, type GzipPrefix } from './gzip.js';
 import { parseListen } from './listen.js';
+import { prepareSocketDir, removeOwnSocket } from '../sys/privdir.js';
 import { takeSnapshot, type Snapshot } from './snapshot.js';
 
 export { parseListen };
@@ -61,6 +62,8 @@ export class Metrics implements RequestObserver {
   private lastScrape = 0;
   private warmTimer: NodeJS.Timeout | null = null;
   private socketPath: string | null = null;
+  /** The socket file made at listen: only that file is removed at close. */
+  private socketIno = -1;
   /** Each snapshot's text compressed for gzip scrapes, once. */
   private readonly gzipped = new WeakMap<Snapshot, Promise<GzipPrefix>>();
   /** When a scrape last asked for gzip: while recent, a refresh compresses before it serves. */
@@ -211,6 +214,7 @@ export class Metrics implements RequestObserver {
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) => reject(new AgentError('EINVAL', `--metrics ${this.o.listen}: ${(err as Error).message}`)));
       if ('path' in where) {
+        prepareSocketDir(where.path, 'metrics socket directory');
         removeStaleSocket(where.path);
         // Created with no window of a wider mode; opened to a group only when one is named.
         const old = process.umask(0o177);
@@ -221,6 +225,7 @@ export class Metrics implements RequestObserver {
     this.server = server;
     if ('path' in where) {
       this.socketPath = where.path;
+      this.socketIno = fs.lstatSync(where.path).ino;
       if (this.o.socketGroup !== undefined) {
         fs.chownSync(where.path, 0, this.o.socketGroup);
         fs.chmodSync(where.path, 0o660);
@@ -240,7 +245,7 @@ export class Metrics implements RequestObserver {
       if (!this.server) return resolve();
       this.server.close(() => resolve());
       this.server.closeAllConnections();
-      if (this.socketPath) removeStaleSocket(this.socketPath);
+      if (this.socketPath) removeOwnSocket(this.socketPath, this.socketIno);
     });
   }
 }

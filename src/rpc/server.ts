@@ -15,7 +15,7 @@ import net from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { AgentError, type ErrorCode } from '../errors.js';
-import { checkPrivateDir } from '../sys/privdir.js';
+import { prepareSocketDir, removeOwnSocket } from '../sys/privdir.js';
 import { peerGroups, roleOf, ucredOf, type Peer, type Role, type Ucred } from './peercred.js';
 import { UnixListener } from './listener.js';
 import { libc } from '../sys/libc.js';
@@ -145,7 +145,7 @@ export class RpcServer {
   }
 
   async listen(): Promise<void> {
-    prepareSocketDir(this.o.socketPath);
+    prepareSocketDir(this.o.socketPath, 'socket directory');
     await removeStaleSocket(this.o.socketPath);
     const shared = this.listenOn(this.o.socketPath, SHARED_ACCEPTS_PER_SECOND);
     // Group first, then mode: the socket never has a wider mode with the wrong group.
@@ -623,27 +623,6 @@ export function socketModeFor(o: Pick<ServerOptions, 'socketMode' | 'socketGroup
   if (o.socketGroup !== undefined) return 0o660;
   const others = o.allowUids.length > 0 || o.readOnlyGids.length > 0 || o.operatorUids.some((u) => u !== 0);
   return others ? 0o666 : 0o600;
-}
-
-/**
- * Make the socket's directory if missing and check that only root can change
- * it (see sys/privdir); run at start before anything else is made, and again
- * when listening.
- */
-export function prepareSocketDir(socketPath: string): void {
-  const dir = path.dirname(socketPath);
-  fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
-  checkPrivateDir(dir, 'socket directory');
-}
-
-/** Remove the socket file only if it is still the one this server made (never a link or a stranger's file). */
-function removeOwnSocket(p: string, ino: number): void {
-  try {
-    const st = fs.lstatSync(p);
-    if (st.isSocket() && st.ino === ino) fs.unlinkSync(p);
-  } catch {
-    /* already gone */
-  }
 }
 
 /** A socket file left by a dead agent is removed; a live agent on it is an error. */

@@ -1,8 +1,9 @@
 /**
- * sys/privdir: directories only root may change, and exclusive file locks in
- * them. The agent keeps its socket and its per-cgroup-root lock in such a
- * directory: if another user could write it (or anything above it), that
- * user could replace the socket or the lock file under a running agent.
+ * sys/privdir: directories only root may change, the socket files and
+ * exclusive file locks in them. The agent keeps its sockets (the RPC ones and
+ * a /metrics one) and its per-cgroup-root lock in such directories: if another
+ * user could write one (or anything above it), that user could replace the
+ * socket or the lock file under a running agent.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -29,6 +30,28 @@ export function checkPrivateDir(dir: string, what: string): void {
     const a = fs.lstatSync(up);
     if (!ours(a.uid)) throw new AgentError('EPERM', `${up}, above the ${what} ${dir}, is owned by uid ${a.uid}; every directory above it must belong to root`);
     if (a.isDirectory() && (a.mode & 0o022) !== 0 && (a.mode & 0o1000) === 0) throw new AgentError('EPERM', `${up}, above the ${what} ${dir}, is writable by others and not sticky (mode ${(a.mode & 0o7777).toString(8)})`);
+  }
+}
+
+/**
+ * Make a socket's directory if missing and check that only root can change it
+ * (checkPrivateDir): nobody else can then put a file or link where the socket
+ * goes, nor swap it between its creation and its chmod. `what` names the
+ * directory in the error.
+ */
+export function prepareSocketDir(socketPath: string, what: string): void {
+  const dir = path.dirname(socketPath);
+  fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+  checkPrivateDir(dir, what);
+}
+
+/** Remove a socket file only if it is still the one made (same inode): never a link, nor another's file. */
+export function removeOwnSocket(p: string, ino: number): void {
+  try {
+    const st = fs.lstatSync(p);
+    if (st.isSocket() && st.ino === ino) fs.unlinkSync(p);
+  } catch {
+    /* already gone */
   }
 }
 

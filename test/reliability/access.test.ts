@@ -96,3 +96,19 @@ test('the agent refuses a socket in /tmp (writable by everyone, sticky), as a ne
   t.deepEqual(made(), []);
   t.false(fs.existsSync(path.join(dir, 'real', 's.sock')));
 });
+
+test('a /metrics unix socket in a directory others may write is refused the same way (exit 2, nothing made)', async (t) => {
+  const root = makeTestRoot('access3');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-msock-'));
+  const inTmp = path.join('/tmp', `cgstep-metrics-${process.pid}.sock`);
+  t.teardown(async () => {
+    fs.rmSync(inTmp, { force: true });
+    fs.rmSync(dir, { recursive: true, force: true });
+    await removeTestRoot(root);
+  });
+  const a = await startAgent({ root, socket: path.join(dir, 's.sock'), args: ['--ignore-systemd', '--metrics', `unix:${inTmp}`], expectExit: true });
+  t.is(a.proc.exitCode, 2);
+  t.regex(a.log(), /--metrics unix:\/tmp\/cgstep-metrics-\d+\.sock: metrics socket directory \/tmp is writable by others/);
+  t.false(fs.existsSync(inTmp));
+  t.deepEqual(fs.readdirSync(root, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name), []);
+});
