@@ -18,11 +18,13 @@
  *  - reader (--read-only-gid): hello, status, list, stats, events, on every job.
  * An admin may name a job's owner (job.create / task.place `owner`), and that
  * is authoritative over a user's claim: a job a user made itself (it is still
- * that user's, see `made`) that an admin now names for another uid is taken
- * back (the squatter's processes killed, the tree removed and made again for
- * the named owner), so no user can deny a job id to the job Slurm will give
- * it. A job an admin gave to one user and now names for another stays an
- * error: that is the controller contradicting itself.
+ * that user's, see `made`) that an admin now names an owner for, any uid
+ * including that user, is taken back (the user's processes killed, the tree
+ * removed and made again for the named owner). So no user can deny a job id
+ * to the job Slurm will give it, nor pre-make the job Slurm gives it with its
+ * own limits and devices in place of the controller's. A job an admin gave to
+ * one user and now names for another stays an error: that is the controller
+ * contradicting itself.
  */
 import { AgentError } from '../errors.js';
 import type { Role } from './peercred.js';
@@ -103,15 +105,19 @@ export function jobAccess(a: Actor, requestedOwner?: number, moveChecks?: { befo
     checks: a.role === 'user' || (a.role === 'admin' && requestedOwner !== undefined),
     claims: a.role === 'user',
     capped: a.role === 'user',
+    reclaims: a.role === 'admin' && requestedOwner !== undefined,
     admit(job, current, madeBy) {
       if (a.role === 'user') {
         if (current !== a.uid) throw eperm(`job ${job} belongs to uid ${current}; uid ${a.uid} may act on its own jobs only`);
         return null;
       }
-      if (a.role === 'reader' || requestedOwner === undefined || current === requestedOwner) return null;
+      if (a.role === 'reader' || requestedOwner === undefined) return null;
+      // A user's own claim on an id yields to the controller, even one naming that same user: the
+      // job is made afresh with what the controller asks, not the user's limits and devices kept.
+      if (current !== 0 && madeBy() === current) return TAKE_BACK;
+      if (current === requestedOwner) return null;
       if (current === 0 || current === a.uid) return requestedOwner;
-      // A user's own claim on an id yields to the controller; an admin's earlier word does not.
-      if (madeBy() === current) return TAKE_BACK;
+      // An admin's earlier word does not yield.
       throw eperm(`job ${job} already belongs to uid ${current}, given by root or an operator; it cannot be given to uid ${requestedOwner} (destroy it first)`);
     },
     // kill(2)'s own rule: a user signals a process whose real or saved uid is its uid (not the step daemon, not root's helpers).

@@ -16,6 +16,12 @@ export interface JobAccess {
   /** true when what this request makes counts against the per-user caps on live jobs and steps (a user's; never an admin's). */
   readonly capped: boolean;
   /**
+   * true when this request overrules a step a user made for itself (an
+   * admin's naming the job's owner): that step is taken back, so the request's
+   * step limits and devices are in force rather than the user's.
+   */
+  readonly reclaims: boolean;
+  /**
    * May the peer act on this existing job, owned by `owner`? Throws EPERM when
    * not; returns the owner to record when it is to change, TAKE_BACK when the
    * job is a user's own claim that an admin's request overrules, else null.
@@ -37,5 +43,5 @@ export interface JobAccess {
   afterMove?(pid: number): void;
 }
 
-/** admit()'s answer for a job id an admin takes back from the user that made it. */
+/** admit()'s answer for a job id an admin takes back from the user that made it (see `reclaims` for steps). */
 export const TAKE_BACK = 'take-back';

@@ -63,7 +63,10 @@ export type DeviceLevel = 'job' | 'step' | 'task';
 
 /** The job directory's owner (decimal uid); a job without it belongs to root. */
 export const OWNER_XATTR = 'trusted.cgstep.owner';
-/** On a job a user (not an admin) made for itself: that uid. Written before the owner, so a crash between leaves a root's job. */
+/**
+ * On a job or step a user (not an admin) made for itself: that uid. On a job it is written before the
+ * owner, so a crash between leaves a root's job; on a step, just after its mkdir.
+ */
 export const MADE_BY_XATTR = 'trusted.cgstep.made-by';
 /** On a step's user/ an admin froze (a suspend): its owner may not thaw it. */
 export const FROZEN_BY_ADMIN_XATTR = 'trusted.cgstep.frozen-by-admin';
@@ -189,8 +192,8 @@ export interface JobInfo extends LevelFigures { job: string; path: string; popul
 export class StepTree {
   readonly paths: TreePaths;
   readonly watcher: TreeWatcher;
-  /** The job whose take-back is being rehearsed: planning treats it as gone (see change). */
-  private assumedGone: string | null = null;
+  /** The job (or one step of it) whose take-back is being rehearsed: planning treats it as gone (see change). */
+  private assumedGone: { job: string; step?: string } | null = null;
   private readonly lock = new KeyedLock();
   private closed = false;
   /** The check of adopted directories after a restart, and what it found. */
@@ -406,7 +409,7 @@ export class StepTree {
     const dir = this.paths.user(job, step);
     const jobThere = jobPlan.existed ?? exists(jobPlan.dir);
     // No job, no step: one stat fewer for a placement that makes both.
-    const p = jobThere && exists(dir) && !update ? this.planLevel(dir, 'step', undefined, undefined) : this.planLevel(dir, 'step', limits, devices);
+    const p = jobThere && this.stepThere(job, step) && !update ? this.planLevel(dir, 'step', undefined, undefined) : this.planLevel(dir, 'step', limits, devices);
     // A step may narrow its job's allocation (the one about to be put in force, else the job's), never widen it.
     const parent = jobPlan.devices ?? (jobThere ? jobPlan.dir : null);
     if (p.devices && parent) this.opts.devices!.checkWithin(p.devices, [parent]);
@@ -498,7 +501,7 @@ export class StepTree {
     if (!access?.checks) return;
     const owner = this.ownerOf(job);
     if (owner === null) return;
-    const next = access.admit(job, owner, () => this.madeBy(job));
+    const next = access.admit(job, owner, () => this.madeBy(this.paths.job(job)));
     if (next === TAKE_BACK) throw new TakeBack(job, owner, access.owner);
     if (next !== null && next !== owner && u) {
       this.recordOwner(u, job, next, owner);
@@ -506,9 +509,23 @@ export class StepTree {
     }
   }
 
-  /** The uid that made this job for itself (MADE_BY_XATTR), or null. */
-  private madeBy(job: string): number | null {
-    const v = getXattr(this.paths.job(job), MADE_BY_XATTR)?.toString('utf8');
+  /**
+   * A request that reclaims (an admin's naming the owner) on a step a user
+   * made for itself: the step is taken back (see takeBack), so the request's
+   * step limits and devices are put in force. A step an admin made, as every
+   * one this request made before, is used as it is: the same placement twice
+   * is harmless.
+   */
+  private admitStep(job: string, step: string, access: JobAccess | undefined): void {
+    if (!access?.reclaims) return;
+    const dir = this.paths.step(job, step);
+    const by = exists(dir) ? this.madeBy(dir) : null;
+    if (by !== null) throw new TakeBack(job, by, access.owner, step);
+  }
+
+  /** The uid that made this job or step directory for itself (MADE_BY_XATTR), or null. */
+  private madeBy(dir: string): number | null {
+    const v = getXattr(dir, MADE_BY_XATTR)?.toString('utf8');
     return v !== undefined && /^[1-9][0-9]{0,9}$/.test(v) ? Number(v) : null;
   }
 
@@ -518,14 +535,20 @@ export class StepTree {
    * request makes the job afresh for the owner it names.
    */
   private async takeBack(t: TakeBack): Promise<void> {
-    const dir = this.paths.job(t.job);
+    const dir = t.step === undefined ? this.paths.job(t.job) : this.paths.step(t.job, t.step);
     const pids = isPopulated(dir) ? procsRecursive(dir) : [];
-    this.opts.log.warn({ job: t.job, claimedBy: t.from, owner: t.to, killed: pids }, 'job id taken back from the uid that made it for itself: an admin names another owner');
+    const what = t.step === undefined ? 'job id' : 'step id';
+    this.opts.log.warn({ job: t.job, step: t.step, claimedBy: t.from, owner: t.to, killed: pids }, `${what} taken back from the uid that made it for itself: an admin's request names the job's owner`);
     if (pids.length) {
       killAll(dir);
       await waitUnpopulated(dir, this.opts.waitTimeoutMs);
     }
     this.watcher.unwatchDir(dir, t.job);
+    if (t.step !== undefined) {
+      await this.removeStep(dir);
+      dropStep(this.index.get(t.job), t.step);
+      return;
+    }
     await this.removeJob(dir);
     this.forget(t.job);
   }
@@ -546,10 +569,11 @@ export class StepTree {
     return { created: made, ...this.applyLevel(u, p, made) };
   }
 
-  /** Make (or repair) step_<n>/{slurm,user}/ and put the planned user/ level in force. */
-  private makeStep(u: Undo, job: string, step: string, p: LevelPlan) {
+  /** Make (or repair) step_<n>/{slurm,user}/ and put the planned user/ level in force; a step a user makes is marked as its claim. */
+  private makeStep(u: Undo, job: string, step: string, p: LevelPlan, access: JobAccess | undefined) {
     const dir = this.paths.step(job, step);
     const created = this.makeInner(u, dir);
+    if (created && access?.claims && access.owner !== 0) setXattr(dir, MADE_BY_XATTR, Buffer.from(String(access.owner)));
     this.makeDir(u, path.join(dir, SLURM_LEAF));
     const userMade = this.makeInner(u, p.dir);
     u.onCommit(() => {
@@ -635,16 +659,16 @@ export class StepTree {
       } catch (err) {
         // Thrown by admit() before anything was touched; the job is gone after it.
         if (!(err instanceof TakeBack)) throw err;
-        this.rehearse(job, plan);
+        this.rehearse({ job, step: err.step }, plan);
         return this.takeBack(err).then(() => Undo.run(this.opts.log, fn));
       }
     });
   }
 
-  /** Run a request's planning as if `job` did not exist (no state is read from it, nothing is written). */
-  private rehearse(job: string, plan: (() => void) | undefined): void {
+  /** Run a request's planning as if the job (or its step) did not exist (no state is read from it, nothing is written). */
+  private rehearse(gone: { job: string; step?: string }, plan: (() => void) | undefined): void {
     if (!plan) return;
-    this.assumedGone = job;
+    this.assumedGone = gone;
     try {
       plan();
     } finally {
@@ -654,7 +678,14 @@ export class StepTree {
 
   /** Does the job's directory exist (as far as planning goes: not while its take-back is rehearsed)? */
   private jobThere(job: string): boolean {
-    return this.assumedGone !== job && exists(this.paths.job(job));
+    const gone = this.assumedGone;
+    return !(gone?.job === job && gone.step === undefined) && exists(this.paths.job(job));
+  }
+
+  /** Does the step's user/ exist (as far as planning goes: not while its job's or its own take-back is rehearsed)? */
+  private stepThere(job: string, step: string): boolean {
+    const gone = this.assumedGone;
+    return !(gone?.job === job && (gone.step === undefined || gone.step === step)) && exists(this.paths.user(job, step));
   }
 
   createJob(job: string, limits?: Limits, devices?: DeviceRequest, access?: JobAccess) {
@@ -685,7 +716,7 @@ export class StepTree {
       const sp = this.planStep(job, step, limits, devices, jp, true);
       const made = this.makeJob(u, job, jp, access);
       const jobCreated = made.created;
-      const { created, ...c } = this.makeStep(u, job, step, sp);
+      const { created, ...c } = this.makeStep(u, job, step, sp, access);
       const dir = this.paths.step(job, step);
       this.opts.log.info({ job, step, created, jobCreated, ...c, ...deviceProgramsOf({ job: made }) }, created ? 'step created' : 'step updated');
       return { job, step, path: dir, created, jobCreated, ...c };
@@ -713,7 +744,8 @@ export class StepTree {
    * task.place: make what is missing of job, step and leaves and move each
    * pid into its leaf, all or nothing (a pid already moved is moved back when
    * a later one fails). An existing step is used as it is, so the same
-   * placement twice is harmless. On an existing job, `jobLimits` are put in
+   * placement twice is harmless; but one a user made for itself is taken back
+   * when an admin's request names the owner (admitStep), as its job would be. On an existing job, `jobLimits` are put in
    * force and the gres of `jobDevices` widen its allocation (planJobUpdate):
    * a step daemon places itself, sets its job's limits and brings its GPUs
    * in one round trip, and the same values again change nothing; a step's
@@ -740,11 +772,12 @@ export class StepTree {
 
   private placeNow(u: Undo, r: Placement, access: JobAccess | undefined) {
     this.admit(u, r.job, access);
+    this.admitStep(r.job, r.step, access);
     this.checkCaps(r.job, r.step, access, r.moves.map((m) => m.leaf));
     for (const m of r.moves) this.reconfigureLeaf(r.job, r.step, m.leaf, r.devices, access);
     const { jp, sp, tps } = this.planPlacement(r, access);
     const job = this.makeJob(u, r.job, jp, access);
-    const step = this.makeStep(u, r.job, r.step, sp);
+    const step = this.makeStep(u, r.job, r.step, sp, access);
     const last = r.moves.length - 1;
     const applied = r.moves.map((m, i) => this.placeIn(u, r.job, r.step, m.leaf, tps[i], m.pid, access, { job: job.created && i === 0, step: step.created && i === 0 }, i < last));
     const placed = applied.map((c, i) => ({ pid: r.moves[i].pid, leaf: tps[i].dir, ...c }));
@@ -1027,8 +1060,10 @@ class TakeBack extends Error {
     readonly job: string,
     readonly from: number,
     readonly to: number,
+    /** Set when only this step of the job is taken back. */
+    readonly step?: string,
   ) {
-    super(`job ${job} is taken back from uid ${from} for uid ${to}`);
+    super(`${step === undefined ? `job ${job}` : `job ${job} step ${step}`} is taken back from uid ${from} for uid ${to}`);
   }
 }
 

@@ -4,8 +4,8 @@
  * job's owner for that id was refused, so any user could fail future jobs
  * closed. Now an admin naming the owner is authoritative over a user's own
  * claim: the squatter's processes are killed, its tree removed and the job
- * made afresh for the named owner. A job root made (for itself or for a user)
- * is not a claim and cannot be taken that way. Real uids through setpriv, a
+ * made afresh for the named owner (that same user too). A job root made (for
+ * itself or for a user) is not a claim and cannot be taken that way. Real uids through setpriv, a
  * real agent.
  */
 import test from 'ava';
@@ -130,10 +130,12 @@ test.serial('jobs root made are no claim: a user cannot take them, and root nami
   t.is(e.code, 'EPERM');
   t.regex(e.message, new RegExp(`job 904 already belongs to uid ${ctx.alice.uid}, given by root or an operator`));
   t.is(owner(904), String(ctx.alice.uid));
-  // bob's own claim named for bob by root stays his, processes and all.
+  t.is(takenBack(903).length + takenBack(904).length, 0);
+  // bob's own claim is taken back even when root names bob: the job root gives him is made as root asks (see preclaim.test.ts).
   t.true(requestsAs(ctx.bob, ctx.agent.socket, [['task.place', { job: 905, step: 0, pid: bobs.pid, task: 0 }]])[0].ok);
-  t.false((await c.request('job.create', { job: 905, owner: ctx.bob.uid })).created);
-  t.true(cgroupOf(bobs.pid).endsWith('/job_905/step_0/user/task_0'));
-  t.is(takenBack(903).length + takenBack(904).length + takenBack(905).length, 0);
+  t.true((await c.request('job.create', { job: 905, owner: ctx.bob.uid })).created);
+  t.is(await bobs.exited, 'SIGKILL');
+  t.is(owner(905), String(ctx.bob.uid));
+  t.is(takenBack(905).length, 1);
   for (const job of [903, 904, 905]) await c.request('destroy', { job, force: true });
 });
