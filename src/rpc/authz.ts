@@ -13,7 +13,8 @@
  *    (not a thread id), from outside every job, into task leaves (never the step
  *    daemon's slurm/). It may set limits or a device policy only on a level its request
  *    creates, and only device options that narrow: deny rules and the closed
- *    policy, device paths under /dev only. It sees only its own jobs in list,
+ *    policy, device paths under /dev only; and only limits that narrow: a cpu
+ *    weight no higher than the default. It sees only its own jobs in list,
  *    stats and events.
  *  - reader (--read-only-gid): hello, status, list, stats, events, on every job.
  * An admin may name a job's owner (job.create / task.place `owner`), and that
@@ -29,6 +30,7 @@
 import { AgentError } from '../errors.js';
 import type { Role } from './peercred.js';
 import type { DeviceRequest } from '../devices/request.js';
+import type { Limits } from '../steps/model.js';
 import { TAKE_BACK, type JobAccess } from '../steps/access.js';
 
 /** What a decision needs of a peer (a Peer is one). */
@@ -43,6 +45,10 @@ const READ_JOB_OPS = new Set(['stats']);
 const ACT_JOB_OPS = new Set(['job.create', 'step.create', 'attach', 'task.place', 'signal', 'freeze', 'thaw', 'destroy']);
 /** Fields of a request that carry a DeviceRequest. */
 export const DEVICE_FIELDS = ['devices', 'jobDevices', 'stepDevices'] as const;
+/** Fields of a request that carry Limits. */
+const LIMIT_FIELDS = ['limits', 'jobLimits', 'stepLimits'] as const;
+/** cpu.weight of a new cgroup (the kernel's default): the most a user may ask for. */
+export const CPU_WEIGHT_DEFAULT = 100;
 
 function eperm(message: string): AgentError {
   return new AgentError('EPERM', message);
@@ -63,6 +69,7 @@ export function admitRequest(a: Actor, req: { op: string } & Record<string, unkn
   if (!READ_JOB_OPS.has(req.op) && !ACT_JOB_OPS.has(req.op)) throw eperm(`${req.op} needs root or an operator (uid ${a.uid} may act on its own jobs only)`);
   if (req.owner !== undefined && req.owner !== a.uid) throw eperm(`only root or an operator may name a job's owner (uid ${a.uid} asked for owner ${String(req.owner)})`);
   for (const f of DEVICE_FIELDS) if (req[f] !== undefined) checkNarrowing(a, req[f] as DeviceRequest);
+  for (const f of LIMIT_FIELDS) if (req[f] !== undefined) checkLimitsNarrow(a, f, req[f] as Limits);
   // slurm/ holds the step daemon: the step's limits, device program, signals and freeze do not reach it.
   if (req.leaf === 'slurm') throw eperm(`the step daemon's leaf (slurm/) is for root or an operator: the step's limits, devices and signals do not reach it (uid ${a.uid} places tasks)`);
 }
@@ -82,6 +89,19 @@ function checkNarrowing(a: Actor, d: DeviceRequest): void {
   for (const text of d.deny ?? []) {
     const head = text.trim().split(/\s+/)[0] ?? '';
     if (head.startsWith('/') && !underDev(head)) throw eperm(`device rule ${JSON.stringify(text)}: uid ${a.uid} may name device paths under /dev only`);
+  }
+}
+
+/**
+ * Limits a user may send: those that only restrict what a new level gets
+ * (cpuset, memory, swap, pids, cpu.max all start unlimited) are its own to
+ * set. A cpu weight is shared out among siblings: above the default a user's
+ * job would take CPU from the jobs beside it (Slurm's, at the default), so
+ * it may only be lowered.
+ */
+function checkLimitsNarrow(a: Actor, field: string, l: Limits): void {
+  if (l.cpuWeight !== undefined && l.cpuWeight > CPU_WEIGHT_DEFAULT) {
+    throw eperm(`${field}.cpuWeight ${l.cpuWeight}: uid ${a.uid} may only lower a cpu weight (at most ${CPU_WEIGHT_DEFAULT}, the default); a higher one takes CPU from the jobs beside it and needs root or an operator`);
   }
 }
 
