@@ -147,7 +147,7 @@ export function jobAccess(a: Actor, requestedOwner?: number, moveChecks?: { befo
           mayKill(pids: readonly number[], uidsOf: (pid: number) => { real: number; saved: number } | null) {
             for (const pid of pids) {
               const u = uidsOf(pid);
-              if (u !== null && u.real !== a.uid && u.saved !== a.uid) throw eperm(`pid ${pid} in the job belongs to uid ${u.real}; uid ${a.uid} may kill or signal only its own processes (root or an operator may destroy the job)`);
+              if (u !== null && u.real !== a.uid && u.saved !== a.uid) throw eperm(`pid ${pid} in the job is not a process of uid ${a.uid} (neither its real nor its saved uid); uid ${a.uid} may kill or signal only its own processes (root or an operator may destroy the job)`);
             }
           },
         }),
@@ -179,6 +179,12 @@ export interface Protected { agent: number; infinity: number }
  */
 export function checkProcess(a: Actor, p: ProcessFacts, job: string, target: string, prot: Protected): void {
   const what = `pid ${p.pid}`;
+  // Checked first for a non-admin: of a process not its own (which hidepid may hide from it) it learns that alone,
+  // not whose it is nor what it is (the agent, a kernel thread and its name, a thread of which process).
+  const { real, effective, saved, fs } = p.uids;
+  if (a.role !== 'admin' && ![real, effective, saved, fs].every((u) => u === a.uid)) {
+    throw eperm(`${what} is not a process of uid ${a.uid}; uid ${a.uid} may move only its own processes (every one of their uids its own)`);
+  }
   if (p.tgid === 1) throw eperm(`${what} is PID 1${p.tgid !== p.pid ? ` (a thread of it)` : ''} and cannot be moved`);
   if (p.tgid === prot.agent) throw eperm(`${what} is cgstepd itself${p.tgid !== p.pid ? ` (one of its threads)` : ''} and cannot be moved`);
   if (p.tgid === prot.infinity) throw eperm(`${what} is the scope's infinity process and cannot be moved`);
@@ -186,10 +192,6 @@ export function checkProcess(a: Actor, p: ProcessFacts, job: string, target: str
   // The kernel moves the whole thread group when given any of its thread ids.
   if (p.tgid !== p.pid) throw eperm(`${what} is a thread of process ${p.tgid}; name the process (its thread-group id) to move it`);
   if (a.role === 'admin') return;
-  const { real, effective, saved, fs } = p.uids;
-  if (![real, effective, saved, fs].every((u) => u === a.uid)) {
-    throw eperm(`${what} belongs to uid ${real}${effective !== real || saved !== real || fs !== real ? ` (effective ${effective}, saved ${saved})` : ''}; uid ${a.uid} may move only its own processes`);
-  }
   // Inside a job, each step and leaf may carry limits and devices root set there (a step's memory, a task's GPU):
   // a user's move would take the process out of them. Placing it again where it is changes nothing.
   if (p.job !== null && p.at !== target) {

@@ -25,29 +25,34 @@ function refused(t: any, r: ReturnType<typeof attach>, why: RegExp) {
   t.regex(r.error?.message ?? '', why);
 }
 
+/** What a user is told of a process that is not its own: that alone, with no other uid and nothing of what it is. */
+const notHers = (pid: number) => new RegExp(`^pid ${pid} is not a process of uid ${ctx.alice.uid}; uid ${ctx.alice.uid} may move only its own processes \\(every one of their uids its own\\)$`);
+
 test('the agent cannot be moved by one of its thread ids, by an allowed uid or by root', async (t) => {
   const before = cgroupOf(ctx.agent.pid);
   const [tid] = await threadsOf(ctx.agent.pid);
-  refused(t, attach(ctx.alice, tid), /is cgstepd itself \(one of its threads\)/);
+  refused(t, attach(ctx.alice, tid), notHers(tid));
   const c = await ctx.agent.client();
   t.teardown(() => c.close());
   const e: any = await t.throwsAsync(c.request('attach', { job: 601, step: 0, pid: tid, task: 0 }));
   t.is(e.code, 'EPERM');
+  t.regex(e.message, /is cgstepd itself \(one of its threads\)/, 'root is told what it is');
   t.is(cgroupOf(ctx.agent.pid), before, 'the agent moved');
   // And it still answers.
   t.is(cgstepAs(ctx.alice, ctx.agent.socket, ['status']).code, 0);
 });
 
 test('pid 1 and a kernel thread are refused (also to root)', async (t) => {
-  refused(t, attach(ctx.alice, 1), /is PID 1/);
+  refused(t, attach(ctx.alice, 1), notHers(1));
   const kt = aKernelThread();
   const before = cgroupOf(kt);
-  refused(t, attach(ctx.alice, kt), /is a kernel thread/);
+  refused(t, attach(ctx.alice, kt), notHers(kt));
   const c = await ctx.agent.client();
   t.teardown(() => c.close());
   for (const pid of [1, 2, kt]) {
     const e: any = await t.throwsAsync(c.request('attach', { job: 601, step: 0, pid, task: 0 }));
     t.is(e.code, 'EPERM', `pid ${pid}`);
+    t.regex(e.message, pid === 1 ? /is PID 1/ : /is a kernel thread/);
   }
   t.is(cgroupOf(kt), before);
 });
@@ -60,8 +65,9 @@ test("a root process and another user's process are refused; the user's own is m
   await waitFor(() => fs.readFileSync(`/proc/${bobSleep.pid}/comm`, 'utf8').trim() === 'sleep' && fs.readFileSync(`/proc/${aliceSleep.pid}/comm`, 'utf8').trim() === 'sleep', 5000, 'the sleeps to exec');
   const rootWas = cgroupOf(rootSleep.pid!);
   const bobWas = cgroupOf(bobSleep.pid!);
-  refused(t, attach(ctx.alice, rootSleep.pid!), new RegExp(`belongs to uid 0; uid ${ctx.alice.uid} may move only its own processes`));
-  refused(t, attach(ctx.alice, bobSleep.pid!), new RegExp(`belongs to uid ${ctx.bob.uid}`));
+  // Nor whose it is: under hidepid the agent's answer must not name the owner of a process the user cannot see.
+  refused(t, attach(ctx.alice, rootSleep.pid!), notHers(rootSleep.pid!));
+  refused(t, attach(ctx.alice, bobSleep.pid!), notHers(bobSleep.pid!));
   t.is(cgroupOf(rootSleep.pid!), rootWas);
   t.is(cgroupOf(bobSleep.pid!), bobWas);
   const ok = attach(ctx.alice, aliceSleep.pid!);
@@ -78,7 +84,7 @@ test("several tasks in one task.place: one process that is not the user's refuse
   const tasks = [{ task: 0, pid: mine[0].pid! }, { task: 1, pid: bobSleep.pid! }, { task: 2, pid: mine[1].pid! }];
   const [bad] = requestsAs(ctx.alice, ctx.agent.socket, [['task.place', { job: 601, step: 0, tasks }]]);
   t.is(bad.error?.code, 'EPERM');
-  t.regex(bad.error?.message ?? '', new RegExp(`pid ${bobSleep.pid} belongs to uid ${ctx.bob.uid}`));
+  t.regex(bad.error?.message ?? '', notHers(bobSleep.pid!));
   t.deepEqual([bobSleep, ...mine].map((p) => cgroupOf(p.pid!)), was, 'nothing moved');
   const [good] = requestsAs(ctx.alice, ctx.agent.socket, [['task.place', { job: 601, step: 0, tasks: [tasks[0], tasks[2]] }]]);
   t.true(good.ok, good.error?.message);
@@ -162,7 +168,8 @@ test("a user's signal and forced destroy kill only its own processes: root's ste
   // Her forced destroy would kill the step daemon: refused, nothing killed.
   const [destroy] = requestsAs(ctx.alice, ctx.agent.socket, [['destroy', { job: 605, force: true }]]);
   t.is(destroy.error?.code, 'EPERM', JSON.stringify(destroy));
-  t.regex(destroy.error!.message, new RegExp(`pid ${daemon.pid} in the job belongs to uid 0`));
+  t.regex(destroy.error!.message, new RegExp(`^pid ${daemon.pid} in the job is not a process of uid ${ctx.alice.uid} \\(neither its real nor its saved uid\\)`));
+  t.notRegex(destroy.error!.message, /uid 0/);
   t.is(daemon.exitCode ?? daemon.signalCode, null, "root's process is alive");
   t.is(hers.exitCode ?? hers.signalCode, null, 'hers too: nothing was killed');
   // Signals reach user/ only: her own process there is hers to signal.
