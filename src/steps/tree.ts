@@ -530,9 +530,9 @@ export class StepTree {
   }
 
   /**
-   * An admin's request named another owner for a job a user made itself: kill
-   * that user's processes in it and remove it (inside the job's lock), so the
-   * request makes the job afresh for the owner it names.
+   * An admin's request named the owner of a job (or placed into a step) a
+   * user made for itself: kill every process in it and remove it (inside the
+   * job's lock), so the request makes it afresh as it asks.
    */
   private async takeBack(t: TakeBack): Promise<void> {
     const dir = t.step === undefined ? this.paths.job(t.job) : this.paths.step(t.job, t.step);
@@ -657,7 +657,7 @@ export class StepTree {
       try {
         return Undo.run(this.opts.log, fn);
       } catch (err) {
-        // Thrown by admit() before anything was touched; the job is gone after it.
+        // Thrown by admit() or admitStep() before anything was touched; the job (or step) is gone after it.
         if (!(err instanceof TakeBack)) throw err;
         this.rehearse({ job, step: err.step }, plan);
         return this.takeBack(err).then(() => Undo.run(this.opts.log, fn));
@@ -745,11 +745,12 @@ export class StepTree {
    * pid into its leaf, all or nothing (a pid already moved is moved back when
    * a later one fails). An existing step is used as it is, so the same
    * placement twice is harmless; but one a user made for itself is taken back
-   * when an admin's request names the owner (admitStep), as its job would be. On an existing job, `jobLimits` are put in
-   * force and the gres of `jobDevices` widen its allocation (planJobUpdate):
-   * a step daemon places itself, sets its job's limits and brings its GPUs
-   * in one round trip, and the same values again change nothing; a step's
-   * tasks are placed together in one more.
+   * when an admin's request names the owner (admitStep), as its job would be.
+   * On an existing job, `jobLimits` are put in force and the gres of
+   * `jobDevices` widen its allocation (planJobUpdate): a step daemon places
+   * itself, sets its job's limits and brings its GPUs in one round trip, and
+   * the same values again change nothing; a step's tasks are placed together
+   * in one more.
    */
   place(r: Placement, access?: JobAccess) {
     for (const m of r.moves) this.checkPid(m.pid);
