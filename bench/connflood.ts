@@ -15,9 +15,8 @@
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import { CgstepClient } from '../src/rpc/client.js';
 import { addUser, asUser, removeUser, type TestUser } from '../test/helpers/users.js';
-import { benchRoot, removeRoot, startAgent, summarize } from './lib.js';
+import { benchRoot, removeRoot, sampleStatus, startAgent, summarize } from './lib.js';
 
 const LOOPS = Number(process.env.LOOPS ?? 4);
 const SECONDS = Number(process.env.SECONDS ?? 10);
@@ -49,22 +48,6 @@ function loopAs(u: TestUser, socket: string): Promise<[number, number]> {
   return new Promise((resolve) => p.once('exit', () => resolve(out.trim().split(' ').map(Number) as [number, number])));
 }
 
-/** Root's `status` every 20 ms while `running()`, on one kept connection or on a new one each time. */
-async function sample(socket: string, fresh: boolean, running: () => boolean): Promise<number[]> {
-  const kept = fresh ? null : await CgstepClient.connect(socket, { timeoutMs: 60000 });
-  const lat: number[] = [];
-  while (running()) {
-    const t0 = performance.now();
-    const c = kept ?? (await CgstepClient.connect(socket, { timeoutMs: 60000 }));
-    await c.request('status', {});
-    if (!kept) c.close();
-    lat.push(performance.now() - t0);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  kept?.close();
-  return lat;
-}
-
 function fmt(lat: number[]): string {
   const s = summarize(lat);
   return `median ${s.median.toFixed(2)} ms, p99 ${s.p99.toFixed(1)} ms, worst ${Math.max(...lat).toFixed(1)} ms (${lat.length} samples)`;
@@ -72,7 +55,7 @@ function fmt(lat: number[]): string {
 
 async function flood(socket: string, u: TestUser, role: string): Promise<void> {
   let on = true;
-  const samplers = [sample(socket, false, () => on), sample(socket, true, () => on)];
+  const samplers = [sampleStatus(socket, false, () => on, 20), sampleStatus(socket, true, () => on, 20)];
   const made = await Promise.all(Array.from({ length: LOOPS }, () => loopAs(u, socket)));
   on = false;
   const [kept, fresh] = await Promise.all(samplers);

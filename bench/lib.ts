@@ -105,3 +105,22 @@ export async function freePort(): Promise<number> {
   await new Promise((r) => srv.close(r));
   return port;
 }
+
+/**
+ * Root's `status` latencies, one every intervalMs while `going()`, on one kept
+ * connection or on a new connection each time (`fresh`).
+ */
+export async function sampleStatus(socket: string, fresh: boolean, going: () => boolean, intervalMs: number): Promise<number[]> {
+  const out: number[] = [];
+  const kept = fresh ? null : await CgstepClient.connect(socket, { timeoutMs: 60000 });
+  while (going()) {
+    const t0 = performance.now();
+    const c = kept ?? (await CgstepClient.connect(socket, { timeoutMs: 60000 }));
+    await c.request('status', {});
+    if (!kept) c.close();
+    out.push(performance.now() - t0);
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+  kept?.close();
+  return out;
+}

@@ -18,7 +18,7 @@ import fs from 'node:fs';
 import { CgstepClient } from '../src/rpc/client.js';
 import { startReadFlood, tallyLine } from '../test/helpers/flood.js';
 import { addUser, removeUser, type TestUser } from '../test/helpers/users.js';
-import { benchRoot, freePort, removeRoot, startAgent, summarize } from './lib.js';
+import { benchRoot, freePort, removeRoot, sampleStatus, startAgent, summarize } from './lib.js';
 
 const STEPS = (process.env.STEPS ?? '3000,20000').split(',').map(Number);
 const SECONDS = Number(process.env.SECONDS ?? 10);
@@ -36,20 +36,9 @@ async function makeSteps(socket: string, n: number): Promise<string> {
   return '100000';
 }
 
-async function sample(socket: string, seconds: number, fresh: boolean): Promise<number[]> {
-  const out: number[] = [];
-  const kept = fresh ? null : await CgstepClient.connect(socket, { timeoutMs: 60000 });
+function sample(socket: string, seconds: number, fresh: boolean): Promise<number[]> {
   const until = Date.now() + seconds * 1000;
-  while (Date.now() < until) {
-    const t0 = performance.now();
-    const c = kept ?? (await CgstepClient.connect(socket, { timeoutMs: 60000 }));
-    await c.request('status', {});
-    if (!kept) c.close();
-    out.push(performance.now() - t0);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  kept?.close();
-  return out;
+  return sampleStatus(socket, fresh, () => Date.now() < until, 100);
 }
 
 function fmt(xs: number[]): string {

@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { CGSTEP, REPO, killPid, startAgent, type RunningAgent } from './agent.js';
+import { CGSTEP, REPO, killPid, startAgent, waitFor, type RunningAgent } from './agent.js';
 import { makeTestRoot, removeTestRoot } from './cgroup.js';
 
 export interface TestUser { name: string; uid: number; gid: number }
@@ -58,6 +58,15 @@ export function asUser(u: { uid: number; gid: number }, groups: Groups = []): st
 export function spawnAs(u: { uid: number; gid: number }, argv: string[], opts: SpawnOptions = { stdio: 'ignore' }, groups: Groups = 'init'): ChildProcess {
   const [cmd, ...rest] = asUser(u, groups);
   return spawn(cmd, [...rest, ...argv], opts);
+}
+
+/** A sleep of u's, exec'd (so its uids are u's; its pid goes on `pids` for the cleanup), and when it ends (the signal). */
+export async function sleepAs(u: { uid: number; gid: number }, pids: number[]): Promise<{ pid: number; exited: Promise<NodeJS.Signals | null> }> {
+  const p: ChildProcess = spawnAs(u, ['sleep', '600']);
+  pids.push(p.pid!);
+  const exited = new Promise<NodeJS.Signals | null>((r) => p.once('exit', (_code, sig) => r(sig)));
+  await waitFor(() => fs.readFileSync(`/proc/${p.pid}/comm`, 'utf8').trim() === 'sleep', 5000, 'sleep to exec');
+  return { pid: p.pid!, exited };
 }
 
 /** Run node with a script as u, in the background, its stdout and stderr piped. */

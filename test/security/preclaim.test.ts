@@ -10,14 +10,12 @@
  * process, placed by root as slurmstepd places a task.
  */
 import test from 'ava';
-import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { getXattr } from '../../src/cgroupfs/index.js';
-import { waitFor } from '../helpers/agent.js';
 import { gate } from '../helpers/gate.js';
 import readline from 'node:readline';
-import { requestsAs, spawnAs, type TestUser, withTwoUsers } from '../helpers/users.js';
+import { requestsAs, sleepAs, spawnAs, type TestUser, withTwoUsers } from '../helpers/users.js';
 import { kernelSkipReason } from '../devices/helpers.js';
 import { cgroupOf } from './helpers.js';
 
@@ -65,14 +63,7 @@ async function proberOf(u: TestUser): Promise<Opener> {
   };
 }
 
-/** A sleep of u's, exec'd (so its uids are u's), and when it ends. */
-async function sleeper(u: TestUser): Promise<{ pid: number; exited: Promise<NodeJS.Signals | null> }> {
-  const p: ChildProcess = spawnAs(u, ['sleep', '600']);
-  ctx.pids.push(p.pid!);
-  const exited = new Promise<NodeJS.Signals | null>((r) => p.once('exit', (_code, sig) => r(sig)));
-  await waitFor(() => fs.readFileSync(`/proc/${p.pid}/comm`, 'utf8').trim() === 'sleep', 5000, 'sleep to exec');
-  return { pid: p.pid!, exited };
-}
+const sleeper = (u: TestUser) => sleepAs(u, ctx.pids);
 
 const alive = (pid: number) => fs.existsSync(`/proc/${pid}`) && fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(' ')[2] !== 'Z';
 

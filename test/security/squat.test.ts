@@ -9,12 +9,10 @@
  * real agent.
  */
 import test from 'ava';
-import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { getXattr } from '../../src/cgroupfs/index.js';
-import { waitFor } from '../helpers/agent.js';
-import { cgstepAs, requestsAs, spawnAs, type TestUser, withTwoUsers } from '../helpers/users.js';
+import { cgstepAs, requestsAs, sleepAs, type TestUser, withTwoUsers } from '../helpers/users.js';
 import { cgroupOf } from './helpers.js';
 
 const ctx = withTwoUsers(test, 'squat', ['--ignore-missing-controllers']);
@@ -22,14 +20,7 @@ const ctx = withTwoUsers(test, 'squat', ['--ignore-missing-controllers']);
 const jobDir = (job: number) => path.join(ctx.root, 'system.slice/slurmstepd.scope', `job_${job}`);
 const owner = (job: number) => getXattr(jobDir(job), 'trusted.cgstep.owner')?.toString() ?? null;
 
-/** A sleep of u's, exec'd (so its uids are u's), outside every job; and when it ends. */
-async function sleeper(u: TestUser): Promise<{ pid: number; exited: Promise<NodeJS.Signals | null> }> {
-  const p: ChildProcess = spawnAs(u, ['sleep', '600']);
-  ctx.pids.push(p.pid!);
-  const exited = new Promise<NodeJS.Signals | null>((r) => p.once('exit', (_code, sig) => r(sig)));
-  await waitFor(() => fs.readFileSync(`/proc/${p.pid}/comm`, 'utf8').trim() === 'sleep', 5000, 'sleep to exec');
-  return { pid: p.pid!, exited };
-}
+const sleeper = (u: TestUser) => sleepAs(u, ctx.pids);
 
 const takenBack = (job: number) => ctx.agent.logLines().filter((l) => l.msg?.startsWith('job id taken back') && l.job === String(job));
 
