@@ -145,6 +145,27 @@ export function procsRecursive(dir: string): number[] {
   return out;
 }
 
+/**
+ * Awaited between pieces of a long walk: gives the event loop back now and
+ * then (the caller decides how often), so other requests are answered while
+ * a big tree is read or removed.
+ */
+export type Pause = () => Promise<void>;
+
+/** The pids of dir and of each directory below it, one directory at a time (parents first), awaiting `pause` before each. */
+export async function* procsByDir(dir: string, pause: Pause): AsyncGenerator<number[]> {
+  await pause();
+  yield procsOf(dir);
+  for (const c of childDirs(dir)) yield* procsByDir(path.join(dir, c), pause);
+}
+
+/** procsRecursive, awaiting `pause` before each directory (a step may have thousands of leaves). */
+export async function procsBelow(dir: string, pause: Pause): Promise<number[]> {
+  const out: number[] = [];
+  for await (const pids of procsByDir(dir, pause)) out.push(...pids);
+  return out;
+}
+
 /** SIGKILL everything below dir: cgroup.kill where the kernel has it, else each pid. */
 export function killAll(dir: string): void {
   const killFile = path.join(dir, 'cgroup.kill');
@@ -157,8 +178,13 @@ export function killAll(dir: string): void {
 
 /** Send a signal to every process below dir (one pass; a racing fork may escape it). */
 export function signalAll(dir: string, signal: NodeJS.Signals | number): number {
+  return signalPids(procsRecursive(dir), signal, dir);
+}
+
+/** Send a signal to each of pids (read from `dir`, which errors name); those gone meanwhile are skipped. Returns how many were signalled. */
+export function signalPids(pids: readonly number[], signal: NodeJS.Signals | number, dir: string): number {
   let n = 0;
-  for (const pid of procsRecursive(dir)) {
+  for (const pid of pids) {
     try {
       process.kill(pid, signal);
       n++;
@@ -217,15 +243,22 @@ export function waitUnpopulated(dir: string, timeoutMs: number): Promise<void> {
 }
 
 /**
- * Freeze (true) or thaw (false) dir and wait for cgroup.events to say so.
- * Resolves true when the state changed (it was not already what was asked).
+ * Ask for dir to be frozen (true) or thawed (false): its cgroup.freeze, not
+ * waited on (see waitFrozen). Returns what was there before: `asked`, the
+ * cgroup.freeze value to write back to undo this, and `frozen`, the state
+ * cgroup.events reported (an ancestor's freeze counts too).
  */
-export async function setFrozen(dir: string, frozen: boolean, timeoutMs: number): Promise<boolean> {
-  const want = frozen ? 1 : 0;
-  const was = readEvents(dir).frozen;
+export function requestFrozen(dir: string, frozen: boolean): { asked: boolean; frozen: boolean } {
+  const asked = readText(path.join(dir, 'cgroup.freeze')).trim() === '1';
+  const was = readEvents(dir).frozen === 1;
   writeText(path.join(dir, 'cgroup.freeze'), frozen ? '1' : '0');
-  await waitForFile(path.join(dir, 'cgroup.events'), () => readEvents(dir).frozen === want, timeoutMs, `${dir} to be ${frozen ? 'frozen' : 'thawed'}`);
-  return was !== want;
+  return { asked, frozen: was };
+}
+
+/** Wait until cgroup.events says dir is frozen (or thawed); ETIMEDOUT after timeoutMs. */
+export function waitFrozen(dir: string, frozen: boolean, timeoutMs: number): Promise<void> {
+  const want = frozen ? 1 : 0;
+  return waitForFile(path.join(dir, 'cgroup.events'), () => readEvents(dir).frozen === want, timeoutMs, `${dir} to be ${frozen ? 'frozen' : 'thawed'}`);
 }
 
 /**
@@ -233,15 +266,17 @@ export async function setFrozen(dir: string, frozen: boolean, timeoutMs: number)
  * readdir: a leaf (most of a step's tree) goes in one syscall, and only a
  * directory the kernel calls busy is listed for children. Populated
  * directories are waited on (up to timeoutMs); ENOENT anywhere is success.
+ * `pause` is awaited before each directory (a big tree is thousands of rmdirs).
  */
-export async function removeTree(dir: string, timeoutMs: number): Promise<void> {
+export async function removeTree(dir: string, timeoutMs: number, pause?: Pause): Promise<void> {
+  await pause?.();
   try {
     removeDir(dir);
     return;
   } catch (err) {
     if (!(err instanceof KernelError && err.errno === 'EBUSY')) throw err;
   }
-  for (const c of childDirs(dir)) await removeTree(path.join(dir, c), timeoutMs);
+  for (const c of childDirs(dir)) await removeTree(path.join(dir, c), timeoutMs, pause);
   try {
     removeDir(dir);
   } catch (err) {

@@ -198,17 +198,53 @@ export class TreeWatcher extends EventEmitter {
    * their own: those last seen populated publish their empty from that.
    */
   unwatchDir(dir: string, job: string, empty = false): void {
-    const prefix = dir.endsWith('/') ? dir : dir + '/';
     const gone: Watched[] = [];
-    for (const w of this.byJob.get(job) ?? []) if (this.fileOf(w).startsWith(prefix)) gone.push(w);
+    for (const _ of this.detach(dir, job, empty, gone));
+    for (const w of gone) inotify().remove(w.wd, this.listener);
+  }
+
+  /**
+   * unwatchDir for a destroy of a whole step or job, which may be thousands
+   * of watched files: `pause` is awaited between them, and between letting
+   * their kernel watches go (a syscall each). The files are forgotten before
+   * the first watch goes, so notices for them meanwhile are ignored.
+   */
+  async unwatchDirSliced(dir: string, job: string, empty: boolean, pause: () => Promise<void>): Promise<void> {
+    const gone: Watched[] = [];
+    for (const _ of this.detach(dir, job, empty, gone)) await pause();
+    for (const w of gone) {
+      inotify().remove(w.wd, this.listener);
+      await pause();
+    }
+  }
+
+  /**
+   * unwatchDir's publishing and forgetting, with the files whose kernel
+   * watches are to go put in `gone`. Yields between files, where a caller
+   * may let other work run: the job's lock keeps watches from being added
+   * below dir meanwhile, and a notice handled in between publishes no
+   * second event (only populated 1 -> 0 publishes, once). The forgetting
+   * is one pass over the job's files, however many go.
+   */
+  private *detach(dir: string, job: string, empty: boolean, gone: Watched[]): Generator<void> {
+    const prefix = dir.endsWith('/') ? dir : dir + '/';
+    for (const w of [...(this.byJob.get(job) ?? [])]) {
+      if (this.fileOf(w).startsWith(prefix)) gone.push(w);
+      yield;
+    }
     // Deepest first, so one job's events always come task -> step -> job.
     gone.sort((a, b) => level(b) - level(a));
     for (const w of gone) {
       if (w.kind === 'cgroup' && w.populated === 0) continue;
       if (w.kind === 'cgroup' && empty) this.emptied(w);
       else this.onChange(w);
+      yield;
     }
-    for (const w of gone) this.drop(w);
+    const going = new Set(gone);
+    for (const w of gone) if (this.byWd.get(w.wd) === w) this.byWd.delete(w.wd);
+    const rest = (this.byJob.get(job) ?? []).filter((w) => !going.has(w));
+    if (rest.length) this.byJob.set(job, rest);
+    else this.byJob.delete(job);
   }
 
   /** How many of the job's task leaves are watched (the agent made them: a user's count for its cap). */

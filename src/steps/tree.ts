@@ -26,6 +26,8 @@ import {
   makeDir,
   moveProcess,
   procsOf,
+  procsBelow,
+  procsByDir,
   procsRecursive,
   readStats,
   removeDir,
@@ -33,9 +35,11 @@ import {
   removeXattr,
   cgroupOfPid,
   moveBack,
-  setFrozen,
+  requestFrozen,
   setXattr,
-  signalAll,
+  signalPids,
+  waitFrozen,
+  type Pause,
   waitUnpopulated,
   writeText,
   type CgroupStats,
@@ -166,11 +170,18 @@ function deviceProgramsOf(levels: Record<string, { deviceProgram?: number }>): {
 export interface LevelFigures { limits: CgroupLimits; usage: CgroupUsage }
 export interface StepInfo extends LevelFigures { step: string; path: string; populated: boolean; tasks: string[]; frozen: boolean | null }
 
-/** How long list and stats read before letting other work run, ms. */
+/**
+ * How long a request that walks a whole job (list, stats, signal, freeze,
+ * destroy) works before letting other work run, ms: a user's job may have
+ * 1,024 steps and 4,096 task leaves, seconds of file reads and rmdirs.
+ */
 const SLICE_MS = 2;
 
+/** Processes whose owners one mayKill call reads (a /proc read each) between pauses. */
+const KILL_CHECK_CHUNK = 256;
+
 /** A function to await between pieces of work: it gives the event loop back once SLICE_MS have passed. */
-function slicer(): () => Promise<void> {
+function slicer(): Pause {
   let since = performance.now();
   return async () => {
     if (performance.now() - since < SLICE_MS) return;
@@ -836,49 +847,116 @@ export class StepTree {
   }
 
   /** The directories a step-level operation acts on: the steps' user/ trees. */
-  private userDirs(job: string, step?: string): string[] {
+  private async userDirs(job: string, step: string | undefined, pause: Pause): Promise<string[]> {
     if (step !== undefined) return [path.join(this.requireStep(job, step), USER_DIR)];
     this.requireJob(job);
-    return childDirs(this.paths.job(job))
-      .filter((n) => parseStepName(n) !== null)
-      .map((n) => path.join(this.paths.job(job), n, USER_DIR))
-      .filter(exists);
+    const out: string[] = [];
+    for (const n of childDirs(this.paths.job(job))) {
+      if (parseStepName(n) === null) continue;
+      const d = path.join(this.paths.job(job), n, USER_DIR);
+      if (exists(d)) out.push(d);
+      await pause();
+    }
+    return out;
   }
 
+  /**
+   * access.mayKill over every pid in `lists`, before anything is acted on:
+   * EPERM names the first process not the peer's. Checked a piece at a time
+   * (a /proc read each); `lists` is not read at all for an admin.
+   */
+  private async checkKill(access: JobAccess | undefined, lists: Iterable<number[]> | AsyncIterable<number[]>, pause: Pause): Promise<void> {
+    const mayKill = access?.mayKill;
+    if (!mayKill) return;
+    for await (const list of lists) {
+      for (let i = 0; i < list.length; i += KILL_CHECK_CHUNK) {
+        mayKill(list.slice(i, i + KILL_CHECK_CHUNK), uidsOf);
+        await pause();
+      }
+    }
+  }
+
+  /** The pids below each of dirs, a directory at a time (see procsByDir). */
+  private async *procsOfDirs(dirs: readonly string[], pause: Pause): AsyncGenerator<number[]> {
+    for (const d of dirs) yield* procsByDir(d, pause);
+  }
+
+  /** Inside the job's lock, and in slices: a whole job may be thousands of directories. */
   signal(job: string, step: string | undefined, sig: string | number, access?: JobAccess) {
     const { name, number } = resolveSignal(sig);
-    this.admit(null, job, access);
-    let count = 0;
-    const dirs = this.userDirs(job, step);
-    access?.mayKill?.(dirs.flatMap((d) => procsRecursive(d)), uidsOf);
-    for (const dir of dirs) {
-      if (name === 'SIGKILL') {
-        count += procsRecursive(dir).length;
-        killAll(dir);
-      } else count += signalAll(dir, number);
-    }
-    this.opts.log.info({ job, step, signal: name, processes: count }, 'signal sent');
-    return { job, step, signal: name, processes: count };
-  }
-
-  freeze(job: string, step: string | undefined, frozen: boolean, access?: JobAccess) {
     return this.lock.run(job, async () => {
       this.admit(null, job, access);
-      const dirs = this.userDirs(job, step);
-      // Freezing stops processes as SIGSTOP does: a user's reaches its own alone, and it does not undo an admin's suspend.
-      access?.mayKill?.(dirs.flatMap((d) => procsRecursive(d)), uidsOf);
-      const admin = !access?.capped;
-      if (!frozen && !admin && dirs.some((d) => getXattr(d, FROZEN_BY_ADMIN_XATTR) !== null)) {
+      const pause = slicer();
+      const dirs = await this.userDirs(job, step, pause);
+      await this.checkKill(access, this.procsOfDirs(dirs, pause), pause);
+      let count = 0;
+      for (const dir of dirs) {
+        if (name === 'SIGKILL') {
+          count += (await procsBelow(dir, pause)).length;
+          killAll(dir);
+        } else for await (const pids of procsByDir(dir, pause)) count += signalPids(pids, number, dir);
+      }
+      this.opts.log.info({ job, step, signal: name, processes: count }, 'signal sent');
+      return { job, step, signal: name, processes: count };
+    });
+  }
+
+  /**
+   * Freeze or thaw the steps' user/ trees, all or nothing: a step that does
+   * not reach the state within waitTimeoutMs fails the request, and every
+   * cgroup.freeze and admin mark it changed is put back as it was. In slices.
+   */
+  freeze(job: string, step: string | undefined, frozen: boolean, access?: JobAccess) {
+    return this.lock.run(job, () =>
+      Undo.runAsync(this.opts.log, async (u) => {
+        this.admit(null, job, access);
+        const pause = slicer();
+        const dirs = await this.userDirs(job, step, pause);
+        // Freezing stops processes as SIGSTOP does: a user's reaches its own alone, and it does not undo an admin's suspend.
+        await this.checkKill(access, this.procsOfDirs(dirs, pause), pause);
+        const admin = !access?.capped;
+        if (!frozen && !admin) await this.refuseIfSuspended(job, step, dirs, pause);
+        const changed: string[] = [];
+        for (const d of dirs) {
+          if (admin) this.markAdminFrozen(u, d, frozen);
+          const was = requestFrozen(d, frozen);
+          u.add(`cgroup.freeze of ${d} back`, () => requestFrozen(d, was.asked));
+          if (was.frozen !== frozen) changed.push(d);
+          await pause();
+        }
+        // All were asked before the first wait, so they freeze together: each is waited for in turn.
+        for (const d of dirs) {
+          await waitFrozen(d, frozen, this.opts.waitTimeoutMs);
+          await pause();
+        }
+        // Each step's frozen/thawed is published once the kernel says so, and only if it changed.
+        for (const d of changed) {
+          this.watcher.frozenChanged({ job, step: parseStepName(path.basename(path.dirname(d)))! }, frozen);
+          await pause();
+        }
+        this.opts.log.info({ job, step }, frozen ? 'frozen' : 'thawed');
+        return { job, step, frozen, cgroups: dirs.length };
+      }),
+    );
+  }
+
+  /** EPERM when one of dirs was frozen by an admin: its owner may not thaw it. */
+  private async refuseIfSuspended(job: string, step: string | undefined, dirs: readonly string[], pause: Pause): Promise<void> {
+    for (const d of dirs) {
+      if (getXattr(d, FROZEN_BY_ADMIN_XATTR) !== null) {
         throw new AgentError('EPERM', `job ${job}${step === undefined ? '' : ` step ${step}`} was frozen by root or an operator; only they may thaw it`);
       }
-      if (admin) for (const d of dirs) frozen ? setXattr(d, FROZEN_BY_ADMIN_XATTR, Buffer.from('1')) : removeXattr(d, FROZEN_BY_ADMIN_XATTR);
-      // Each step's frozen/thawed is published here, once the kernel says so, and only if it changed.
-      await Promise.all(dirs.map(async (d) => {
-        if (await setFrozen(d, frozen, this.opts.waitTimeoutMs)) this.watcher.frozenChanged({ job, step: parseStepName(path.basename(path.dirname(d)))! }, frozen);
-      }));
-      this.opts.log.info({ job, step }, frozen ? 'frozen' : 'thawed');
-      return { job, step, frozen, cgroups: dirs.length };
-    });
+      await pause();
+    }
+  }
+
+  /** Set (frozen) or clear the admin-freeze mark on dir, put back as it was if the request fails. */
+  private markAdminFrozen(u: Undo, dir: string, frozen: boolean): void {
+    const had = getXattr(dir, FROZEN_BY_ADMIN_XATTR) !== null;
+    if (had === frozen) return;
+    const mark = (on: boolean) => (on ? setXattr(dir, FROZEN_BY_ADMIN_XATTR, Buffer.from('1')) : removeXattr(dir, FROZEN_BY_ADMIN_XATTR));
+    mark(frozen);
+    u.add(`admin freeze mark of ${dir} back`, () => mark(had));
   }
 
   /** Read in slices (see listJobs): a job may have many steps and tasks. */
@@ -941,23 +1019,24 @@ export class StepTree {
         const jobRemoved = step === undefined || !exists(this.paths.job(job)) || (reapJob && (await this.reapIfStepless(job)));
         return { job, step, killed: 0, jobRemoved, existed: false };
       }
-      const pids = populated ? procsRecursive(target) : [];
+      const pause = slicer();
+      const pids = populated ? await procsBelow(target, pause) : [];
       // Known empty at and below target: read so, or emptied and waited for below.
       let empty = !populated;
       if (pids.length > 0) {
         if (!force) {
           throw new AgentError('EBUSY', `${step === undefined ? `job ${job}` : `job ${job} step ${step}`} still has ${pids.length} process(es) (${pids.slice(0, 8).join(' ')}${pids.length > 8 ? ' ...' : ''}); destroy with force (cgstep destroy --force) to kill them`);
         }
-        access?.mayKill?.(pids, uidsOf);
+        await this.checkKill(access, [pids], pause);
         killAll(target);
         await waitUnpopulated(target, this.opts.waitTimeoutMs);
         empty = true;
       }
       // The task leaves, asked of the watches before they go.
       const leaves = this.watcher.taskLeaves(job);
-      this.watcher.unwatchDir(target, job, empty);
-      if (step === undefined) await this.removeJob(target, leaves);
-      else await this.removeStep(target, leaves.get(step) ?? []);
+      await this.watcher.unwatchDirSliced(target, job, empty, pause);
+      if (step === undefined) await this.removeJob(target, leaves, pause);
+      else await this.removeStep(target, leaves.get(step) ?? [], pause);
       let jobRemoved = step === undefined;
       if (step !== undefined) {
         dropStep(this.index.get(job), step);
@@ -974,13 +1053,14 @@ export class StepTree {
    * task leaves the watcher knows of (`leaves`) with no listing, or else
    * those of one listing of user/, instead of a failed rmdir and a listing per
    * level. A leaf made unwatched is still removed: user/'s rmdir then fails
-   * and lists it. Anything unexpected falls back to the generic walk.
+   * and lists it. Anything unexpected falls back to the generic walk. In
+   * slices (`pause` before each rmdir).
    */
-  private async removeStep(dir: string, leaves?: string[]): Promise<void> {
+  private async removeStep(dir: string, leaves: string[] | undefined, pause: Pause): Promise<void> {
     const user = path.join(dir, USER_DIR);
-    for (const t of leaves ?? childDirs(user).map((n) => path.join(user, n))) await removeTree(t, this.opts.waitTimeoutMs);
-    for (const d of [user, path.join(dir, SLURM_LEAF)]) await removeTree(d, this.opts.waitTimeoutMs);
-    await removeTree(dir, this.opts.waitTimeoutMs);
+    for (const t of leaves ?? childDirs(user).map((n) => path.join(user, n))) await removeTree(t, this.opts.waitTimeoutMs, pause);
+    for (const d of [user, path.join(dir, SLURM_LEAF)]) await removeTree(d, this.opts.waitTimeoutMs, pause);
+    await removeTree(dir, this.opts.waitTimeoutMs, pause);
   }
 
   /** Remove the job when no step is left in it (destroy's reapJob); true when it is gone. */
@@ -997,28 +1077,25 @@ export class StepTree {
    * Remove a job: its steps as the index knows them (no listing of the job),
    * then the job, whose rmdir lists and removes anything else left in it.
    * `leaves`: the watched task leaves by step (see removeStep); without
-   * them every step's user/ is listed.
+   * them every step's user/ is listed. In slices, as removeStep.
    */
-  private async removeJob(dir: string, leaves?: Map<string, string[]>): Promise<void> {
+  private async removeJob(dir: string, leaves?: Map<string, string[]>, pause: Pause = slicer()): Promise<void> {
     const job = parseJobName(path.basename(dir));
-    for (const s of job === null ? [] : [...(this.index.get(job) ?? [])]) await this.removeStep(this.paths.step(job!, s), leaves ? (leaves.get(s) ?? []) : undefined);
-    await removeTree(dir, this.opts.waitTimeoutMs);
-  }
-
-  list(): JobInfo[] {
-    return this.knownJobsSorted().map((job) => this.jobInfo(job));
+    for (const s of job === null ? [] : [...(this.index.get(job) ?? [])]) await this.removeStep(this.paths.step(job!, s), leaves ? (leaves.get(s) ?? []) : undefined, pause);
+    await removeTree(dir, this.opts.waitTimeoutMs, pause);
   }
 
   /**
-   * The same jobs as list(), one at a time, giving the event loop back every
-   * SLICE_MS of reading: at 20,000 steps a whole list is seconds of file reads,
-   * and nobody's request may wait behind it. `want` skips jobs unread.
+   * Every job the agent knows, in order, one at a time, giving the event loop
+   * back every SLICE_MS of reading (within a job too: it may have 1,024
+   * steps): at 20,000 steps a whole list is seconds of file reads, and
+   * nobody's request may wait behind it. `want` skips jobs unread.
    */
   async *listJobs(want: (job: string) => boolean = () => true): AsyncGenerator<JobInfo> {
     const pause = slicer();
     for (const job of this.knownJobsSorted()) {
       // A job skipped still cost a look at its owner: 20,000 of them are a long stall too.
-      if (want(job)) yield this.jobInfo(job);
+      if (want(job)) yield await this.jobInfo(job, pause);
       await pause();
     }
   }
@@ -1032,8 +1109,11 @@ export class StepTree {
     return Array.from(Float64Array.from(this.index.keys(), Number).sort(), String);
   }
 
-  /** One job as list() shows it (a step removed meanwhile reads as empty: the cgroupfs reads take ENOENT as that). */
-  private jobInfo(job: string): JobInfo {
+  /**
+   * One job as list shows it (a step removed meanwhile reads as empty: the
+   * cgroupfs reads take ENOENT as that), `pause` between its steps.
+   */
+  private async jobInfo(job: string, pause: Pause): Promise<JobInfo> {
     const steps: StepInfo[] = [];
     // Directories have at most the scope's controllers: files of others are not opened.
     const ctl = this.opts.scopeControllers?.();
@@ -1043,6 +1123,7 @@ export class StepTree {
       const tasks = childDirs(udir).filter((n) => parseTaskName(n) !== null);
       const limits = readLimitFigures(udir, ctl);
       steps.push({ step, path: sdir, populated: isPopulated(sdir), tasks, frozen: limits.frozen, limits, usage: readUsage(udir, ctl) });
+      await pause();
     }
     const jdir = this.paths.job(job);
     return { job, path: jdir, populated: isPopulated(jdir), steps, limits: readLimitFigures(jdir, ctl), usage: readUsage(jdir, ctl) };

@@ -39,6 +39,20 @@ export class Undo {
     return result;
   }
 
+  /** run() for a request that awaits between its changes (it still holds its job's lock throughout). */
+  static async runAsync<T>(log: Logger, fn: (u: Undo) => Promise<T>): Promise<T> {
+    const u = new Undo();
+    let result: T;
+    try {
+      result = await fn(u);
+    } catch (err) {
+      u.rollback(log);
+      throw err;
+    }
+    for (const f of u.done) f();
+    return result;
+  }
+
   private rollback(log: Logger): void {
     for (const s of this.steps.reverse()) {
       try {
