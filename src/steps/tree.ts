@@ -72,7 +72,11 @@ export const OWNER_XATTR = 'trusted.cgstep.owner';
  * owner, so a crash between leaves a root's job; on a step, just after its mkdir.
  */
 export const MADE_BY_XATTR = 'trusted.cgstep.made-by';
-/** On a step's user/ an admin froze (a suspend): its owner may not thaw it. */
+/**
+ * On a step's user/ an admin froze (a suspend): its owner may not thaw it. On
+ * a job an admin froze whole: steps made in it until an admin thaws it start
+ * frozen and marked (freezeIfSuspended).
+ */
 export const FROZEN_BY_ADMIN_XATTR = 'trusted.cgstep.frozen-by-admin';
 
 /** A device request checked and compiled for one level, on no directory yet (opaque to the tree). */
@@ -587,6 +591,7 @@ export class StepTree {
     if (created && access?.claims && access.owner !== 0) setXattr(dir, MADE_BY_XATTR, Buffer.from(String(access.owner)));
     this.makeDir(u, path.join(dir, SLURM_LEAF));
     const userMade = this.makeInner(u, p.dir);
+    if (userMade) this.freezeIfSuspended(job, p.dir);
     u.onCommit(() => {
       const steps = this.index.get(job);
       if (steps && !steps.includes(step)) steps.push(step);
@@ -916,6 +921,8 @@ export class StepTree {
         await this.checkKill(access, this.procsOfDirs(dirs, pause), pause);
         const admin = !access?.capped;
         if (!frozen && !admin) await this.refuseIfSuspended(job, step, dirs, pause);
+        // An admin's freeze of the whole job is a suspend: steps made in it later start frozen (makeStep).
+        if (admin && step === undefined) this.markAdminFrozen(u, this.paths.job(job), frozen);
         const changed: string[] = [];
         for (const d of dirs) {
           if (admin) this.markAdminFrozen(u, d, frozen);
@@ -957,6 +964,17 @@ export class StepTree {
     const mark = (on: boolean) => (on ? setXattr(dir, FROZEN_BY_ADMIN_XATTR, Buffer.from('1')) : removeXattr(dir, FROZEN_BY_ADMIN_XATTR));
     mark(frozen);
     u.add(`admin freeze mark of ${dir} back`, () => mark(had));
+  }
+
+  /**
+   * A step's user/ just made in a job an admin froze whole (a suspend) is made
+   * frozen and marked so: nothing of a suspended job runs until an admin
+   * thaws it, processes moved in later included. Empty, it is frozen at once.
+   */
+  private freezeIfSuspended(job: string, userDir: string): void {
+    if (getXattr(this.paths.job(job), FROZEN_BY_ADMIN_XATTR) === null) return;
+    setXattr(userDir, FROZEN_BY_ADMIN_XATTR, Buffer.from('1'));
+    requestFrozen(userDir, true);
   }
 
   /** Read in slices (see listJobs): a job may have many steps and tasks. */
