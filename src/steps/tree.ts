@@ -560,7 +560,7 @@ export class StepTree {
     }
     this.watcher.unwatchDir(dir, t.job);
     if (t.step !== undefined) {
-      await this.removeStep(dir);
+      await this.removeStep(dir, undefined, slicer());
       dropStep(this.index.get(t.job), t.step);
       return;
     }
