@@ -21,10 +21,13 @@ test('a read-only cgroup2 mount and a missing one are refused at start with a cl
   t.teardown(() => removeTestRoot(root));
   const ro = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-ro-'));
   t.teardown(() => fs.rmSync(ro, { recursive: true, force: true }));
-  const r = runInMountNs(`mount --bind ${root} ${ro} && mount -o remount,bind,ro ${ro} && exec ${process.execPath} ${CGSTEPD} --ignore-systemd --cgroup-root ${ro} --socket ${ro}.sock`);
+  // The sockets in a directory only root can write (mkdtemp's 0700), as the agent requires.
+  const sockets = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-ro-sock-'));
+  t.teardown(() => fs.rmSync(sockets, { recursive: true, force: true }));
+  const r = runInMountNs(`mount --bind ${root} ${ro} && mount -o remount,bind,ro ${ro} && exec ${process.execPath} ${CGSTEPD} --ignore-systemd --cgroup-root ${ro} --socket ${sockets}/s.sock`);
   t.is(r.code, 1);
   t.regex(r.out, /mounted read-only/);
-  const none = runInMountNs(`umount -l /sys/fs/cgroup/unified 2>/dev/null; umount -l /sys/fs/cgroup 2>/dev/null; exec ${process.execPath} ${CGSTEPD} --ignore-systemd --socket ${ro}.sock2`);
+  const none = runInMountNs(`umount -l /sys/fs/cgroup/unified 2>/dev/null; umount -l /sys/fs/cgroup 2>/dev/null; exec ${process.execPath} ${CGSTEPD} --ignore-systemd --socket ${sockets}/s2.sock`);
   t.is(none.code, 1);
   t.regex(none.out, /no cgroup2 filesystem is mounted/);
 });
