@@ -762,17 +762,37 @@ static uint32_t local_tasks(spank_t sp)
 	return n;
 }
 
-/* Kill a task that may not run (it waits for slurmstepd's go before exec: killed now, it never runs). */
-static void task_failed(pid_t pid, uint32_t gtid, const char *err)
+/*
+ * Before a task is killed for a failure just reported: slurm_error()'s line
+ * travels to srun on the step's I/O stream, the kill as the task's exit; when
+ * the exit arrives first, srun prints "Killed", ends the step and drops the
+ * line still on its way (seen under load). The tasks wait for slurmstepd's
+ * go before exec, so holding the kill back costs only that moment, once per
+ * slurmstepd, on a step that fails anyway.
+ */
+#define MESSAGE_LEAD_US 200000
+
+static void let_message_out(void)
+{
+	static int done;
+
+	if (!done) {
+		done = 1;
+		usleep(MESSAGE_LEAD_US);
+	}
+}
+
+/* Report a task that may not run; 1 when it is to be killed (it waits for slurmstepd's go before exec: killed, it never runs). */
+static int task_failed(pid_t pid, uint32_t gtid, const char *err)
 {
 	if (st.c.fail_open) {
 		slurm_error("cgstep: placing task %" PRIu32 " (pid %d) for job %" PRIu32 " step %s failed (cgstepd at %s: %s); failure=open: continuing without cgroup confinement",
 			    gtid, (int)pid, st.job, st.step, st.c.socket, err);
-		return;
+		return 0;
 	}
 	slurm_error("cgstep: placing task %" PRIu32 " (pid %d) for job %" PRIu32 " step %s failed (cgstepd at %s: %s); task killed before exec (failure=closed)",
 		    gtid, (int)pid, st.job, st.step, st.c.socket, err);
-	kill(pid, SIGKILL);
+	return 1;
 }
 
 /*
@@ -786,9 +806,11 @@ static void step_failed_after_fork(void)
 
 	slurm_error("cgstep: %s for job %" PRIu32 " step %s failed (cgstepd at %s: %s); %s", st.what, st.job, st.step, st.c.socket, st.err,
 		    st.c.fail_open ? "failure=open: continuing without cgroup confinement" : "tasks killed before exec (failure=closed)");
-	if (!st.c.fail_open)
+	if (!st.c.fail_open && st.ntasks > 0) {
+		let_message_out();
 		for (i = 0; i < st.ntasks; i++)
 			kill(st.pids[i], SIGKILL);
+	}
 	st.ntasks = 0;
 }
 
@@ -814,9 +836,16 @@ static void place_tasks(void)
 	for (i = 0; i < st.ntasks; i++)
 		bput(&b, "%s{\"task\":%" PRIu32 ",\"pid\":%d}", i ? "," : "", st.gtids[i], (int)st.pids[i]);
 	bput(&b, "]");
-	if (kept_call(b.s, st.c.timeout_ms, NULL))
+	if (kept_call(b.s, st.c.timeout_ms, NULL)) {
+		int kill_them = 0;
+
 		for (i = 0; i < st.ntasks; i++)
-			task_failed(st.pids[i], st.gtids[i], st.cl.err);
+			kill_them |= task_failed(st.pids[i], st.gtids[i], st.cl.err);
+		if (kill_them)
+			let_message_out();
+		for (i = 0; kill_them && i < st.ntasks; i++)
+			kill(st.pids[i], SIGKILL);
+	}
 	st.ntasks = 0;
 }
 
@@ -840,9 +869,12 @@ int slurm_spank_task_post_fork(spank_t sp, int ac, char **av)
 		/* Placing the step failed before the fork: the task reports it itself (task_init_privileged). */
 		return 0;
 	}
-	if (spank_get_item(sp, S_TASK_GLOBAL_ID, &gtid) != ESPANK_SUCCESS)
-		task_failed(pid, 0, "no task id from Slurm (S_TASK_GLOBAL_ID)");
-	else {
+	if (spank_get_item(sp, S_TASK_GLOBAL_ID, &gtid) != ESPANK_SUCCESS) {
+		if (task_failed(pid, 0, "no task id from Slurm (S_TASK_GLOBAL_ID)")) {
+			let_message_out();
+			kill(pid, SIGKILL);
+		}
+	} else {
 		st.pids[st.ntasks] = pid;
 		st.gtids[st.ntasks++] = gtid;
 	}
