@@ -9,7 +9,7 @@
  * Each loop is a python3 process as the throwaway uid (Node cannot set
  * SO_LINGER on a Unix socket). Prints, per role, the connections the loops
  * made and root's median, p99 and worst `status` (every 20 ms, on a kept
- * connection and on a new connection each time: as root, through root's own
+ * connection and on a new connection each time: as root, through the admin
  * socket) while they ran.
  * The users are removed at the end. Not a test: nothing asserts a timing.
  */

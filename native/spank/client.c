@@ -129,16 +129,16 @@ int client_open(struct client *c, const char *path, int timeout_ms, uid_t agent_
 	c->socket = path;
 	c->next_id = 1;
 	/*
-	 * As root, the agent's own socket for root (PATH.root, mode 0600) first:
+	 * The agent's admin socket (PATH.admin, root's and the operators') first:
 	 * no other user's connections queued on the shared socket come before ours.
-	 * Not there (an older agent): the shared socket.
+	 * Not there (an older agent), or not ours to open: the shared socket.
 	 */
-	if (geteuid() == 0 && address_of(&sa, path, ".root") == 0) {
+	if (address_of(&sa, path, ".admin") == 0) {
 		fd = connect_once(&sa, deadline);
 		if (fd >= 0)
 			return connected(c, fd, agent_uid);
-		if (errno != ENOENT && errno != ECONNREFUSED) {
-			snprintf(c->err, sizeof(c->err), "cannot connect to %s.root: %s", path, strerror(errno));
+		if (errno != ENOENT && errno != ECONNREFUSED && errno != EACCES) {
+			snprintf(c->err, sizeof(c->err), "cannot connect to %s.admin: %s", path, strerror(errno));
 			return -1;
 		}
 	}

@@ -14,7 +14,7 @@ import type { z } from 'zod';
 import { AgentError, type ErrorCode } from '../errors.js';
 import { peerUcred } from './peercred.js';
 import type { AgentEvent, Op, requestSchema } from './protocol.js';
-import { PROTOCOL_VERSION, rootSocketPath } from './version.js';
+import { PROTOCOL_VERSION, adminSocketPath } from './version.js';
 
 export const DEFAULT_SOCKET = '/run/cgstepd/cgstepd.sock';
 
@@ -81,18 +81,17 @@ export class CgstepClient {
   }
 
   /**
-   * As root, root's own socket beside the shared one first (no other user's
-   * queued connections before ours); the shared one when it is not there (an
-   * agent older than it, or not started).
+   * The admin socket beside the shared one first (root and operators reach
+   * it: no other user's queued connections before theirs); the shared one
+   * when it is not there (an agent older than it, or not started) or not ours
+   * to open (EACCES: every other uid, one failed connect).
    */
   private static async connectEither(socketPath: string, timeoutMs: number, agentUid: number): Promise<CgstepClient> {
-    if (process.geteuid?.() === 0) {
-      try {
-        return await CgstepClient.connectOnce(rootSocketPath(socketPath), timeoutMs, agentUid);
-      } catch (err) {
-        const errno = (err as { errno?: string }).errno;
-        if (errno !== 'ENOENT' && errno !== 'ECONNREFUSED') throw err;
-      }
+    try {
+      return await CgstepClient.connectOnce(adminSocketPath(socketPath), timeoutMs, agentUid);
+    } catch (err) {
+      const errno = (err as { errno?: string }).errno;
+      if (errno !== 'ENOENT' && errno !== 'ECONNREFUSED' && errno !== 'EACCES') throw err;
     }
     return CgstepClient.connectOnce(socketPath, timeoutMs, agentUid);
   }

@@ -1,7 +1,7 @@
 /**
- * rpc/server: the agent's Unix stream sockets: the shared one, and root's own
- * beside it (PATH.root, 0600), which no other user's queued connections can
- * stand in front of.
+ * rpc/server: the agent's Unix stream sockets: the shared one, and the admin
+ * socket beside it (PATH.admin: root's, 0600, opened to each operator uid by
+ * an ACL), which no other user's queued connections can stand in front of.
  *
  * Owns the socket files, connections, line framing, limits, peer checks and
  * request validation; hands each valid request to a handler and writes its
@@ -15,13 +15,13 @@ import net from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { AgentError, type ErrorCode } from '../errors.js';
-import { prepareSocketDir, removeOwnSocket } from '../sys/privdir.js';
+import { grantUsers, prepareSocketDir, removeOwnSocket } from '../sys/privdir.js';
 import { peerGroups, roleOf, ucredOf, type Peer, type Role, type Ucred } from './peercred.js';
 import { UnixListener } from './listener.js';
 import { libc } from '../sys/libc.js';
 import type { AgentEvent, Reply, Request } from './protocol.js';
 import { parseRequest } from './validate.js';
-import { MAX_LINE_BYTES, PROTOCOL_VERSION, READ_ONLY_OPS, majorOf, rootSocketPath } from './version.js';
+import { MAX_LINE_BYTES, PROTOCOL_VERSION, READ_ONLY_OPS, majorOf, adminSocketPath } from './version.js';
 import { RateLimiter, Slots, DEFAULT_RATE, carriesDevices, checkRuleCount, checkTaskCount, type RateOptions } from './limits.js';
 import { Streamed } from './stream.js';
 import { LineReader, TOO_LONG } from './lines.js';
@@ -76,8 +76,8 @@ const EXPENSIVE_AT_ONCE = 4;
  * Connections the shared socket accepts a second (in bursts of a second's
  * worth). Beyond it the kernel's listen queue holds them, and a connect loop
  * sleeps in connect() once that is full, instead of costing the agent a peer
- * lookup and a refusal per connection as fast as it can connect. Root's own
- * socket has no rate: root never waits behind that queue.
+ * lookup and a refusal per connection as fast as it can connect. The admin
+ * socket has no rate: root and the operators never wait behind that queue.
  */
 const SHARED_ACCEPTS_PER_SECOND = 1000;
 /** The kernel's queue of connections not yet accepted: a burst of connects waits there instead of failing with EAGAIN. */
@@ -115,7 +115,7 @@ const HELD_MAX = 10_000;
 const STREAMED = Symbol('streamed');
 
 export class RpcServer {
-  /** The shared socket (every peer the socket mode lets in), and root's own (0600, named by rootSocketPath). */
+  /** The shared socket (every peer the socket mode lets in), and the admin socket (see adminSocketPath). */
   private listeners: UnixListener[] = [];
   private conns = new Set<net.Socket>();
   /** Open connections per non-admin uid. */
@@ -131,7 +131,7 @@ export class RpcServer {
   private inflight = 0;
   /** The inode of the socket file this server made: only that file is removed at close. */
   private socketIno = -1;
-  private rootSocketIno = -1;
+  private adminSocketIno = -1;
   /** The event being published, and its line (see publish). */
   private lastEvent: AgentEvent | null = null;
   private lastEventLine = '';
@@ -154,11 +154,25 @@ export class RpcServer {
     fs.chmodSync(this.o.socketPath, mode);
     this.socketIno = fs.lstatSync(this.o.socketPath).ino;
     this.listeners.push(shared);
-    const own = rootSocketPath(this.o.socketPath);
-    await removeStaleSocket(own);
-    this.listeners.push(this.listenOn(own));
-    this.rootSocketIno = fs.lstatSync(own).ino;
-    this.o.log.info({ socket: this.o.socketPath, mode: mode.toString(8), gid: this.o.socketGroup ?? process.getgid?.(), rootSocket: own }, 'socket access');
+    const admin = adminSocketPath(this.o.socketPath);
+    await removeStaleSocket(admin);
+    this.listeners.push(this.listenOn(admin));
+    this.adminSocketIno = fs.lstatSync(admin).ino;
+    const operators = this.openToOperators(admin);
+    this.o.log.info({ socket: this.o.socketPath, mode: mode.toString(8), gid: this.o.socketGroup ?? process.getgid?.(), adminSocket: admin, operators }, 'socket access');
+  }
+
+  /** The admin socket is root's, 0600; each non-root operator uid gets rw by an ACL. Where the filesystem has no ACLs, operators use the shared socket (said once). */
+  private openToOperators(admin: string): number[] {
+    const uids = [...new Set(this.o.operatorUids.filter((u) => u !== 0))];
+    if (!uids.length) return [];
+    try {
+      grantUsers(admin, uids);
+      return uids;
+    } catch (err) {
+      this.o.log.warn({ err, adminSocket: admin }, 'cannot open the admin socket to the operator uids (no POSIX ACLs here?); they use the shared socket');
+      return [];
+    }
   }
 
   /** A listener on file, made 0600 (umask: no window of a wider mode), at perSecond accepts a second or without a rate. */
@@ -583,7 +597,7 @@ export class RpcServer {
     for (const s of this.conns) s.end();
     for (const s of this.conns) s.destroy();
     removeOwnSocket(this.o.socketPath, this.socketIno);
-    removeOwnSocket(rootSocketPath(this.o.socketPath), this.rootSocketIno);
+    removeOwnSocket(adminSocketPath(this.o.socketPath), this.adminSocketIno);
   }
 }
 

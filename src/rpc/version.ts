@@ -12,12 +12,13 @@ export const MAX_LINE_BYTES = 64 * 1024;
 export const MAX_PLACED_TASKS = 512;
 
 /**
- * Root's own socket beside the shared one (mode 0600, accepted without a
- * rate): clients running as root try it first, so that no other user's
- * connections queued on the shared socket stand before root's.
+ * The admin socket beside the shared one (root's, 0600, opened to each
+ * --operator-uid by an ACL; accepted without a rate): clients try it first,
+ * so that no other user's connections queued on the shared socket stand
+ * before root's or an operator's.
  */
-export function rootSocketPath(socket: string): string {
-  return `${socket}.root`;
+export function adminSocketPath(socket: string): string {
+  return `${socket}.admin`;
 }
 
 /** Ops that only read; a read-only peer may use these. */

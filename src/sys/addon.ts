@@ -4,10 +4,10 @@
  * into typed ones.
  *
  * The one place the addon is required: src/devices wraps its bpf() calls,
- * src/cgroupfs its xattr and inotify calls, src/sys/listener its poll. A
- * failed call throws a KernelError naming the syscall, the path it was made
- * for and the errno name; a failed program load a VerifierError carrying the
- * verifier's log. Holds no policy.
+ * src/cgroupfs its xattr and inotify calls, src/rpc its listener's poll,
+ * src/sys/privdir a socket's ACL. A failed call throws a KernelError naming
+ * the syscall, the path it was made for and the errno name; a failed program
+ * load a VerifierError carrying the verifier's log. Holds no policy.
  */
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';

@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { AgentError, KernelError } from '../errors.js';
 import { LOCK_EX, LOCK_NB, lastErrno, libc } from './libc.js';
+import { addonCall } from './addon.js';
 
 /**
  * The directory must be a real directory (lstat: a symlink is refused), owned
@@ -53,6 +54,40 @@ export function removeOwnSocket(p: string, ino: number): void {
   } catch {
     /* already gone */
   }
+}
+
+/** struct posix_acl_xattr_entry tags and the xattr's version (linux/posix_acl_xattr.h). */
+const ACL_VERSION = 2;
+const ACL_USER_OBJ = 0x01;
+const ACL_USER = 0x02;
+const ACL_GROUP_OBJ = 0x04;
+const ACL_MASK = 0x10;
+const ACL_OTHER = 0x20;
+const ACL_UNDEFINED_ID = 0xffffffff;
+
+/**
+ * Give each uid read and write on path (a socket: connect() needs write) by a
+ * POSIX access ACL, and nobody else anything: owner rw, group and others
+ * none, the mask rw. Replaces any ACL the file had. Throws a KernelError
+ * (ENOTSUP where the filesystem has no ACLs).
+ */
+export function grantUsers(path: string, uids: readonly number[]): void {
+  const entries: [number, number, number][] = [
+    [ACL_USER_OBJ, 6, ACL_UNDEFINED_ID],
+    // The kernel wants them in order: by tag, then by id.
+    ...[...new Set(uids)].sort((a, b) => a - b).map((u): [number, number, number] => [ACL_USER, 6, u]),
+    [ACL_GROUP_OBJ, 0, ACL_UNDEFINED_ID],
+    [ACL_MASK, 6, ACL_UNDEFINED_ID],
+    [ACL_OTHER, 0, ACL_UNDEFINED_ID],
+  ];
+  const buf = Buffer.alloc(4 + entries.length * 8);
+  buf.writeUInt32LE(ACL_VERSION, 0);
+  entries.forEach(([tag, perm, id], i) => {
+    buf.writeUInt16LE(tag, 4 + i * 8);
+    buf.writeUInt16LE(perm, 6 + i * 8);
+    buf.writeUInt32LE(id, 8 + i * 8);
+  });
+  addonCall('setxattr', path, (a) => a.xattrSet(path, 'system.posix_acl_access', buf));
 }
 
 /**
