@@ -682,6 +682,24 @@ export class StepTree {
   }
 
   /** Run a request's planning as if the job (or its step) did not exist (no state is read from it, nothing is written). */
+  /**
+   * While a take-back is rehearsed: a process the request would place that
+   * is inside what is taken back would be killed by it, and the request then
+   * fail for want of it. Refused here, before anything is killed.
+   */
+  private refuseTakenBack(pids: readonly number[]): void {
+    const gone = this.assumedGone;
+    if (!gone) return;
+    const dir = gone.step === undefined ? this.paths.job(gone.job) : this.paths.step(gone.job, gone.step);
+    const inside = '/' + path.relative(this.opts.mountPoint, dir);
+    for (const pid of pids) {
+      const cg = cgroupOfPid(pid);
+      if (cg !== null && (cg === inside || cg.startsWith(inside + '/'))) {
+        throw new AgentError('EBUSY', `process ${pid} is in ${gone.step === undefined ? `job ${gone.job}` : `job ${gone.job} step ${gone.step}`}, which this request would take back from the uid that made it (its processes are killed first); place a process from outside it`);
+      }
+    }
+  }
+
   private rehearse(gone: { job: string; step?: string }, plan: (() => void) | undefined): void {
     if (!plan) return;
     this.assumedGone = gone;
@@ -779,6 +797,7 @@ export class StepTree {
 
   /** task.place's levels, each checked (and, for a job already there, its update); the processes checked movable. */
   private planPlacement(r: Placement, access: JobAccess | undefined) {
+    this.refuseTakenBack(r.moves.map((m) => m.pid));
     const jp = this.planJob(r.job, r.jobLimits, r.jobDevices, undefined, 'limits');
     if (jp.existed) this.planJobUpdate(jp, r, access);
     const sp = this.planStep(r.job, r.step, r.stepLimits, r.stepDevices, jp, false);

@@ -82,6 +82,21 @@ test.serial("a take-back request refused for its own content (gres the node lack
   await c.request('destroy', { job: 906, force: true });
 });
 
+test.serial("a take-back that would place a process from inside what it takes back is refused before anything is killed", async (t) => {
+  const bobs = await sleeper(ctx.bob);
+  const [squat] = requestsAs(ctx.bob, ctx.agent.socket, [['task.place', { job: 907, step: 0, pid: bobs.pid, task: 0 }]]);
+  t.true(squat.ok, JSON.stringify(squat.error));
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  // Killing the job's processes first would kill the very process the request moves.
+  const err = await t.throwsAsync(c.request('task.place', { job: 907, step: 0, pid: bobs.pid, leaf: 'slurm', owner: ctx.bob.uid }));
+  t.is((err as any).code, 'EBUSY', err?.message);
+  t.regex(err!.message, /process \d+ is in job 907, which this request would take back/);
+  t.deepEqual(takenBack(907), []);
+  t.true(cgroupOf(bobs.pid).endsWith('/job_907/step_0/user/task_0'), "bob's process lives where it was");
+  await c.request('destroy', { job: 907, force: true });
+});
+
 test.serial("root's task.place for alice takes back an id bob claimed with task.place; her task runs in it", async (t) => {
   const bobs = await sleeper(ctx.bob);
   const [squat] = requestsAs(ctx.bob, ctx.agent.socket, [['task.place', { job: 902, step: 0, pid: bobs.pid, task: 0 }]]);
