@@ -577,7 +577,12 @@ class SandboxImpl implements Sandbox {
       }
       if (this.ours(process.pid)) throw new Error(`the test runner (pid ${process.pid}) is inside sandbox ${this.cgroupDir}; not killing it`);
       for (const pid of [this.systemdPid, this.dbusPid]) {
-        if (this.ours(pid)) process.kill(pid, 'SIGTERM');
+        try {
+          if (this.ours(pid)) process.kill(pid, 'SIGTERM');
+        } catch (err) {
+          // Exited (and reaped) between the check and the signal.
+          if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+        }
       }
       // systemd --user stops its units on SIGTERM; give it a moment, then kill what is left.
       await waitUntil(() => !this.ours(this.systemdPid) && !this.ours(this.dbusPid), 1000, 'systemd and dbus-daemon to exit').catch(() => {});
