@@ -170,29 +170,24 @@ export class GresDeviceNodes {
   private async read(p: string): Promise<void> {
     if (this.inflight.has(p)) return;
     this.inflight.add(p);
-    const pending = fs.promises.stat(p, { bigint: true }).finally(() => this.inflight.delete(p));
-    let timer: NodeJS.Timeout | undefined;
-    const timeoutMs = this.o.timeoutMs ?? 2000;
-    const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new AgentError('ETIMEDOUT', `stat of gres device ${p} did not answer within ${timeoutMs} ms`)), timeoutMs);
-    });
     try {
-      const st = await Promise.race([pending, deadline]);
+      const st = await statWithin(p, this.o.timeoutMs ?? 2000, () => this.inflight.delete(p));
       const type = st.isCharacterDevice() ? 'c' : st.isBlockDevice() ? 'b' : null;
       this.record(p, type ? { type, ...splitDev(st.rdev) } : new AgentError('EINVAL', `${p} is not a character or block device`));
     } catch (err) {
-      pending.catch(() => undefined);
       const hung = err instanceof AgentError && err.code === 'ETIMEDOUT';
-      if (!(hung && this.nodes.get(p) && !(this.nodes.get(p) instanceof Error))) this.nodes.set(p, hung ? (err as Error) : fromNodeError('stat', p, err));
-    } finally {
-      clearTimeout(timer);
+      if (!(hung && this.nodes.get(p) && !(this.nodes.get(p) instanceof Error))) this.nodes.set(p, err as Error);
     }
   }
 }
 
-/** A stat in libuv's pool that gives up after timeoutMs (ETIMEDOUT); a hung stat keeps its pool thread, not the caller. */
-async function statWithin(p: string, timeoutMs: number): Promise<fs.BigIntStats> {
-  const pending = fs.promises.stat(p, { bigint: true });
+/**
+ * A stat in libuv's pool that gives up after timeoutMs (ETIMEDOUT); a hung
+ * stat keeps its pool thread, not the caller. `settled` runs when the stat
+ * itself ends, however late.
+ */
+async function statWithin(p: string, timeoutMs: number, settled?: () => void): Promise<fs.BigIntStats> {
+  const pending = settled ? fs.promises.stat(p, { bigint: true }).finally(settled) : fs.promises.stat(p, { bigint: true });
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new AgentError('ETIMEDOUT', `stat of gres device ${p} did not answer within ${timeoutMs} ms`)), timeoutMs);

@@ -681,7 +681,6 @@ export class StepTree {
     });
   }
 
-  /** Run a request's planning as if the job (or its step) did not exist (no state is read from it, nothing is written). */
   /**
    * While a take-back is rehearsed: a process the request would place that
    * is inside what is taken back would be killed by it, and the request then
@@ -695,11 +694,12 @@ export class StepTree {
     for (const pid of pids) {
       const cg = cgroupOfPid(pid);
       if (cg !== null && (cg === inside || cg.startsWith(inside + '/'))) {
-        throw new AgentError('EBUSY', `process ${pid} is in ${gone.step === undefined ? `job ${gone.job}` : `job ${gone.job} step ${gone.step}`}, which this request would take back from the uid that made it (its processes are killed first); place a process from outside it`);
+        throw new AgentError('EBUSY', `process ${pid} is in ${named(gone.job, gone.step)}, which this request would take back from the uid that made it (its processes are killed first); place a process from outside it`);
       }
     }
   }
 
+  /** Run a request's planning as if the job (or its step) did not exist (no state is read from it, nothing is written). */
   private rehearse(gone: { job: string; step?: string }, plan: (() => void) | undefined): void {
     if (!plan) return;
     this.assumedGone = gone;
@@ -970,7 +970,7 @@ export class StepTree {
   private async refuseIfSuspended(job: string, step: string | undefined, dirs: readonly string[], pause: Pause): Promise<void> {
     for (const d of dirs) {
       if (getXattr(d, FROZEN_BY_ADMIN_XATTR) !== null) {
-        throw new AgentError('EPERM', `job ${job}${step === undefined ? '' : ` step ${step}`} was frozen by root or an operator; only they may thaw it`);
+        throw new AgentError('EPERM', `${named(job, step)} was frozen by root or an operator; only they may thaw it`);
       }
       await pause();
     }
@@ -1013,7 +1013,7 @@ export class StepTree {
   }
 
   /** One step's figures; `pause` between task leaves too (a step may have thousands, each with its own program). */
-  private async stepStats(job: string, step: string, pause: () => Promise<void>) {
+  private async stepStats(job: string, step: string, pause: Pause) {
     const dir = this.paths.step(job, step);
     const user = this.paths.user(job, step);
     const tasks: Record<string, CgroupStats & { pids: CgroupStats['pids']; procs: number[] }> = {};
@@ -1062,7 +1062,7 @@ export class StepTree {
       let empty = !populated;
       if (pids.length > 0) {
         if (!force) {
-          throw new AgentError('EBUSY', `${step === undefined ? `job ${job}` : `job ${job} step ${step}`} still has ${pids.length} process(es) (${pids.slice(0, 8).join(' ')}${pids.length > 8 ? ' ...' : ''}); destroy with force (cgstep destroy --force) to kill them`);
+          throw new AgentError('EBUSY', `${named(job, step)} still has ${pids.length} process(es) (${pids.slice(0, 8).join(' ')}${pids.length > 8 ? ' ...' : ''}); destroy with force (cgstep destroy --force) to kill them`);
         }
         await this.checkKill(access, [pids], pause);
         killAll(target);
@@ -1182,8 +1182,13 @@ class TakeBack extends Error {
     /** Set when only this step of the job is taken back. */
     readonly step?: string,
   ) {
-    super(`${step === undefined ? `job ${job}` : `job ${job} step ${step}`} is taken back from uid ${from} for uid ${to}`);
+    super(`${named(job, step)} is taken back from uid ${from} for uid ${to}`);
   }
+}
+
+/** "job J" or "job J step S", as messages name a level. */
+function named(job: string, step: string | undefined): string {
+  return step === undefined ? `job ${job}` : `job ${job} step ${step}`;
 }
 
 /** Take a step out of a job's list in the index. */
