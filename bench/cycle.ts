@@ -8,13 +8,13 @@
  * and as the older three requests (step.create, attach, destroy). Process
  * creation is left out of both sides.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { CgstepClient } from '../src/rpc/client.js';
 import type { DeviceRequest } from '../src/rpc/protocol.js';
-import { REPO, benchRoot, removeRoot, sleeper, startAgent, summarize, type Summary } from './lib.js';
+import { AGENT_NODE_FLAGS, REPO, benchRoot, removeRoot, sleeper, startAgent, summarize, waitReady, type Summary } from './lib.js';
 
 export const CYCLE_DEVICES: DeviceRequest = {
   policy: 'closed',
@@ -61,6 +61,40 @@ export function floorCycle(bin: string, scopeDir: string, park: string, pid: num
   return r.stdout.trim().split('\n').map((ns) => Number(ns) / 1e6);
 }
 
+/**
+ * The Node.js floor (bench/nodefloor-server.ts, under cgstepd's node flags):
+ * the floor's syscalls behind the same socket protocol and client, with
+ * nothing of the agent's own. Between it and the C floor is what any Node.js
+ * agent answering two requests pays; between the agent and it, the agent's
+ * own work.
+ */
+export async function nodeFloorRig(scope: string, controllers: string, programFile?: string): Promise<{ client: CgstepClient; stop: () => Promise<void> }> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-nodefloor-'));
+  const socket = path.join(dir, 's.sock');
+  const proc = spawn(process.execPath, [...AGENT_NODE_FLAGS, '--import', 'tsx', path.join(REPO, 'bench/nodefloor-server.ts'), socket, scope, controllers, ...(programFile ? [programFile] : [])], { stdio: ['ignore', 'ignore', 'inherit'], cwd: REPO });
+  const stop = async () => {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      proc.kill('SIGTERM');
+      await new Promise((r) => proc.once('exit', r));
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    await waitReady(socket, proc);
+    const client = await CgstepClient.connect(socket);
+    return {
+      client,
+      stop: async () => {
+        client.close();
+        await stop();
+      },
+    };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
 export interface CycleResult {
   /** The cycle with task.place. */
   agent: Summary;
@@ -75,6 +109,8 @@ export interface CycleResult {
   three: { agent: Summary; ratio: number };
   /** One `hello` (no work) on the same connection: what a request's round trip costs by itself, twice in a place cycle. */
   helloRtt: Summary;
+  /** The place cycle against the Node.js floor (nodeFloorRig): `ratio` is that ÷ the C floor, `agentRatio` the agent ÷ that. */
+  nodeFloor: { cycle: Summary; ratio: number; agentRatio: number };
 }
 
 /** An agent, a parked sleeping process and a client: what the place cycle needs (section 3 runs it beside systemd). */
@@ -126,23 +162,29 @@ export async function cycleRig(devices?: DeviceRequest): Promise<CycleRig> {
 export async function cycleSection(cycles: number, programFile?: string, devices?: DeviceRequest): Promise<CycleResult> {
   const floorBin = buildFloor();
   let rig: CycleRig | null = null;
+  let nodeFloor: Awaited<ReturnType<typeof nodeFloorRig>> | null = null;
   try {
     rig = await cycleRig(devices);
     const { client: c, scope, park, pid } = rig;
     const ctl = fs.readFileSync(path.join(scope, 'cgroup.subtree_control'), 'utf8').trim().split(/\s+/).filter(Boolean).map((x) => `+${x}`).join(' ');
+    nodeFloor = await nodeFloorRig(scope, ctl, programFile);
+    const nodeRun = (n: number, jobBase: number) => agentCycle(nodeFloor!.client, scope, park, pid, n, devices, jobBase, 'place');
     await rig.run(50, 500000, 'place'); // warm up
     await rig.run(50, 600000, 'three');
+    await nodeRun(50, 700000);
     floorCycle(floorBin, scope, park, pid, 50, ctl, programFile, true);
-    // The agent's two kinds and the floor in alternating blocks, so a burst of
-    // load elsewhere on the machine (or the machine slowing) weighs on all three.
+    // The agent's two kinds and both floors in alternating blocks, so a burst of
+    // load elsewhere on the machine (or the machine slowing) weighs on all four.
     const a: number[] = [];
     const t: number[] = [];
     const f: number[] = [];
+    const nf: number[] = [];
     for (let done = 0; done < cycles; done += 100) {
       const n = Math.min(100, cycles - done);
       a.push(...(await rig.run(n, 1 + done, 'place')));
       t.push(...(await rig.run(n, 1_000_000 + done, 'three')));
       f.push(...floorCycle(floorBin, scope, park, pid, n, ctl, programFile, true));
+      nf.push(...(await nodeRun(n, 3_000_000 + done)));
     }
     const rtt: number[] = [];
     for (let i = 0; i < 1000; i++) {
@@ -154,6 +196,7 @@ export async function cycleSection(cycles: number, programFile?: string, devices
     const as = summarize(a);
     const ts = summarize(t);
     const fs_ = summarize(f);
+    const nfs = summarize(nf);
     return {
       agent: as,
       floor: fs_,
@@ -162,8 +205,10 @@ export async function cycleSection(cycles: number, programFile?: string, devices
       devices: !!programFile,
       three: { agent: ts, ratio: ts.median / fs_.median },
       helloRtt: summarize(rtt),
+      nodeFloor: { cycle: nfs, ratio: nfs.median / fs_.median, agentRatio: as.median / nfs.median },
     };
   } finally {
+    await nodeFloor?.stop();
     await rig?.stop();
     fs.rmSync(floorBin, { force: true });
   }

@@ -35,6 +35,8 @@ const cycleLine = (what: string, r: Awaited<ReturnType<typeof cycleSection>>, ta
   if (r.floorLoadEach) line(`    (a floor loading the program in every cycle: median ${ms(r.floorLoadEach.median)}; agent/that ${r.ratioLoadEach!.toFixed(2)})`);
   line(`    place          agent median ${ms(r.agent.median)} p99 ${ms(r.agent.p99)} | agent/floor ${r.ratio.toFixed(2)}${target}`);
   line(`    three requests agent median ${ms(r.three.agent.median)} p99 ${ms(r.three.agent.p99)} | agent/floor ${r.three.ratio.toFixed(2)}`);
+  line(`    Node.js floor  median ${ms(r.nodeFloor.cycle.median)} p99 ${ms(r.nodeFloor.cycle.p99)} | it/floor ${r.nodeFloor.ratio.toFixed(2)}, agent/it ${r.nodeFloor.agentRatio.toFixed(2)}`);
+  line('      (the floor\'s syscalls behind the same socket and client, from a minimal Node.js server: bench/nodefloor-server.ts)');
   line(`    (one empty request, hello, round trip: median ${ms(r.helloRtt.median)}; a place cycle makes two)`);
 };
 const plain = await cycleSection(N);
