@@ -13,7 +13,6 @@
  * timeouts, and an optional bearer token. Never writes to the tree.
  */
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import http from 'node:http';
 import type { Logger } from 'pino';
 import { AgentError } from '../errors.js';
@@ -21,7 +20,7 @@ import type { StepTree } from '../steps/index.js';
 import { AgentSeries, escLabel, type Gauge } from './agent.js';
 import { acceptsGzip, gzipPrefix, gzipWith, type GzipPrefix } from './gzip.js';
 import { parseListen } from './listen.js';
-import { prepareSocketDir, removeOwnSocket } from '../sys/privdir.js';
+import { prepareSocketDir, removeOwnSocket, removeStaleSocket, settleSocket } from '../sys/privdir.js';
 import { takeSnapshot, type Snapshot } from './snapshot.js';
 
 export { parseListen };
@@ -211,11 +210,13 @@ export class Metrics implements RequestObserver {
     server.keepAliveTimeout = 5000;
     server.on('clientError', (_err, socket) => socket.destroy());
     server.on('connection', (s) => s.on('error', () => s.destroy()));
+    if ('path' in where) {
+      prepareSocketDir(where.path, 'metrics socket directory');
+      await removeStaleSocket(where.path);
+    }
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) => reject(new AgentError('EINVAL', `--metrics ${this.o.listen}: ${(err as Error).message}`)));
       if ('path' in where) {
-        prepareSocketDir(where.path, 'metrics socket directory');
-        removeStaleSocket(where.path);
         // Created with no window of a wider mode; opened to a group only when one is named.
         const old = process.umask(0o177);
         server.listen(where.path, () => resolve());
@@ -225,11 +226,7 @@ export class Metrics implements RequestObserver {
     this.server = server;
     if ('path' in where) {
       this.socketPath = where.path;
-      this.socketIno = fs.lstatSync(where.path).ino;
-      if (this.o.socketGroup !== undefined) {
-        fs.chownSync(where.path, 0, this.o.socketGroup);
-        fs.chmodSync(where.path, 0o660);
-      }
+      this.socketIno = settleSocket(where.path, this.o.socketGroup, this.o.socketGroup !== undefined ? 0o660 : undefined);
       this.o.log.info({ path: where.path, group: this.o.socketGroup ?? null, token: !!this.o.token, maxAgeSec: this.o.maxAgeSec }, 'metrics served at /metrics');
       return { path: where.path };
     }
@@ -247,14 +244,5 @@ export class Metrics implements RequestObserver {
       this.server.closeAllConnections();
       if (this.socketPath) removeOwnSocket(this.socketPath, this.socketIno);
     });
-  }
-}
-
-/** Remove a socket file left by an earlier agent; never anything that is not a socket. */
-function removeStaleSocket(p: string): void {
-  try {
-    if (fs.lstatSync(p).isSocket()) fs.unlinkSync(p);
-  } catch {
-    /* absent */
   }
 }

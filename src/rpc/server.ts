@@ -10,12 +10,11 @@
  * gets E2BIG and the connection is closed; a client that stops reading is
  * paused, then dropped, so memory stays bounded. Knows nothing of cgroups.
  */
-import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { AgentError, type ErrorCode } from '../errors.js';
-import { grantUsers, prepareSocketDir, removeOwnSocket } from '../sys/privdir.js';
+import { grantUsers, prepareSocketDir, removeOwnSocket, removeStaleSocket, settleSocket } from '../sys/privdir.js';
 import { peerGroups, roleOf, ucredOf, type Peer, type Role, type Ucred } from './peercred.js';
 import { UnixListener } from './listener.js';
 import { libc } from '../sys/libc.js';
@@ -148,16 +147,13 @@ export class RpcServer {
     prepareSocketDir(this.o.socketPath, 'socket directory');
     await removeStaleSocket(this.o.socketPath);
     const shared = this.listenOn(this.o.socketPath, SHARED_ACCEPTS_PER_SECOND);
-    // Group first, then mode: the socket never has a wider mode with the wrong group.
-    if (this.o.socketGroup !== undefined) fs.chownSync(this.o.socketPath, process.getuid?.() ?? 0, this.o.socketGroup);
     const mode = socketModeFor(this.o);
-    fs.chmodSync(this.o.socketPath, mode);
-    this.socketIno = fs.lstatSync(this.o.socketPath).ino;
+    this.socketIno = settleSocket(this.o.socketPath, this.o.socketGroup, mode);
     this.listeners.push(shared);
     const admin = adminSocketPath(this.o.socketPath);
     await removeStaleSocket(admin);
     this.listeners.push(this.listenOn(admin));
-    this.adminSocketIno = fs.lstatSync(admin).ino;
+    this.adminSocketIno = settleSocket(admin, undefined, undefined);
     const operators = this.openToOperators(admin);
     this.o.log.info({ socket: this.o.socketPath, mode: mode.toString(8), gid: this.o.socketGroup ?? process.getgid?.(), adminSocket: admin, operators }, 'socket access');
   }
@@ -637,25 +633,4 @@ export function socketModeFor(o: Pick<ServerOptions, 'socketMode' | 'socketGroup
   if (o.socketGroup !== undefined) return 0o660;
   const others = o.allowUids.length > 0 || o.readOnlyGids.length > 0 || o.operatorUids.some((u) => u !== 0);
   return others ? 0o666 : 0o600;
-}
-
-/** A socket file left by a dead agent is removed; a live agent on it is an error. */
-async function removeStaleSocket(p: string): Promise<void> {
-  let st: fs.Stats;
-  try {
-    st = fs.lstatSync(p);
-  } catch {
-    return;
-  }
-  if (!st.isSocket()) throw new AgentError('EEXIST', `${p} exists and is not a socket; refusing to replace it`);
-  const live = await new Promise<boolean>((resolve) => {
-    const c = net.connect(p);
-    c.once('connect', () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once('error', () => resolve(false));
-  });
-  if (live) throw new AgentError('EBUSY', `another cgstepd is already listening on ${p}`);
-  fs.unlinkSync(p);
 }

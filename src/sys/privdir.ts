@@ -6,6 +6,7 @@
  * socket or the lock file under a running agent.
  */
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { AgentError, KernelError } from '../errors.js';
 import { LOCK_EX, LOCK_NB, lastErrno, libc } from './libc.js';
@@ -44,6 +45,43 @@ export function prepareSocketDir(socketPath: string, what: string): void {
   const dir = path.dirname(socketPath);
   fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
   checkPrivateDir(dir, what);
+}
+
+/**
+ * Before listening: a socket file left by a dead agent is removed. A live
+ * agent on it (something accepts a connection), or a file that is not a
+ * socket, is an error: neither is ever replaced.
+ */
+export async function removeStaleSocket(p: string): Promise<void> {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(p);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw new AgentError('EEXIST', `${p} exists and is not a socket; refusing to replace it`);
+  const live = await new Promise<boolean>((resolve) => {
+    const c = net.connect(p);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+  if (live) throw new AgentError('EBUSY', `another cgstepd is already listening on ${p}`);
+  fs.unlinkSync(p);
+}
+
+/**
+ * After listening: give the socket file its group (if one is named), then its
+ * mode (if one is given; else it keeps the mode the umask made), so that it
+ * never has a wider mode with the wrong group. Returns its inode, for
+ * removeOwnSocket.
+ */
+export function settleSocket(p: string, group: number | undefined, mode: number | undefined): number {
+  if (group !== undefined) fs.chownSync(p, process.getuid?.() ?? 0, group);
+  if (mode !== undefined) fs.chmodSync(p, mode);
+  return fs.lstatSync(p).ino;
 }
 
 /** Remove a socket file only if it is still the one made (same inode): never a link, nor another's file. */

@@ -6,6 +6,7 @@
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
@@ -111,4 +112,31 @@ test('a /metrics unix socket in a directory others may write is refused the same
   t.regex(a.log(), /--metrics unix:\/tmp\/cgstep-metrics-\d+\.sock: metrics socket directory \/tmp is writable by others/);
   t.false(fs.existsSync(inTmp));
   t.deepEqual(fs.readdirSync(root, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name), []);
+});
+
+test('a /metrics unix socket path held by a live listener, or by a file that is not a socket, is never replaced', async (t) => {
+  const root = makeTestRoot('access4');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgstep-msock-'));
+  fs.chmodSync(dir, 0o755);
+  const held = path.join(dir, 'live.sock');
+  const plain = path.join(dir, 'plain.sock');
+  const other = net.createServer((c) => c.on('error', () => {}).end('still mine\n'));
+  t.teardown(async () => {
+    await new Promise((r) => other.close(r));
+    fs.rmSync(dir, { recursive: true, force: true });
+    await removeTestRoot(root);
+  });
+  await new Promise<void>((r) => other.listen(held, r));
+  fs.writeFileSync(plain, 'keep me\n');
+  for (const [where, why] of [[held, /another cgstepd is already listening on .*live\.sock/], [plain, /plain\.sock exists and is not a socket; refusing to replace it/]] as const) {
+    const a = await startAgent({ root, socket: path.join(dir, 's.sock'), args: ['--ignore-systemd', '--metrics', `unix:${where}`], expectExit: true });
+    t.not(a.proc.exitCode, 0);
+    t.regex(a.log(), why);
+  }
+  t.is(fs.readFileSync(plain, 'utf8'), 'keep me\n');
+  const reply = await new Promise<string>((resolve, reject) => {
+    let got = '';
+    net.connect(held).on('data', (d) => (got += d)).on('end', () => resolve(got)).on('error', reject);
+  });
+  t.is(reply, 'still mine\n');
 });
