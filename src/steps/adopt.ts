@@ -100,6 +100,8 @@ export class LayoutCheck {
       try {
         if (fix()) keep(this.report.repaired, { job, dir, problem });
       } catch (err) {
+        // Logged whole here; the report keeps the words `status` shows.
+        this.o.log.warn({ err, job, dir, problem }, 'a half-made directory found after adopting the tree could not be repaired');
         keep(this.report.failed, { job, dir, problem, error: (err as Error).message });
       }
     });

@@ -104,6 +104,12 @@ test.serial('directories left half-made are repaired after a restart; one that c
     t.is(status.layout.repaired, 5); // job 2 user/, job 3 step and its slurm/ and user/, job 4
     t.is(status.layout.failed, 1);
     t.true(status.degraded.some((d: string) => d.startsWith(`${stuck}:`) && /not repaired/.test(d)), JSON.stringify(status.degraded));
+    // The failure is logged whole: the kernel's error with its type and stack, not its words alone.
+    const line = ctx.agent.log().split('\n').find((l) => l.includes('could not be repaired'));
+    t.truthy(line, 'the repair failure is logged');
+    const err = JSON.parse(line!).err;
+    t.is(err.type, 'KernelError');
+    t.regex(err.stack, /at /);
   } else {
     t.is(status.layout.repaired, 2); // job 3's slurm/ and user/
   }
