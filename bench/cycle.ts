@@ -81,6 +81,16 @@ export async function nodeFloorRig(scope: string, controllers: string, programFi
   };
   try {
     await waitReady(socket, proc);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return connectThenStop(socket, stop);
+}
+
+/** A client on the socket, and a stop that closes it before `stop`; `stop` at once if connecting fails. */
+async function connectThenStop(socket: string, stop: () => Promise<void>): Promise<{ client: CgstepClient; stop: () => Promise<void> }> {
+  try {
     const client = await CgstepClient.connect(socket);
     return {
       client,
@@ -134,29 +144,21 @@ export async function cycleRig(devices?: DeviceRequest): Promise<CycleRig> {
     p.kill('SIGKILL');
     await removeRoot(root);
   };
+  let scope: string;
+  let park: string;
   try {
     agent = await startAgent(root, ['--node-name', 'bench']);
-    const scope = path.join(root, 'system.slice', 'bench_slurmstepd.scope');
-    const park = path.join(root, 'park');
+    scope = path.join(root, 'system.slice', 'bench_slurmstepd.scope');
+    park = path.join(root, 'park');
     fs.mkdirSync(park);
     fs.writeFileSync(path.join(park, 'cgroup.procs'), String(p.pid));
-    const client = await CgstepClient.connect(agent.socket);
-    const run = (cycles: number, jobBase: number, kind: CycleKind = 'place') => agentCycle(client, scope, park, p.pid!, cycles, devices, jobBase, kind);
-    return {
-      client,
-      scope,
-      park,
-      pid: p.pid!,
-      run,
-      stop: async () => {
-        client.close();
-        await stop();
-      },
-    };
   } catch (err) {
     await stop();
     throw err;
   }
+  const c = await connectThenStop(agent.socket, stop);
+  const run = (cycles: number, jobBase: number, kind: CycleKind = 'place') => agentCycle(c.client, scope, park, p.pid!, cycles, devices, jobBase, kind);
+  return { client: c.client, scope, park, pid: p.pid!, run, stop: c.stop };
 }
 
 export async function cycleSection(cycles: number, programFile?: string, devices?: DeviceRequest): Promise<CycleResult> {
