@@ -25,8 +25,11 @@ async function setup(t: any, name: string): Promise<Ctx> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `cgstep-sd-${name}-`));
   fs.chmodSync(dir, 0o755);
   t.teardown(async () => {
-    await sb.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
+    try {
+      await sb.stop();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
   return { sb, dir, socket: path.join(dir, 's.sock') };
 }

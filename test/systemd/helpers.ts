@@ -42,8 +42,11 @@ export function sandboxSuite(
     await o.onUp?.(sb, t);
   });
   test.after.always(async () => {
-    await o.onDown?.();
-    await sb?.stop();
+    try {
+      await o.onDown?.();
+    } finally {
+      await sb?.stop();
+    }
   });
   return { test: gate.test, sandbox: () => sb as Sandbox };
 }
