@@ -4,10 +4,11 @@
  * Owns parsing (`Name=gpu Type=a100 File=/dev/nvidia[0-3]`, bracket ranges and
  * lists, `MultipleFiles=`, `NodeName=` host lists, comments, `\` line
  * continuation, case-insensitive keys), the node's inventory of gres units in
- * file order per name, and resolving an allocation entry (an absolute path or
- * "<name>:<index>", 0-based in file order, as Slurm numbers
- * CUDA_VISIBLE_DEVICES) to the unit's files. Devices are stat'ed by policy.ts,
- * not here: this module reads the config file and nothing else.
+ * slurmd's order per name, and resolving an allocation entry (an absolute path
+ * or "<name>:<index>", 0-based in that order, as Slurm numbers SLURM_STEP_GPUS)
+ * to the unit's files: the lines that start with Name= first, then those that
+ * start with NodeName=, each kind in file order. Devices are stat'ed by
+ * policy.ts, not here: this module reads the config file and nothing else.
  * Lines slurmd stops on are errors here too (a Count= that does not match
  * File=, a MultipleFiles= of one file), so a file Slurm refuses is not run.
  * AutoDetect= is not supported (devices found by NVML and friends are unknown
@@ -20,7 +21,7 @@ import { AgentError, fromNodeError } from '../errors.js';
 export interface GresUnit {
   name: string;
   type?: string;
-  /** 0-based among units of this name, in file order. */
+  /** 0-based among units of this name, in slurmd's order (Name= lines, then NodeName= lines). */
   index: number;
   /** The unit's device files: one for File=, several for MultipleFiles=. */
   files: string[];
@@ -184,7 +185,7 @@ export class GresInventory {
     return [...this.byName.keys()];
   }
 
-  /** This name's units, in file order. */
+  /** This name's units, in slurmd's order. */
   units(name: string): readonly GresUnit[] {
     return this.byName.get(name) ?? [];
   }
@@ -235,8 +236,9 @@ export function parseGresConf(text: string, opts: GresParseOptions): GresInvento
     warnings.push(msg);
     opts.log?.warn({ source }, msg);
   };
-  const units: GresUnit[] = [];
-  const counts = new Map<string, number>();
+  // slurmd loads every line that starts with Name= before every line that starts with NodeName=
+  // (two arrays of its parser), and numbers the units in that order.
+  const lines: { nodeLine: boolean; name: string; type?: string; groups: string[][]; origin: string }[] = [];
   // What the node gets no devices from: device lines for other nodes, lines without File=.
   const elsewhere = new Set<string>();
   const fileless = new Set<string>();
@@ -270,21 +272,30 @@ export function parseGresConf(text: string, opts: GresParseOptions): GresInvento
     if (!/^[A-Za-z0-9_.+-]+$/.test(name)) throw einval(`${where}: bad gres name ${JSON.stringify(name)}`);
     if (file !== undefined && multiple !== undefined) throw einval(`${where}: File= and MultipleFiles= on one line`);
     const type = get('type');
-    const mk = (files: string[]): GresUnit => {
+    const groups: string[][] = [];
+    const mk = (files: string[]): void => {
       for (const f of files) if (!f.startsWith('/')) throw einval(`${where}: device file ${JSON.stringify(f)} is not an absolute path`);
-      const index = counts.get(name) ?? 0;
-      counts.set(name, index + 1);
-      return { name, ...(type !== undefined ? { type } : {}), index, files, origin: where };
+      groups.push(files);
     };
     const files = file !== undefined ? expandList(file, `${where} File`) : [];
     const group = multiple !== undefined ? expandList(multiple, `${where} MultipleFiles`) : [];
     // As slurmd, which stops on both: a one-file MultipleFiles= is a File= written wrong.
     if (multiple !== undefined && group.length < 2) throw einval(`${where}: MultipleFiles= names one file; use File= for a single device file`);
     checkCount(get('count'), name, file !== undefined ? files.length : multiple !== undefined ? 1 : 0, where);
-    for (const f of files) units.push(mk([f]));
-    if (multiple !== undefined) units.push(mk(group));
+    for (const f of files) mk([f]);
+    if (multiple !== undefined) mk(group);
+    if (groups.length) lines.push({ nodeLine: kv[0][0] === 'nodename', name, ...(type !== undefined ? { type } : {}), groups, origin: where });
     // Name= with only Count= (a gres with no device files) confines nothing.
     if (file === undefined && multiple === undefined) fileless.add(`Name=${name}`);
+  }
+  const units: GresUnit[] = [];
+  const counts = new Map<string, number>();
+  for (const l of [...lines.filter((x) => !x.nodeLine), ...lines.filter((x) => x.nodeLine)]) {
+    for (const files of l.groups) {
+      const index = counts.get(l.name) ?? 0;
+      counts.set(l.name, index + 1);
+      units.push({ name: l.name, ...(l.type !== undefined ? { type: l.type } : {}), index, files, origin: l.origin });
+    }
   }
   const unconfined = units.length ? [] : noDevices(source, opts.nodeName, elsewhere, fileless);
   for (const msg of unconfined) opts.log?.warn({ source, nodeName: opts.nodeName, nodeNamesSeen: [...elsewhere] }, msg);

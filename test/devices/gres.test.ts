@@ -38,18 +38,18 @@ NodeName=gpu01 Name=rocm MultipleFiles=/dev/dri/card0,/dev/dri/renderD128
 NodeName=gpu01 Name=rocm MultipleFiles=/dev/dri/card1,/dev/dri/renderD129
 `;
 
-test('parse: file order per name, NodeName filter, case-insensitive keys, continuation, MultipleFiles', (t) => {
+test("parse: slurmd's order per name (Name= lines, then NodeName= lines), NodeName filter, case-insensitive keys, continuation, MultipleFiles", (t) => {
   const inv = parseGresConf(CONF, { nodeName: 'gpu01' });
   t.deepEqual(inv.names(), ['gpu', 'rocm']);
   t.deepEqual(inv.units('gpu').map((u) => [u.index, u.type, u.files]), [
     [0, 'a100', ['/dev/nvidia0']],
     [1, 'a100', ['/dev/nvidia1']],
-    [2, 'v100', ['/dev/nvidia2']],
-    [3, 'v100', ['/dev/nvidia3']],
-    [4, 't4', ['/dev/nvidia8']],
+    [2, 't4', ['/dev/nvidia8']],
+    [3, 'v100', ['/dev/nvidia2']],
+    [4, 'v100', ['/dev/nvidia3']],
   ]);
   t.deepEqual(inv.units('rocm').map((u) => u.files), [['/dev/dri/card0', '/dev/dri/renderD128'], ['/dev/dri/card1', '/dev/dri/renderD129']]);
-  t.is(inv.units('gpu')[4].origin, 'gres.conf:7');
+  t.is(inv.units('gpu')[2].origin, 'gres.conf:7');
   t.deepEqual(inv.warnings, []);
   const other = parseGresConf(CONF, { nodeName: 'gpu03' });
   t.deepEqual(other.units('gpu').map((u) => u.files[0]), ['/dev/nvidia0', '/dev/nvidia1', '/dev/nvidia8']);
@@ -59,9 +59,10 @@ test('parse: file order per name, NodeName filter, case-insensitive keys, contin
 test('resolve: <name>:<index> and absolute paths; clear errors', (t) => {
   const inv = parseGresConf(CONF, { nodeName: 'gpu01' });
   t.deepEqual(inv.resolve('gpu:0').files, ['/dev/nvidia0']);
-  t.deepEqual(inv.resolve('gpu:4').files, ['/dev/nvidia8']);
+  t.deepEqual(inv.resolve('gpu:2').files, ['/dev/nvidia8']);
+  t.deepEqual(inv.resolve('gpu:4').files, ['/dev/nvidia3']);
   t.deepEqual(inv.resolve('rocm:1').files, ['/dev/dri/card1', '/dev/dri/renderD129']);
-  t.is(inv.resolve('/dev/nvidia3').index, 3);
+  t.is(inv.resolve('/dev/nvidia3').index, 4);
   t.is(inv.resolve('/dev/dri/renderD128').name, 'rocm');
   t.throws(() => inv.resolve('gpu:5'), { message: /gpu has 5 device\(s\) on node gpu01, indices 0-4/ });
   t.throws(() => inv.resolve('fpga:0'), { message: /no gres named fpga.*has: gpu, rocm/ });
@@ -197,3 +198,20 @@ test('a gres device last read as missing is stat-ed again before it is used; one
   t.deepEqual(nodes.stat(gpu0), { type: 'c', major: 195, minor: 7 });
   t.deepEqual(nodes.lastKnown(gpu0), { type: 'c', major: 195, minor: 7 });
 });
+
+test("units are numbered as slurmd numbers them: every line that starts with Name= first, then every line that starts with NodeName=", (t) => {
+  // slurmd parses the two kinds of line into two arrays and loads Name= lines before NodeName= lines
+  // (gres_g_node_config_load), so SLURM_STEP_GPUS=0 here is nvidia2, whatever the lines' order in the file.
+  const inv = parseGresConf('NodeName=n1 Name=gpu File=/dev/nvidia[0-1]\nName=gpu File=/dev/nvidia[2-3]\nNodeName=n1 Name=gpu File=/dev/nvidia4\nName=gpu File=/dev/nvidia5\n', { nodeName: 'n1' });
+  t.deepEqual(inv.units('gpu').map((u) => [u.index, u.files[0], u.origin]), [
+    [0, '/dev/nvidia2', 'gres.conf:2'],
+    [1, '/dev/nvidia3', 'gres.conf:2'],
+    [2, '/dev/nvidia5', 'gres.conf:4'],
+    [3, '/dev/nvidia0', 'gres.conf:1'],
+    [4, '/dev/nvidia1', 'gres.conf:1'],
+    [5, '/dev/nvidia4', 'gres.conf:3'],
+  ]);
+  t.deepEqual(inv.resolve('gpu:0').files, ['/dev/nvidia2']);
+  t.is(inv.resolve('/dev/nvidia0').index, 3);
+});
+
