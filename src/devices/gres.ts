@@ -10,7 +10,8 @@
  * start with NodeName=, each kind in file order. Devices are stat'ed by
  * policy.ts, not here: this module reads the config file and nothing else.
  * Lines slurmd stops on are errors here too (a Count= that does not match
- * File=, a MultipleFiles= of one file), so a file Slurm refuses is not run.
+ * File=, a MultipleFiles= of one file, a gres line that does not start with
+ * Name= or NodeName=), so a file Slurm refuses is not run.
  * AutoDetect= is not supported (devices found by NVML and friends are unknown
  * to cgstep): it is ignored with a warning, list File= explicitly.
  */
@@ -157,7 +158,12 @@ function checkCount(count: string | undefined, name: string, units: number, wher
   }
 }
 
-const KNOWN = new Set(['name', 'type', 'file', 'files', 'multiplefiles', 'nodename', 'count', 'cores', 'cpus', 'links', 'flags', 'autodetect']);
+/** gres.conf's keys, lowercased -> as Slurm spells them. */
+const SPELLED: Record<string, string> = {
+  name: 'Name', type: 'Type', file: 'File', files: 'Files', multiplefiles: 'MultipleFiles', nodename: 'NodeName',
+  count: 'Count', cores: 'Cores', cpus: 'CPUs', links: 'Links', flags: 'Flags', autodetect: 'AutoDetect',
+};
+const KNOWN = new Set(Object.keys(SPELLED));
 
 export class GresInventory {
   private readonly byName = new Map<string, GresUnit[]>();
@@ -252,6 +258,12 @@ export function parseGresConf(text: string, opts: GresParseOptions): GresInvento
     };
     // As Slurm's own parser: an unknown key (a typo such as Flie=) is an error, not a warning.
     for (const [k] of kv) if (!KNOWN.has(k)) throw einval(`${where}: unknown key ${k} (known: Name, Type, File, MultipleFiles, NodeName, Count, Cores, CPUs, Links, Flags, AutoDetect)`);
+    // slurmd reads a line by its first key: a gres line that starts with another (a NodeName= after
+    // Name=, which would otherwise be read here as a node filter) is a parse error there.
+    if (kv.some(([k]) => k === 'name') && kv[0][0] !== 'name' && kv[0][0] !== 'nodename') {
+      throw einval(`${where}: a gres line must start with Name= or NodeName=, not ${SPELLED[kv[0][0]]}= (slurmd stops on it); put NodeName= (or Name=) first`);
+    }
+    if (kv.slice(1).some(([k]) => k === 'nodename')) throw einval(`${where}: NodeName= must come first on its line (slurmd stops on one after another key); put NodeName= first`);
     const nodes = get('nodename');
     if (nodes !== undefined && !expandList(nodes, `${where} NodeName`).includes(opts.nodeName)) {
       if (kv.some(([k]) => k === 'file' || k === 'files' || k === 'multiplefiles')) elsewhere.add(nodes);

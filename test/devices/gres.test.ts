@@ -215,3 +215,9 @@ test("units are numbered as slurmd numbers them: every line that starts with Nam
   t.is(inv.resolve('/dev/nvidia0').index, 3);
 });
 
+test('a line with Name= that does not start with Name= or NodeName= is an error naming file:line, as slurmd stops on it', (t) => {
+  // A NodeName= later on the line would otherwise be read as a node filter that slurmd never applies.
+  for (const [text, key] of [['Name=gpu NodeName=n2 File=/dev/nvidia0\n', 'NodeName'], ['Type=a100 Name=gpu File=/dev/nvidia0\n', 'Type'], ['AutoDetect=off Name=gpu File=/dev/nvidia0\n', 'AutoDetect']] as const) {
+    t.throws(() => parseGresConf(text, { nodeName: 'n1', source: '/etc/slurm/gres.conf' }), { instanceOf: AgentError, message: new RegExp(`^/etc/slurm/gres.conf:1: .*${key}=`) }, text);
+  }
+});
