@@ -244,7 +244,7 @@ export function parseGresConf(text: string, opts: GresParseOptions): GresInvento
   };
   // slurmd loads every line that starts with Name= before every line that starts with NodeName=
   // (two arrays of its parser), and numbers the units in that order.
-  const lines: { nodeLine: boolean; name: string; type?: string; groups: string[][]; origin: string }[] = [];
+  const lines: DeviceLine[] = [];
   // What the node gets no devices from: device lines for other nodes, lines without File=.
   const elsewhere = new Set<string>();
   const fileless = new Set<string>();
@@ -300,18 +300,46 @@ export function parseGresConf(text: string, opts: GresParseOptions): GresInvento
     // Name= with only Count= (a gres with no device files) confines nothing.
     if (file === undefined && multiple === undefined) fileless.add(`Name=${name}`);
   }
+  const units = numberUnits(lines);
+  const unconfined = units.length ? [] : noDevices(source, opts.nodeName, elsewhere, fileless);
+  for (const msg of unconfined) opts.log?.warn({ source, nodeName: opts.nodeName, nodeNamesSeen: [...elsewhere] }, msg);
+  return new GresInventory(opts.nodeName, units, warnings, unconfined);
+}
+
+/** A gres.conf line with device files for this node: its units' files, in the line's order. */
+interface DeviceLine {
+  nodeLine: boolean;
+  name: string;
+  type?: string;
+  groups: string[][];
+  origin: string;
+}
+
+/**
+ * The units, numbered per name as slurmd numbers them: the lines that start
+ * with Name= first, then those that start with NodeName=, each in file order.
+ * A File= listed twice for one name is an error, as slurmd stops on it (the
+ * same file under several names, as gpu, mps and shard share, is not).
+ */
+function numberUnits(lines: readonly DeviceLine[]): GresUnit[] {
   const units: GresUnit[] = [];
   const counts = new Map<string, number>();
+  const seen = new Map<string, string>();
   for (const l of [...lines.filter((x) => !x.nodeLine), ...lines.filter((x) => x.nodeLine)]) {
     for (const files of l.groups) {
+      // One File= per unit; MultipleFiles= groups are not checked, as slurmd skips them.
+      if (files.length === 1) {
+        const key = `${l.name}\0${files[0]}`;
+        const first = seen.get(key);
+        if (first !== undefined) throw einval(`${l.origin}: ${l.name} device file ${files[0]} is listed again (first at ${first}); slurmd stops on a duplicate device file of one gres name`);
+        seen.set(key, l.origin);
+      }
       const index = counts.get(l.name) ?? 0;
       counts.set(l.name, index + 1);
       units.push({ name: l.name, ...(l.type !== undefined ? { type: l.type } : {}), index, files, origin: l.origin });
     }
   }
-  const unconfined = units.length ? [] : noDevices(source, opts.nodeName, elsewhere, fileless);
-  for (const msg of unconfined) opts.log?.warn({ source, nodeName: opts.nodeName, nodeNamesSeen: [...elsewhere] }, msg);
-  return new GresInventory(opts.nodeName, units, warnings, unconfined);
+  return units;
 }
 
 /**

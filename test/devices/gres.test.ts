@@ -103,6 +103,8 @@ test("lines slurmd refuses: Count= that does not match File=, a one-file Multipl
     ['Name=rocm MultipleFiles=/dev/dri/card[0-0]\n', /MultipleFiles= names one file/],
     ['Name=gpu Count=2x File=/dev/nvidia[0-1]\n', /gres.conf:1: invalid Count=2x/],
     ['Name=mps Count=-1\n', /invalid Count=-1/],
+    ['Name=gpu File=/dev/nvidia[0-1]\nName=gpu File=/dev/nvidia1\n', /^gres.conf:2: gpu device file \/dev\/nvidia1 is listed again \(first at gres.conf:1\)/],
+    ['NodeName=n1 Name=gpu File=/dev/nvidia0\nName=gpu File=/dev/nvidia0\n', /gres.conf:1: gpu device file \/dev\/nvidia0 is listed again \(first at gres.conf:2\)/],
   ];
   for (const [text, re] of bad) t.throws(() => parseGresConf(text, { nodeName: 'n1' }), { instanceOf: AgentError, message: re }, text);
   // A line for another node is not checked, as slurmd skips it before reading it.
