@@ -12,7 +12,7 @@
 import type net from 'node:net';
 import os from 'node:os';
 import { KernelError } from '../errors.js';
-import { SOL_SOCKET, SO_PEERCRED, SO_PEERGROUPS, lastErrno, libc } from '../sys/libc.js';
+import { POLLHUP, SOL_SOCKET, SO_PEERCRED, SO_PEERGROUPS, lastErrno, libc } from '../sys/libc.js';
 
 export interface Ucred { pid: number; uid: number; gid: number }
 
@@ -82,4 +82,19 @@ export function peerGroups(fd: number): number[] {
     if (errno !== 'ERANGE') throw new KernelError('getsockopt(SO_PEERGROUPS)', `socket fd ${fd}`, errno);
   }
   throw new KernelError('getsockopt(SO_PEERGROUPS)', `socket fd ${fd}`, 'ERANGE', 'the group list kept growing');
+}
+
+/**
+ * Has the peer closed its end altogether (every process that held it), not
+ * just shut down its writing? Both end the bytes it sends; only the first
+ * ends its reading too, which poll reports as POLLHUP. false when unknown.
+ */
+export function peerHungUp(socket: net.Socket): boolean {
+  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) return false;
+  const pfd = Buffer.alloc(8); // struct pollfd { int fd; short events; short revents; }
+  if (le) pfd.writeInt32LE(fd, 0);
+  else pfd.writeInt32BE(fd, 0);
+  if (libc().poll(pfd, 1, 0) !== 1) return false;
+  return ((le ? pfd.readUInt16LE(6) : pfd.readUInt16BE(6)) & POLLHUP) !== 0;
 }

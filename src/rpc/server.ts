@@ -15,7 +15,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { AgentError, type ErrorCode } from '../errors.js';
 import { grantUsers, prepareSocketDir, removeOwnSocket, removeStaleSocket, settleSocket } from '../sys/privdir.js';
-import { peerGroups, roleOf, ucredOf, type Peer, type Role, type Ucred } from './peercred.js';
+import { peerGroups, peerHungUp, roleOf, ucredOf, type Peer, type Role, type Ucred } from './peercred.js';
 import { UnixListener } from './listener.js';
 import { libc } from '../sys/libc.js';
 import type { AgentEvent, Reply, Request } from './protocol.js';
@@ -103,7 +103,12 @@ interface Conn {
   running: number;
   /** The peer half-closed: its lines are answered, then the connection is ended. */
   ended: boolean;
+  /** An ended events subscriber: looks every HANGUP_CHECK_MS for its peer to close altogether (see watchHangup). */
+  hangupTimer: NodeJS.Timeout | null;
 }
+
+/** How often an events subscriber that half-closed is looked at for a peer that has gone altogether, ms. */
+const HANGUP_CHECK_MS = 1000;
 
 /** Bytes of a streamed reply written at once. */
 const STREAM_CHUNK = 64 * 1024;
@@ -251,7 +256,7 @@ export class RpcServer {
     this.conns.add(s);
     if (peer.role !== 'admin') this.perUid.set(peer.uid, (this.perUid.get(peer.uid) ?? 0) + 1);
     this.logAccepted(peer);
-    const c: Conn = { s, peer, inflight: 0, lines: new LineReader(MAX_LINE_BYTES), backlogged: false, pumpSoon: false, unsubscribe: null, lineTimer: null, streams: Promise.resolve(), held: null, running: 0, ended: false };
+    const c: Conn = { s, peer, inflight: 0, lines: new LineReader(MAX_LINE_BYTES), backlogged: false, pumpSoon: false, unsubscribe: null, lineTimer: null, streams: Promise.resolve(), held: null, running: 0, ended: false, hangupTimer: null };
     s.on('data', (chunk: Buffer) => {
       c.lines.push(chunk);
       this.pump(c);
@@ -267,6 +272,7 @@ export class RpcServer {
       if (c.lines.pending > 0) c.lines.push(Buffer.from('\n')); // a last line ended by the close itself
       this.pump(c);
       this.endIfDone(c);
+      this.watchHangup(c);
     });
     if (peer.role !== 'admin') {
       // Idle non-admin connections are closed; a request still running or an events subscription is not idle.
@@ -280,6 +286,7 @@ export class RpcServer {
     s.on('close', () => {
       this.conns.delete(s);
       if (c.lineTimer) clearTimeout(c.lineTimer);
+      if (c.hangupTimer) clearInterval(c.hangupTimer);
       // Lines a closed connection sent and nothing has run yet: no one is left to read their replies.
       c.lines.clear();
       if (peer.role !== 'admin') {
@@ -409,6 +416,26 @@ export class RpcServer {
     s.end(line({ id: null, ok: false, error: { code: 'E2BIG', message: `request line longer than ${MAX_LINE_BYTES} bytes; closing the connection` } }));
   }
 
+  /**
+   * An events subscriber whose peer has stopped sending is kept (a half-closed
+   * `socat` still reads its events), until the peer has gone altogether: then
+   * it is closed, at once or at the next look. Nothing else would end it: it
+   * is never idle, and only a write to it fails, which no event of another
+   * uid's jobs (or none at all) brings; a uid's interrupted subscribers would
+   * hold its connection slots, and root's all of them.
+   */
+  private watchHangup(c: Conn): void {
+    if (!c.ended || !c.unsubscribe || c.hangupTimer || c.s.destroyed) return;
+    if (peerHungUp(c.s)) {
+      c.s.destroy();
+      return;
+    }
+    c.hangupTimer = setInterval(() => {
+      if (peerHungUp(c.s)) c.s.destroy();
+    }, HANGUP_CHECK_MS);
+    c.hangupTimer.unref();
+  }
+
   /** A half-closed connection with nothing left to run, stream or publish is ended. */
   private endIfDone(c: Conn): void {
     if (c.ended && c.running === 0 && c.held === null && !c.unsubscribe && !c.lines.hasLine() && !c.s.destroyed) c.s.end();
@@ -456,6 +483,7 @@ export class RpcServer {
         reply = { id, ok: true, result: { subscribed: true } };
         this.write(c, reply);
         c.unsubscribe ??= this.o.subscribe((e) => this.publish(c, e), peer);
+        this.watchHangup(c);
         return;
       }
       let result: unknown;

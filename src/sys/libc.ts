@@ -28,6 +28,7 @@ export const LOCK_NB = 4;
 export const F_GETFL = 3;
 export const F_SETFL = 4;
 export const O_NONBLOCK = 0o4000;
+export const POLLHUP = 0x10;
 /** sizeof(struct sockaddr_un): sa_family_t (2 bytes) + sun_path[108]. */
 const SUN_PATH_MAX = 108;
 
@@ -44,6 +45,8 @@ interface Libc {
   flock: (fd: number, op: number) => number;
   /** fcntl(fd, cmd, int): variadic in C, so koffi takes the argument's type before it. */
   fcntl: (fd: number, cmd: number, ...arg: unknown[]) => number;
+  /** poll(struct pollfd *fds, nfds, timeout): fds is a buffer of 8-byte pollfd entries, revents written back. */
+  poll: (fds: Buffer, nfds: number, timeout: number) => number;
 }
 
 let cached: Libc | undefined;
@@ -62,6 +65,7 @@ export function libc(): Libc {
     getsockopt: lib.func('int getsockopt(int fd, int level, int optname, _Out_ void *optval, _Inout_ uint32_t *optlen)'),
     flock: lib.func('int flock(int fd, int op)'),
     fcntl: lib.func('int fcntl(int fd, int cmd, ...)'),
+    poll: lib.func('int poll(_Inout_ void *fds, unsigned long nfds, int timeout)'),
   } as Libc;
   return cached;
 }
