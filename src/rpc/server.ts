@@ -105,10 +105,16 @@ interface Conn {
   ended: boolean;
   /** An ended events subscriber: looks every HANGUP_CHECK_MS for its peer to close altogether (see watchHangup). */
   hangupTimer: NodeJS.Timeout | null;
+  /** Event lines of this loop turn not yet written (see publish), and their length. */
+  events: string[] | null;
+  eventChars: number;
 }
 
 /** How often an events subscriber that half-closed is looked at for a peer that has gone altogether, ms. */
 const HANGUP_CHECK_MS = 1000;
+
+/** Event lines to one subscriber written at once when they reach this length, else at the end of the loop's turn. */
+const EVENT_BATCH_CHARS = 64 * 1024;
 
 /** Bytes of a streamed reply written at once. */
 const STREAM_CHUNK = 64 * 1024;
@@ -139,6 +145,9 @@ export class RpcServer {
   /** The event being published, and its line (see publish). */
   private lastEvent: AgentEvent | null = null;
   private lastEventLine = '';
+  /** Subscribers with event lines waiting for the end of this turn, and the one immediate that writes them. */
+  private readonly eventsDue = new Set<Conn>();
+  private eventFlush: NodeJS.Immediate | null = null;
   readonly counters = { connections: 0, requests: 0, errors: 0, refused: 0 };
   private readonly rate: RateLimiter;
   private readonly expensive = new Slots(EXPENSIVE_AT_ONCE);
@@ -256,7 +265,7 @@ export class RpcServer {
     this.conns.add(s);
     if (peer.role !== 'admin') this.perUid.set(peer.uid, (this.perUid.get(peer.uid) ?? 0) + 1);
     this.logAccepted(peer);
-    const c: Conn = { s, peer, inflight: 0, lines: new LineReader(MAX_LINE_BYTES), backlogged: false, pumpSoon: false, unsubscribe: null, lineTimer: null, streams: Promise.resolve(), held: null, running: 0, ended: false, hangupTimer: null };
+    const c: Conn = { s, peer, inflight: 0, lines: new LineReader(MAX_LINE_BYTES), backlogged: false, pumpSoon: false, unsubscribe: null, lineTimer: null, streams: Promise.resolve(), held: null, running: 0, ended: false, hangupTimer: null, events: null, eventChars: 0 };
     s.on('data', (chunk: Buffer) => {
       c.lines.push(chunk);
       this.pump(c);
@@ -289,6 +298,8 @@ export class RpcServer {
       if (c.hangupTimer) clearInterval(c.hangupTimer);
       // Lines a closed connection sent and nothing has run yet: no one is left to read their replies.
       c.lines.clear();
+      c.events = null;
+      this.eventsDue.delete(c);
       if (peer.role !== 'admin') {
         const n = (this.perUid.get(peer.uid) ?? 1) - 1;
         if (n > 0) this.perUid.set(peer.uid, n);
@@ -529,6 +540,7 @@ export class RpcServer {
 
   private async stream(c: Conn, id: string | number | null, result: Streamed): Promise<void> {
     const { s } = c;
+    this.flushEvents(c);
     c.held = [];
     try {
       // A non-admin peer that stops reading mid-reply would hold its slot for list/stats for ever: it is dropped instead.
@@ -566,13 +578,17 @@ export class RpcServer {
 
   /**
    * An event to one subscriber. Serialized once for all of them (the same
-   * object comes to each in turn); a non-admin subscriber that lets events
-   * pile up unread is dropped early, at EVENTS_DROP_BYTES, since every event
-   * is a small write that costs several times its size while it waits.
+   * object comes to each in turn), and a subscriber's lines of one loop turn
+   * are written together at its end (or at EVENT_BATCH_CHARS): thousands of
+   * tasks ending at once are thousands of events for each subscriber, and a
+   * write each would hold the loop for as many system calls. A non-admin
+   * subscriber that lets events pile up unread is dropped early, at
+   * EVENTS_DROP_BYTES.
    */
   private publish(c: Conn, e: AgentEvent): void {
-    if (c.peer.role !== 'admin' && c.s.writableLength > EVENTS_DROP_BYTES) {
-      this.o.log.debug({ peerUid: c.peer.uid, pending: c.s.writableLength }, 'events subscriber does not read; dropping the connection');
+    const pending = c.s.writableLength + c.eventChars;
+    if (c.peer.role !== 'admin' && pending > EVENTS_DROP_BYTES) {
+      this.o.log.debug({ peerUid: c.peer.uid, pending }, 'events subscriber does not read; dropping the connection');
       c.s.destroy();
       return;
     }
@@ -580,10 +596,38 @@ export class RpcServer {
       this.lastEvent = e;
       this.lastEventLine = line(e);
     }
-    this.write(c, e, this.lastEventLine);
+    if (c.events === null) {
+      c.events = [];
+      this.eventsDue.add(c);
+      this.eventFlush ??= setImmediate(() => this.flushAllEvents());
+    }
+    c.events.push(this.lastEventLine);
+    c.eventChars += this.lastEventLine.length;
+    if (c.eventChars >= EVENT_BATCH_CHARS) this.flushEvents(c);
   }
 
+  private flushAllEvents(): void {
+    this.eventFlush = null;
+    for (const c of this.eventsDue) this.flushEvents(c);
+  }
+
+  /** Write a subscriber's waiting event lines, in one write. */
+  private flushEvents(c: Conn): void {
+    if (c.events === null) return;
+    const text = c.events.join('');
+    c.events = null;
+    c.eventChars = 0;
+    this.eventsDue.delete(c);
+    this.send(c, text);
+  }
+
+  /** A reply or other line: after the events published before it, so the order on the wire is the order things happened. */
   private write(c: Conn, msg: unknown, text = line(msg)): void {
+    this.flushEvents(c);
+    this.send(c, text);
+  }
+
+  private send(c: Conn, text: string): void {
     const { s } = c;
     if (s.destroyed || !s.writable) return;
     // A streamed reply is one line written in pieces: nothing may land inside it.
@@ -618,6 +662,8 @@ export class RpcServer {
       seen = this.counters.requests;
       await new Promise((r) => setTimeout(r, 50));
     }
+    if (this.eventFlush) clearImmediate(this.eventFlush);
+    this.flushAllEvents();
     for (const s of this.conns) s.end();
     for (const s of this.conns) s.destroy();
     removeOwnSocket(this.o.socketPath, this.socketIno);
