@@ -17,6 +17,8 @@ const IN_Q_OVERFLOW = 0x4000;
 const IN_IGNORED = 0x8000;
 /** struct inotify_event: wd, mask, cookie, len, then len bytes of name (none for a file watch). */
 const EVENT_HEADER = 16;
+/** How long one turn of the loop tells listeners of notices before it lets other work in, ms. */
+const TELL_SLICE_MS = 5;
 
 /**
  * Told of a watched file: it changed (read it), or it is gone (its directory
@@ -36,6 +38,9 @@ export class Inotify {
   private buf = Buffer.allocUnsafe(64 * 1024);
   /** wd -> its listeners (one in nearly every case; an array when a file has several). */
   private readonly listeners = new Map<number, WatchListener | WatchListener[]>();
+  /** Notices read but not told yet (see drain), and the turn that tells them. */
+  private backlog: { changed: Set<number>; gone: number[] } | null = null;
+  private later: NodeJS.Immediate | null = null;
 
   /** Open the fd now (it is opened on first use otherwise); throws when the addon cannot. */
   open(): number {
@@ -88,16 +93,52 @@ export class Inotify {
   }
 
   /**
-   * Read every pending event and tell the listeners, each changed file once.
-   * Runs when the fd is readable; callers may also run it to see pending notices now.
+   * Read every pending event and tell the listeners, each changed file once,
+   * for up to TELL_SLICE_MS; what is left is told on the loop's next turns
+   * (read again first, so later notices join it), so that thousands of
+   * notices at once (thousands of tasks ending) never hold the loop, and
+   * requests are answered between slices. A file's `gone` is told after its
+   * last `changed`.
    */
   drain(): void {
     if (this.fd === null) return;
-    const changed = new Set<number>();
-    const gone: number[] = [];
+    this.later = null;
+    const { changed, gone } = this.read();
+    const told = new Set<WatchListener>();
+    const until = performance.now() + TELL_SLICE_MS;
+    let n = 0;
+    try {
+      for (const wd of changed) {
+        changed.delete(wd);
+        for (const l of this.listenersOf(wd)) {
+          told.add(l);
+          l.changed(wd);
+        }
+        if (++n % 16 === 0 && changed.size && performance.now() > until) break;
+      }
+    } finally {
+      for (const l of told) l.drained?.();
+    }
+    if (changed.size) {
+      this.backlog = { changed, gone };
+      this.later = setImmediate(() => this.drain());
+      return;
+    }
+    this.backlog = null;
+    for (const wd of gone) {
+      const ls = this.listenersOf(wd);
+      this.listeners.delete(wd);
+      for (const l of ls) l.gone?.(wd);
+    }
+  }
+
+  /** The notices not told yet, with every pending event read from the fd. */
+  private read(): { changed: Set<number>; gone: number[] } {
+    const changed = this.backlog?.changed ?? new Set<number>();
+    const gone = this.backlog?.gone ?? [];
     let overflow = false;
     for (;;) {
-      const n = this.addon.inotifyRead(this.fd, this.buf);
+      const n = this.addon.inotifyRead(this.fd!, this.buf);
       if (n <= 0) break;
       for (let off = 0; off + EVENT_HEADER <= n; off += EVENT_HEADER + this.buf.readUInt32LE(off + 12)) {
         const wd = this.buf.readInt32LE(off);
@@ -110,22 +151,7 @@ export class Inotify {
     }
     // Lost notices: every watched file may have changed.
     if (overflow) for (const wd of this.listeners.keys()) changed.add(wd);
-    const told = new Set<WatchListener>();
-    try {
-      for (const wd of changed) {
-        for (const l of this.listenersOf(wd)) {
-          told.add(l);
-          l.changed(wd);
-        }
-      }
-    } finally {
-      for (const l of told) l.drained?.();
-    }
-    for (const wd of gone) {
-      const ls = this.listenersOf(wd);
-      this.listeners.delete(wd);
-      for (const l of ls) l.gone?.(wd);
-    }
+    return { changed, gone };
   }
 
   private listenersOf(wd: number): WatchListener[] {
@@ -138,6 +164,9 @@ export class Inotify {
     this.addon.pollStop(this.fd);
     this.addon.close(this.fd);
     this.fd = null;
+    if (this.later) clearImmediate(this.later);
+    this.later = null;
+    this.backlog = null;
     this.listeners.clear();
   }
 }
