@@ -87,6 +87,9 @@ export class TreeWatcher extends EventEmitter {
     private readonly log?: Logger,
   ) {
     super();
+    // One 'event' listener per subscribed connection: as many as the socket's
+    // connection limits allow, none of them a leak.
+    this.setMaxListeners(0);
   }
 
   /**

@@ -7,7 +7,7 @@
  * have not been handled yet.
  */
 import test from 'ava';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
@@ -144,4 +144,57 @@ test.serial('a destroy right after the processes left publishes each empty once,
   t.deepEqual(of('103'), ['task.empty 103 1 0', 'step.empty 103 1']);
   const st = (await c.request('stats', { job: '103' })) as { steps: { step: string; populated: boolean }[] };
   t.deepEqual(st.steps.map((s) => [s.step, s.populated]), [['0', true]]);
+});
+
+test.serial('many subscribers at once: each hears the events of one step, and the agent warns of no listener leak', async (t) => {
+  const all = await Promise.all(Array.from({ length: 24 }, () => subscriber(t)));
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  const p = spawnSleeper();
+  t.teardown(() => killPid(p.pid!));
+  await c.request('task.place', { job: '131', step: '0', task: 0, pid: p.pid! });
+  killPid(p.pid!);
+  await waitFor(() => all.every((heard) => heard.includes('job.empty 131')), 10000, 'every subscriber hears the job end');
+  await c.request('destroy', { job: '131' });
+  t.notRegex(ctx.agent.log(), /MaxListenersExceededWarning/);
+});
+
+/** n sleeping processes, children of one shell that reaps them (so their ends do not load the test's loop). */
+async function sleepers(n: number): Promise<{ shell: ChildProcess; pids: number[] }> {
+  const shell = spawn('bash', ['-c', `for i in $(seq ${n}); do sleep 600 & echo $!; done; wait`], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const pids: number[] = [];
+  let rest = '';
+  await new Promise<void>((resolve, reject) => {
+    shell.once('exit', () => reject(new Error('the shell that starts the sleepers exited')));
+    shell.stdout!.setEncoding('utf8').on('data', (d: string) => {
+      const lines = (rest + d).split('\n');
+      rest = lines.pop()!;
+      pids.push(...lines.map(Number));
+      if (pids.length >= n) resolve();
+    });
+  });
+  return { shell, pids };
+}
+
+test.serial('hundreds of tasks ending at once (told over several turns of the loop): every subscriber hears each empty once, tasks before their step, the step before its job', async (t) => {
+  const n = 400;
+  const subs = await Promise.all([subscriber(t), subscriber(t)]);
+  const { shell, pids } = await sleepers(n);
+  t.teardown(() => {
+    for (const pid of pids) killPid(pid);
+    killPid(shell.pid);
+  });
+  const c = await ctx.agent.client();
+  t.teardown(() => c.close());
+  await c.request('task.place', { job: '141', step: '0', tasks: pids.map((pid, task) => ({ task, pid })) });
+  spawn('kill', ['-KILL', ...pids.map(String)], { stdio: 'ignore' });
+  await waitFor(() => subs.every((heard) => heard.includes('job.empty 141')), 30000, 'every subscriber hears the job end');
+  for (const heard of subs) {
+    const mine = heard.filter((h) => / 141( |$)/.test(h));
+    const tasks = mine.filter((h) => h.startsWith('task.empty'));
+    t.is(tasks.length, n);
+    t.is(new Set(tasks).size, n);
+    t.deepEqual(mine.slice(n), ['step.empty 141 0', 'job.empty 141']);
+  }
+  await c.request('destroy', { job: '141' });
 });
