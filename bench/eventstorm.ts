@@ -54,6 +54,8 @@ async function sleepers(n: number): Promise<{ shell: ChildProcess; pids: number[
 
 const root = benchRoot('eventstorm');
 let procs: { shell: ChildProcess; pids: number[] } | null = null;
+/** Root's sampling runs while this holds: ended before the agent stops, whatever failed. */
+let going = true;
 const subs: net.Socket[] = [];
 
 /** An events subscriber on the admin socket that counts the lines it gets (the first is the subscription's reply). */
@@ -99,7 +101,6 @@ try {
   }
   await new Promise((r) => setTimeout(r, 200));
   events = 0;
-  let going = true;
   const kept = sampleStatus(agent.socket, false, () => going, 20);
   const fresh = sampleStatus(agent.socket, true, () => going, 20);
   await new Promise((r) => setTimeout(r, 200));
@@ -119,6 +120,7 @@ try {
   console.log(`  the agent: ${cpu.toFixed(0)} ms of CPU over the storm`);
   c.close();
 } finally {
+  going = false;
   for (const s of subs) s.destroy();
   if (procs) {
     for (const pid of procs.pids) {
