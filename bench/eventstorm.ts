@@ -101,8 +101,9 @@ try {
   }
   await new Promise((r) => setTimeout(r, 200));
   events = 0;
-  const kept = sampleStatus(agent.socket, false, () => going, 20);
-  const fresh = sampleStatus(agent.socket, true, () => going, 20);
+  // A sampler still waiting when something fails (and the agent stops) must not end this process before it cleans up.
+  const kept = sampleStatus(agent.socket, false, () => going, 20).catch(() => [] as number[]);
+  const fresh = sampleStatus(agent.socket, true, () => going, 20).catch(() => [] as number[]);
   await new Promise((r) => setTimeout(r, 200));
   const cpu0 = cpuMs(agent.proc.pid!);
   const t0 = performance.now();
