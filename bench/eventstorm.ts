@@ -22,6 +22,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import { CgstepClient } from '../src/rpc/client.js';
 import { PROTOCOL_VERSION, adminSocketPath } from '../src/rpc/version.js';
+import { sleepersOfOneShell } from '../test/helpers/agent.js';
 import { benchRoot, removeRoot, sampleStatus, startAgent, summarize } from './lib.js';
 
 const TASKS = Number(process.env.TASKS ?? 2000);
@@ -30,26 +31,6 @@ const SUBSCRIBERS = Number(process.env.SUBSCRIBERS ?? 60);
 function fmt(xs: number[]): string {
   const s = summarize(xs);
   return `median ${s.median.toFixed(1)} ms, p99 ${s.p99.toFixed(1)} ms, worst ${Math.max(...xs).toFixed(1)} ms (${xs.length} samples)`;
-}
-
-/**
- * TASKS sleeping processes, children of one shell (which reaps them), so that
- * their ends do not load this process, which times root's requests.
- */
-async function sleepers(n: number): Promise<{ shell: ChildProcess; pids: number[] }> {
-  const shell = spawn('bash', ['-c', `for i in $(seq ${n}); do sleep 3600 & echo $!; done; wait`], { stdio: ['ignore', 'pipe', 'ignore'] });
-  const pids: number[] = [];
-  let rest = '';
-  await new Promise<void>((resolve, reject) => {
-    shell.once('exit', () => reject(new Error('the shell that starts the sleepers exited')));
-    shell.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      const lines = (rest + d).split('\n');
-      rest = lines.pop()!;
-      pids.push(...lines.map(Number));
-      if (pids.length >= n) resolve();
-    });
-  });
-  return { shell, pids };
 }
 
 const root = benchRoot('eventstorm');
@@ -83,7 +64,7 @@ function cpuMs(pid: number): number {
 }
 
 try {
-  procs = await sleepers(TASKS);
+  procs = await sleepersOfOneShell(TASKS, 3600);
   const { pids } = procs;
   const c = await CgstepClient.connect(agent.socket, { timeoutMs: 120000 });
   for (let i = 0; i < TASKS; i += 512) {

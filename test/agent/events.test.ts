@@ -7,11 +7,11 @@
  * have not been handled yet.
  */
 import test from 'ava';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { makeTestRoot, removeTestRoot } from '../helpers/cgroup.js';
-import { killPid, sleep, spawnSleeper, startAgent, waitFor, type RunningAgent } from '../helpers/agent.js';
+import { killPid, sleep, sleepersOfOneShell, spawnSleeper, startAgent, waitFor, type RunningAgent } from '../helpers/agent.js';
 
 const ctx: { root: string; agent: RunningAgent } = {} as any;
 
@@ -159,27 +159,10 @@ test.serial('many subscribers at once: each hears the events of one step, and th
   t.notRegex(ctx.agent.log(), /MaxListenersExceededWarning/);
 });
 
-/** n sleeping processes, children of one shell that reaps them (so their ends do not load the test's loop). */
-async function sleepers(n: number): Promise<{ shell: ChildProcess; pids: number[] }> {
-  const shell = spawn('bash', ['-c', `for i in $(seq ${n}); do sleep 600 & echo $!; done; wait`], { stdio: ['ignore', 'pipe', 'ignore'] });
-  const pids: number[] = [];
-  let rest = '';
-  await new Promise<void>((resolve, reject) => {
-    shell.once('exit', () => reject(new Error('the shell that starts the sleepers exited')));
-    shell.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      const lines = (rest + d).split('\n');
-      rest = lines.pop()!;
-      pids.push(...lines.map(Number));
-      if (pids.length >= n) resolve();
-    });
-  });
-  return { shell, pids };
-}
-
 test.serial('hundreds of tasks ending at once (told over several turns of the loop): every subscriber hears each empty once, tasks before their step, the step before its job', async (t) => {
   const n = 400;
   const subs = await Promise.all([subscriber(t), subscriber(t)]);
-  const { shell, pids } = await sleepers(n);
+  const { shell, pids } = await sleepersOfOneShell(n);
   t.teardown(() => {
     for (const pid of pids) killPid(pid);
     killPid(shell.pid);

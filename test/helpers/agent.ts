@@ -124,6 +124,27 @@ export function spawnSleeper(): ChildProcess {
   return spawn('sleep', ['600'], { stdio: 'ignore' });
 }
 
+/**
+ * n sleeping processes (`sleep seconds`), children of one shell that reaps
+ * them, so that their ends do not load the caller's loop; resolves once every
+ * pid is known. End them by pid, then the shell.
+ */
+export async function sleepersOfOneShell(n: number, seconds = 600): Promise<{ shell: ChildProcess; pids: number[] }> {
+  const shell = spawn('bash', ['-c', `for i in $(seq ${n}); do sleep ${seconds} & echo $!; done; wait`], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const pids: number[] = [];
+  let rest = '';
+  await new Promise<void>((resolve, reject) => {
+    shell.once('exit', () => reject(new Error('the shell that starts the sleepers exited')));
+    shell.stdout!.setEncoding('utf8').on('data', (d: string) => {
+      const lines = (rest + d).split('\n');
+      rest = lines.pop()!;
+      pids.push(...lines.map(Number));
+      if (pids.length >= n) resolve();
+    });
+  });
+  return { shell, pids };
+}
+
 export function killPid(pid: number | undefined): void {
   if (!pid) return;
   try {
