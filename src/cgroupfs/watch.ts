@@ -102,6 +102,8 @@ export class Inotify {
    */
   drain(): void {
     if (this.fd === null) return;
+    // Run by the fd's poll too while a rest waits: one pending turn at most.
+    if (this.later) clearImmediate(this.later);
     this.later = null;
     const { changed, gone } = this.read();
     const told = new Set<WatchListener>();

@@ -43,10 +43,16 @@ export function roleOf(cred: Ucred, groups: () => readonly number[], p: RolePoli
   return null;
 }
 
-/** The fd under a connected net.Socket (Node keeps it on the handle). */
-export function socketFd(socket: net.Socket): number {
+/** The fd under a net.Socket (Node keeps it on the handle), or null once it has none. */
+function handleFd(socket: net.Socket): number | null {
   const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) throw new KernelError('getsockopt(SO_PEERCRED)', 'socket', 'EBADF', 'the socket has no fd');
+  return typeof fd === 'number' && fd >= 0 ? fd : null;
+}
+
+/** The fd under a connected net.Socket. */
+export function socketFd(socket: net.Socket): number {
+  const fd = handleFd(socket);
+  if (fd === null) throw new KernelError('getsockopt(SO_PEERCRED)', 'socket', 'EBADF', 'the socket has no fd');
   return fd;
 }
 
@@ -90,8 +96,8 @@ export function peerGroups(fd: number): number[] {
  * ends its reading too, which poll reports as POLLHUP. false when unknown.
  */
 export function peerHungUp(socket: net.Socket): boolean {
-  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) return false;
+  const fd = handleFd(socket);
+  if (fd === null) return false;
   const pfd = Buffer.alloc(8); // struct pollfd { int fd; short events; short revents; }
   if (le) pfd.writeInt32LE(fd, 0);
   else pfd.writeInt32BE(fd, 0);
